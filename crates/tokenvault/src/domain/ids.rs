@@ -1,0 +1,274 @@
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use uuid::Uuid;
+
+/// Why an identifier was rejected; the message says what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("{kind} must not be empty")]
+    Empty { kind: &'static str },
+    #[error("{kind} is {len} characters long; at most {max} are allowed")]
+    TooLong {
+        kind: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("{kind} contains {found:?} at position {position}; allowed are {allowed}")]
+    BadChar {
+        kind: &'static str,
+        found: char,
+        position: usize,
+        allowed: &'static str,
+    },
+    #[error("{kind} must start with {rule}")]
+    BadStart {
+        kind: &'static str,
+        rule: &'static str,
+    },
+    #[error("{kind} is not a valid UUID")]
+    NotUuid { kind: &'static str },
+}
+
+/// The application's own identifier for its end user. Opaque to us, but
+/// bounded so it is safe in URLs, logs (hashed) and index keys.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct UserId(String);
+
+impl UserId {
+    pub const MAX_LEN: usize = 128;
+    const ALLOWED: &'static str = "ASCII letters, digits and - _ . @ : + =";
+
+    pub fn parse(raw: impl Into<String>) -> Result<Self, IdError> {
+        let raw = raw.into();
+        const KIND: &str = "user id";
+        if raw.is_empty() {
+            return Err(IdError::Empty { kind: KIND });
+        }
+        if raw.len() > Self::MAX_LEN {
+            return Err(IdError::TooLong {
+                kind: KIND,
+                len: raw.chars().count(),
+                max: Self::MAX_LEN,
+            });
+        }
+        if let Some((position, found)) = raw
+            .chars()
+            .enumerate()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || "-_.@:+=".contains(*c)))
+        {
+            return Err(IdError::BadChar {
+                kind: KIND,
+                found,
+                position,
+                allowed: Self::ALLOWED,
+            });
+        }
+        Ok(Self(raw))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The name of a configured integration (`spotify`, `google-mail`, `acme-oidc`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct IntegrationKey(String);
+
+impl IntegrationKey {
+    pub const MAX_LEN: usize = 64;
+    const ALLOWED: &'static str = "lowercase ASCII letters, digits, - and _";
+
+    pub fn parse(raw: impl Into<String>) -> Result<Self, IdError> {
+        let raw = raw.into();
+        const KIND: &str = "integration key";
+        if raw.is_empty() {
+            return Err(IdError::Empty { kind: KIND });
+        }
+        if raw.len() > Self::MAX_LEN {
+            return Err(IdError::TooLong {
+                kind: KIND,
+                len: raw.chars().count(),
+                max: Self::MAX_LEN,
+            });
+        }
+        if let Some((position, found)) = raw.chars().enumerate().find(|(_, c)| {
+            !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '_')
+        }) {
+            return Err(IdError::BadChar {
+                kind: KIND,
+                found,
+                position,
+                allowed: Self::ALLOWED,
+            });
+        }
+        if !raw.starts_with(|c: char| c.is_ascii_lowercase()) {
+            return Err(IdError::BadStart {
+                kind: KIND,
+                rule: "a lowercase letter",
+            });
+        }
+        Ok(Self(raw))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The prefix of the per-integration environment variables the seeds use:
+    /// `google-mail` → `GOOGLE_MAIL` (`GOOGLE_MAIL_CLIENT_ID`, …).
+    pub fn env_prefix(&self) -> String {
+        self.0.to_ascii_uppercase().replace('-', "_")
+    }
+}
+
+/// Identity of one stored authorization grant. Time-ordered (UUIDv7) so
+/// keyset paging by id follows creation order.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConnectionId(Uuid);
+
+impl ConnectionId {
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, IdError> {
+        Uuid::parse_str(raw)
+            .map(Self)
+            .map_err(|_| IdError::NotUuid {
+                kind: "connection id",
+            })
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl Default for ConnectionId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+macro_rules! string_id_impls {
+    ($ty:ident) => {
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($ty), self.0)
+            }
+        }
+        impl FromStr for $ty {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+        impl AsRef<str> for $ty {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let raw = String::deserialize(d)?;
+                Self::parse(raw).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+string_id_impls!(UserId);
+string_id_impls!(IntegrationKey);
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Debug for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConnectionId({})", self.0)
+    }
+}
+
+impl FromStr for ConnectionId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_id_accepts_common_application_ids() {
+        for ok in [
+            "42",
+            "user_1",
+            "a.b@example.com",
+            "auth0|x".replace('|', ":").as_str(),
+            "u-9+tag=1",
+        ] {
+            assert!(UserId::parse(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn user_id_errors_say_what_is_wrong() {
+        assert_eq!(
+            UserId::parse("").unwrap_err().to_string(),
+            "user id must not be empty"
+        );
+        let err = UserId::parse("a b").unwrap_err().to_string();
+        assert!(err.contains("' '") && err.contains("position 1"), "{err}");
+        let err = UserId::parse("x".repeat(129)).unwrap_err().to_string();
+        assert!(err.contains("129") && err.contains("128"), "{err}");
+        assert!(UserId::parse("../etc").is_err());
+        assert!(UserId::parse("a/b").is_err());
+    }
+
+    #[test]
+    fn integration_key_rules() {
+        assert!(IntegrationKey::parse("google-mail").is_ok());
+        assert!(IntegrationKey::parse("acme_oidc2").is_ok());
+        assert!(IntegrationKey::parse("Spotify").is_err());
+        assert!(IntegrationKey::parse("1spotify").is_err());
+        assert!(IntegrationKey::parse("-x").is_err());
+        assert!(IntegrationKey::parse("x".repeat(65)).is_err());
+        assert_eq!(
+            IntegrationKey::parse("google-search-console")
+                .unwrap()
+                .env_prefix(),
+            "GOOGLE_SEARCH_CONSOLE"
+        );
+    }
+
+    #[test]
+    fn ids_deserialize_through_validation() {
+        assert!(serde_json::from_str::<UserId>("\"ok\"").is_ok());
+        let err = serde_json::from_str::<UserId>("\"no spaces\"").unwrap_err();
+        assert!(err.to_string().contains("user id"));
+    }
+
+    #[test]
+    fn connection_ids_are_time_ordered() {
+        let a = ConnectionId::new();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = ConnectionId::new();
+        assert!(a < b);
+        assert_eq!(ConnectionId::parse(&a.to_string()).unwrap(), a);
+    }
+}
