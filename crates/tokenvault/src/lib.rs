@@ -5,3 +5,7 @@
 
 pub mod crypto;
 pub mod domain;
+pub mod rotation;
+pub mod store;
+#[doc(hidden)]
+pub mod testing;

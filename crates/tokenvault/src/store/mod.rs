@@ -1,0 +1,205 @@
+//! Persistence. One contract ([`ConnectionStore`]), one implementation per
+//! backend, each with its own migrations; the backend is chosen once, from the
+//! database URL, at start-up. A conformance suite runs against both.
+
+mod postgres;
+mod record;
+mod sql;
+mod sqlite;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+pub use postgres::PostgresStore;
+pub use record::{ConnectionRecord, ConnectionUpdate, LastError, Lease, NewConnection};
+pub use sqlite::SqliteStore;
+
+use crate::crypto::WrappedKey;
+use crate::domain::{ConnectionId, ConnectionStatus, IntegrationKey, UserId};
+
+/// Failures at the storage boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Compare-and-swap lost: someone wrote the row since it was read.
+    #[error(
+        "connection {id} was changed concurrently (expected version {expected}); re-read and retry"
+    )]
+    Conflict { id: ConnectionId, expected: i64 },
+    #[error("connection not found")]
+    NotFound,
+    #[error("cannot reach {backend} at {target}: {reason}")]
+    Unavailable {
+        backend: &'static str,
+        target: String,
+        reason: String,
+    },
+    #[error(
+        "the database was migrated by a newer tokenvault (migration {version} is unknown to this build); run the newer version or restore a backup"
+    )]
+    NewerSchema { version: i64 },
+    #[error("migration failed: {0}")]
+    Migrate(String),
+    #[error("stored row is unreadable: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL {0:?}; use sqlite://PATH or postgres://USER@HOST:PORT/DB")]
+    UnsupportedUrl(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Which rows to list; `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub integration: Option<IntegrationKey>,
+    pub status: Option<ConnectionStatus>,
+}
+
+/// Pool settings shared by both backends.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The storage contract for connections.
+///
+/// Every write bumps `version`; [`ConnectionStore::update`] only succeeds when
+/// the caller's version is still current, so a stale writer can never
+/// overwrite a newer token.
+#[async_trait::async_trait]
+pub trait ConnectionStore: Send + Sync + 'static {
+    /// Applies pending migrations; refuses a schema from a newer release.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Stores a new grant for (user, integration), replacing any previous
+    /// one wholesale (new id, data key and tokens; attempts, errors and lease
+    /// cleared; `created_at` kept).
+    async fn upsert(&self, connection: NewConnection) -> Result<ConnectionRecord, StoreError>;
+
+    async fn get(
+        &self,
+        user: &UserId,
+        integration: &IntegrationKey,
+    ) -> Result<Option<ConnectionRecord>, StoreError>;
+
+    async fn get_by_id(&self, id: ConnectionId) -> Result<Option<ConnectionRecord>, StoreError>;
+
+    async fn list_by_user(&self, user: &UserId) -> Result<Vec<ConnectionRecord>, StoreError>;
+
+    /// Keyset paging by id: pass the last id of the previous page as `after`.
+    async fn list(
+        &self,
+        filter: &ListFilter,
+        after: Option<ConnectionId>,
+        limit: u32,
+    ) -> Result<Vec<ConnectionRecord>, StoreError>;
+
+    /// Compare-and-swap: writes `update` if the row is still at
+    /// `expected_version`, returning the new row; [`StoreError::Conflict`] if
+    /// it moved, [`StoreError::NotFound`] if it is gone.
+    async fn update(
+        &self,
+        id: ConnectionId,
+        expected_version: i64,
+        update: &ConnectionUpdate,
+    ) -> Result<ConnectionRecord, StoreError>;
+
+    /// Leases up to `limit` refreshable rows whose `next_refresh_at` has come,
+    /// skipping rows another owner holds. Costs O(due), not O(rows).
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<ConnectionRecord>, StoreError>;
+
+    /// Takes the lease on one row unless another owner holds an unexpired one.
+    async fn acquire_lease(
+        &self,
+        id: ConnectionId,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<ConnectionRecord>, StoreError>;
+
+    /// Releases a lease this owner holds; another owner's lease is untouched.
+    async fn release_lease(&self, id: ConnectionId, owner: &str) -> Result<bool, StoreError>;
+
+    async fn delete(&self, user: &UserId, integration: &IntegrationKey)
+    -> Result<bool, StoreError>;
+
+    async fn count_by_status(&self) -> Result<BTreeMap<ConnectionStatus, u64>, StoreError>;
+
+    /// Refreshable rows due before `before` (for the "due within 1 h" gauge).
+    async fn count_due_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Rows whose data key is wrapped by any master key other than `active`.
+    async fn list_keys_to_rotate(
+        &self,
+        active: &str,
+        after: Option<ConnectionId>,
+        limit: u32,
+    ) -> Result<Vec<(ConnectionId, WrappedKey)>, StoreError>;
+
+    /// Swaps a row's wrapped data key if it is still `old`. Tokens and version
+    /// are untouched: the data key itself does not change, only its wrapping.
+    async fn replace_wrapped_key(
+        &self,
+        id: ConnectionId,
+        old: &WrappedKey,
+        new: &WrappedKey,
+    ) -> Result<bool, StoreError>;
+
+    async fn count_by_key(&self) -> Result<BTreeMap<String, u64>, StoreError>;
+
+    /// Removes rows in `statuses` not updated since `before` (retention).
+    async fn purge(
+        &self,
+        statuses: &[ConnectionStatus],
+        before: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+}
+
+/// Opens the backend named by the URL's scheme.
+pub async fn connect(
+    url: &str,
+    options: &PoolOptions,
+) -> Result<Arc<dyn ConnectionStore>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url, options).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Arc::new(PostgresStore::connect(url, options).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_owned()))
+    }
+}
+
+pub(crate) fn to_millis(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+pub(crate) fn from_millis(ms: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms} out of range")))
+}
+
+/// Maps sqlx's migration errors onto ours, naming the newer-schema case.
+pub(crate) fn migrate_error(err: sqlx::migrate::MigrateError) -> StoreError {
+    match err {
+        sqlx::migrate::MigrateError::VersionMissing(version) => StoreError::NewerSchema { version },
+        other => StoreError::Migrate(other.to_string()),
+    }
+}

@@ -1,0 +1,229 @@
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::{StoreError, from_millis, to_millis};
+use crate::crypto::{SealedTokens, WrappedKey};
+use crate::domain::{ConnectionId, ConnectionStatus, IntegrationKey, Scopes, TokenType, UserId};
+
+/// Why the last refresh (or flow) failed, as shown in the status API.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LastError {
+    pub code: String,
+    pub message: String,
+}
+
+/// Who may refresh a connection right now, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A new grant to store.
+#[derive(Debug, Clone)]
+pub struct NewConnection {
+    pub id: ConnectionId,
+    pub user_id: UserId,
+    pub integration: IntegrationKey,
+    pub status: ConnectionStatus,
+    pub scopes: Scopes,
+    pub token_type: TokenType,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub next_refresh_at: Option<DateTime<Utc>>,
+    pub sealed: SealedTokens,
+    pub metadata: Value,
+    pub now: DateTime<Utc>,
+}
+
+/// One stored connection. Tokens stay sealed here; the vault opens them.
+#[derive(Debug, Clone)]
+pub struct ConnectionRecord {
+    pub id: ConnectionId,
+    pub user_id: UserId,
+    pub integration: IntegrationKey,
+    pub status: ConnectionStatus,
+    pub scopes: Scopes,
+    pub token_type: TokenType,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub next_refresh_at: Option<DateTime<Utc>>,
+    pub refresh_attempts: u32,
+    pub last_error: Option<LastError>,
+    pub last_refreshed_at: Option<DateTime<Utc>>,
+    pub version: i64,
+    /// `None` once erased (disconnected).
+    pub access_token: Option<Vec<u8>>,
+    pub refresh_token: Option<Vec<u8>>,
+    pub data_key: WrappedKey,
+    pub metadata: Value,
+    pub lease: Option<Lease>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The mutable part of a row, written whole by a compare-and-swap update.
+/// Start from [`ConnectionRecord::to_update`] and change what you mean to.
+#[derive(Debug, Clone)]
+pub struct ConnectionUpdate {
+    pub status: ConnectionStatus,
+    pub scopes: Scopes,
+    pub token_type: TokenType,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub next_refresh_at: Option<DateTime<Utc>>,
+    pub refresh_attempts: u32,
+    pub last_error: Option<LastError>,
+    pub last_refreshed_at: Option<DateTime<Utc>>,
+    pub access_token: Option<Vec<u8>>,
+    pub refresh_token: Option<Vec<u8>>,
+    pub metadata: Value,
+    pub lease: Option<Lease>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl ConnectionRecord {
+    pub fn to_update(&self, now: DateTime<Utc>) -> ConnectionUpdate {
+        ConnectionUpdate {
+            status: self.status,
+            scopes: self.scopes.clone(),
+            token_type: self.token_type,
+            expires_at: self.expires_at,
+            next_refresh_at: self.next_refresh_at,
+            refresh_attempts: self.refresh_attempts,
+            last_error: self.last_error.clone(),
+            last_refreshed_at: self.last_refreshed_at,
+            access_token: self.access_token.clone(),
+            refresh_token: self.refresh_token.clone(),
+            metadata: self.metadata.clone(),
+            lease: self.lease.clone(),
+            updated_at: now,
+        }
+    }
+
+    /// Whether `owner` may write now: no lease, an expired one, or its own.
+    pub fn lease_allows(&self, owner: &str, now: DateTime<Utc>) -> bool {
+        match &self.lease {
+            None => true,
+            Some(lease) => lease.owner == owner || lease.expires_at <= now,
+        }
+    }
+}
+
+/// A row as both backends return it (PostgreSQL casts uuid and jsonb to
+/// text in its SELECT lists so one decoder serves both).
+#[derive(sqlx::FromRow)]
+pub(super) struct RawRow {
+    pub id: String,
+    pub user_id: String,
+    pub integration: String,
+    pub status: String,
+    pub scopes: String,
+    pub token_type: String,
+    pub expires_at: Option<i64>,
+    pub next_refresh_at: Option<i64>,
+    pub refresh_attempts: i32,
+    pub last_error_code: Option<String>,
+    pub last_error_message: Option<String>,
+    pub last_refreshed_at: Option<i64>,
+    pub version: i64,
+    pub access_token: Option<Vec<u8>>,
+    pub refresh_token: Option<Vec<u8>>,
+    pub data_key: Vec<u8>,
+    pub metadata: String,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+fn corrupt(field: &str, err: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{field}: {err}"))
+}
+
+fn opt_time(ms: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    ms.map(from_millis).transpose()
+}
+
+impl TryFrom<RawRow> for ConnectionRecord {
+    type Error = StoreError;
+
+    fn try_from(row: RawRow) -> Result<Self, StoreError> {
+        Ok(ConnectionRecord {
+            id: ConnectionId::parse(&row.id).map_err(|e| corrupt("id", e))?,
+            user_id: UserId::parse(row.user_id).map_err(|e| corrupt("user_id", e))?,
+            integration: IntegrationKey::parse(row.integration)
+                .map_err(|e| corrupt("integration", e))?,
+            status: row.status.parse().map_err(|e| corrupt("status", e))?,
+            scopes: Scopes::parse(&row.scopes, " "),
+            token_type: row
+                .token_type
+                .parse()
+                .map_err(|e| corrupt("token_type", e))?,
+            expires_at: opt_time(row.expires_at)?,
+            next_refresh_at: opt_time(row.next_refresh_at)?,
+            refresh_attempts: u32::try_from(row.refresh_attempts)
+                .map_err(|e| corrupt("refresh_attempts", e))?,
+            last_error: match (row.last_error_code, row.last_error_message) {
+                (Some(code), message) => Some(LastError {
+                    code,
+                    message: message.unwrap_or_default(),
+                }),
+                (None, _) => None,
+            },
+            last_refreshed_at: opt_time(row.last_refreshed_at)?,
+            version: row.version,
+            access_token: row.access_token,
+            refresh_token: row.refresh_token,
+            data_key: WrappedKey::from_blob(row.data_key).map_err(|e| corrupt("data_key", e))?,
+            metadata: serde_json::from_str(&row.metadata).map_err(|e| corrupt("metadata", e))?,
+            lease: match (row.lease_owner, row.lease_expires_at) {
+                (Some(owner), Some(expires_at)) => Some(Lease {
+                    owner,
+                    expires_at: from_millis(expires_at)?,
+                }),
+                _ => None,
+            },
+            created_at: from_millis(row.created_at)?,
+            updated_at: from_millis(row.updated_at)?,
+        })
+    }
+}
+
+/// Column values shared by both backends' binders.
+pub(super) struct UpdateColumns<'a> {
+    pub status: &'static str,
+    pub scopes: String,
+    pub token_type: &'static str,
+    pub expires_at: Option<i64>,
+    pub next_refresh_at: Option<i64>,
+    pub refresh_attempts: i32,
+    pub last_error_code: Option<&'a str>,
+    pub last_error_message: Option<&'a str>,
+    pub last_refreshed_at: Option<i64>,
+    pub access_token: Option<&'a [u8]>,
+    pub refresh_token: Option<&'a [u8]>,
+    pub metadata: String,
+    pub lease_owner: Option<&'a str>,
+    pub lease_expires_at: Option<i64>,
+    pub updated_at: i64,
+}
+
+impl<'a> UpdateColumns<'a> {
+    pub fn new(update: &'a ConnectionUpdate) -> Self {
+        Self {
+            status: update.status.as_str(),
+            scopes: update.scopes.format(" "),
+            token_type: update.token_type.as_str(),
+            expires_at: update.expires_at.map(to_millis),
+            next_refresh_at: update.next_refresh_at.map(to_millis),
+            refresh_attempts: i32::try_from(update.refresh_attempts).unwrap_or(i32::MAX),
+            last_error_code: update.last_error.as_ref().map(|e| e.code.as_str()),
+            last_error_message: update.last_error.as_ref().map(|e| e.message.as_str()),
+            last_refreshed_at: update.last_refreshed_at.map(to_millis),
+            access_token: update.access_token.as_deref(),
+            refresh_token: update.refresh_token.as_deref(),
+            metadata: update.metadata.to_string(),
+            lease_owner: update.lease.as_ref().map(|l| l.owner.as_str()),
+            lease_expires_at: update.lease.as_ref().map(|l| to_millis(l.expires_at)),
+            updated_at: to_millis(update.updated_at),
+        }
+    }
+}

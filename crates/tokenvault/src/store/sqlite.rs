@@ -1,0 +1,65 @@
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool};
+
+use super::record::{RawRow, UpdateColumns};
+use super::sql::{Dialect, dialect, sql_store};
+use super::{
+    ConnectionRecord, ConnectionUpdate, ListFilter, NewConnection, PoolOptions, StoreError,
+    to_millis,
+};
+use crate::crypto::WrappedKey;
+use crate::domain::{ConnectionId, ConnectionStatus, IntegrationKey, UserId};
+
+const DIALECT: Dialect =
+    dialect!(columns: sqlite, id_cast: "", json_cast: "", id_select: "id", lock: "");
+
+/// The embedded default: one file, WAL mode, no server to run.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str, options: &PoolOptions) -> Result<Self, StoreError> {
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(|_| StoreError::UnsupportedUrl(url.to_owned()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .foreign_keys(true);
+        let path = connect.get_filename().to_path_buf();
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|err| StoreError::Unavailable {
+                backend: "SQLite",
+                target: path.display().to_string(),
+                reason: format!("cannot create directory {}: {err}", dir.display()),
+            })?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await
+            .map_err(|err| StoreError::Unavailable {
+                backend: "SQLite",
+                target: path.display().to_string(),
+                reason: err.to_string(),
+            })?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    fn migrator() -> sqlx::migrate::Migrator {
+        sqlx::migrate!("./migrations/sqlite")
+    }
+}
+
+sql_store!(SqliteStore, Sqlite, DIALECT);

@@ -1,0 +1,97 @@
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use base64::Engine;
+use chrono::{DateTime, Duration, Utc};
+use serde_json::json;
+use tokenvault::crypto::{Envelope, KeyRing};
+use tokenvault::domain::{
+    AccessToken, ConnectionId, ConnectionStatus, IntegrationKey, RefreshToken, Scopes, TokenType,
+    UserId,
+};
+use tokenvault::store::{self, ConnectionStore, NewConnection, PoolOptions};
+
+pub struct Backend {
+    pub store: Arc<dyn ConnectionStore>,
+    pub url: String,
+    // Keeps the SQLite directory alive for the test's duration.
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub async fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let url = tokenvault::testing::sqlite_url(dir.path());
+    open(url, Some(dir)).await
+}
+
+pub async fn postgres() -> Backend {
+    open(tokenvault::testing::fresh_postgres_url().await, None).await
+}
+
+async fn open(url: String, dir: Option<tempfile::TempDir>) -> Backend {
+    let store = store::connect(&url, &PoolOptions::default()).await.unwrap();
+    store.migrate().await.unwrap();
+    Backend {
+        store,
+        url,
+        _dir: dir,
+    }
+}
+
+pub fn key_spec(id: &str, byte: u8) -> String {
+    format!(
+        "{id}:{}",
+        base64::engine::general_purpose::STANDARD.encode([byte; 32])
+    )
+}
+
+pub fn envelope(spec: &str) -> Envelope {
+    Envelope::new(Arc::new(KeyRing::parse(spec, "test").unwrap()))
+}
+
+pub fn user(raw: &str) -> UserId {
+    UserId::parse(raw).unwrap()
+}
+
+pub fn integration(raw: &str) -> IntegrationKey {
+    IntegrationKey::parse(raw).unwrap()
+}
+
+/// Millisecond precision, as stored.
+pub fn now() -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap()
+}
+
+pub async fn new_connection(
+    envelope: &Envelope,
+    user_id: &str,
+    integration_key: &str,
+    access: &str,
+    refresh: Option<&str>,
+    next_refresh_at: Option<DateTime<Utc>>,
+) -> NewConnection {
+    let id = ConnectionId::new();
+    let sealed = envelope
+        .seal_new(
+            id,
+            &AccessToken::new(access),
+            refresh.map(RefreshToken::new).as_ref(),
+        )
+        .await
+        .unwrap();
+    let now = now();
+    NewConnection {
+        id,
+        user_id: user(user_id),
+        integration: integration(integration_key),
+        status: ConnectionStatus::Connected,
+        scopes: Scopes::parse("user-read-email user-library-modify", " "),
+        token_type: TokenType::Bearer,
+        expires_at: Some(now + Duration::hours(1)),
+        next_refresh_at,
+        sealed,
+        metadata: json!({"site_id": "abc"}),
+        now,
+    }
+}

@@ -1,0 +1,682 @@
+//! One contract, two backends: every test here runs against SQLite and
+//! against PostgreSQL (a fresh database each).
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::Duration;
+use common::*;
+use tokenvault::domain::{ConnectionId, ConnectionStatus};
+use tokenvault::store::{LastError, Lease, ListFilter, StoreError};
+
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::common::sqlite().await).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::common::postgres().await).await })*
+        }
+    };
+}
+
+conformance!(
+    upsert_then_get_round_trips_every_field,
+    reconnect_replaces_the_grant_but_keeps_created_at,
+    list_by_user_and_keyset_paging,
+    compare_and_swap_detects_conflicts,
+    concurrent_writers_exactly_one_wins,
+    claim_due_takes_only_due_unleased_refreshable_rows,
+    concurrent_claims_never_overlap,
+    leases_belong_to_their_owner,
+    delete_counts_and_purge,
+    rotation_listing_and_rewrap,
+    migrations_are_idempotent_and_newer_schema_is_refused,
+);
+
+async fn upsert_then_get_round_trips_every_field(b: Backend) {
+    let env = envelope(&key_spec("k1", 1));
+    let due = now() + Duration::minutes(55);
+    let new = new_connection(
+        &env,
+        "user-1",
+        "spotify",
+        "AT-round-trip-0001",
+        Some("RT-round-trip-0001"),
+        Some(due),
+    )
+    .await;
+    let stored = b.store.upsert(new.clone()).await.unwrap();
+    let got = b
+        .store
+        .get(&user("user-1"), &integration("spotify"))
+        .await
+        .unwrap()
+        .unwrap();
+    for record in [&stored, &got] {
+        assert_eq!(record.id, new.id);
+        assert_eq!(record.status, ConnectionStatus::Connected);
+        assert_eq!(record.scopes, new.scopes);
+        assert_eq!(record.expires_at, new.expires_at);
+        assert_eq!(record.next_refresh_at, Some(due));
+        assert_eq!(record.metadata, new.metadata);
+        assert_eq!(record.data_key, new.sealed.data_key);
+        assert_eq!(record.version, 1);
+        assert_eq!(record.refresh_attempts, 0);
+        assert!(record.lease.is_none() && record.last_error.is_none());
+        assert_eq!(record.created_at, new.now);
+    }
+    let (access, refresh) = env
+        .open(
+            got.id,
+            &got.data_key,
+            got.access_token.as_deref().unwrap(),
+            got.refresh_token.as_deref(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(access.expose(), "AT-round-trip-0001");
+    assert_eq!(refresh.unwrap().expose(), "RT-round-trip-0001");
+    assert_eq!(b.store.get_by_id(got.id).await.unwrap().unwrap().id, got.id);
+    assert!(
+        b.store
+            .get(&user("user-2"), &integration("spotify"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        b.store
+            .get_by_id(ConnectionId::new())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn reconnect_replaces_the_grant_but_keeps_created_at(b: Backend) {
+    let env = envelope(&key_spec("k1", 1));
+    let first = b
+        .store
+        .upsert(
+            new_connection(
+                &env,
+                "u",
+                "google",
+                "AT-first-000000001",
+                Some("RT-1"),
+                None,
+            )
+            .await,
+        )
+        .await
+        .unwrap();
+    // The first grant went bad.
+    let mut failed = first.to_update(now());
+    failed.status = ConnectionStatus::NeedsReauth;
+    failed.refresh_attempts = 3;
+    failed.last_error = Some(LastError {
+        code: "invalid_grant".into(),
+        message: "revoked".into(),
+    });
+    b.store
+        .update(first.id, first.version, &failed)
+        .await
+        .unwrap();
+
+    let second_new = new_connection(&env, "u", "google", "AT-second-00000002", None, None).await;
+    let second = b.store.upsert(second_new.clone()).await.unwrap();
+    assert_eq!(second.id, second_new.id);
+    assert_ne!(second.id, first.id);
+    assert_eq!(second.status, ConnectionStatus::Connected);
+    assert_eq!(second.version, 3, "every write bumps the version");
+    assert_eq!(second.refresh_attempts, 0);
+    assert!(second.last_error.is_none());
+    assert!(second.refresh_token.is_none());
+    assert_eq!(second.created_at, first.created_at);
+    assert_eq!(b.store.list_by_user(&user("u")).await.unwrap().len(), 1);
+    let (access, _) = env
+        .open(
+            second.id,
+            &second.data_key,
+            second.access_token.as_deref().unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(access.expose(), "AT-second-00000002");
+}
+
+async fn list_by_user_and_keyset_paging(b: Backend) {
+    let env = envelope(&key_spec("k1", 1));
+    for i in 0..25 {
+        let integration = if i % 2 == 0 { "spotify" } else { "github" };
+        b.store
+            .upsert(
+                new_connection(
+                    &env,
+                    &format!("user-{i:02}"),
+                    integration,
+                    "AT-x",
+                    None,
+                    None,
+                )
+                .await,
+            )
+            .await
+            .unwrap();
+    }
+    b.store
+        .upsert(new_connection(&env, "user-00", "github", "AT-x", None, None).await)
+        .await
+        .unwrap();
+    let mine = b.store.list_by_user(&user("user-00")).await.unwrap();
+    assert_eq!(
+        mine.iter()
+            .map(|c| c.integration.as_str())
+            .collect::<Vec<_>>(),
+        ["github", "spotify"]
+    );
+
+    let filter = ListFilter {
+        integration: Some(integration("spotify")),
+        status: Some(ConnectionStatus::Connected),
+    };
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = b.store.list(&filter, after, 5).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 5);
+        after = Some(page.last().unwrap().id);
+        seen.extend(page);
+    }
+    assert_eq!(seen.len(), 13);
+    assert!(seen.windows(2).all(|w| w[0].id < w[1].id), "ordered by id");
+    assert!(seen.iter().all(|c| c.integration.as_str() == "spotify"));
+    let none = ListFilter {
+        integration: None,
+        status: Some(ConnectionStatus::Expired),
+    };
+    assert!(b.store.list(&none, None, 100).await.unwrap().is_empty());
+    assert_eq!(
+        b.store
+            .list(&ListFilter::default(), None, 100)
+            .await
+            .unwrap()
+            .len(),
+        26
+    );
+}
+
+async fn compare_and_swap_detects_conflicts(b: Backend) {
+    let env = envelope(&key_spec("k1", 1));
+    let record = b
+        .store
+        .upsert(new_connection(&env, "u", "discord", "AT-x", Some("RT-x"), None).await)
+        .await
+        .unwrap();
+    let mut update = record.to_update(now());
+    update.last_refreshed_at = Some(now());
+    let updated = b
+        .store
+        .update(record.id, record.version, &update)
+        .await
+        .unwrap();
+    assert_eq!(updated.version, record.version + 1);
+    assert_eq!(updated.last_refreshed_at, update.last_refreshed_at);
+
+    let stale = b
+        .store
+        .update(record.id, record.version, &update)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(stale, StoreError::Conflict { id, expected } if id == record.id && expected == record.version),
+        "{stale}"
+    );
+    let gone = b
+        .store
+        .update(ConnectionId::new(), 1, &update)
+        .await
+        .unwrap_err();
+    assert!(matches!(gone, StoreError::NotFound), "{gone}");
+}
+
+async fn concurrent_writers_exactly_one_wins(b: Backend) {
+    let env = envelope(&key_spec("k1", 1));
+    for round in 0..20 {
+        let record = b
+            .store
+            .upsert(
+                new_connection(
+                    &env,
+                    &format!("u{round}"),
+                    "spotify",
+                    "AT-x",
+                    Some("RT-x"),
+                    None,
+                )
+                .await,
+            )
+            .await
+            .unwrap();
+        let writers = (0..2).map(|writer| {
+            let store = Arc::clone(&b.store);
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut update = record.to_update(now());
+                update.metadata = serde_json::json!({ "writer": writer });
+                store.update(record.id, record.version, &update).await
+            })
+        });
+        let results: Vec<_> = futures::future::join_all(writers)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let wins = results.iter().filter(|r| r.is_ok()).count();
+        let conflicts = results
+            .iter()
+            .filter(|r| matches!(r, Err(StoreError::Conflict { .. })))
+            .count();
+        assert_eq!((wins, conflicts), (1, 1), "round {round}: {results:?}");
+        let winner = results.iter().find_map(|r| r.as_ref().ok()).unwrap();
+        let stored = b.store.get_by_id(record.id).await.unwrap().unwrap();
+        assert_eq!(stored.metadata, winner.metadata);
+        assert_eq!(stored.version, record.version + 1);
+    }
+}
+
+async fn claim_due_takes_only_due_unleased_refreshable_rows(b: Backend) {
+    let env = envelope(&key_spec("k1", 1));
+    let now = now();
+    let due_early = b
+        .store
+        .upsert(
+            new_connection(
+                &env,
+                "a",
+                "spotify",
+                "AT",
+                Some("RT"),
+                Some(now - Duration::minutes(10)),
+            )
+            .await,
+        )
+        .await
+        .unwrap();
+    let due_late = b
+        .store
+        .upsert(
+            new_connection(
+                &env,
+                "b",
+                "spotify",
+                "AT",
+                Some("RT"),
+                Some(now - Duration::minutes(1)),
+            )
+            .await,
+        )
+        .await
+        .unwrap();
+    b.store
+        .upsert(
+            new_connection(
+                &env,
+                "c",
+                "spotify",
+                "AT",
+                Some("RT"),
+                Some(now + Duration::minutes(5)),
+            )
+            .await,
+        )
+        .await
+        .unwrap();
+    b.store
+        .upsert(new_connection(&env, "d", "github", "AT", None, None).await)
+        .await
+        .unwrap();
+    let reauth = b
+        .store
+        .upsert(
+            new_connection(
+                &env,
+                "e",
+                "spotify",
+                "AT",
+                Some("RT"),
+                Some(now - Duration::minutes(20)),
+            )
+            .await,
+        )
+        .await
+        .unwrap();
+    let mut update = reauth.to_update(now);
+    update.status = ConnectionStatus::NeedsReauth;
+    b.store
+        .update(reauth.id, reauth.version, &update)
+        .await
+        .unwrap();
+
+    assert_eq!(b.store.count_due_before(now).await.unwrap(), 2);
+    let lease_until = now + Duration::seconds(30);
+    let claimed = b
+        .store
+        .claim_due(now, 10, "node-a", lease_until)
+        .await
+        .unwrap();
+    let ids: Vec<_> = claimed.iter().map(|c| c.id).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&due_early.id) && ids.contains(&due_late.id));
+    for record in &claimed {
+        assert_eq!(
+            record.lease,
+            Some(Lease {
+                owner: "node-a".into(),
+                expires_at: lease_until
+            })
+        );
+        assert_eq!(record.version, 2, "a claim is a write");
+    }
+    // Held leases are skipped; a limit takes the most overdue first.
+    assert!(
+        b.store
+            .claim_due(now, 10, "node-b", lease_until)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let later = lease_until + Duration::seconds(1);
+    let reclaimed = b
+        .store
+        .claim_due(later, 1, "node-b", later + Duration::seconds(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        reclaimed.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![due_early.id],
+        "expired lease is reclaimable, oldest first"
+    );
+}
+
+async fn concurrent_claims_never_overlap(b: Backend) {
+    let env = envelope(&key_spec("k1", 1));
+    let now = now();
+    let mut all = HashSet::new();
+    for i in 0..200 {
+        let c = new_connection(
+            &env,
+            &format!("u{i}"),
+            "spotify",
+            "AT",
+            Some("RT"),
+            Some(now - Duration::seconds(i)),
+        )
+        .await;
+        all.insert(b.store.upsert(c).await.unwrap().id);
+    }
+    let claimers = (0..4).map(|n| {
+        let store = Arc::clone(&b.store);
+        tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let batch = store
+                    .claim_due(now, 7, &format!("node-{n}"), now + Duration::minutes(1))
+                    .await
+                    .unwrap();
+                if batch.is_empty() {
+                    break mine;
+                }
+                mine.extend(batch.into_iter().map(|c| c.id));
+            }
+        })
+    });
+    let mut seen = HashSet::new();
+    for claimer in futures::future::join_all(claimers).await {
+        for id in claimer.unwrap() {
+            assert!(seen.insert(id), "{id} claimed twice");
+        }
+    }
+    assert_eq!(seen, all);
+}
+
+async fn leases_belong_to_their_owner(b: Backend) {
+    let env = envelope(&key_spec("k1", 1));
+    let now = now();
+    let record = b
+        .store
+        .upsert(new_connection(&env, "u", "spotify", "AT", Some("RT"), None).await)
+        .await
+        .unwrap();
+    let until = now + Duration::seconds(20);
+    let held = b
+        .store
+        .acquire_lease(record.id, "a", now, until)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(held.lease_allows("a", now) && !held.lease_allows("b", now));
+    assert!(
+        b.store
+            .acquire_lease(record.id, "b", now, until)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        !b.store.release_lease(record.id, "b").await.unwrap(),
+        "only the owner releases"
+    );
+    assert!(
+        b.store
+            .acquire_lease(record.id, "a", now, until)
+            .await
+            .unwrap()
+            .is_some(),
+        "re-entrant for its owner"
+    );
+    assert!(
+        b.store
+            .acquire_lease(record.id, "b", until, until + Duration::seconds(20))
+            .await
+            .unwrap()
+            .is_some(),
+        "expired lease is taken over"
+    );
+    assert!(
+        !b.store.release_lease(record.id, "a").await.unwrap(),
+        "a's lease was taken over"
+    );
+    assert!(b.store.release_lease(record.id, "b").await.unwrap());
+    assert!(
+        b.store
+            .get_by_id(record.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .lease
+            .is_none()
+    );
+}
+
+async fn delete_counts_and_purge(b: Backend) {
+    let env = envelope(&key_spec("k1", 1));
+    for i in 0..3 {
+        b.store
+            .upsert(new_connection(&env, &format!("u{i}"), "wix", "AT", None, None).await)
+            .await
+            .unwrap();
+    }
+    let old = b
+        .store
+        .get(&user("u0"), &integration("wix"))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut update = old.to_update(now() - Duration::days(40));
+    update.status = ConnectionStatus::Disconnected;
+    update.access_token = None;
+    b.store.update(old.id, old.version, &update).await.unwrap();
+
+    let counts = b.store.count_by_status().await.unwrap();
+    assert_eq!(counts[&ConnectionStatus::Connected], 2);
+    assert_eq!(counts[&ConnectionStatus::Disconnected], 1);
+    assert_eq!(counts[&ConnectionStatus::Expired], 0);
+
+    assert_eq!(
+        b.store
+            .purge(
+                &[ConnectionStatus::Disconnected],
+                now() - Duration::days(30)
+            )
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        b.store
+            .purge(&[ConnectionStatus::Connected], now() - Duration::days(30))
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(
+        b.store
+            .delete(&user("u1"), &integration("wix"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.store
+            .delete(&user("u1"), &integration("wix"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        b.store.count_by_status().await.unwrap()[&ConnectionStatus::Connected],
+        1
+    );
+}
+
+async fn rotation_listing_and_rewrap(b: Backend) {
+    let old = envelope(&key_spec("k1", 1));
+    for i in 0..12 {
+        b.store
+            .upsert(
+                new_connection(
+                    &old,
+                    &format!("u{i}"),
+                    "tidal",
+                    "AT-rotate-me-0001",
+                    None,
+                    None,
+                )
+                .await,
+            )
+            .await
+            .unwrap();
+    }
+    let both = envelope(&format!("{},{}", key_spec("k2", 2), key_spec("k1", 1)));
+    b.store
+        .upsert(new_connection(&both, "fresh", "tidal", "AT", None, None).await)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.store
+            .count_by_key()
+            .await
+            .unwrap()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        vec![("k1".into(), 12), ("k2".into(), 1)]
+    );
+
+    let first = b.store.list_keys_to_rotate("k2", None, 5).await.unwrap();
+    assert_eq!(first.len(), 5);
+    let rest = b
+        .store
+        .list_keys_to_rotate("k2", Some(first.last().unwrap().0), 100)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 7);
+    let (id, wrapped) = &first[0];
+    let new = both.rewrap(*id, wrapped).await.unwrap();
+    assert!(
+        b.store
+            .replace_wrapped_key(*id, wrapped, &new)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.store
+            .replace_wrapped_key(*id, wrapped, &new)
+            .await
+            .unwrap(),
+        "only swaps from the expected key"
+    );
+    let row = b.store.get_by_id(*id).await.unwrap().unwrap();
+    assert_eq!(row.data_key.key_id().as_str(), "k2");
+    assert_eq!(row.version, 1, "re-wrapping is not a token write");
+    let (access, _) = envelope(&key_spec("k2", 2))
+        .open(
+            *id,
+            &row.data_key,
+            row.access_token.as_deref().unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(access.expose(), "AT-rotate-me-0001");
+}
+
+async fn migrations_are_idempotent_and_newer_schema_is_refused(b: Backend) {
+    b.store.migrate().await.unwrap();
+    // Pretend a newer release applied a migration this build does not know.
+    let pool_url = b.url.clone();
+    let store = tokenvault::store::connect(&pool_url, &Default::default())
+        .await
+        .unwrap();
+    insert_future_migration(&pool_url).await;
+    let err = store.migrate().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::NewerSchema {
+                version: 29991231000000
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("newer tokenvault"), "{err}");
+}
+
+async fn insert_future_migration(url: &str) {
+    use sqlx::Connection;
+    const COLUMNS: &str = "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (29991231000000, 'future', TRUE, ";
+    if url.starts_with("sqlite") {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query(const_format(COLUMNS, "X'00', 1)"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(const_format(COLUMNS, "'\\x00'::bytea, 1)"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+fn const_format(head: &str, tail: &str) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(format!("{head}{tail}"))
+}
