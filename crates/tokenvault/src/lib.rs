@@ -1,10 +1,13 @@
 //! tokenvault: keep third-party OAuth tokens valid for months.
 //!
-//! The library holds the domain, envelope encryption and storage; the
-//! `tokenvault-server` crate wires them into an HTTP service.
+//! The library holds the domain, envelope encryption, the OAuth protocol
+//! client, the provider catalog and storage; the `tokenvault-server` crate
+//! wires them into an HTTP service.
 
 pub mod crypto;
 pub mod domain;
+pub mod oauth;
+pub mod providers;
 pub mod rotation;
 pub mod store;
 #[doc(hidden)]

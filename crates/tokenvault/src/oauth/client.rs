@@ -1,0 +1,408 @@
+//! The HTTP side of the protocol: client authentication and the endpoint calls.
+
+use std::fmt;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use secrecy::{ExposeSecret as _, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use url::Url;
+
+use super::error::{OAuthError, RetryAfter};
+use super::token::{
+    DeviceAuthorization, DevicePoll, RawResponse, TokenResponse, device_authorization_from_object,
+};
+
+/// Upper bound on any response body we read; larger bodies are an error.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+const GRANT_DEVICE_CODE: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// How the client authenticates at the token/revocation/device endpoints
+/// (RFC 6749 §2.3, OIDC `token_endpoint_auth_method` names).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    /// HTTP Basic with form-urlencoded id and secret (RFC 6749 §2.3.1).
+    #[default]
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
+    /// Public client: `client_id` in the body, no secret ever sent.
+    None,
+}
+
+/// Client credentials. `Debug` never prints the secret.
+#[derive(Clone)]
+pub struct ClientAuth {
+    pub client_id: String,
+    pub client_secret: Option<SecretString>,
+    pub method: ClientAuthMethod,
+}
+
+impl ClientAuth {
+    pub fn basic(client_id: impl Into<String>, client_secret: SecretString) -> Self {
+        Self {
+            client_id: client_id.into(),
+            client_secret: Some(client_secret),
+            method: ClientAuthMethod::ClientSecretBasic,
+        }
+    }
+
+    pub fn post(client_id: impl Into<String>, client_secret: SecretString) -> Self {
+        Self {
+            client_id: client_id.into(),
+            client_secret: Some(client_secret),
+            method: ClientAuthMethod::ClientSecretPost,
+        }
+    }
+
+    /// A public client (PKCE / device flow without a secret).
+    pub fn public(client_id: impl Into<String>) -> Self {
+        Self {
+            client_id: client_id.into(),
+            client_secret: None,
+            method: ClientAuthMethod::None,
+        }
+    }
+
+    /// The `Authorization` header value for `client_secret_basic`:
+    /// `Basic base64(urlencode(id) ":" urlencode(secret))`.
+    fn basic_header(&self, secret: &SecretString) -> Result<HeaderValue, OAuthError> {
+        let id = form_urlencode(&self.client_id);
+        let secret = form_urlencode(secret.expose_secret());
+        let encoded = STANDARD.encode(format!("{id}:{secret}"));
+        let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
+            .map_err(|_| OAuthError::Config("unencodable basic credentials".into()))?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+
+    /// Adds client authentication to a request: either a header or body params.
+    fn apply(
+        &self,
+        req: reqwest::RequestBuilder,
+        form: &mut Vec<(&'static str, String)>,
+    ) -> Result<reqwest::RequestBuilder, OAuthError> {
+        let secret = || {
+            self.client_secret.as_ref().ok_or_else(|| {
+                OAuthError::Config(format!(
+                    "client auth method {:?} requires a client_secret",
+                    self.method
+                ))
+            })
+        };
+        match self.method {
+            ClientAuthMethod::ClientSecretBasic => {
+                let value = self.basic_header(secret()?)?;
+                Ok(req.header(header::AUTHORIZATION, value))
+            }
+            ClientAuthMethod::ClientSecretPost => {
+                let secret = secret()?;
+                form.push(("client_id", self.client_id.clone()));
+                form.push(("client_secret", secret.expose_secret().to_string()));
+                Ok(req)
+            }
+            ClientAuthMethod::None => {
+                form.push(("client_id", self.client_id.clone()));
+                Ok(req)
+            }
+        }
+    }
+}
+
+impl fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientAuth")
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "[redacted]"),
+            )
+            .field("method", &self.method)
+            .finish()
+    }
+}
+
+fn form_urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Per-provider knobs for token-endpoint calls (supplied by the provider catalog).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenRequestOptions {
+    /// JSON pointer to the object holding the token fields (`"/authed_user"`
+    /// for Slack user tokens, `"/data"`, ...). `None` = the body root.
+    pub token_path: Option<String>,
+    /// Additional form parameters sent with the token request (`audience`,
+    /// `resource`, ...). They are appended after the standard ones; do not
+    /// repeat a standard parameter here.
+    pub extra_params: Vec<(String, String)>,
+}
+
+/// HTTP settings of [`OAuthClient`].
+#[derive(Debug, Clone)]
+pub struct OAuthClientConfig {
+    pub connect_timeout: Duration,
+    /// Whole-request timeout (connect + send + reading the body).
+    pub request_timeout: Duration,
+    pub user_agent: String,
+}
+
+impl Default for OAuthClientConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(20),
+            user_agent: concat!("tokenvault/", env!("CARGO_PKG_VERSION")).to_string(),
+        }
+    }
+}
+
+/// OAuth 2.0 protocol client. Cheap to clone (shares the connection pool).
+///
+/// Redirects are never followed: a 3xx from any endpoint is an
+/// [`OAuthError::Http`] (a token endpoint that redirects would otherwise make
+/// us re-send credentials or lose the POST body).
+#[derive(Debug, Clone)]
+pub struct OAuthClient {
+    http: reqwest::Client,
+}
+
+impl OAuthClient {
+    pub fn new(config: OAuthClientConfig) -> Result<Self, OAuthError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .user_agent(config.user_agent)
+            .default_headers(headers)
+            .build()
+            .map_err(|e| OAuthError::Config(format!("building HTTP client: {e}")))?;
+        Ok(Self { http })
+    }
+
+    /// Authorization-code exchange (RFC 6749 §4.1.3, with the RFC 7636
+    /// `code_verifier` when PKCE was used).
+    pub async fn exchange_code(
+        &self,
+        token_url: &Url,
+        auth: &ClientAuth,
+        code: &str,
+        redirect_uri: &str,
+        code_verifier: Option<&SecretString>,
+        options: &TokenRequestOptions,
+    ) -> Result<TokenResponse, OAuthError> {
+        let mut form = vec![
+            ("grant_type", "authorization_code".to_string()),
+            ("code", code.to_string()),
+            ("redirect_uri", redirect_uri.to_string()),
+        ];
+        if let Some(v) = code_verifier {
+            form.push(("code_verifier", v.expose_secret().to_string()));
+        }
+        self.token_request(token_url, auth, form, options).await
+    }
+
+    /// Refresh-token grant (RFC 6749 §6). `scopes: None` (or empty) omits the
+    /// `scope` parameter, which keeps the originally granted scopes.
+    ///
+    /// If the response carries no `refresh_token`, the old one stays valid and
+    /// must be kept by the caller.
+    pub async fn refresh(
+        &self,
+        token_url: &Url,
+        auth: &ClientAuth,
+        refresh_token: &SecretString,
+        scopes: Option<&[String]>,
+        scope_separator: &str,
+        options: &TokenRequestOptions,
+    ) -> Result<TokenResponse, OAuthError> {
+        let mut form = vec![
+            ("grant_type", "refresh_token".to_string()),
+            ("refresh_token", refresh_token.expose_secret().to_string()),
+        ];
+        push_scope(&mut form, scopes.unwrap_or_default(), scope_separator);
+        self.token_request(token_url, auth, form, options).await
+    }
+
+    /// Client-credentials grant (RFC 6749 §4.4).
+    pub async fn client_credentials(
+        &self,
+        token_url: &Url,
+        auth: &ClientAuth,
+        scopes: &[String],
+        scope_separator: &str,
+        options: &TokenRequestOptions,
+    ) -> Result<TokenResponse, OAuthError> {
+        let mut form = vec![("grant_type", "client_credentials".to_string())];
+        push_scope(&mut form, scopes, scope_separator);
+        self.token_request(token_url, auth, form, options).await
+    }
+
+    /// Device authorization request (RFC 8628 §3.1).
+    ///
+    /// Public clients (`ClientAuthMethod::None`) send `client_id` in the body,
+    /// as RFC 8628 requires; confidential clients authenticate as usual.
+    pub async fn device_authorize(
+        &self,
+        device_authorization_url: &Url,
+        auth: &ClientAuth,
+        scopes: &[String],
+        scope_separator: &str,
+        extra_params: &[(String, String)],
+    ) -> Result<DeviceAuthorization, OAuthError> {
+        let mut form = Vec::new();
+        push_scope(&mut form, scopes, scope_separator);
+        let raw = self
+            .post_form(device_authorization_url, auth, form, extra_params)
+            .await?;
+        match raw.into_object()? {
+            Some(object) => device_authorization_from_object(object),
+            None => Err(OAuthError::InvalidResponse(
+                "device authorization body is neither a JSON object nor form-encoded".into(),
+            )),
+        }
+    }
+
+    /// One device-token poll (RFC 8628 §3.4/3.5). The caller owns the loop,
+    /// the interval (+5 s on [`DevicePoll::SlowDown`]) and the overall expiry.
+    pub async fn poll_device_token(
+        &self,
+        token_url: &Url,
+        auth: &ClientAuth,
+        device_code: &SecretString,
+        options: &TokenRequestOptions,
+    ) -> Result<DevicePoll, OAuthError> {
+        let form = vec![
+            ("grant_type", GRANT_DEVICE_CODE.to_string()),
+            ("device_code", device_code.expose_secret().to_string()),
+        ];
+        match self.token_request(token_url, auth, form, options).await {
+            Ok(token) => Ok(DevicePoll::Complete(token)),
+            Err(err) => match err.oauth_error_code() {
+                Some("authorization_pending") => Ok(DevicePoll::Pending),
+                Some("slow_down") => Ok(DevicePoll::SlowDown),
+                Some("access_denied") => Ok(DevicePoll::Denied),
+                Some("expired_token") => Ok(DevicePoll::Expired),
+                _ => Err(err),
+            },
+        }
+    }
+
+    /// Token revocation (RFC 7009). Any 2xx is success (RFC 7009 §2.2: the
+    /// server answers 200 even for unknown/already-invalid tokens).
+    pub async fn revoke(
+        &self,
+        revocation_url: &Url,
+        auth: &ClientAuth,
+        token: &SecretString,
+        token_type_hint: Option<&str>,
+    ) -> Result<(), OAuthError> {
+        let mut form = vec![("token", token.expose_secret().to_string())];
+        if let Some(hint) = token_type_hint {
+            form.push(("token_type_hint", hint.to_string()));
+        }
+        let raw = self.post_form(revocation_url, auth, form, &[]).await?;
+        if raw.is_success() {
+            return Ok(());
+        }
+        Err(raw.failure())
+    }
+
+    /// GET a userinfo (or any JSON) endpoint with `Authorization: Bearer`.
+    ///
+    /// Non-2xx → [`OAuthError::Provider`] when the body or `WWW-Authenticate`
+    /// carries an OAuth error (e.g. `invalid_token`), else
+    /// [`OAuthError::Http`]; both expose [`OAuthError::status`] so callers can
+    /// refresh on 401.
+    pub async fn userinfo(
+        &self,
+        url: &Url,
+        access_token: &SecretString,
+    ) -> Result<Value, OAuthError> {
+        let req = self
+            .http
+            .get(url.clone())
+            .bearer_auth(access_token.expose_secret());
+        let raw = self.execute(req).await?;
+        if raw.is_success() {
+            return serde_json::from_slice::<Value>(&raw.body).map_err(|e| {
+                OAuthError::InvalidResponse(format!("userinfo body is not JSON: {e}"))
+            });
+        }
+        Err(raw.failure())
+    }
+
+    async fn token_request(
+        &self,
+        token_url: &Url,
+        auth: &ClientAuth,
+        form: Vec<(&'static str, String)>,
+        options: &TokenRequestOptions,
+    ) -> Result<TokenResponse, OAuthError> {
+        let raw = self
+            .post_form(token_url, auth, form, &options.extra_params)
+            .await?;
+        raw.into_token_response(options.token_path.as_deref())
+    }
+
+    async fn post_form(
+        &self,
+        url: &Url,
+        auth: &ClientAuth,
+        mut form: Vec<(&'static str, String)>,
+        extra_params: &[(String, String)],
+    ) -> Result<RawResponse, OAuthError> {
+        let req = self.http.post(url.clone());
+        let req = auth.apply(req, &mut form)?;
+        let mut pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        pairs.extend(extra_params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        self.execute(req.form(&pairs)).await
+    }
+
+    async fn execute(&self, req: reqwest::RequestBuilder) -> Result<RawResponse, OAuthError> {
+        let mut resp = req.send().await.map_err(OAuthError::from_reqwest)?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers();
+        let header_str = |name: header::HeaderName| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let content_type = header_str(header::CONTENT_TYPE);
+        let retry_after = header_str(header::RETRY_AFTER)
+            .as_deref()
+            .and_then(RetryAfter::parse);
+        let www_authenticate = header_str(header::WWW_AUTHENTICATE);
+
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(OAuthError::from_reqwest)? {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(OAuthError::InvalidResponse(format!(
+                    "response body exceeds {MAX_BODY_BYTES} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(RawResponse {
+            status,
+            content_type,
+            retry_after,
+            www_authenticate,
+            body,
+        })
+    }
+}
+
+fn push_scope(form: &mut Vec<(&'static str, String)>, scopes: &[String], separator: &str) {
+    if !scopes.is_empty() {
+        form.push(("scope", scopes.join(separator)));
+    }
+}
