@@ -1,1 +1,163 @@
-fn main() {}
+//! `tokenvault`: the service and its operator commands.
+
+mod config;
+mod http;
+mod keys;
+mod wiring;
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "tokenvault",
+    version,
+    about = "Keeps your users' third-party OAuth tokens valid: flows, encrypted storage, refresh."
+)]
+struct Cli {
+    /// Configuration file (TOML). Default: ./tokenvault.toml if present.
+    #[arg(long, global = true, env = "TOKENVAULT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP service (migrates the database first unless migrate_on_start = false).
+    Serve {
+        /// Address to listen on (overrides `bind` / TOKENVAULT_BIND).
+        #[arg(long)]
+        bind: Option<SocketAddr>,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage master keys (key-encryption keys).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new random master key as `id:base64`.
+    Generate {
+        /// Key id (default: k<timestamp>).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Re-wrap every data key under the active (first) master key; resumable, safe while serving.
+    Rotate {
+        /// Rows per batch.
+        #[arg(long, default_value_t = 500)]
+        batch: u32,
+    },
+    /// Remove a master key; refused while any connection still uses it.
+    Retire {
+        /// The key id to retire.
+        id: String,
+    },
+    /// Show the key ring and how many connections each key wraps.
+    Status,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
+    init_tracing(config.log_format);
+    match cli.command {
+        Command::Serve { bind } => serve(config, bind).await,
+        Command::Migrate => {
+            let store = wiring::open_store(&config).await?;
+            store.migrate().await?;
+            println!("database is up to date");
+            Ok(())
+        }
+        Command::Keys { command } => match command {
+            KeysCommand::Generate { id } => keys::generate(id),
+            KeysCommand::Rotate { batch } => keys::rotate(&config, batch).await,
+            KeysCommand::Retire { id } => keys::retire(&config, &id).await,
+            KeysCommand::Status => keys::status(&config).await,
+        },
+    }
+}
+
+async fn serve(config: Config, bind: Option<SocketAddr>) -> anyhow::Result<()> {
+    let (ring, _) = wiring::load_key_ring(&config)?;
+    let store = wiring::open_store(&config).await?;
+    if config.migrate_on_start {
+        store.migrate().await?;
+    }
+    let state = http::AppState {
+        store,
+        envelope: wiring::envelope(ring),
+    };
+    let addr = bind.unwrap_or(config.bind);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, "listening");
+    eprintln!("tokenvault listening on http://{local}");
+    axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        if let Ok(mut signal) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            signal.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -80,6 +80,9 @@ impl Default for PoolOptions {
 /// overwrite a newer token.
 #[async_trait::async_trait]
 pub trait ConnectionStore: Send + Sync + 'static {
+    /// Cheap round trip for readiness checks.
+    async fn ping(&self) -> Result<(), StoreError>;
+
     /// Applies pending migrations; refuses a schema from a newer release.
     async fn migrate(&self) -> Result<(), StoreError>;
 

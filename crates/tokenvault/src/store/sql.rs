@@ -43,6 +43,11 @@ macro_rules! sql_store {
     ($store:ident, $db:ty, $dialect:expr) => {
         #[async_trait::async_trait]
         impl $crate::store::ConnectionStore for $store {
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
             async fn migrate(&self) -> Result<(), StoreError> {
                 Self::migrator()
                     .run(&self.pool)

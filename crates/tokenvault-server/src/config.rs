@@ -1,0 +1,101 @@
+//! Configuration: defaults < `tokenvault.toml` (or `--config`/`TOKENVAULT_CONFIG`)
+//! < `TOKENVAULT_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    /// Lenient: generates a master key file, allows http redirect URIs on localhost.
+    #[default]
+    Development,
+    /// Strict: master keys must be supplied, redirect URIs must be https.
+    Production,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON when stderr is not a terminal, human-readable otherwise.
+    #[default]
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub environment: Environment,
+    pub bind: SocketAddr,
+    /// Where the embedded defaults live: the SQLite file and the dev key file.
+    pub data_dir: PathBuf,
+    /// `sqlite://PATH` (default: `<data_dir>/tokenvault.db`) or `postgres://…`.
+    pub database_url: Option<String>,
+    pub database_max_connections: u32,
+    /// Apply migrations when `serve` starts (otherwise run `tokenvault migrate`).
+    pub migrate_on_start: bool,
+    /// `k2:base64,k1:base64`, first = active. Overrides the key file.
+    pub master_keys: Option<SecretString>,
+    /// Default `<data_dir>/master.key`; generated on first start in development.
+    pub master_key_file: Option<PathBuf>,
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            environment: Environment::Development,
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            database_max_connections: 10,
+            migrate_on_start: true,
+            master_keys: None,
+            master_key_file: None,
+            log_format: LogFormat::Auto,
+        }
+    }
+}
+
+impl Config {
+    /// Loads the layered configuration. An explicit `path` must exist; the
+    /// default `tokenvault.toml` is optional.
+    pub fn load(path: Option<&Path>) -> Result<Self, Box<figment::Error>> {
+        let file = match path {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(Box::new(figment::Error::from(format!(
+                        "config file {} does not exist",
+                        path.display()
+                    ))));
+                }
+                Toml::file_exact(path)
+            }
+            None => Toml::file("tokenvault.toml"),
+        };
+        Figment::new()
+            .merge(file)
+            .merge(Env::prefixed("TOKENVAULT_").ignore(&["config"]))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}", self.data_dir.join("tokenvault.db").display())
+        })
+    }
+
+    pub fn master_key_file(&self) -> PathBuf {
+        self.master_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("master.key"))
+    }
+}
