@@ -12,3 +12,4 @@ pub mod rotation;
 pub mod store;
 #[doc(hidden)]
 pub mod testing;
+pub mod vault;

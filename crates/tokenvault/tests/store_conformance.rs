@@ -680,3 +680,63 @@ async fn insert_future_migration(url: &str) {
 fn const_format(head: &str, tail: &str) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(format!("{head}{tail}"))
 }
+
+mod vault {
+    use super::common::*;
+    use std::sync::Arc;
+    use tokenvault::domain::{AccessToken, RefreshToken, Scopes, SystemClock, TokenSet, TokenType};
+    use tokenvault::vault::Vault;
+
+    async fn save_and_read_round_trip(b: Backend) {
+        let vault = Vault::new(
+            Arc::clone(&b.store),
+            envelope(&key_spec("k1", 1)),
+            Arc::new(SystemClock),
+        );
+        let tokens = TokenSet {
+            access_token: AccessToken::new("AT-vault-round-trip"),
+            refresh_token: Some(RefreshToken::new("RT-vault-round-trip")),
+            token_type: TokenType::Bearer,
+            scopes: Scopes::parse("a b", " "),
+            expires_at: Some(now() + chrono::Duration::hours(1)),
+        };
+        let record = vault
+            .save_grant(
+                &user("u"),
+                &integration("spotify"),
+                &tokens,
+                serde_json::json!({"k": 1}),
+                chrono::Duration::minutes(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            record.next_refresh_at,
+            Some(tokens.expires_at.unwrap() - chrono::Duration::minutes(5))
+        );
+        let (read_record, read_tokens) = vault
+            .read(&user("u"), &integration("spotify"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read_record.id, record.id);
+        assert_eq!(read_tokens, tokens);
+        assert!(
+            vault
+                .read(&user("nobody"), &integration("spotify"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn sqlite_save_and_read_round_trip() {
+        save_and_read_round_trip(sqlite().await).await
+    }
+
+    #[tokio::test]
+    async fn postgres_save_and_read_round_trip() {
+        save_and_read_round_trip(postgres().await).await
+    }
+}
