@@ -46,6 +46,30 @@ pub struct Config {
     /// Default `<data_dir>/master.key`; generated on first start in development.
     pub master_key_file: Option<PathBuf>,
     pub log_format: LogFormat,
+    /// Keys accepted on `/v1` as `Authorization: Bearer <key>`
+    /// (`TOKENVAULT_API_KEYS`, comma-separated).
+    #[serde(deserialize_with = "secret_list")]
+    pub api_keys: Vec<SecretString>,
+}
+
+/// Accepts a TOML list or a comma-separated string (from the environment).
+fn secret_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Joined(String),
+    }
+    let items = match Raw::deserialize(d)? {
+        Raw::List(items) => items,
+        Raw::Joined(joined) => joined.split(',').map(str::to_owned).collect(),
+    };
+    Ok(items
+        .into_iter()
+        .map(|item| item.trim().to_owned())
+        .filter(|item| !item.is_empty())
+        .map(SecretString::from)
+        .collect())
 }
 
 impl Default for Config {
@@ -60,6 +84,7 @@ impl Default for Config {
             master_keys: None,
             master_key_file: None,
             log_format: LogFormat::Auto,
+            api_keys: Vec::new(),
         }
     }
 }

@@ -1,9 +1,6 @@
 //! `tokenvault`: the service and its operator commands.
 
-mod config;
-mod http;
-mod keys;
-mod wiring;
+use tokenvault_server::{config, http, keys, wiring};
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -13,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Config, LogFormat};
+use config::{Config, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -110,6 +107,7 @@ async fn serve(config: Config, bind: Option<SocketAddr>) -> anyhow::Result<()> {
     let state = http::AppState {
         store,
         envelope: wiring::envelope(ring),
+        api_keys: http::ApiKeys::new(&config.api_keys),
     };
     let addr = bind.unwrap_or(config.bind);
     let listener = tokio::net::TcpListener::bind(addr)

@@ -1,37 +1,20 @@
-//! The HTTP surface.
+//! Liveness and readiness.
 
-use std::sync::Arc;
-
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
-use axum::routing::get;
 use serde_json::json;
-use tokenvault::crypto::Envelope;
-use tokenvault::store::ConnectionStore;
 
-#[derive(Clone)]
-pub struct AppState {
-    pub store: Arc<dyn ConnectionStore>,
-    pub envelope: Envelope,
-}
-
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(state)
-}
+use super::AppState;
 
 /// Alive: the process answers.
-async fn healthz() -> Json<serde_json::Value> {
+pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// Ready: the database answers and a master key is loaded.
 #[tracing::instrument(skip_all)]
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let database = match state.store.ping().await {
         Ok(()) => json!({ "status": "ok" }),
         Err(err) => json!({ "status": "error", "message": err.to_string() }),
