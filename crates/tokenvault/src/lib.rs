@@ -9,6 +9,7 @@ pub mod domain;
 pub mod oauth;
 pub mod providers;
 pub mod rotation;
+pub mod state;
 pub mod store;
 #[doc(hidden)]
 pub mod testing;

@@ -95,3 +95,36 @@ pub async fn new_connection(
         now,
     }
 }
+
+/// A migrated SQLite connection store; keep the directory alive alongside it.
+pub async fn sqlite_store() -> (store::SqliteStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = tokenvault::testing::sqlite_url(dir.path());
+    let store = store::SqliteStore::connect(&url, &PoolOptions::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    (store, dir)
+}
+
+/// A migrated PostgreSQL connection store on a fresh database.
+pub async fn postgres_store() -> store::PostgresStore {
+    let url = tokenvault::testing::fresh_postgres_url().await;
+    let store = store::PostgresStore::connect(&url, &PoolOptions::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+/// The Redis the state-store tests use (`TOKENVAULT_TEST_REDIS_URL`, default
+/// the local one). Tests needing it fail, never skip, when it is down.
+pub fn redis_url() -> String {
+    std::env::var("TOKENVAULT_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A key prefix no other test run shares, so tests never touch foreign keys.
+pub fn unique_redis_prefix() -> String {
+    format!("tokenvault:test:{}:state:", uuid::Uuid::new_v4().simple())
+}

@@ -1,0 +1,205 @@
+//! State in the connection database (`oauth_states`), for single-instance
+//! deployments and multi-instance ones without Redis. `take` is one
+//! `DELETE … RETURNING`, atomic on both backends; an expired row it returns
+//! counts as absent. Expired rows linger until [`StateStore::purge_expired`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{PgPool, SqlitePool};
+
+use super::{StateError, StateKey, StateRecord, StateStore, ttl_millis};
+use crate::domain::{Clock, SystemClock};
+use crate::store::{PoolOptions, PostgresStore, SqliteStore};
+
+/// Per-backend SQL; placeholders are `$N` on both.
+struct Dialect {
+    backend: &'static str,
+    put: &'static str,
+    take: &'static str,
+}
+
+macro_rules! dialect {
+    ($backend:literal, json_in: $json_in:literal, json_out: $json_out:literal) => {
+        Dialect {
+            backend: $backend,
+            put: concat!(
+                "INSERT INTO oauth_states (state, record, expires_at) VALUES ($1, $2",
+                $json_in,
+                ", $3) ON CONFLICT (state) DO UPDATE SET record = excluded.record, expires_at = excluded.expires_at"
+            ),
+            take: concat!(
+                "DELETE FROM oauth_states WHERE state = $1 RETURNING record",
+                $json_out,
+                ", expires_at"
+            ),
+        }
+    };
+}
+
+const SQLITE: Dialect = dialect!("SQLite", json_in: "", json_out: "");
+const POSTGRES: Dialect = dialect!("PostgreSQL", json_in: "::jsonb", json_out: "::text");
+const PURGE: &str = "DELETE FROM oauth_states WHERE expires_at <= $1";
+
+#[derive(Clone, Debug)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the concrete pool and `$dialect` to its
+/// SQL, once per backend.
+macro_rules! with_pool {
+    ($self:ident, |$pool:ident, $dialect:ident| $body:expr) => {
+        match &$self.pool {
+            Pool::Sqlite($pool) => {
+                let $dialect = &SQLITE;
+                $body
+            }
+            Pool::Postgres($pool) => {
+                let $dialect = &POSTGRES;
+                $body
+            }
+        }
+    };
+}
+
+/// The `oauth_states` table on SQLite or PostgreSQL. Cheap to clone.
+#[derive(Clone)]
+pub struct SqlStateStore {
+    pool: Pool,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for SqlStateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStateStore")
+            .field("backend", &self.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqlStateStore {
+    /// On the pool of a [`SqliteStore`] (`store.pool().clone()`).
+    pub fn sqlite(pool: SqlitePool, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            pool: Pool::Sqlite(pool),
+            clock,
+        }
+    }
+
+    /// On the pool of a [`PostgresStore`] (`store.pool().clone()`).
+    pub fn postgres(pool: PgPool, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            pool: Pool::Postgres(pool),
+            clock,
+        }
+    }
+
+    /// Opens its own pool to the database URL (`sqlite:` or `postgres:`),
+    /// with the connection store's settings, on the system clock. Prefer
+    /// sharing the connection store's pool via [`Self::sqlite`] /
+    /// [`Self::postgres`]. Does not migrate.
+    pub async fn connect(url: &str, options: &PoolOptions) -> Result<Self, StateError> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        // Never echo the URL: it may hold a password.
+        let unavailable = |err: crate::store::StoreError| match err {
+            crate::store::StoreError::UnsupportedUrl(_) => {
+                StateError::InvalidUrl("the database URL does not parse".into())
+            }
+            other => StateError::Unavailable(other.to_string()),
+        };
+        if url.starts_with("sqlite:") {
+            let store = SqliteStore::connect(url, options)
+                .await
+                .map_err(unavailable)?;
+            Ok(Self::sqlite(store.pool().clone(), clock))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let store = PostgresStore::connect(url, options)
+                .await
+                .map_err(unavailable)?;
+            Ok(Self::postgres(store.pool().clone(), clock))
+        } else {
+            Err(StateError::InvalidUrl(
+                "unsupported database URL scheme; use sqlite://PATH or postgres://USER@HOST:PORT/DB".into(),
+            ))
+        }
+    }
+
+    /// `"SQLite"` or `"PostgreSQL"`.
+    pub fn backend(&self) -> &'static str {
+        with_pool!(self, |_pool, dialect| dialect.backend)
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now().timestamp_millis()
+    }
+
+    fn error(&self, err: sqlx::Error) -> StateError {
+        match err {
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+                StateError::Corrupt(err.to_string())
+            }
+            other => StateError::Unavailable(format!("{}: {other}", self.backend())),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl StateStore for SqlStateStore {
+    async fn put(
+        &self,
+        key: &StateKey,
+        record: &StateRecord,
+        ttl: Duration,
+    ) -> Result<(), StateError> {
+        let expires_at = self.now_ms().saturating_add(ttl_millis(ttl));
+        let json = record.to_json();
+        with_pool!(self, |pool, dialect| sqlx::query(dialect.put)
+            .bind(key.as_str())
+            .bind(&json)
+            .bind(expires_at)
+            .execute(pool)
+            .await
+            .map(drop)
+            .map_err(|err| self.error(err)))
+    }
+
+    async fn take(&self, key: &str) -> Result<Option<StateRecord>, StateError> {
+        if !StateKey::is_well_formed(key) {
+            return Ok(None);
+        }
+        let row: Option<(String, i64)> =
+            with_pool!(self, |pool, dialect| sqlx::query_as(dialect.take)
+                .bind(key)
+                .fetch_optional(pool)
+                .await
+                .map_err(|err| self.error(err)))?;
+        match row {
+            Some((record, expires_at)) if expires_at > self.now_ms() => {
+                StateRecord::from_json(&record).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn purge_expired(&self) -> Result<u64, StateError> {
+        let now = self.now_ms();
+        with_pool!(self, |pool, _dialect| sqlx::query(PURGE)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+            .map_err(|err| self.error(err)))
+    }
+
+    async fn ping(&self) -> Result<(), StateError> {
+        with_pool!(self, |pool, _dialect| sqlx::query(
+            "SELECT 1 FROM oauth_states LIMIT 1"
+        )
+        .execute(pool)
+        .await
+        .map(drop)
+        .map_err(|err| self.error(err)))
+    }
+}
