@@ -14,7 +14,9 @@ struct Server {
 async fn start() -> Server {
     let dir = tempfile::tempdir().unwrap();
     let url = tokenvault::testing::sqlite_url(dir.path());
-    let store = tokenvault::store::connect(&url, &Default::default()).await.unwrap();
+    let store = tokenvault::store::connect(&url, &Default::default())
+        .await
+        .unwrap();
     store.migrate().await.unwrap();
     let ring = KeyRing::parse("k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "test").unwrap();
     let state = AppState {
@@ -36,21 +38,49 @@ async fn v1_requires_a_valid_api_key_and_errors_are_uniform() {
 
     let missing = http.get(&url).send().await.unwrap();
     assert_eq!(missing.status(), 401);
-    let request_id = missing.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let request_id = missing.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let body: serde_json::Value = missing.json().await.unwrap();
     assert_eq!(body["error"], "unauthorized");
-    assert!(body["message"].as_str().unwrap().contains("Authorization: Bearer"));
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("Authorization: Bearer")
+    );
     assert_eq!(body["request_id"], request_id.as_str());
 
-    let wrong = http.get(&url).bearer_auth("tvk_wrong").send().await.unwrap();
+    let wrong = http
+        .get(&url)
+        .bearer_auth("tvk_wrong")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), 401);
-    assert_eq!(wrong.json::<serde_json::Value>().await.unwrap()["message"], "invalid API key");
+    assert_eq!(
+        wrong.json::<serde_json::Value>().await.unwrap()["message"],
+        "invalid API key"
+    );
 
-    let ok = http.get(&url).bearer_auth("tvk_test_key").send().await.unwrap();
+    let ok = http
+        .get(&url)
+        .bearer_auth("tvk_test_key")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
 
     // Health stays open for load balancers.
-    assert_eq!(http.get(format!("{}/healthz", server.base)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.get(format!("{}/healthz", server.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -65,7 +95,10 @@ async fn caller_request_ids_are_echoed_and_unknown_paths_are_json_404s() {
     assert_eq!(response.status(), 404);
     assert_eq!(response.headers()["x-request-id"], "abc-123");
     let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body, serde_json::json!({"error": "not_found", "message": "no such endpoint", "request_id": "abc-123"}));
+    assert_eq!(
+        body,
+        serde_json::json!({"error": "not_found", "message": "no such endpoint", "request_id": "abc-123"})
+    );
 
     // A hostile request id is replaced, not echoed.
     let response = reqwest::Client::new()

@@ -31,6 +31,43 @@ pub enum IdError {
     NotUuid { kind: &'static str },
 }
 
+/// The length and character rules shared by the string identifiers.
+struct Rules {
+    kind: &'static str,
+    max_len: usize,
+    allowed: &'static str,
+    is_allowed: fn(char) -> bool,
+}
+
+impl Rules {
+    fn check(&self, raw: &str) -> Result<(), IdError> {
+        let kind = self.kind;
+        if raw.is_empty() {
+            return Err(IdError::Empty { kind });
+        }
+        if raw.len() > self.max_len {
+            return Err(IdError::TooLong {
+                kind,
+                len: raw.chars().count(),
+                max: self.max_len,
+            });
+        }
+        match raw
+            .chars()
+            .enumerate()
+            .find(|(_, c)| !(self.is_allowed)(*c))
+        {
+            Some((position, found)) => Err(IdError::BadChar {
+                kind,
+                found,
+                position,
+                allowed: self.allowed,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The application's own identifier for its end user. Opaque to us, but
 /// bounded so it is safe in URLs, logs (hashed) and index keys.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -39,33 +76,16 @@ pub struct UserId(String);
 
 impl UserId {
     pub const MAX_LEN: usize = 128;
-    const ALLOWED: &'static str = "ASCII letters, digits and - _ . @ : + =";
+    const RULES: Rules = Rules {
+        kind: "user id",
+        max_len: Self::MAX_LEN,
+        allowed: "ASCII letters, digits and - _ . @ : + =",
+        is_allowed: |c| c.is_ascii_alphanumeric() || "-_.@:+=".contains(c),
+    };
 
     pub fn parse(raw: impl Into<String>) -> Result<Self, IdError> {
         let raw = raw.into();
-        const KIND: &str = "user id";
-        if raw.is_empty() {
-            return Err(IdError::Empty { kind: KIND });
-        }
-        if raw.len() > Self::MAX_LEN {
-            return Err(IdError::TooLong {
-                kind: KIND,
-                len: raw.chars().count(),
-                max: Self::MAX_LEN,
-            });
-        }
-        if let Some((position, found)) = raw
-            .chars()
-            .enumerate()
-            .find(|(_, c)| !(c.is_ascii_alphanumeric() || "-_.@:+=".contains(*c)))
-        {
-            return Err(IdError::BadChar {
-                kind: KIND,
-                found,
-                position,
-                allowed: Self::ALLOWED,
-            });
-        }
+        Self::RULES.check(&raw)?;
         Ok(Self(raw))
     }
 
@@ -81,34 +101,19 @@ pub struct IntegrationKey(String);
 
 impl IntegrationKey {
     pub const MAX_LEN: usize = 64;
-    const ALLOWED: &'static str = "lowercase ASCII letters, digits, - and _";
+    const RULES: Rules = Rules {
+        kind: "integration key",
+        max_len: Self::MAX_LEN,
+        allowed: "lowercase ASCII letters, digits, - and _",
+        is_allowed: |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_',
+    };
 
     pub fn parse(raw: impl Into<String>) -> Result<Self, IdError> {
         let raw = raw.into();
-        const KIND: &str = "integration key";
-        if raw.is_empty() {
-            return Err(IdError::Empty { kind: KIND });
-        }
-        if raw.len() > Self::MAX_LEN {
-            return Err(IdError::TooLong {
-                kind: KIND,
-                len: raw.chars().count(),
-                max: Self::MAX_LEN,
-            });
-        }
-        if let Some((position, found)) = raw.chars().enumerate().find(|(_, c)| {
-            !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '_')
-        }) {
-            return Err(IdError::BadChar {
-                kind: KIND,
-                found,
-                position,
-                allowed: Self::ALLOWED,
-            });
-        }
+        Self::RULES.check(&raw)?;
         if !raw.starts_with(|c: char| c.is_ascii_lowercase()) {
             return Err(IdError::BadStart {
-                kind: KIND,
+                kind: Self::RULES.kind,
                 rule: "a lowercase letter",
             });
         }
