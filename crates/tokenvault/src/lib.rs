@@ -6,6 +6,7 @@
 
 pub mod crypto;
 pub mod domain;
+pub mod integrations;
 pub mod oauth;
 pub mod providers;
 pub mod rotation;

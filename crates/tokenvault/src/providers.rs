@@ -54,29 +54,14 @@ const CLIENT_ID_PLACEHOLDER_ENCODED: &str = "%7Bclient_id%7D";
 // Enums
 // ---------------------------------------------------------------------------
 
-/// How the client authenticates at the token (and revocation) endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TokenAuthMethod {
-    /// HTTP Basic with `client_id:client_secret` (RFC 6749 §2.3.1; the default).
-    #[default]
-    ClientSecretBasic,
-    /// `client_id` and `client_secret` in the request body.
-    ClientSecretPost,
-    /// Public client: only `client_id` in the body.
-    None,
-}
+/// How the client authenticates at the token (and revocation) endpoint: the
+/// OAuth client's [`ClientAuthMethod`](crate::oauth::ClientAuthMethod), under
+/// the catalog's field name (`token_auth_method = "client_secret_basic"`).
+pub use crate::oauth::ClientAuthMethod as TokenAuthMethod;
 
-impl TokenAuthMethod {
-    /// The RFC 8414 / OIDC Discovery name of the method.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ClientSecretBasic => "client_secret_basic",
-            Self::ClientSecretPost => "client_secret_post",
-            Self::None => "none",
-        }
-    }
-}
+/// Encoding of token endpoint request bodies (`token_request_format`): the
+/// OAuth client's own option.
+pub use crate::oauth::TokenRequestFormat;
 
 /// PKCE (RFC 7636, S256) support of the provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -108,15 +93,32 @@ pub enum RevocationStyle {
     GithubGrant,
 }
 
-/// Encoding of token endpoint request bodies.
+/// Shape of the authorization request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum TokenRequestFormat {
-    /// `application/x-www-form-urlencoded` (RFC 6749).
+pub enum AuthorizeStyle {
+    /// RFC 6749 §4.1.1: `response_type=code`, `client_id`, `redirect_uri`,
+    /// `scope`, `state` (+ PKCE and `authorize_params`).
     #[default]
-    Form,
-    /// `application/json` (Wix).
-    Json,
+    Oauth2,
+    /// Wix's app installer: `token` (from Wix's redirect to the app URL; a
+    /// per-request parameter), `appId`, `redirectUrl` and `state` — no
+    /// scopes (permissions are set in the app dashboard), no PKCE. As the
+    /// request carries no `redirect_uri`, the code exchange sends none either.
+    WixInstaller,
+}
+
+/// How an access token is presented to the provider's API (and userinfo
+/// endpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiAuthScheme {
+    /// `Authorization: Bearer <token>` (RFC 6750; the token type from the
+    /// token response).
+    #[default]
+    Bearer,
+    /// `Authorization: <token>` without a scheme (Wix).
+    Raw,
 }
 
 // ---------------------------------------------------------------------------
@@ -173,15 +175,18 @@ pub struct RawProvider {
     pub scope_separator: Option<String>,
     pub default_scopes: Option<Vec<String>>,
     pub authorize_params: Option<BTreeMap<String, String>>,
+    pub authorize_style: Option<AuthorizeStyle>,
     pub token_auth_method: Option<TokenAuthMethod>,
     pub token_request_format: Option<TokenRequestFormat>,
     pub refresh_params: Option<BTreeMap<String, String>>,
+    pub refresh_sends_scope: Option<bool>,
     pub pkce: Option<Pkce>,
     pub refresh_tokens: Option<bool>,
     pub refresh_token_rotates: Option<bool>,
     pub refresh_buffer_secs: Option<u64>,
     pub default_expires_in_secs: Option<u64>,
     pub api_base_url: Option<String>,
+    pub api_auth_scheme: Option<ApiAuthScheme>,
     pub token_response_path: Option<String>,
     pub profile: Option<RawProfileMapping>,
 }
@@ -202,9 +207,10 @@ impl RawProvider {
             display_name, alias, discovery, authorization_url, token_url, refresh_url,
             revocation_url, revocation_style, device_authorization_url, userinfo_url, issuer,
             iss_parameter_supported, openid_connect, scope_separator, default_scopes,
-            authorize_params, token_auth_method, token_request_format, refresh_params, pkce,
-            refresh_tokens, refresh_token_rotates, refresh_buffer_secs, default_expires_in_secs,
-            api_base_url, token_response_path,
+            authorize_params, authorize_style, token_auth_method, token_request_format,
+            refresh_params, refresh_sends_scope, pkce, refresh_tokens, refresh_token_rotates,
+            refresh_buffer_secs, default_expires_in_secs, api_base_url, api_auth_scheme,
+            token_response_path,
         );
         if let Some(src_profile) = &src.profile {
             let dst_profile = dst.profile.get_or_insert_with(RawProfileMapping::default);
@@ -315,9 +321,14 @@ pub struct ProviderSpec {
     pub scope_separator: String,
     pub default_scopes: Vec<String>,
     pub authorize_params: BTreeMap<String, String>,
+    pub authorize_style: AuthorizeStyle,
     pub token_auth_method: TokenAuthMethod,
     pub token_request_format: TokenRequestFormat,
     pub refresh_params: BTreeMap<String, String>,
+    /// Refresh requests carry the granted scopes as `scope` (RFC 6749 §6
+    /// makes it optional; TIDAL's SDK always sends it). Default false: the
+    /// parameter is omitted, which keeps the originally granted scopes.
+    pub refresh_sends_scope: bool,
     pub pkce: Pkce,
     /// The provider issues refresh tokens at all.
     pub refresh_tokens: bool,
@@ -328,6 +339,7 @@ pub struct ProviderSpec {
     /// Lifetime to assume when a token response has no `expires_in`.
     pub default_expires_in: Option<Duration>,
     pub api_base_url: Option<Url>,
+    pub api_auth_scheme: ApiAuthScheme,
     /// JSON pointer to the object holding the token fields, when nested.
     pub token_response_path: Option<String>,
     pub profile: Option<ProfileMapping>,
@@ -855,15 +867,18 @@ fn resolve_entry(
         scope_separator,
         default_scopes,
         authorize_params,
+        authorize_style: raw.authorize_style.unwrap_or_default(),
         token_auth_method: raw.token_auth_method.unwrap_or_default(),
         token_request_format: raw.token_request_format.unwrap_or_default(),
         refresh_params,
+        refresh_sends_scope: raw.refresh_sends_scope.unwrap_or(false),
         pkce: raw.pkce.unwrap_or_default(),
         refresh_tokens,
         refresh_token_rotates,
         refresh_buffer,
         default_expires_in,
         api_base_url,
+        api_auth_scheme: raw.api_auth_scheme.unwrap_or_default(),
         token_response_path: raw.token_response_path.clone(),
         profile,
     })))
@@ -991,24 +1006,43 @@ impl Catalog {
             .filter_map(|p| p.issuer.clone().map(|i| (p.key.clone(), i)))
             .collect();
         for (key, issuer) in &ready {
-            let mut merged = discover_raw(http, issuer, key).await?;
-            let alias_of = self.pending[key].alias_of.clone();
-            let mut overrides = self.pending[key].overrides.clone();
-            overrides.discovery = None;
-            // The metadata's issuer string is authoritative (it was checked
-            // against the configured one).
-            overrides.issuer = None;
-            merged.overlay(&overrides);
-            merged.discovery = Some(false);
-            match resolve_entry(key, merged, alias_of, UrlPolicy::AllowHttp)? {
-                Resolved::Ready(spec) => {
-                    self.providers.insert(key.clone(), *spec);
-                    self.pending.remove(key);
-                }
-                Resolved::Pending(_) => unreachable!("discovery flag was cleared"),
-            }
+            let spec = self.discover_entry(key, Some(issuer), http).await?;
+            self.providers.insert(key.clone(), spec);
+            self.pending.remove(key);
         }
         Ok(ready.len())
+    }
+
+    /// Discover one pending entry without changing the catalog, e.g. for an
+    /// integration that names the generic `oidc` entry together with its own
+    /// issuer. `issuer` overrides the entry's; one of the two must be set.
+    /// The entry's own fields override discovered values, as in
+    /// [`Catalog::discover_pending`].
+    pub async fn discover_entry(
+        &self,
+        key: &str,
+        issuer: Option<&Url>,
+        http: &reqwest::Client,
+    ) -> Result<ProviderSpec, CatalogError> {
+        let pending = self
+            .pending
+            .get(key)
+            .ok_or_else(|| invalid(key, "discovery", "not a pending discovery entry"))?;
+        let issuer = issuer
+            .or(pending.issuer.as_ref())
+            .ok_or_else(|| invalid(key, "issuer", "required for discovery"))?;
+        let mut merged = discover_raw(http, issuer, key).await?;
+        let mut overrides = pending.overrides.clone();
+        overrides.discovery = None;
+        // The metadata's issuer string is authoritative (it was checked
+        // against the configured one).
+        overrides.issuer = None;
+        merged.overlay(&overrides);
+        merged.discovery = Some(false);
+        match resolve_entry(key, merged, pending.alias_of.clone(), UrlPolicy::AllowHttp)? {
+            Resolved::Ready(spec) => Ok(*spec),
+            Resolved::Pending(_) => unreachable!("discovery flag was cleared"),
+        }
     }
 }
 
@@ -1304,6 +1338,16 @@ mod tests {
 
         let wix = c.get("wix").unwrap();
         assert_eq!(wix.token_request_format, TokenRequestFormat::Json);
+        assert_eq!(wix.authorize_style, AuthorizeStyle::WixInstaller);
+        assert_eq!(wix.api_auth_scheme, ApiAuthScheme::Raw);
+        assert!(c.get("tidal").unwrap().refresh_sends_scope);
+        for (key, spec) in c.iter() {
+            if !matches!(key, "wix" | "tidal") {
+                assert_eq!(spec.authorize_style, AuthorizeStyle::Oauth2, "{key}");
+                assert_eq!(spec.api_auth_scheme, ApiAuthScheme::Bearer, "{key}");
+                assert!(!spec.refresh_sends_scope, "{key}");
+            }
+        }
         assert_eq!(wix.default_expires_in, Some(Duration::from_secs(300)));
         assert_eq!(wix.refresh_buffer, Duration::from_secs(60));
         assert!(

@@ -35,6 +35,34 @@ pub enum ClientAuthMethod {
     None,
 }
 
+impl ClientAuthMethod {
+    /// The RFC 8414 / OIDC Discovery name of the method.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientSecretBasic => "client_secret_basic",
+            Self::ClientSecretPost => "client_secret_post",
+            Self::None => "none",
+        }
+    }
+
+    /// Whether the method needs a client secret.
+    pub fn is_confidential(self) -> bool {
+        !matches!(self, Self::None)
+    }
+}
+
+/// Encoding of token-endpoint request bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenRequestFormat {
+    /// `application/x-www-form-urlencoded` (RFC 6749 §4.1.3).
+    #[default]
+    Form,
+    /// `application/json` with every parameter as a JSON string (an
+    /// extension; Wix requires it).
+    Json,
+}
+
 /// Client credentials. `Debug` never prints the secret.
 #[derive(Clone)]
 pub struct ClientAuth {
@@ -79,6 +107,15 @@ impl ClientAuth {
             .map_err(|_| OAuthError::Config("unencodable basic credentials".into()))?;
         value.set_sensitive(true);
         Ok(value)
+    }
+
+    /// The `Authorization` header value for `client_secret_basic`; errors when
+    /// there is no secret, whatever the configured method.
+    fn require_basic_header(&self) -> Result<HeaderValue, OAuthError> {
+        let secret = self.client_secret.as_ref().ok_or_else(|| {
+            OAuthError::Config("HTTP Basic client authentication requires a client_secret".into())
+        })?;
+        self.basic_header(secret)
     }
 
     /// Adds client authentication to a request: either a header or body params.
@@ -141,6 +178,11 @@ pub struct TokenRequestOptions {
     /// `resource`, ...). They are appended after the standard ones; do not
     /// repeat a standard parameter here.
     pub extra_params: Vec<(String, String)>,
+    /// Body encoding of the token request: form (RFC 6749, the default) or
+    /// JSON (Wix). Only token-endpoint calls (code exchange, refresh,
+    /// client credentials, device poll) use it; the device authorization and
+    /// RFC 7009 revocation endpoints are always sent forms.
+    pub format: TokenRequestFormat,
 }
 
 /// HTTP settings of [`OAuthClient`].
@@ -187,22 +229,34 @@ impl OAuthClient {
         Ok(Self { http })
     }
 
+    /// The underlying HTTP client (no redirects, `Accept: application/json`,
+    /// the configured timeouts), for auxiliary calls such as OIDC discovery.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// Authorization-code exchange (RFC 6749 §4.1.3, with the RFC 7636
     /// `code_verifier` when PKCE was used).
+    ///
+    /// `redirect_uri` must be the exact string sent in the authorization
+    /// request; `None` omits the parameter, which RFC 6749 allows only when
+    /// the authorization request carried none (Wix's installer flow).
     pub async fn exchange_code(
         &self,
         token_url: &Url,
         auth: &ClientAuth,
         code: &str,
-        redirect_uri: &str,
+        redirect_uri: Option<&str>,
         code_verifier: Option<&SecretString>,
         options: &TokenRequestOptions,
     ) -> Result<TokenResponse, OAuthError> {
         let mut form = vec![
             ("grant_type", "authorization_code".to_string()),
             ("code", code.to_string()),
-            ("redirect_uri", redirect_uri.to_string()),
         ];
+        if let Some(redirect_uri) = redirect_uri {
+            form.push(("redirect_uri", redirect_uri.to_string()));
+        }
         if let Some(v) = code_verifier {
             form.push(("code_verifier", v.expose_secret().to_string()));
         }
@@ -315,6 +369,43 @@ impl OAuthClient {
         Err(raw.failure())
     }
 
+    /// GitHub's grant deletion, its substitute for RFC 7009:
+    /// `DELETE {grant_url}` (`https://api.github.com/applications/{client_id}/grant`)
+    /// with HTTP Basic `client_id:client_secret` — whatever `auth.method`
+    /// says, GitHub only accepts Basic here — and the JSON body
+    /// `{"access_token": "..."}`. It deletes the app's whole authorization
+    /// for that user, every token included.
+    ///
+    /// Any 2xx (GitHub documents 204) is success. Everything else is an
+    /// error carrying the status: 422 ("validation failed"), and 404, which
+    /// GitHub returns for a token it does not know, e.g. one whose grant is
+    /// already gone — callers treating disconnects as idempotent may accept
+    /// it.
+    pub async fn revoke_github_grant(
+        &self,
+        grant_url: &Url,
+        auth: &ClientAuth,
+        access_token: &SecretString,
+    ) -> Result<(), OAuthError> {
+        let basic = auth.require_basic_header()?;
+        let body = serde_json::json!({ "access_token": access_token.expose_secret() });
+        let req = self
+            .http
+            .delete(grant_url.clone())
+            .header(header::AUTHORIZATION, basic)
+            .header(
+                header::ACCEPT,
+                HeaderValue::from_static("application/vnd.github+json"),
+            )
+            .header("X-GitHub-Api-Version", "2022-11-28")
+            .json(&body);
+        let raw = self.execute(req).await?;
+        if raw.is_success() {
+            return Ok(());
+        }
+        Err(raw.failure())
+    }
+
     /// GET a userinfo (or any JSON) endpoint with `Authorization: Bearer`.
     ///
     /// Non-2xx → [`OAuthError::Provider`] when the body or `WWW-Authenticate`
@@ -326,10 +417,25 @@ impl OAuthClient {
         url: &Url,
         access_token: &SecretString,
     ) -> Result<Value, OAuthError> {
+        let authorization = SecretString::from(format!("Bearer {}", access_token.expose_secret()));
+        self.userinfo_with_authorization(url, &authorization).await
+    }
+
+    /// [`OAuthClient::userinfo`] with a caller-built `Authorization` header
+    /// value, for APIs that do not use the Bearer scheme (Wix wants the bare
+    /// token).
+    pub async fn userinfo_with_authorization(
+        &self,
+        url: &Url,
+        authorization: &SecretString,
+    ) -> Result<Value, OAuthError> {
+        let mut value = HeaderValue::from_str(authorization.expose_secret())
+            .map_err(|_| OAuthError::Config("unencodable Authorization header".into()))?;
+        value.set_sensitive(true);
         let req = self
             .http
             .get(url.clone())
-            .bearer_auth(access_token.expose_secret());
+            .header(header::AUTHORIZATION, value);
         let raw = self.execute(req).await?;
         if raw.is_success() {
             return serde_json::from_slice::<Value>(&raw.body).map_err(|e| {
@@ -347,7 +453,7 @@ impl OAuthClient {
         options: &TokenRequestOptions,
     ) -> Result<TokenResponse, OAuthError> {
         let raw = self
-            .post_form(token_url, auth, form, &options.extra_params)
+            .post(token_url, auth, form, &options.extra_params, options.format)
             .await?;
         raw.into_token_response(options.token_path.as_deref())
     }
@@ -356,14 +462,38 @@ impl OAuthClient {
         &self,
         url: &Url,
         auth: &ClientAuth,
-        mut form: Vec<(&'static str, String)>,
+        form: Vec<(&'static str, String)>,
         extra_params: &[(String, String)],
     ) -> Result<RawResponse, OAuthError> {
+        self.post(url, auth, form, extra_params, TokenRequestFormat::Form)
+            .await
+    }
+
+    async fn post(
+        &self,
+        url: &Url,
+        auth: &ClientAuth,
+        mut params: Vec<(&'static str, String)>,
+        extra_params: &[(String, String)],
+        format: TokenRequestFormat,
+    ) -> Result<RawResponse, OAuthError> {
         let req = self.http.post(url.clone());
-        let req = auth.apply(req, &mut form)?;
-        let mut pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let req = auth.apply(req, &mut params)?;
+        let mut pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
         pairs.extend(extra_params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        self.execute(req.form(&pairs)).await
+        let req = match format {
+            TokenRequestFormat::Form => req.form(&pairs),
+            TokenRequestFormat::Json => {
+                // Later entries win, like a server reading the last value of a
+                // repeated form field.
+                let object: serde_json::Map<String, Value> = pairs
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+                    .collect();
+                req.json(&object)
+            }
+        };
+        self.execute(req).await
     }
 
     async fn execute(&self, req: reqwest::RequestBuilder) -> Result<RawResponse, OAuthError> {

@@ -19,7 +19,8 @@ mod tests;
 
 pub use authorize::{AuthorizeRequest, IssuerMismatch, build_authorize_url, check_callback_issuer};
 pub use client::{
-    ClientAuth, ClientAuthMethod, OAuthClient, OAuthClientConfig, TokenRequestOptions,
+    ClientAuth, ClientAuthMethod, OAuthClient, OAuthClientConfig, TokenRequestFormat,
+    TokenRequestOptions,
 };
 pub use error::{OAuthError, RetryAfter};
 pub use pkce::{PKCE_METHOD_S256, Pkce, random_state, s256_challenge};

@@ -68,7 +68,7 @@ async fn exchange(
             &url(server, "/token"),
             auth,
             "the-code",
-            "https://app.example/cb",
+            Some("https://app.example/cb"),
             None,
             opts,
         )
@@ -143,7 +143,7 @@ async fn none_auth_sends_client_id_and_verifier_but_no_secret() {
             &url(&server, "/token"),
             &auth,
             "c",
-            "https://app.example/cb",
+            Some("https://app.example/cb"),
             Some(pkce.verifier()),
             &TokenRequestOptions::default(),
         )
@@ -565,7 +565,7 @@ async fn slow_provider_times_out() {
             &url(&server, "/token"),
             &ClientAuth::public("c"),
             "code",
-            "https://app.example/cb",
+            Some("https://app.example/cb"),
             None,
             &Default::default(),
         )
@@ -645,6 +645,7 @@ async fn refresh_sends_scope_and_extra_params() {
     let opts = TokenRequestOptions {
         token_path: None,
         extra_params: vec![("resource".into(), "https://api.example".into())],
+        ..TokenRequestOptions::default()
     };
     client()
         .refresh(
@@ -682,6 +683,77 @@ async fn client_credentials_grant() {
     let form = form_of(&only_request(&server).await);
     assert_eq!(form_get(&form, "grant_type"), Some("client_credentials"));
     assert_eq!(form_get(&form, "scope"), Some("x.read"));
+}
+
+#[tokio::test]
+async fn json_token_request_body() {
+    let server = token_server(ok_token()).await;
+    let opts = TokenRequestOptions {
+        extra_params: vec![("instance_id".into(), "inst-1".into())],
+        format: TokenRequestFormat::Json,
+        ..TokenRequestOptions::default()
+    };
+    let t = client()
+        .exchange_code(
+            &url(&server, "/token"),
+            &ClientAuth::post(ID, SECRET.into()),
+            "the-code",
+            None,
+            None,
+            &opts,
+        )
+        .await
+        .unwrap();
+    assert_eq!(t.access_token.expose_secret(), "AT-123");
+    let req = only_request(&server).await;
+    assert_eq!(req.headers.get("content-type").unwrap(), "application/json");
+    let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+    assert_eq!(
+        body,
+        json!({
+            "grant_type": "authorization_code",
+            "code": "the-code",
+            "client_id": ID,
+            "client_secret": SECRET,
+            "instance_id": "inst-1",
+        })
+    );
+
+    // Refresh and Basic auth with a JSON body: credentials stay in the header.
+    let server = token_server(ok_token()).await;
+    client()
+        .refresh(
+            &url(&server, "/token"),
+            &ClientAuth::basic("c", "s".into()),
+            &SecretString::from("RT-old"),
+            None,
+            " ",
+            &TokenRequestOptions {
+                format: TokenRequestFormat::Json,
+                ..TokenRequestOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    let req = only_request(&server).await;
+    assert!(req.headers.get("authorization").is_some());
+    let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+    assert_eq!(
+        body,
+        json!({"grant_type": "refresh_token", "refresh_token": "RT-old"})
+    );
+}
+
+#[test]
+fn token_request_format_serde_names() {
+    for (f, s) in [
+        (TokenRequestFormat::Form, "\"form\""),
+        (TokenRequestFormat::Json, "\"json\""),
+    ] {
+        assert_eq!(serde_json::to_string(&f).unwrap(), s);
+        assert_eq!(serde_json::from_str::<TokenRequestFormat>(s).unwrap(), f);
+    }
+    assert_eq!(TokenRequestFormat::default(), TokenRequestFormat::Form);
 }
 
 // ---------------------------------------------------------------- device flow
@@ -819,6 +891,66 @@ async fn revoke_sends_token_and_hint() {
 }
 
 #[tokio::test]
+async fn github_grant_deletion() {
+    let server = MockServer::start().await;
+    Mock::given(method("DELETE"))
+        .and(path("/applications/Iv1.abc/grant"))
+        .and(header("content-type", "application/json"))
+        .and(header("accept", "application/vnd.github+json"))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&server)
+        .await;
+    // Basic even though GitHub's token endpoint uses client_secret_post.
+    let auth = ClientAuth::post("Iv1.abc", SecretString::from("gh-secret"));
+    client()
+        .revoke_github_grant(
+            &url(&server, "/applications/Iv1.abc/grant"),
+            &auth,
+            &SecretString::from("gho_token"),
+        )
+        .await
+        .unwrap();
+    let req = only_request(&server).await;
+    use base64::Engine as _;
+    let expected = base64::engine::general_purpose::STANDARD.encode("Iv1.abc:gh-secret");
+    assert_eq!(
+        req.headers.get("authorization").unwrap(),
+        format!("Basic {expected}").as_str()
+    );
+    let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+    assert_eq!(body, json!({"access_token": "gho_token"}));
+
+    // 422 is an error with its status; no secret means nothing is sent.
+    let server = MockServer::start().await;
+    Mock::given(method("DELETE"))
+        .respond_with(
+            ResponseTemplate::new(422).set_body_json(json!({"message": "Validation Failed"})),
+        )
+        .mount(&server)
+        .await;
+    let err = client()
+        .revoke_github_grant(
+            &url(&server, "/applications/x/grant"),
+            &auth,
+            &SecretString::from("t"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(422));
+    let err = client()
+        .revoke_github_grant(
+            &url(&server, "/applications/x/grant"),
+            &ClientAuth::public("x"),
+            &SecretString::from("t"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OAuthError::Config(_)), "{err:?}");
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn revoke_errors_carry_status() {
     let server = MockServer::start().await;
     Mock::given(path("/revoke"))
@@ -903,6 +1035,19 @@ async fn userinfo_bearer_and_401() {
         matches!(err, OAuthError::Http { status: 401, .. }),
         "{err:?}"
     );
+
+    // A caller-built header (Wix: the bare token, no scheme).
+    Mock::given(method("GET"))
+        .and(path("/me"))
+        .and(header("authorization", "raw-token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "7"})))
+        .mount(&server)
+        .await;
+    let v = client()
+        .userinfo_with_authorization(&me, &SecretString::from("raw-token"))
+        .await
+        .unwrap();
+    assert_eq!(v["id"], "7");
 }
 
 // ---------------------------------------------------------------- redaction

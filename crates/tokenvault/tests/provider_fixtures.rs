@@ -1,0 +1,1032 @@
+//! Provider fixtures: every built-in catalog entry, pointed at a wiremock
+//! server through a user override of its URLs, must produce the requests its
+//! provider documents and read the responses its provider sends.
+//!
+//! One row per provider ([`cases`]); the expectations in a row come from the
+//! provider's documentation (links in `providers.toml`), not from the
+//! catalog, so a catalog change that breaks the wire format fails here.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use chrono::{DateTime, TimeDelta, TimeZone as _, Utc};
+use secrecy::{ExposeSecret as _, SecretString};
+use serde_json::{Value, json};
+use tokenvault::domain::{AccessToken, IntegrationKey, RefreshToken, Scopes, TokenSet, TokenType};
+use tokenvault::integrations::{DeviceGrantPoll, Integration, IntegrationConfig};
+use tokenvault::oauth::{OAuthClient, OAuthClientConfig, OAuthError, Pkce};
+use tokenvault::providers::Catalog;
+use url::Url;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+const CLIENT_ID: &str = "client-id";
+const CLIENT_SECRET: &str = "client-secret";
+const REDIRECT_URI: &str = "https://app.example.com/oauth/callback";
+const STATE: &str = "state-123";
+const CODE: &str = "auth-code";
+const OLD_REFRESH: &str = "RT-old-0123456789";
+
+// ---------------------------------------------------------------------------
+// The table
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Auth {
+    /// `Authorization: Basic base64(client_id:client_secret)`, nothing in the body.
+    Basic,
+    /// `client_id` and `client_secret` in the body.
+    Post,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Revocation {
+    None,
+    /// RFC 7009 POST `token` + `token_type_hint` to this path.
+    Rfc7009(&'static str),
+    /// GitHub: DELETE /applications/{client_id}/grant, Basic, JSON body.
+    GithubGrant,
+}
+
+struct Refresh {
+    /// `scope` is sent with the refresh request.
+    sends_scope: bool,
+    response: Value,
+    /// The refresh token after the refresh (`OLD_REFRESH` when the provider
+    /// sends none).
+    expect_refresh_token: &'static str,
+}
+
+struct ProfileCase {
+    document: Value,
+    id: &'static str,
+    email: Option<&'static str>,
+    display_name: Option<&'static str>,
+    /// `Authorization: <token>` instead of `Bearer <token>`.
+    raw_header: bool,
+}
+
+struct Case {
+    key: &'static str,
+    // --- authorization request
+    /// Wix's installer URL instead of an RFC 6749 request.
+    wix_installer: bool,
+    /// Expected `scope` parameter (`None`: absent).
+    scope: Option<&'static str>,
+    pkce: bool,
+    authorize_extras: &'static [(&'static str, &'static str)],
+    // --- token endpoint
+    auth: Auth,
+    json_body: bool,
+    exchange_response: Value,
+    /// Seconds from "now"; `None`: no expiry.
+    expect_lifetime: Option<i64>,
+    expect_scopes: &'static str,
+    expect_metadata: Value,
+    refresh: Option<Refresh>,
+    revocation: Revocation,
+    profile: Option<ProfileCase>,
+}
+
+const GOOGLE_EXTRAS: &[(&str, &str)] = &[("access_type", "offline"), ("prompt", "consent")];
+
+/// Google and its aliases share every endpoint and rule; only scopes differ.
+/// https://developers.google.com/identity/protocols/oauth2/web-server
+fn google_like(key: &'static str, scope: &'static str) -> Case {
+    Case {
+        key,
+        wix_installer: false,
+        scope: Some(scope),
+        pkce: true,
+        authorize_extras: GOOGLE_EXTRAS,
+        auth: Auth::Post,
+        json_body: false,
+        exchange_response: json!({
+            "access_token": "ya29.a0AfH6SMB",
+            "expires_in": 3599,
+            "refresh_token": "1//0gRT",
+            "scope": scope,
+            "token_type": "Bearer",
+            "id_token": "eyJhbGciOi.payload.sig"
+        }),
+        expect_lifetime: Some(3599),
+        expect_scopes: scope,
+        expect_metadata: json!({}),
+        refresh: Some(Refresh {
+            sends_scope: false,
+            // "refresh_token" is absent from Google's refresh response.
+            response: json!({
+                "access_token": "ya29.new", "expires_in": 3599,
+                "scope": scope, "token_type": "Bearer"
+            }),
+            expect_refresh_token: OLD_REFRESH,
+        }),
+        revocation: Revocation::Rfc7009("/revoke"),
+        profile: Some(ProfileCase {
+            document: json!({"sub": "110169484474386276334", "email": "jane@gmail.com", "name": "Jane Doe"}),
+            id: "110169484474386276334",
+            email: Some("jane@gmail.com"),
+            display_name: Some("Jane Doe"),
+            raw_header: false,
+        }),
+    }
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        // https://developer.spotify.com/documentation/web-api/tutorials/code-flow
+        // https://developer.spotify.com/documentation/web-api/tutorials/refreshing-tokens
+        Case {
+            key: "spotify",
+            wix_installer: false,
+            scope: Some("user-read-email user-read-private"),
+            pkce: true,
+            authorize_extras: &[],
+            auth: Auth::Basic,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "BQDmx", "token_type": "Bearer",
+                "scope": "user-read-email user-read-private",
+                "expires_in": 3600, "refresh_token": "AQCnew"
+            }),
+            expect_lifetime: Some(3600),
+            expect_scopes: "user-read-email user-read-private",
+            expect_metadata: json!({}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                response: json!({
+                    "access_token": "BQDnew", "token_type": "Bearer",
+                    "scope": "user-read-email user-read-private", "expires_in": 3600,
+                    "refresh_token": "AQCrotated"
+                }),
+                expect_refresh_token: "AQCrotated",
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({"id": "wizzler", "email": "w@example.com", "display_name": "JM Wizzler"}),
+                id: "wizzler",
+                email: Some("w@example.com"),
+                display_name: Some("JM Wizzler"),
+                raw_header: false,
+            }),
+        },
+        // https://developer.tidal.com/documentation/authorization/authorization-overview
+        // tidal-sdk-web packages/auth: client_id in the body, PKCE S256, scope on refresh,
+        // no refresh_token in the refresh response.
+        Case {
+            key: "tidal",
+            wix_installer: false,
+            scope: Some("user.read"),
+            pkce: true,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "eyJ0idal", "refresh_token": "eyJrefresh",
+                "token_type": "Bearer", "expires_in": 86400, "scope": "user.read",
+                "user_id": 123456
+            }),
+            expect_lifetime: Some(86400),
+            expect_scopes: "user.read",
+            expect_metadata: json!({"user_id": 123456}),
+            refresh: Some(Refresh {
+                sends_scope: true,
+                response: json!({
+                    "access_token": "eyJnew", "token_type": "Bearer",
+                    "expires_in": 86400, "scope": "user.read"
+                }),
+                expect_refresh_token: OLD_REFRESH,
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({"data": {"id": "189237", "type": "users",
+                    "attributes": {"username": "tidal-user", "email": "t@example.com", "country": "NO"}}}),
+                id: "189237",
+                email: Some("t@example.com"),
+                display_name: Some("tidal-user"),
+                raw_header: false,
+            }),
+        },
+        google_like("google", "openid email profile"),
+        google_like(
+            "youtube",
+            "openid email profile https://www.googleapis.com/auth/youtube.readonly",
+        ),
+        google_like(
+            "google-mail",
+            "openid email profile https://www.googleapis.com/auth/gmail.readonly",
+        ),
+        google_like(
+            "google-calendar",
+            "openid email profile https://www.googleapis.com/auth/calendar.readonly",
+        ),
+        google_like(
+            "google-search-console",
+            "openid email profile https://www.googleapis.com/auth/webmasters.readonly",
+        ),
+        // https://discord.com/developers/docs/topics/oauth2
+        Case {
+            key: "discord",
+            wix_installer: false,
+            scope: Some("identify email"),
+            pkce: false,
+            authorize_extras: &[],
+            auth: Auth::Basic,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "6qrZcUqja7812RVdnEKjpzOL4CvHBFG", "token_type": "Bearer",
+                "expires_in": 604800, "refresh_token": "D43f5y0ahjqew82jZ4NViEr2YafMKhue",
+                "scope": "identify email"
+            }),
+            expect_lifetime: Some(604800),
+            expect_scopes: "email identify",
+            expect_metadata: json!({}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                response: json!({
+                    "access_token": "new", "token_type": "Bearer", "expires_in": 604800,
+                    "refresh_token": "D43rotated", "scope": "identify email"
+                }),
+                expect_refresh_token: "D43rotated",
+            }),
+            revocation: Revocation::Rfc7009("/api/oauth2/token/revoke"),
+            profile: Some(ProfileCase {
+                document: json!({"id": "80351110224678912", "username": "nelly",
+                    "global_name": "Nelly", "email": "nelly@discord.com"}),
+                id: "80351110224678912",
+                email: Some("nelly@discord.com"),
+                display_name: Some("Nelly"),
+                raw_header: false,
+            }),
+        },
+        // https://docs.github.com/en/apps/oauth-apps/building-oauth-apps/authorizing-oauth-apps
+        // OAuth App: no expiry, no refresh token; scope comma-separated in the response.
+        Case {
+            key: "github",
+            wix_installer: false,
+            scope: Some("read:user user:email"),
+            pkce: true,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "gho_16C7e42F292c6912E7710c838347Ae178B4a",
+                "scope": "read:user,user:email", "token_type": "bearer"
+            }),
+            expect_lifetime: None,
+            expect_scopes: "read:user user:email",
+            expect_metadata: json!({}),
+            refresh: None,
+            revocation: Revocation::GithubGrant,
+            profile: Some(ProfileCase {
+                document: json!({"login": "octocat", "id": 1, "name": null, "email": "octocat@github.com"}),
+                id: "1",
+                email: Some("octocat@github.com"),
+                display_name: Some("octocat"),
+                raw_header: false,
+            }),
+        },
+        // https://learn.microsoft.com/en-us/bingwebmaster/oauth2
+        Case {
+            key: "bing-webmaster",
+            wix_installer: false,
+            scope: Some("webmaster.manage"),
+            pkce: false,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "bing-at", "token_type": "bearer", "expires_in": 3600,
+                "refresh_token": "bing-rt"
+            }),
+            expect_lifetime: Some(3600),
+            expect_scopes: "webmaster.manage",
+            expect_metadata: json!({}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                response: json!({"access_token": "bing-new", "token_type": "bearer", "expires_in": 3600}),
+                expect_refresh_token: OLD_REFRESH,
+            }),
+            revocation: Revocation::None,
+            profile: None,
+        },
+        // https://developer.wordpress.com/docs/oauth2/
+        // Per-site token: no scope, no expiry, blog_id / blog_url in the response.
+        Case {
+            key: "wordpress",
+            wix_installer: false,
+            scope: None,
+            pkce: false,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "YOUR_API_TOKEN", "blog_id": "12345",
+                "blog_url": "https://example.wordpress.com", "token_type": "bearer"
+            }),
+            expect_lifetime: None,
+            expect_scopes: "",
+            expect_metadata: json!({"blog_id": "12345", "blog_url": "https://example.wordpress.com"}),
+            refresh: None,
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({"ID": 12345678, "display_name": "Jane", "username": "jane", "email": "jane@example.com"}),
+                id: "12345678",
+                email: Some("jane@example.com"),
+                display_name: Some("Jane"),
+                raw_header: false,
+            }),
+        },
+        // https://dev.wix.com/docs/build-apps/develop-your-app/access/authentication/use-advanced-oauth
+        // https://dev.wix.com/docs/rest/app-management/oauth-2/request-an-access-token
+        // JSON bodies with client_id/client_secret, no redirect_uri, no expires_in (5 min).
+        Case {
+            key: "wix",
+            wix_installer: true,
+            scope: None,
+            pkce: false,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: true,
+            exchange_response: json!({"access_token": "OauthNG.JWS.wix-at", "refresh_token": "OAUTH2.wix-rt"}),
+            expect_lifetime: Some(300),
+            expect_scopes: "",
+            expect_metadata: json!({}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                response: json!({"access_token": "OauthNG.JWS.new", "refresh_token": OLD_REFRESH}),
+                expect_refresh_token: OLD_REFRESH,
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({
+                    "instance": {"instanceId": "07864c16-3a6f-4dd2-9973-028705762b2c", "appName": "MY_SHINY_APP"},
+                    "site": {"siteDisplayName": "Mysite 34", "ownerEmail": "site-owner@test.com",
+                             "ownerInfo": {"email": "site-owner@test.com"}}
+                }),
+                id: "07864c16-3a6f-4dd2-9973-028705762b2c",
+                email: Some("site-owner@test.com"),
+                display_name: Some("Mysite 34"),
+                raw_header: true,
+            }),
+        },
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 4, 5, 6, 7).unwrap()
+}
+
+/// The built-in catalog with `key`'s URLs moved to `server` (a user override,
+/// as an operator would write it). Only URLs the entry has are overridden.
+fn mocked_catalog(server: &MockServer, key: &str) -> Catalog {
+    let builtin = Catalog::builtin();
+    let spec = builtin.get(key).expect("built-in entry");
+    let base = format!("{}/{key}", server.uri());
+    let mut toml = format!(
+        "[providers.{key}]\nauthorization_url = \"{base}/authorize\"\ntoken_url = \"{base}/token\"\n"
+    );
+    if let Some(url) = &spec.revocation_url {
+        // Keep the path (GitHub's carries the `{client_id}` placeholder).
+        let path = url.path().replace("%7B", "{").replace("%7D", "}");
+        toml.push_str(&format!("revocation_url = \"{base}{path}\"\n"));
+    }
+    if spec.device_authorization_url.is_some() {
+        toml.push_str(&format!(
+            "device_authorization_url = \"{base}/device/code\"\n"
+        ));
+    }
+    if spec.userinfo_url.is_some() {
+        toml.push_str(&format!("userinfo_url = \"{base}/userinfo\"\n"));
+    }
+    builtin.merge_toml_str(&toml).expect("override merges")
+}
+
+fn integration(server: &MockServer, key: &str) -> Integration {
+    let catalog = mocked_catalog(server, key);
+    let config = IntegrationConfig {
+        provider: key.to_owned(),
+        client_id: CLIENT_ID.to_owned(),
+        client_secret: Some(SecretString::from(CLIENT_SECRET)),
+        redirect_uri: Some(Url::parse(REDIRECT_URI).unwrap()),
+        ..IntegrationConfig::default()
+    };
+    let oauth = OAuthClient::new(OAuthClientConfig::default()).unwrap();
+    Integration::new(
+        IntegrationKey::parse(key).unwrap(),
+        &config,
+        catalog.get(key).unwrap().clone(),
+        oauth,
+    )
+    .unwrap()
+}
+
+async fn respond(server: &MockServer, http_method: &str, p: String, body: Value) {
+    Mock::given(method(http_method))
+        .and(path(p))
+        .respond_with(ResponseTemplate::new(200).set_body_json(body))
+        .mount(server)
+        .await;
+}
+
+async fn only_request(server: &MockServer) -> Request {
+    let mut reqs = server.received_requests().await.unwrap();
+    assert_eq!(reqs.len(), 1, "expected exactly one request, got {reqs:?}");
+    reqs.remove(0)
+}
+
+fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+    req.headers.get(name).map(|v| v.to_str().unwrap())
+}
+
+/// The request body as a flat map, by its content type (form or JSON of strings).
+fn body_of(case: &Case, req: &Request) -> BTreeMap<String, String> {
+    let content_type = header(req, "content-type").unwrap_or_default();
+    if case.json_body {
+        assert_eq!(content_type, "application/json", "{}", case.key);
+        let object: serde_json::Map<String, Value> = serde_json::from_slice(&req.body).unwrap();
+        object
+            .into_iter()
+            .map(|(k, v)| (k, v.as_str().expect("JSON string values").to_owned()))
+            .collect()
+    } else {
+        assert_eq!(
+            content_type, "application/x-www-form-urlencoded",
+            "{}",
+            case.key
+        );
+        let mut map = BTreeMap::new();
+        for (k, v) in url::form_urlencoded::parse(&req.body) {
+            let previous = map.insert(k.into_owned(), v.into_owned());
+            assert!(previous.is_none(), "{}: repeated body parameter", case.key);
+        }
+        map
+    }
+}
+
+/// Checks the client authentication and adds the body parameters it implies
+/// to `expected`.
+fn expect_client_auth(case: &Case, req: &Request, expected: &mut BTreeMap<String, String>) {
+    let authorization = header(req, "authorization");
+    match case.auth {
+        Auth::Basic => {
+            let b64 = base64::engine::general_purpose::STANDARD
+                .encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"));
+            assert_eq!(
+                authorization,
+                Some(format!("Basic {b64}").as_str()),
+                "{}",
+                case.key
+            );
+        }
+        Auth::Post => {
+            assert_eq!(authorization, None, "{}", case.key);
+            expected.insert("client_id".into(), CLIENT_ID.into());
+            expected.insert("client_secret".into(), CLIENT_SECRET.into());
+        }
+    }
+}
+
+fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn scopes(s: &str) -> Scopes {
+    Scopes::parse(s, " ")
+}
+
+// ---------------------------------------------------------------------------
+// Coverage
+// ---------------------------------------------------------------------------
+
+#[test]
+fn every_builtin_provider_has_a_row() {
+    let rows: Vec<&str> = cases().iter().map(|c| c.key).collect();
+    let mut sorted = rows.clone();
+    sorted.sort_unstable();
+    let catalog = Catalog::builtin();
+    let builtin: Vec<&str> = catalog.keys().collect();
+    assert_eq!(sorted, builtin, "one row per ready built-in entry");
+    // Rows and catalog agree on what exists at all.
+    for case in cases() {
+        let spec = catalog.get(case.key).unwrap();
+        assert_eq!(case.refresh.is_some(), spec.refresh_tokens, "{}", case.key);
+        assert_eq!(
+            case.profile.is_some(),
+            spec.userinfo_url.is_some(),
+            "{}",
+            case.key
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Authorization request
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn authorize_urls_match_the_documentation() {
+    let server = MockServer::start().await;
+    let pkce = Pkce::generate();
+    for case in cases() {
+        let integration = integration(&server, case.key);
+        assert_eq!(integration.wants_pkce(), case.pkce, "{}", case.key);
+        let wix_token = [("token".to_owned(), "wix-install-token".to_owned())];
+        let extra: &[(String, String)] = if case.wix_installer { &wix_token } else { &[] };
+        let url = integration.authorize_url_with(STATE, Some(&pkce), None, extra);
+
+        assert_eq!(
+            url.as_str().split('?').next().unwrap(),
+            format!("{}/{}/authorize", server.uri(), case.key),
+            "{}",
+            case.key
+        );
+        let mut query = BTreeMap::new();
+        for (k, v) in url.query_pairs() {
+            let previous = query.insert(k.into_owned(), v.into_owned());
+            assert!(previous.is_none(), "{}: repeated query parameter", case.key);
+        }
+
+        let mut expected = if case.wix_installer {
+            // Wix installer: token, appId, redirectUrl, state — nothing else.
+            params(&[
+                ("token", "wix-install-token"),
+                ("appId", CLIENT_ID),
+                ("redirectUrl", REDIRECT_URI),
+                ("state", STATE),
+            ])
+        } else {
+            params(&[
+                ("response_type", "code"),
+                ("client_id", CLIENT_ID),
+                ("redirect_uri", REDIRECT_URI),
+                ("state", STATE),
+            ])
+        };
+        if let Some(scope) = case.scope {
+            expected.insert("scope".into(), scope.into());
+        }
+        if case.pkce {
+            expected.insert("code_challenge".into(), pkce.challenge().into());
+            expected.insert("code_challenge_method".into(), "S256".into());
+        }
+        expected.extend(params(case.authorize_extras));
+        assert_eq!(query, expected, "{}: authorize URL {url}", case.key);
+    }
+    assert!(server.received_requests().await.unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Token endpoint
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn code_exchange_requests_match_the_documentation() {
+    for case in cases() {
+        let server = MockServer::start().await;
+        respond(
+            &server,
+            "POST",
+            format!("/{}/token", case.key),
+            case.exchange_response.clone(),
+        )
+        .await;
+        let integration = integration(&server, case.key);
+        let pkce = Pkce::generate();
+        let grant = integration
+            .exchange_code(CODE, Some(pkce.verifier()), None, now())
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", case.key));
+
+        // The request.
+        let req = only_request(&server).await;
+        assert_eq!(req.method.as_str(), "POST", "{}", case.key);
+        // Every provider gets JSON back by asking; GitHub needs it.
+        assert_eq!(
+            header(&req, "accept"),
+            Some("application/json"),
+            "{}",
+            case.key
+        );
+        let mut expected = params(&[("grant_type", "authorization_code"), ("code", CODE)]);
+        if !case.wix_installer {
+            expected.insert("redirect_uri".into(), REDIRECT_URI.into());
+        }
+        if case.pkce {
+            expected.insert(
+                "code_verifier".into(),
+                pkce.verifier().expose_secret().into(),
+            );
+        }
+        expect_client_auth(&case, &req, &mut expected);
+        assert_eq!(
+            body_of(&case, &req),
+            expected,
+            "{}: token request body",
+            case.key
+        );
+
+        // The response → TokenSet.
+        let tokens = &grant.tokens;
+        assert_eq!(
+            tokens.access_token.expose(),
+            case.exchange_response["access_token"].as_str().unwrap(),
+            "{}",
+            case.key
+        );
+        assert_eq!(
+            tokens.refresh_token.as_ref().map(RefreshToken::expose),
+            case.exchange_response["refresh_token"].as_str(),
+            "{}",
+            case.key
+        );
+        assert_eq!(tokens.token_type, TokenType::Bearer, "{}", case.key);
+        assert_eq!(
+            tokens.expires_at,
+            case.expect_lifetime.map(|s| now() + TimeDelta::seconds(s)),
+            "{}",
+            case.key
+        );
+        assert_eq!(tokens.scopes, scopes(case.expect_scopes), "{}", case.key);
+        assert_eq!(grant.metadata, case.expect_metadata, "{}", case.key);
+        assert_eq!(
+            grant.id_token.is_some(),
+            case.exchange_response.get("id_token").is_some(),
+            "{}",
+            case.key
+        );
+    }
+}
+
+#[tokio::test]
+async fn refresh_requests_match_the_documentation() {
+    for case in cases() {
+        let Some(refresh) = &case.refresh else {
+            continue;
+        };
+        let server = MockServer::start().await;
+        respond(
+            &server,
+            "POST",
+            format!("/{}/token", case.key),
+            refresh.response.clone(),
+        )
+        .await;
+        let integration = integration(&server, case.key);
+        let current = scopes(case.expect_scopes);
+        let grant = integration
+            .refresh(&RefreshToken::new(OLD_REFRESH), &current, now())
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", case.key));
+
+        let req = only_request(&server).await;
+        let mut expected = params(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", OLD_REFRESH),
+        ]);
+        if refresh.sends_scope {
+            expected.insert("scope".into(), current.format(" "));
+        }
+        expect_client_auth(&case, &req, &mut expected);
+        assert_eq!(
+            body_of(&case, &req),
+            expected,
+            "{}: refresh request body",
+            case.key
+        );
+
+        assert_eq!(
+            grant.tokens.access_token.expose(),
+            refresh.response["access_token"].as_str().unwrap(),
+            "{}",
+            case.key
+        );
+        assert_eq!(
+            grant
+                .tokens
+                .refresh_token
+                .as_ref()
+                .map(RefreshToken::expose),
+            Some(refresh.expect_refresh_token),
+            "{}: refresh token after refresh",
+            case.key
+        );
+        assert_eq!(
+            grant.refresh_token_issued,
+            refresh.response.get("refresh_token").is_some(),
+            "{}",
+            case.key
+        );
+        assert_eq!(grant.tokens.scopes, current, "{}", case.key);
+        assert_eq!(
+            grant.tokens.expires_at,
+            case.expect_lifetime.map(|s| now() + TimeDelta::seconds(s)),
+            "{}",
+            case.key
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Revocation and profile
+// ---------------------------------------------------------------------------
+
+fn token_set(refresh: bool) -> TokenSet {
+    TokenSet {
+        access_token: AccessToken::new("AT-to-revoke-0123456789"),
+        refresh_token: refresh.then(|| RefreshToken::new(OLD_REFRESH)),
+        token_type: TokenType::Bearer,
+        scopes: Scopes::new(),
+        expires_at: None,
+    }
+}
+
+#[tokio::test]
+async fn revocation_matches_the_documentation() {
+    for case in cases() {
+        let server = MockServer::start().await;
+        Mock::given(wiremock::matchers::any())
+            .respond_with(ResponseTemplate::new(match case.revocation {
+                Revocation::GithubGrant => 204,
+                _ => 200,
+            }))
+            .mount(&server)
+            .await;
+        let integration = integration(&server, case.key);
+        let revoked = integration
+            .revoke(&token_set(true))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", case.key));
+        let reqs = server.received_requests().await.unwrap();
+        match case.revocation {
+            Revocation::None => {
+                assert!(!revoked, "{}", case.key);
+                assert!(reqs.is_empty(), "{}", case.key);
+            }
+            Revocation::Rfc7009(p) => {
+                assert!(revoked, "{}", case.key);
+                assert_eq!(reqs.len(), 2, "{}", case.key);
+                for (req, (token, hint)) in reqs.iter().zip([
+                    (OLD_REFRESH, "refresh_token"),
+                    ("AT-to-revoke-0123456789", "access_token"),
+                ]) {
+                    assert_eq!(req.method.as_str(), "POST");
+                    assert_eq!(req.url.path(), format!("/{}{p}", case.key), "{}", case.key);
+                    let mut expected = params(&[("token", token), ("token_type_hint", hint)]);
+                    expect_client_auth(&case, req, &mut expected);
+                    assert_eq!(body_of(&case, req), expected, "{}", case.key);
+                }
+            }
+            Revocation::GithubGrant => {
+                assert!(revoked, "{}", case.key);
+                assert_eq!(reqs.len(), 1, "{}", case.key);
+                let req = &reqs[0];
+                assert_eq!(req.method.as_str(), "DELETE");
+                assert_eq!(
+                    req.url.path(),
+                    format!("/{}/applications/{CLIENT_ID}/grant", case.key)
+                );
+                // Basic auth even though the token endpoint uses client_secret_post.
+                let b64 = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"));
+                assert_eq!(
+                    header(req, "authorization"),
+                    Some(format!("Basic {b64}").as_str())
+                );
+                assert_eq!(header(req, "content-type"), Some("application/json"));
+                let body: Value = serde_json::from_slice(&req.body).unwrap();
+                assert_eq!(body, json!({"access_token": "AT-to-revoke-0123456789"}));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn profiles_are_read_with_the_documented_request() {
+    for case in cases() {
+        let server = MockServer::start().await;
+        let integration = integration(&server, case.key);
+        let Some(expected) = &case.profile else {
+            assert!(
+                integration
+                    .userinfo(&AccessToken::new("t"))
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "{}",
+                case.key
+            );
+            continue;
+        };
+        respond(
+            &server,
+            "GET",
+            format!("/{}/userinfo", case.key),
+            expected.document.clone(),
+        )
+        .await;
+        let profile = integration
+            .userinfo(&AccessToken::new("AT-profile"))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", case.key))
+            .unwrap();
+        assert_eq!(profile.id, expected.id, "{}", case.key);
+        assert_eq!(profile.email.as_deref(), expected.email, "{}", case.key);
+        assert_eq!(
+            profile.display_name.as_deref(),
+            expected.display_name,
+            "{}",
+            case.key
+        );
+        assert_eq!(profile.raw, expected.document, "{}", case.key);
+        let req = only_request(&server).await;
+        let want = if expected.raw_header {
+            "AT-profile"
+        } else {
+            "Bearer AT-profile"
+        };
+        assert_eq!(header(&req, "authorization"), Some(want), "{}", case.key);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Quirks
+// ---------------------------------------------------------------------------
+
+/// GitHub answers a bad code with HTTP 200 and an `error` field.
+#[tokio::test]
+async fn github_error_with_http_200_is_an_error() {
+    let server = MockServer::start().await;
+    respond(
+        &server,
+        "POST",
+        "/github/token".into(),
+        json!({
+            "error": "bad_verification_code",
+            "error_description": "The code passed is incorrect or expired.",
+            "error_uri": "https://docs.github.com/apps/managing-oauth-apps/troubleshooting-oauth-app-access-token-request-errors/#bad-verification-code"
+        }),
+    )
+    .await;
+    let err = integration(&server, "github")
+        .exchange_code(CODE, None, None, now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, OAuthError::Provider { status: 200, error, .. } if error == "bad_verification_code"),
+        "{err:?}"
+    );
+    assert!(err.is_invalid_grant());
+}
+
+/// Some providers send `expires_in` as a string.
+#[tokio::test]
+async fn string_expires_in_sets_expires_at() {
+    let server = MockServer::start().await;
+    respond(
+        &server,
+        "POST",
+        "/bing-webmaster/token".into(),
+        json!({"access_token": "at", "token_type": "bearer", "expires_in": "3600", "refresh_token": "rt"}),
+    )
+    .await;
+    let grant = integration(&server, "bing-webmaster")
+        .exchange_code(CODE, None, None, now())
+        .await
+        .unwrap();
+    assert_eq!(
+        grant.tokens.expires_at,
+        Some(now() + TimeDelta::seconds(3600))
+    );
+}
+
+/// Spotify: `Authorization: Basic <base64 client_id:client_secret>` on both
+/// token requests, the credentials never in the body (literal header from
+/// the docs' encoding of these values).
+#[tokio::test]
+async fn spotify_uses_basic_auth() {
+    let server = MockServer::start().await;
+    respond(
+        &server,
+        "POST",
+        "/spotify/token".into(),
+        json!({"access_token": "a", "token_type": "Bearer", "expires_in": 3600}),
+    )
+    .await;
+    let spotify = integration(&server, "spotify");
+    spotify
+        .exchange_code(CODE, None, None, now())
+        .await
+        .unwrap();
+    spotify
+        .refresh(&RefreshToken::new(OLD_REFRESH), &Scopes::new(), now())
+        .await
+        .unwrap();
+    let reqs = server.received_requests().await.unwrap();
+    assert_eq!(reqs.len(), 2);
+    for req in &reqs {
+        assert_eq!(
+            header(req, "authorization"),
+            Some("Basic Y2xpZW50LWlkOmNsaWVudC1zZWNyZXQ=")
+        );
+        let body = String::from_utf8_lossy(&req.body);
+        assert!(
+            !body.contains("client_id") && !body.contains(CLIENT_SECRET),
+            "{body}"
+        );
+    }
+}
+
+/// Wix: the token response has no `expires_in`; the catalog's 300 s applies.
+#[tokio::test]
+async fn wix_tokens_get_the_default_lifetime() {
+    let server = MockServer::start().await;
+    respond(
+        &server,
+        "POST",
+        "/wix/token".into(),
+        json!({"access_token": "wix-at", "refresh_token": "wix-rt"}),
+    )
+    .await;
+    let grant = integration(&server, "wix")
+        .exchange_code(CODE, None, None, now())
+        .await
+        .unwrap();
+    assert_eq!(
+        grant.tokens.expires_at,
+        Some(now() + TimeDelta::seconds(300))
+    );
+    let spec = integration(&server, "wix").spec().clone();
+    assert_eq!(spec.refresh_buffer.as_secs(), 60);
+}
+
+/// Device flow where the catalog has an endpoint (Google family, GitHub).
+#[tokio::test]
+async fn device_flow_where_supported() {
+    for key in ["google", "github"] {
+        let server = MockServer::start().await;
+        respond(
+            &server,
+            "POST",
+            format!("/{key}/device/code"),
+            json!({
+                "device_code": "DC-1", "user_code": "WDJB-MJHT",
+                "verification_uri": "https://example.com/device", "expires_in": 900, "interval": 5
+            }),
+        )
+        .await;
+        Mock::given(method("POST"))
+            .and(path(format!("/{key}/token")))
+            .respond_with(
+                ResponseTemplate::new(200).set_body_json(json!({"error": "authorization_pending"})),
+            )
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+        respond(
+            &server,
+            "POST",
+            format!("/{key}/token"),
+            json!({"access_token": "dev-at", "token_type": "bearer", "expires_in": 3600}),
+        )
+        .await;
+        let integration = integration(&server, key);
+        let device = integration.device_authorize(None).await.unwrap();
+        assert_eq!(device.user_code, "WDJB-MJHT");
+        let code = SecretString::from(device.device_code.expose_secret().to_owned());
+        assert!(matches!(
+            integration.poll_device(&code, None, now()).await.unwrap(),
+            DeviceGrantPoll::Pending
+        ));
+        let DeviceGrantPoll::Complete(grant) =
+            integration.poll_device(&code, None, now()).await.unwrap()
+        else {
+            panic!("{key}: expected a completed poll");
+        };
+        assert_eq!(grant.tokens.access_token.expose(), "dev-at");
+        let reqs = server.received_requests().await.unwrap();
+        let poll_body: BTreeMap<String, String> = url::form_urlencoded::parse(&reqs[2].body)
+            .into_owned()
+            .collect();
+        assert_eq!(
+            poll_body["grant_type"], "urn:ietf:params:oauth:grant-type:device_code",
+            "{key}"
+        );
+        assert_eq!(poll_body["device_code"], "DC-1", "{key}");
+    }
+
+    // No device endpoint: a config error, nothing sent.
+    let server = MockServer::start().await;
+    let err = integration(&server, "spotify")
+        .device_authorize(None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OAuthError::Config(_)), "{err:?}");
+}
