@@ -6,8 +6,13 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
+use std::collections::BTreeMap;
+
 use secrecy::SecretString;
 use serde::Deserialize;
+use tokenvault::domain::IntegrationKey;
+use tokenvault::integrations::IntegrationConfig;
+use url::Url;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -50,6 +55,29 @@ pub struct Config {
     /// (`TOKENVAULT_API_KEYS`, comma-separated).
     #[serde(deserialize_with = "secret_list")]
     pub api_keys: Vec<SecretString>,
+    /// Base URL browsers reach this service at (connect URLs are built on
+    /// it). Default `http://<bind>`.
+    pub public_url: Option<Url>,
+    /// `redis://…`: keeps OAuth state in Redis instead of the database.
+    pub redis_url: Option<String>,
+    /// How long a connect URL and an OAuth state stay valid.
+    pub state_ttl_secs: u64,
+    /// Origins `redirect_to` may point at (e.g. `https://app.example.com`).
+    #[serde(deserialize_with = "string_list")]
+    pub allowed_redirect_origins: Vec<String>,
+    /// A TOML file that adds providers or overrides fields of built-in ones.
+    pub providers_file: Option<PathBuf>,
+    /// `[integrations.<key>]` tables; `<KEY>_CLIENT_ID`, `_CLIENT_SECRET` and
+    /// `_REDIRECT_URI` in the environment override (or, for a built-in
+    /// provider key, enable) them.
+    pub integrations: BTreeMap<IntegrationKey, IntegrationConfig>,
+}
+
+fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(secret_list(d)?
+        .into_iter()
+        .map(|item| secrecy::ExposeSecret::expose_secret(&item).to_owned())
+        .collect())
 }
 
 /// Accepts a TOML list or a comma-separated string (from the environment).
@@ -85,6 +113,12 @@ impl Default for Config {
             master_key_file: None,
             log_format: LogFormat::Auto,
             api_keys: Vec::new(),
+            public_url: None,
+            redis_url: None,
+            state_ttl_secs: 600,
+            allowed_redirect_origins: Vec::new(),
+            providers_file: None,
+            integrations: BTreeMap::new(),
         }
     }
 }
@@ -116,6 +150,16 @@ impl Config {
         self.database_url.clone().unwrap_or_else(|| {
             format!("sqlite://{}", self.data_dir.join("tokenvault.db").display())
         })
+    }
+
+    pub fn public_url(&self) -> Url {
+        self.public_url.clone().unwrap_or_else(|| {
+            Url::parse(&format!("http://{}", self.bind)).expect("a socket address makes a URL")
+        })
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.environment == Environment::Production
     }
 
     pub fn master_key_file(&self) -> PathBuf {

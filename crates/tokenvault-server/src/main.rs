@@ -99,22 +99,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, bind: Option<SocketAddr>) -> anyhow::Result<()> {
-    let (ring, _) = wiring::load_key_ring(&config)?;
-    let store = wiring::open_store(&config).await?;
-    if config.migrate_on_start {
-        store.migrate().await?;
-    }
-    let state = http::AppState {
-        store,
-        envelope: wiring::envelope(ring),
-        api_keys: http::ApiKeys::new(&config.api_keys),
-    };
+    let state = wiring::build_state(&config).await?;
     let addr = bind.unwrap_or(config.bind);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
-    tracing::info!(addr = %local, "listening");
+    tracing::info!(addr = %local, integrations = state.integrations.len(), "listening");
     eprintln!("tokenvault listening on http://{local}");
     axum::serve(listener, http::router(state))
         .with_graceful_shutdown(shutdown_signal())

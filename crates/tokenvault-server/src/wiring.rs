@@ -5,9 +5,16 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use secrecy::ExposeSecret;
 use tokenvault::crypto::{Envelope, KeyRing};
+use tokenvault::domain::{IntegrationKey, SystemClock};
+use tokenvault::integrations::{IntegrationConfig, Integrations, IntegrationsConfig};
+use tokenvault::oauth::{OAuthClient, OAuthClientConfig};
+use tokenvault::providers::Catalog;
+use tokenvault::state::{RedisOptions, RedisStateStore, SqlStateStore, StateStore};
 use tokenvault::store::{self, ConnectionStore, PoolOptions};
+use tokenvault::vault::Vault;
 
 use crate::config::{Config, Environment};
+use crate::http::{ApiKeys, AppState, FlowSettings};
 
 /// Where the master keys came from; `keys retire` edits a key file but can
 /// only advise on an environment variable.
@@ -56,4 +63,97 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn ConnectionSto
 
 pub fn envelope(ring: KeyRing) -> Envelope {
     Envelope::new(Arc::new(ring))
+}
+
+/// Everything `serve` needs, built once. Tests call this too, so the service
+/// under test is wired exactly as in production.
+pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
+    let (ring, _) = load_key_ring(config)?;
+    let store = open_store(config).await?;
+    if config.migrate_on_start {
+        store.migrate().await?;
+    }
+    let catalog = load_catalog(config)?;
+    let oauth = OAuthClient::new(OAuthClientConfig::default())?;
+    let integrations_config =
+        integrations_config(config, &catalog, |name| std::env::var(name).ok())?;
+    let integrations = Integrations::resolve(&integrations_config, &catalog, &oauth)
+        .await
+        .context("resolving integrations")?;
+    let states = open_state_store(config).await?;
+    let vault = Vault::new(store, envelope(ring), Arc::new(SystemClock));
+    Ok(AppState {
+        vault,
+        api_keys: ApiKeys::new(&config.api_keys),
+        catalog: Arc::new(catalog),
+        integrations: Arc::new(integrations),
+        states,
+        oauth,
+        settings: Arc::new(FlowSettings::from_config(config)?),
+        app_tokens: Default::default(),
+    })
+}
+
+fn load_catalog(config: &Config) -> anyhow::Result<Catalog> {
+    let catalog = Catalog::builtin();
+    let Some(path) = &config.providers_file else {
+        return Ok(catalog);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading providers_file {}", path.display()))?;
+    catalog
+        .merge_toml_str(&text)
+        .with_context(|| format!("providers_file {}", path.display()))
+}
+
+/// The configured integrations, with the environment applied: `<KEY>_*`
+/// variables override file values, and `<KEY>_CLIENT_ID` alone enables a
+/// built-in provider of that key (the seeds' env-only set-up).
+pub fn integrations_config(
+    config: &Config,
+    catalog: &Catalog,
+    env: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<IntegrationsConfig> {
+    let mut integrations = config.integrations.clone();
+    for key in catalog.keys() {
+        let Ok(key) = IntegrationKey::parse(key) else {
+            continue;
+        };
+        if !integrations.contains_key(&key)
+            && env(&format!("{}_CLIENT_ID", key.env_prefix())).is_some()
+        {
+            integrations.insert(
+                key.clone(),
+                IntegrationConfig {
+                    provider: key.as_str().to_owned(),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+    let mut integrations = IntegrationsConfig { integrations };
+    integrations.apply_env(&env)?;
+    integrations.validate(Some(&config.public_url()), config.is_production())?;
+    Ok(integrations)
+}
+
+async fn open_state_store(config: &Config) -> anyhow::Result<Arc<dyn StateStore>> {
+    Ok(match &config.redis_url {
+        Some(url) => Arc::new(
+            RedisStateStore::connect(url, &RedisOptions::default())
+                .await
+                .context("connecting to Redis (TOKENVAULT_REDIS_URL)")?,
+        ),
+        None => Arc::new(
+            SqlStateStore::connect(
+                &config.database_url(),
+                &PoolOptions {
+                    max_connections: 4,
+                    ..PoolOptions::default()
+                },
+            )
+            .await
+            .context("opening the OAuth state table (TOKENVAULT_DATABASE_URL)")?,
+        ),
+    })
 }

@@ -1,40 +1,14 @@
 //! The service's HTTP contract: error envelope, request ids, API keys.
 
-use std::sync::Arc;
+mod common;
 
-use secrecy::SecretString;
-use tokenvault::crypto::{Envelope, KeyRing};
-use tokenvault_server::http::{ApiKeys, AppState, router};
-
-struct Server {
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-async fn start() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let url = tokenvault::testing::sqlite_url(dir.path());
-    let store = tokenvault::store::connect(&url, &Default::default())
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    let ring = KeyRing::parse("k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "test").unwrap();
-    let state = AppState {
-        store,
-        envelope: Envelope::new(Arc::new(ring)),
-        api_keys: ApiKeys::new(&[SecretString::from("tvk_test_key")]),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
-    Server { base, _dir: dir }
-}
+use common::*;
 
 #[tokio::test]
 async fn v1_requires_a_valid_api_key_and_errors_are_uniform() {
-    let server = start().await;
+    let server = start_service(|_, _| {}).await;
     let http = reqwest::Client::new();
-    let url = format!("{}/v1/ping", server.base);
+    let url = server.url("/v1/ping");
 
     let missing = http.get(&url).send().await.unwrap();
     assert_eq!(missing.status(), 401);
@@ -64,30 +38,34 @@ async fn v1_requires_a_valid_api_key_and_errors_are_uniform() {
         "invalid API key"
     );
 
-    let ok = http
-        .get(&url)
-        .bearer_auth("tvk_test_key")
-        .send()
-        .await
-        .unwrap();
+    let ok = http.get(&url).bearer_auth(API_KEY).send().await.unwrap();
     assert_eq!(ok.status(), 200);
 
     // Health stays open for load balancers.
     assert_eq!(
-        http.get(format!("{}/healthz", server.base))
+        http.get(server.url("/healthz"))
             .send()
             .await
             .unwrap()
             .status(),
         200
     );
+    let ready: serde_json::Value = http
+        .get(server.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["checks"]["state_store"]["status"], "ok");
 }
 
 #[tokio::test]
 async fn caller_request_ids_are_echoed_and_unknown_paths_are_json_404s() {
-    let server = start().await;
+    let server = start_service(|_, _| {}).await;
     let response = reqwest::Client::new()
-        .get(format!("{}/nope", server.base))
+        .get(server.url("/nope"))
         .header("x-request-id", "abc-123")
         .send()
         .await
@@ -102,7 +80,7 @@ async fn caller_request_ids_are_echoed_and_unknown_paths_are_json_404s() {
 
     // A hostile request id is replaced, not echoed.
     let response = reqwest::Client::new()
-        .get(format!("{}/nope", server.base))
+        .get(server.url("/nope"))
         .header("x-request-id", "bad id\twith spaces")
         .send()
         .await

@@ -36,6 +36,18 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// Internal failures: logged in full, answered without detail.
+    pub fn internal(err: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the service log for this request id",
+        )
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();

@@ -2,26 +2,77 @@
 
 mod auth;
 pub mod error;
+mod flows;
 mod health;
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context;
 use axum::Router;
 use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::get;
-use tokenvault::crypto::Envelope;
-use tokenvault::store::ConnectionStore;
+use axum::routing::{get, post};
+use tokenvault::domain::{IntegrationKey, TokenSet};
+use tokenvault::integrations::Integrations;
+use tokenvault::oauth::OAuthClient;
+use tokenvault::providers::Catalog;
+use tokenvault::state::StateStore;
+use tokenvault::vault::Vault;
+use url::Url;
 
 pub use auth::ApiKeys;
 use error::REQUEST_ID;
 
+/// One cached client-credentials token per integration; the inner lock makes
+/// concurrent callers share one fetch.
+pub type AppTokens =
+    Arc<tokio::sync::Mutex<HashMap<IntegrationKey, Arc<tokio::sync::Mutex<Option<TokenSet>>>>>>;
+
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Arc<dyn ConnectionStore>,
-    pub envelope: Envelope,
+    pub vault: Vault,
     pub api_keys: ApiKeys,
+    pub catalog: Arc<Catalog>,
+    pub integrations: Arc<Integrations>,
+    pub states: Arc<dyn StateStore>,
+    pub oauth: OAuthClient,
+    pub settings: Arc<FlowSettings>,
+    pub app_tokens: AppTokens,
+}
+
+/// Settings of the browser flows.
+#[derive(Debug, Clone)]
+pub struct FlowSettings {
+    pub public_url: Url,
+    pub state_ttl: Duration,
+    /// Serialized origins (`https://app.example.com`) `redirect_to` may use.
+    pub allowed_redirect_origins: Vec<String>,
+}
+
+impl FlowSettings {
+    pub fn from_config(config: &crate::config::Config) -> anyhow::Result<Self> {
+        let allowed_redirect_origins = config
+            .allowed_redirect_origins
+            .iter()
+            .map(|origin| {
+                Url::parse(origin)
+                    .ok()
+                    .filter(Url::has_host)
+                    .map(|url| url.origin().ascii_serialization())
+                    .with_context(|| {
+                        format!("TOKENVAULT_ALLOWED_REDIRECT_ORIGINS: {origin:?} is not an origin like https://app.example.com")
+                    })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            public_url: config.public_url(),
+            state_ttl: Duration::from_secs(config.state_ttl_secs),
+            allowed_redirect_origins,
+        })
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -30,6 +81,10 @@ pub fn router(state: AppState) -> Router {
             "/ping",
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
         )
+        .route("/providers", get(flows::list_providers))
+        .route("/integrations", get(flows::list_integrations))
+        .route("/integrations/{key}/token", get(flows::app_token))
+        .route("/connect-sessions", post(flows::create_connect_session))
         .route_layer(middleware::from_fn_with_state(
             state.api_keys.clone(),
             auth::require_api_key,
@@ -37,6 +92,12 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/connect/{id}", get(flows::start_connect))
+        .route("/oauth/callback", get(flows::callback))
+        .route(
+            "/oauth/{integration}/callback",
+            get(flows::integration_callback),
+        )
         .nest("/v1", v1)
         .fallback(|| async { error::ApiError::not_found("not_found", "no such endpoint") })
         .with_state(state)

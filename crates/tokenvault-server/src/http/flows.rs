@@ -1,0 +1,499 @@
+//! The OAuth flows over HTTP: connect sessions, the browser redirect, the
+//! callback, the catalog and integration listings, app-level tokens.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokenvault::domain::{IntegrationKey, Scopes, UserId};
+use tokenvault::integrations::Integration;
+use tokenvault::oauth::Pkce;
+use tokenvault::state::{StateError, StateKey, StateRecord};
+
+use super::AppState;
+use super::error::ApiError;
+
+/// Why a browser flow ended without a connection; sent to `redirect_to` as
+/// `error=<code>` when the app gave one, else as a JSON error.
+struct FlowFailure {
+    status: StatusCode,
+    code: String,
+    message: String,
+}
+
+fn state_store_error(err: StateError) -> ApiError {
+    match err {
+        StateError::Unavailable(reason) => {
+            tracing::error!(%reason, "state store unavailable");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "state_store_unavailable",
+                "the OAuth state store is unavailable; try again shortly",
+            )
+        }
+        other => ApiError::internal(other),
+    }
+}
+
+fn invalid_state(message: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_state", message)
+}
+
+fn integration<'a>(state: &'a AppState, raw: &str) -> Result<&'a Arc<Integration>, ApiError> {
+    IntegrationKey::parse(raw)
+        .ok()
+        .and_then(|key| state.integrations.get(&key))
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "unknown_integration",
+                format!("no integration named {raw:?} is configured; see GET /v1/integrations"),
+            )
+        })
+}
+
+fn parse_scopes(scopes: &[String]) -> Result<Scopes, ApiError> {
+    if let Some(bad) = scopes
+        .iter()
+        .find(|s| s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_scopes",
+            format!("scope {bad:?} is empty or contains whitespace"),
+        ));
+    }
+    Ok(scopes.iter().cloned().collect())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectSessionRequest {
+    user_id: String,
+    integration: String,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    redirect_to: Option<String>,
+}
+
+/// `POST /v1/connect-sessions`: the backend names the user; the browser gets
+/// a single-use link that starts the provider's consent screen.
+#[tracing::instrument(skip_all)]
+pub async fn create_connect_session(
+    State(state): State<AppState>,
+    body: Result<Json<ConnectSessionRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            rejection.body_text(),
+        )
+    })?;
+    let user_id = UserId::parse(request.user_id.as_str())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_user_id", e.to_string()))?;
+    let integration = integration(&state, &request.integration)?;
+    let scopes = parse_scopes(request.scopes.as_deref().unwrap_or_default())?;
+    let redirect_to = request
+        .redirect_to
+        .map(|raw| allowed_redirect(&state, &raw))
+        .transpose()?;
+
+    let id = StateKey::generate();
+    let now = Utc::now();
+    let record = StateRecord {
+        integration: integration.key().clone(),
+        user_id,
+        code_verifier: None,
+        redirect_uri: integration.redirect_uri().to_string(),
+        // A connect session names no session; an OAuth state always does.
+        connect_session: None,
+        redirect_to,
+        scopes: scopes.to_vec(),
+        created_at: now,
+    };
+    state
+        .states
+        .put(&id, &record, state.settings.state_ttl)
+        .await
+        .map_err(state_store_error)?;
+    let connect_url = state
+        .settings
+        .public_url
+        .join(&format!("connect/{}", id.as_str()))
+        .map_err(ApiError::internal)?;
+    let expires_at = now + chrono::Duration::from_std(state.settings.state_ttl).unwrap_or_default();
+    tracing::info!(integration = %integration.key(), session = %id, "connect session created");
+    let body = json!({ "id": id.as_str(), "connect_url": connect_url, "expires_at": expires_at });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+fn allowed_redirect(state: &AppState, raw: &str) -> Result<String, ApiError> {
+    let url = url::Url::parse(raw).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_redirect_to",
+            format!("redirect_to is not an absolute URL: {e}"),
+        )
+    })?;
+    let origin = url.origin().ascii_serialization();
+    if !state.settings.allowed_redirect_origins.contains(&origin) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_redirect_to",
+            format!("redirect_to origin {origin} is not in TOKENVAULT_ALLOWED_REDIRECT_ORIGINS"),
+        ));
+    }
+    Ok(url.to_string())
+}
+
+/// `GET /connect/{id}`: consumes the connect session, creates the one-time
+/// OAuth state (with a PKCE verifier where the provider supports it) and
+/// sends the browser to the provider.
+#[tracing::instrument(skip_all)]
+pub async fn start_connect(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let expired =
+        "this connect link has expired or was already used; ask the application for a new one";
+    let session = state
+        .states
+        .take(&id)
+        .await
+        .map_err(state_store_error)?
+        .ok_or_else(|| invalid_state(expired))?;
+    if session.connect_session.is_some() {
+        return Err(invalid_state(expired));
+    }
+    let integration = integration(&state, session.integration.as_str())?;
+    let pkce = integration.wants_pkce().then(Pkce::generate);
+    let key = StateKey::generate();
+    let scopes: Option<Scopes> =
+        (!session.scopes.is_empty()).then(|| session.scopes.iter().cloned().collect());
+    let record = StateRecord {
+        code_verifier: pkce.as_ref().map(|p| p.verifier().clone()),
+        connect_session: Some(id),
+        created_at: Utc::now(),
+        ..session
+    };
+    state
+        .states
+        .put(&key, &record, state.settings.state_ttl)
+        .await
+        .map_err(state_store_error)?;
+    let url = integration.authorize_url(key.as_str(), pkce.as_ref(), scopes.as_ref());
+    tracing::info!(integration = %integration.key(), state = %key, "redirecting to provider");
+    Ok((StatusCode::FOUND, [(header::LOCATION, url.to_string())]).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct CallbackParams {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+    iss: Option<String>,
+}
+
+/// `GET /oauth/callback`: one callback for every integration; the state says which.
+#[tracing::instrument(skip_all)]
+pub async fn callback(
+    State(state): State<AppState>,
+    Query(params): Query<CallbackParams>,
+) -> Result<Response, ApiError> {
+    finish(state, None, params).await
+}
+
+/// `GET /oauth/{integration}/callback`: rejects a state issued for another integration.
+#[tracing::instrument(skip_all)]
+pub async fn integration_callback(
+    State(state): State<AppState>,
+    Path(integration): Path<String>,
+    Query(params): Query<CallbackParams>,
+) -> Result<Response, ApiError> {
+    finish(state, Some(integration), params).await
+}
+
+async fn finish(
+    state: AppState,
+    expected: Option<String>,
+    params: CallbackParams,
+) -> Result<Response, ApiError> {
+    let unknown = "unknown, expired or already used state; start the connection again";
+    let key = params
+        .state
+        .as_deref()
+        .ok_or_else(|| invalid_state("the callback has no state parameter"))?;
+    // Consumed first: whatever happens next, this state cannot be replayed.
+    let record = state
+        .states
+        .take(key)
+        .await
+        .map_err(state_store_error)?
+        .ok_or_else(|| invalid_state(unknown))?;
+    if record.connect_session.is_none() {
+        return Err(invalid_state(unknown));
+    }
+    if let Some(expected) = expected
+        && expected != record.integration.as_str()
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "state_mismatch",
+            format!(
+                "this state was issued for integration `{}`, not `{expected}`",
+                record.integration
+            ),
+        ));
+    }
+    let integration = integration(&state, record.integration.as_str())?;
+    match complete(&state, integration, &record, &params).await {
+        Ok(()) => {
+            tracing::info!(integration = %integration.key(), "connection created");
+            Ok(finished(&record, None, integration))
+        }
+        Err(failure) => {
+            tracing::warn!(integration = %integration.key(), code = %failure.code, "flow failed");
+            match &record.redirect_to {
+                Some(_) => Ok(finished(&record, Some(&failure.code), integration)),
+                None => Err(ApiError {
+                    status: failure.status,
+                    code: static_code(&failure.code),
+                    message: failure.message,
+                }),
+            }
+        }
+    }
+}
+
+async fn complete(
+    state: &AppState,
+    integration: &Integration,
+    record: &StateRecord,
+    params: &CallbackParams,
+) -> Result<(), FlowFailure> {
+    if let Some(error) = &params.error {
+        let code: String = error
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(64)
+            .collect();
+        let description = params
+            .error_description
+            .as_deref()
+            .unwrap_or("no description");
+        return Err(FlowFailure {
+            status: StatusCode::BAD_REQUEST,
+            message: format!(
+                "the provider answered {code}: {}",
+                description.chars().take(200).collect::<String>()
+            ),
+            code,
+        });
+    }
+    integration
+        .check_callback_issuer(params.iss.as_deref())
+        .map_err(|e| FlowFailure {
+            status: StatusCode::BAD_REQUEST,
+            code: "issuer_mismatch".into(),
+            message: format!("the callback's iss parameter does not match the provider: {e}"),
+        })?;
+    let code = params
+        .code
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| FlowFailure {
+            status: StatusCode::BAD_REQUEST,
+            code: "missing_code".into(),
+            message: "the callback has neither code nor error".into(),
+        })?;
+    let requested: Option<Scopes> =
+        (!record.scopes.is_empty()).then(|| record.scopes.iter().cloned().collect());
+    let grant = integration
+        .exchange_code(
+            code,
+            record.code_verifier.as_ref(),
+            requested.as_ref(),
+            Utc::now(),
+        )
+        .await
+        .map_err(|err| FlowFailure {
+            status: StatusCode::BAD_GATEWAY,
+            code: "token_exchange_failed".into(),
+            message: format!("exchanging the authorization code failed: {err}"),
+        })?;
+    state
+        .vault
+        .save_grant(
+            &record.user_id,
+            integration.key(),
+            &grant.tokens,
+            grant.metadata,
+            chrono::Duration::from_std(integration.refresh_buffer()).unwrap_or_default(),
+        )
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "storing the grant failed");
+            FlowFailure {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                code: "internal".into(),
+                message: "storing the connection failed".into(),
+            }
+        })?;
+    Ok(())
+}
+
+/// Our stable codes are static; a provider's own code is reported as `provider_error`.
+fn static_code(code: &str) -> &'static str {
+    match code {
+        "issuer_mismatch" => "issuer_mismatch",
+        "missing_code" => "missing_code",
+        "token_exchange_failed" => "token_exchange_failed",
+        "internal" => "internal",
+        "access_denied" => "access_denied",
+        _ => "provider_error",
+    }
+}
+
+/// The end of a browser flow: back to the app, or a small page.
+fn finished(record: &StateRecord, error: Option<&str>, integration: &Integration) -> Response {
+    if let Some(target) = record
+        .redirect_to
+        .as_deref()
+        .and_then(|raw| url::Url::parse(raw).ok())
+    {
+        let mut target = target;
+        {
+            let mut query = target.query_pairs_mut();
+            query.append_pair("connection", integration.key().as_str());
+            match error {
+                None => query.append_pair("status", "connected"),
+                Some(code) => query
+                    .append_pair("status", "error")
+                    .append_pair("error", code),
+            };
+        }
+        return (StatusCode::FOUND, [(header::LOCATION, target.to_string())]).into_response();
+    }
+    let name = html_escape(&integration.spec().display_name);
+    Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Connected</title></head>\
+         <body style=\"font-family:system-ui;margin:4rem auto;max-width:32rem\"><h1>{name} connected</h1>\
+         <p>You can close this window.</p></body></html>"
+    ))
+    .into_response()
+}
+
+fn html_escape(raw: &str) -> String {
+    raw.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// `GET /v1/providers`: the catalog.
+#[tracing::instrument(skip_all)]
+pub async fn list_providers(State(state): State<AppState>) -> Json<Value> {
+    let mut providers: Vec<Value> = state
+        .catalog
+        .iter()
+        .map(|(key, spec)| {
+            json!({
+                "key": key,
+                "display_name": spec.display_name,
+                "default_scopes": spec.default_scopes,
+                "pkce": spec.pkce,
+                "refresh_tokens": spec.refresh_tokens,
+                "refresh_token_rotates": spec.refresh_token_rotates,
+                "device_flow": spec.device_authorization_url.is_some(),
+                "api_base_url": spec.api_base_url,
+                "alias_of": spec.alias_of,
+            })
+        })
+        .collect();
+    providers.extend(
+        state
+            .catalog
+            .pending_discovery()
+            .map(|pending| json!({ "key": pending.key, "discovery": true })),
+    );
+    Json(json!({ "providers": providers }))
+}
+
+/// `GET /v1/integrations`: what this deployment is configured for.
+#[tracing::instrument(skip_all)]
+pub async fn list_integrations(State(state): State<AppState>) -> Json<Value> {
+    let integrations: Vec<Value> = state
+        .integrations
+        .iter()
+        .map(|(key, integration)| {
+            let spec = integration.spec();
+            let mut flows = vec!["authorization_code"];
+            if spec.device_authorization_url.is_some() {
+                flows.push("device_code");
+            }
+            if spec.token_auth_method != tokenvault::oauth::ClientAuthMethod::None {
+                flows.push("client_credentials");
+            }
+            json!({
+                "key": key,
+                "provider": spec.key,
+                "display_name": spec.display_name,
+                "redirect_uri": integration.redirect_uri(),
+                "default_scopes": integration.default_scopes(),
+                "flows": flows,
+            })
+        })
+        .collect();
+    Json(json!({ "integrations": integrations }))
+}
+
+/// `GET /v1/integrations/{key}/token`: an app-level (client credentials)
+/// token, cached and fetched again a minute before it expires. Concurrent
+/// callers share one fetch.
+#[tracing::instrument(skip_all)]
+pub async fn app_token(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let integration = integration(&state, &key)?;
+    let slot = {
+        let mut slots = state.app_tokens.lock().await;
+        Arc::clone(slots.entry(integration.key().clone()).or_default())
+    };
+    let mut cached = slot.lock().await;
+    let now = Utc::now();
+    let fresh = cached
+        .as_ref()
+        .filter(|tokens| !tokens.needs_refresh(now, chrono::Duration::seconds(60)));
+    let tokens = match fresh {
+        Some(tokens) => tokens.clone(),
+        None => {
+            let grant = integration
+                .client_credentials(None, now)
+                .await
+                .map_err(|err| {
+                    ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "provider_error",
+                        format!("the client credentials grant failed: {err}"),
+                    )
+                })?;
+            *cached = Some(grant.tokens.clone());
+            grant.tokens
+        }
+    };
+    Ok(Json(json!({
+        "access_token": tokens.access_token.expose(),
+        "token_type": tokens.token_type.as_str(),
+        "expires_at": tokens.expires_at,
+        "scopes": tokens.scopes.to_vec(),
+    })))
+}

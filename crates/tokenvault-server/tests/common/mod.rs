@@ -1,0 +1,208 @@
+//! Harness: the OAuth test peer (a real oidc-provider on loopback) and the
+//! service itself, wired exactly as `serve` wires it, on 127.0.0.1:0.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tokenvault_server::config::Config;
+use tokenvault_server::http::{AppState, router};
+
+pub const API_KEY: &str = "tvk_test_key";
+pub const MASTER_KEYS: &str = "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+pub struct Peer {
+    child: Child,
+    pub issuer: String,
+    http: reqwest::Client,
+}
+
+impl Peer {
+    /// Starts `tests/peer/server.mjs`; fails (never skips) without Node or
+    /// its packages.
+    pub fn start() -> Peer {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/peer/server.mjs");
+        let mut child = Command::new("node")
+            .arg(script)
+            .env("PEER_PORT", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "node is required for the OAuth test peer; run scripts/test.sh, which installs it",
+            );
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ready: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|_| panic!("the OAuth test peer did not start (run `npm ci` in tests/peer, or scripts/test.sh): {line:?}"));
+        Peer {
+            child,
+            issuer: ready["issuer"].as_str().unwrap().to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn hook(&self, path: &str, body: Value) -> Value {
+        let response = self
+            .http
+            .post(format!("{}/__test/{path}", self.issuer))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "peer hook {path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap_or(Value::Null)
+    }
+
+    pub async fn stats(&self) -> Value {
+        self.http
+            .get(format!("{}/__test/stats", self.issuer))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn register(
+        &self,
+        client_id: &str,
+        auth_method: &str,
+        secret: Option<&str>,
+        redirect_uri: &str,
+        grant_types: &[&str],
+    ) {
+        let mut client = json!({
+            "client_id": client_id,
+            "token_endpoint_auth_method": auth_method,
+            "redirect_uris": [redirect_uri],
+            "grant_types": grant_types,
+        });
+        if let Some(secret) = secret {
+            client["client_secret"] = json!(secret);
+        }
+        self.hook("clients", client).await;
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Service {
+    pub base: String,
+    pub state: AppState,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+/// A fresh service on its own SQLite file. `configure` gets the base URL
+/// (known before start-up, so redirect URIs can point at it).
+pub async fn start_service(configure: impl FnOnce(&mut Config, &str)) -> Service {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut config = Config {
+        data_dir: dir.path().to_path_buf(),
+        master_keys: Some(SecretString::from(MASTER_KEYS)),
+        api_keys: vec![SecretString::from(API_KEY)],
+        public_url: Some(url::Url::parse(&base).unwrap()),
+        ..Config::default()
+    };
+    configure(&mut config, &base);
+    let state = tokenvault_server::wiring::build_state(&config)
+        .await
+        .expect("service starts");
+    let app = router(state.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Service {
+        base,
+        state,
+        http: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+impl Service {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post_json(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `POST /v1/connect-sessions` → connect_url.
+    pub async fn connect_url(
+        &self,
+        user: &str,
+        integration: &str,
+        redirect_to: Option<&str>,
+    ) -> String {
+        let mut body = json!({ "user_id": user, "integration": integration });
+        if let Some(target) = redirect_to {
+            body["redirect_to"] = json!(target);
+        }
+        let response = self.post_json("/v1/connect-sessions", body).await;
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.unwrap();
+        body["connect_url"].as_str().unwrap().to_owned()
+    }
+}
+
+/// A browser: keeps cookies, follows redirects, but stops before reaching
+/// `stop_at` (a URL prefix), returning that redirect response instead.
+pub fn browser(stop_at: Option<String>) -> reqwest::Client {
+    let policy = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() > 15 {
+            attempt.error("too many redirects")
+        } else if stop_at
+            .as_deref()
+            .is_some_and(|prefix| attempt.url().as_str().starts_with(prefix))
+        {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
+    });
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(policy)
+        .build()
+        .unwrap()
+}
+
+pub fn location(response: &reqwest::Response) -> String {
+    response.headers()[reqwest::header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}

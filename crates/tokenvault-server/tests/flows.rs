@@ -1,0 +1,435 @@
+//! The browser flows against a real authorization server (oidc-provider on
+//! loopback): every client authentication method, and every way a callback
+//! can go wrong without creating a connection.
+
+mod common;
+
+use common::*;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tokenvault::domain::{ConnectionStatus, IntegrationKey, UserId};
+use tokenvault::integrations::IntegrationConfig;
+use tokenvault_server::config::Config;
+
+const APP_ORIGIN: &str = "http://app.test";
+
+/// Three integrations on the peer: a public client with PKCE, confidential
+/// clients with client_secret_basic and client_secret_post.
+async fn setup(peer: &Peer, tweak: impl FnOnce(&mut Config)) -> Service {
+    let providers = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        providers.path(),
+        "[providers.peer-public]\nalias = \"oidc\"\ntoken_auth_method = \"none\"\n\n\
+         [providers.peer-post]\nalias = \"oidc\"\ntoken_auth_method = \"client_secret_post\"\n",
+    )
+    .unwrap();
+    let issuer = peer.issuer.clone();
+    let service = start_service(|config, base| {
+        let redirect = url::Url::parse(&format!("{base}/oauth/callback")).unwrap();
+        let integration =
+            |provider: &str, client_id: &str, secret: Option<&str>| IntegrationConfig {
+                provider: provider.into(),
+                client_id: client_id.into(),
+                client_secret: secret.map(SecretString::from),
+                redirect_uri: Some(redirect.clone()),
+                scopes: Some(vec![
+                    "openid".into(),
+                    "offline_access".into(),
+                    "api:read".into(),
+                ]),
+                issuer: Some(url::Url::parse(&issuer).unwrap()),
+                ..Default::default()
+            };
+        config.providers_file = Some(providers.path().to_path_buf());
+        config.integrations.insert(
+            IntegrationKey::parse("pkce-app").unwrap(),
+            integration("peer-public", "pkce-app", None),
+        );
+        config.integrations.insert(
+            IntegrationKey::parse("basic-app").unwrap(),
+            integration("oidc", "basic-app", Some("basic-secret")),
+        );
+        config.integrations.insert(
+            IntegrationKey::parse("post-app").unwrap(),
+            integration("peer-post", "post-app", Some("post-secret")),
+        );
+        config.allowed_redirect_origins = vec![APP_ORIGIN.into()];
+        tweak(config);
+    })
+    .await;
+    let callback = service.url("/oauth/callback");
+    let code_and_refresh = ["authorization_code", "refresh_token"];
+    peer.register("pkce-app", "none", None, &callback, &code_and_refresh)
+        .await;
+    peer.register(
+        "basic-app",
+        "client_secret_basic",
+        Some("basic-secret"),
+        &callback,
+        &["authorization_code", "refresh_token", "client_credentials"],
+    )
+    .await;
+    peer.register(
+        "post-app",
+        "client_secret_post",
+        Some("post-secret"),
+        &callback,
+        &code_and_refresh,
+    )
+    .await;
+    service
+}
+
+async fn connection_exists(service: &Service, user: &str, integration: &str) -> bool {
+    service
+        .state
+        .vault
+        .store()
+        .get(
+            &UserId::parse(user).unwrap(),
+            &IntegrationKey::parse(integration).unwrap(),
+        )
+        .await
+        .unwrap()
+        .is_some()
+}
+
+/// Runs the browser flow up to (not into) our callback; returns its URL.
+async fn callback_url(service: &Service, user: &str, integration: &str) -> String {
+    let connect = service.connect_url(user, integration, None).await;
+    let response = browser(Some(service.url("/oauth/")))
+        .get(connect)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_redirection(), "{}", response.status());
+    location(&response)
+}
+
+#[tokio::test]
+async fn each_client_authentication_method_ends_connected_with_working_tokens() {
+    let peer = Peer::start();
+    let service = setup(&peer, |_| {}).await;
+    for integration in ["pkce-app", "basic-app", "post-app"] {
+        let user = format!("user-{integration}");
+        let connect = service.connect_url(&user, integration, None).await;
+        let page = browser(None).get(connect).send().await.unwrap();
+        assert_eq!(page.status(), 200, "{integration}");
+        assert!(page.text().await.unwrap().contains("connected"));
+
+        let (record, tokens) = service
+            .state
+            .vault
+            .read(
+                &UserId::parse(user.as_str()).unwrap(),
+                &IntegrationKey::parse(integration).unwrap(),
+            )
+            .await
+            .unwrap()
+            .expect("connection stored");
+        assert_eq!(record.status, ConnectionStatus::Connected, "{integration}");
+        assert!(
+            tokens.refresh_token.is_some(),
+            "{integration}: refresh token kept"
+        );
+        assert!(
+            tokens.scopes.includes("api:read"),
+            "{integration}: {:?}",
+            tokens.scopes
+        );
+        assert!(record.expires_at.is_some() && record.next_refresh_at.is_some());
+        // The decrypted access token is the peer's: its userinfo accepts it.
+        let key = IntegrationKey::parse(integration).unwrap();
+        let profile = service
+            .state
+            .integrations
+            .get(&key)
+            .unwrap()
+            .userinfo(&tokens.access_token)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(profile.id, "test-user");
+    }
+    let stats = peer.stats().await;
+    assert_eq!(stats["token_successes"]["authorization_code"], 3, "{stats}");
+}
+
+#[tokio::test]
+async fn redirect_to_gets_the_outcome_and_must_be_an_allowed_origin() {
+    let peer = Peer::start();
+    let service = setup(&peer, |_| {}).await;
+    let connect = service
+        .connect_url("u1", "pkce-app", Some("http://app.test/done?x=1"))
+        .await;
+    let response = browser(Some(APP_ORIGIN.into()))
+        .get(connect)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 302);
+    assert_eq!(
+        location(&response),
+        "http://app.test/done?x=1&connection=pkce-app&status=connected"
+    );
+
+    let refused = service
+        .post_json("/v1/connect-sessions", json!({"user_id": "u1", "integration": "pkce-app", "redirect_to": "https://evil.test/x"}))
+        .await;
+    assert_eq!(refused.status(), 400);
+    assert_eq!(
+        refused.json::<Value>().await.unwrap()["error"],
+        "invalid_redirect_to"
+    );
+
+    // Denied at the provider: the app hears about it, no connection is made.
+    peer.hook("config", json!({"interaction": "deny"})).await;
+    let connect = service
+        .connect_url("u2", "pkce-app", Some("http://app.test/done"))
+        .await;
+    let response = browser(Some(APP_ORIGIN.into()))
+        .get(connect)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        location(&response),
+        "http://app.test/done?connection=pkce-app&status=error&error=access_denied"
+    );
+    assert!(!connection_exists(&service, "u2", "pkce-app").await);
+}
+
+#[tokio::test]
+async fn bad_callbacks_get_their_documented_errors_and_create_nothing() {
+    let peer = Peer::start();
+    let service = setup(&peer, |_| {}).await;
+    let http = reqwest::Client::new();
+    let error_of = |response: reqwest::Response| async move {
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        (status, body["error"].as_str().unwrap().to_owned())
+    };
+
+    // Replay: the first use connects, the second is refused.
+    let callback = callback_url(&service, "replay", "pkce-app").await;
+    assert_eq!(http.get(&callback).send().await.unwrap().status(), 200);
+    assert_eq!(
+        error_of(http.get(&callback).send().await.unwrap()).await,
+        (400, "invalid_state".into())
+    );
+
+    // A state issued for pkce-app presented on basic-app's callback.
+    let callback = callback_url(&service, "mismatch", "pkce-app").await;
+    let other = callback.replace("/oauth/callback", "/oauth/basic-app/callback");
+    assert_eq!(
+        error_of(http.get(&other).send().await.unwrap()).await,
+        (400, "state_mismatch".into())
+    );
+    assert!(!connection_exists(&service, "mismatch", "pkce-app").await);
+    assert!(!connection_exists(&service, "mismatch", "basic-app").await);
+
+    // No code.
+    let callback = callback_url(&service, "nocode", "pkce-app").await;
+    let mut url = url::Url::parse(&callback).unwrap();
+    let param = |name: &str| {
+        url.query_pairs()
+            .find(|(k, _)| k == name)
+            .unwrap()
+            .1
+            .into_owned()
+    };
+    let (state, iss) = (param("state"), param("iss"));
+    url.query_pairs_mut()
+        .clear()
+        .append_pair("state", &state)
+        .append_pair("iss", &iss);
+    assert_eq!(
+        error_of(http.get(url.as_str()).send().await.unwrap()).await,
+        (400, "missing_code".into())
+    );
+    assert!(!connection_exists(&service, "nocode", "pkce-app").await);
+
+    // The peer advertises RFC 9207: a callback without (or with a wrong) iss is refused.
+    for iss in [None, Some("http://attacker.test")] {
+        let callback = callback_url(&service, "mixup", "pkce-app").await;
+        let mut url = url::Url::parse(&callback).unwrap();
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(k, _)| k != "iss")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(kept);
+        if let Some(iss) = iss {
+            url.query_pairs_mut().append_pair("iss", iss);
+        }
+        assert_eq!(
+            error_of(http.get(url.as_str()).send().await.unwrap()).await,
+            (400, "issuer_mismatch".into())
+        );
+        assert!(!connection_exists(&service, "mixup", "pkce-app").await);
+    }
+
+    // Unknown or absent state.
+    assert_eq!(
+        error_of(
+            http.get(service.url("/oauth/callback?code=x&state=nope"))
+                .send()
+                .await
+                .unwrap()
+        )
+        .await,
+        (400, "invalid_state".into())
+    );
+    assert_eq!(
+        error_of(
+            http.get(service.url("/oauth/callback?code=x"))
+                .send()
+                .await
+                .unwrap()
+        )
+        .await,
+        (400, "invalid_state".into())
+    );
+
+    // access_denied without redirect_to: a JSON error.
+    peer.hook("config", json!({"interaction": "deny"})).await;
+    let callback = callback_url(&service, "denied", "pkce-app").await;
+    assert_eq!(
+        error_of(http.get(&callback).send().await.unwrap()).await,
+        (400, "access_denied".into())
+    );
+    assert!(!connection_exists(&service, "denied", "pkce-app").await);
+
+    // A connect link works once.
+    let connect = service.connect_url("once", "pkce-app", None).await;
+    browser(Some(service.url("/oauth/")))
+        .get(&connect)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(http.get(&connect).send().await.unwrap()).await,
+        (400, "invalid_state".into())
+    );
+}
+
+#[tokio::test]
+async fn expired_state_is_refused() {
+    let peer = Peer::start();
+    let service = setup(&peer, |config| config.state_ttl_secs = 1).await;
+    let callback = callback_url(&service, "late", "pkce-app").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let response = reqwest::get(&callback).await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["error"],
+        "invalid_state"
+    );
+    assert!(!connection_exists(&service, "late", "pkce-app").await);
+}
+
+#[tokio::test]
+async fn connect_session_input_is_validated() {
+    let peer = Peer::start();
+    let service = setup(&peer, |_| {}).await;
+    let cases = [
+        (
+            json!({"user_id": "a b", "integration": "pkce-app"}),
+            400,
+            "invalid_user_id",
+        ),
+        (
+            json!({"user_id": "u", "integration": "nope"}),
+            404,
+            "unknown_integration",
+        ),
+        (json!({"user_id": "u"}), 400, "invalid_json"),
+        (
+            json!({"user_id": "u", "integration": "pkce-app", "scopes": ["a b"]}),
+            400,
+            "invalid_scopes",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let response = service
+            .post_json("/v1/connect-sessions", body.clone())
+            .await;
+        assert_eq!(response.status(), status, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"], code, "{body}: {error}");
+    }
+    let missing_field: Value = service
+        .post_json("/v1/connect-sessions", json!({"user_id": "u"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        missing_field["message"]
+            .as_str()
+            .unwrap()
+            .contains("integration"),
+        "{missing_field}"
+    );
+}
+
+#[tokio::test]
+async fn integrations_providers_and_app_tokens() {
+    let peer = Peer::start();
+    let service = setup(&peer, |_| {}).await;
+    let integrations: Value = service
+        .get_json("/v1/integrations")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = integrations["integrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["basic-app", "pkce-app", "post-app"]);
+    let providers: Value = service
+        .get_json("/v1/providers")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let provider_keys: Vec<&str> = providers["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["key"].as_str().unwrap())
+        .collect();
+    for expected in ["spotify", "google", "github", "wix", "oidc"] {
+        assert!(provider_keys.contains(&expected), "{provider_keys:?}");
+    }
+
+    // Client credentials: fetched once, then served from cache.
+    let first: Value = service
+        .get_json("/v1/integrations/basic-app/token")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let second: Value = service
+        .get_json("/v1/integrations/basic-app/token")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        first["access_token"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "{first}"
+    );
+    assert_eq!(first["access_token"], second["access_token"]);
+    assert_eq!(
+        peer.stats().await["token_successes"]["client_credentials"],
+        1
+    );
+    let unknown = service.get_json("/v1/integrations/nope/token").await;
+    assert_eq!(unknown.status(), 404);
+}
