@@ -383,25 +383,17 @@ async fn integrations_providers_and_app_tokens() {
         .json()
         .await
         .unwrap();
-    let keys: Vec<&str> = integrations["integrations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["key"].as_str().unwrap())
-        .collect();
-    assert_eq!(keys, ["basic-app", "pkce-app", "post-app"]);
+    assert_eq!(
+        keys_of(&integrations, "integrations"),
+        ["basic-app", "pkce-app", "post-app"]
+    );
     let providers: Value = service
         .get_json("/v1/providers")
         .await
         .json()
         .await
         .unwrap();
-    let provider_keys: Vec<&str> = providers["providers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["key"].as_str().unwrap())
-        .collect();
+    let provider_keys = keys_of(&providers, "providers");
     for expected in ["spotify", "google", "github", "wix", "oidc"] {
         assert!(provider_keys.contains(&expected), "{provider_keys:?}");
     }

@@ -47,20 +47,8 @@ use crate::oauth::{
 };
 use crate::providers::{
     ApiAuthScheme, AuthorizeStyle, Catalog, CatalogError, Pkce as PkceSupport, ProviderSpec,
-    RevocationStyle,
+    RESERVED_AUTHORIZE_PARAMS, RevocationStyle,
 };
-
-/// Authorization request parameters set by the flow itself; neither the
-/// configuration nor a caller may override them.
-const RESERVED_AUTHORIZE_PARAMS: &[&str] = &[
-    "response_type",
-    "client_id",
-    "redirect_uri",
-    "state",
-    "scope",
-    "code_challenge",
-    "code_challenge_method",
-];
 
 // ---------------------------------------------------------------------------
 // Configuration

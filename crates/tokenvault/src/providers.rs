@@ -29,9 +29,9 @@ pub const BUILTIN_CATALOG_TOML: &str = include_str!("../providers.toml");
 /// Refresh this long before expiry unless an entry says otherwise.
 pub const DEFAULT_REFRESH_BUFFER: Duration = Duration::from_secs(300);
 
-/// Authorization request parameters the flow itself sets; an entry may not
-/// override them through `authorize_params`.
-const RESERVED_AUTHORIZE_PARAMS: &[&str] = &[
+/// Authorization request parameters the flow itself sets; neither a catalog
+/// entry, an integration's configuration nor a caller may override them.
+pub(crate) const RESERVED_AUTHORIZE_PARAMS: &[&str] = &[
     "response_type",
     "client_id",
     "redirect_uri",

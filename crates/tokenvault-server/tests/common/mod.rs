@@ -206,3 +206,22 @@ pub fn location(response: &reqwest::Response) -> String {
         .unwrap()
         .to_owned()
 }
+
+/// A port nothing listens on right now (for processes that need it up front).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `key` field of every object in `body[list]`.
+pub fn keys_of<'a>(body: &'a Value, list: &str) -> Vec<&'a str> {
+    body[list]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["key"].as_str().unwrap())
+        .collect()
+}
