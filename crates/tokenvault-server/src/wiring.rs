@@ -139,10 +139,11 @@ pub fn integrations_config(
 
 async fn open_state_store(config: &Config) -> anyhow::Result<Arc<dyn StateStore>> {
     Ok(match &config.redis_url {
+        // Lazy: a Redis outage must not keep the service from starting; it
+        // shows in /readyz and as 503 state_store_unavailable on the flows.
         Some(url) => Arc::new(
-            RedisStateStore::connect(url, &RedisOptions::default())
-                .await
-                .context("connecting to Redis (TOKENVAULT_REDIS_URL)")?,
+            RedisStateStore::connect_lazy(url, &RedisOptions::default())
+                .context("TOKENVAULT_REDIS_URL")?,
         ),
         None => Arc::new(
             SqlStateStore::connect(

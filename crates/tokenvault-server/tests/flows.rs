@@ -425,3 +425,35 @@ async fn integrations_providers_and_app_tokens() {
     let unknown = service.get_json("/v1/integrations/nope/token").await;
     assert_eq!(unknown.status(), 404);
 }
+
+#[tokio::test]
+async fn a_state_store_outage_is_a_503_not_a_crash() {
+    let peer = Peer::start();
+    let service = setup(&peer, |config| {
+        config.redis_url = Some("redis://127.0.0.1:1".into())
+    })
+    .await;
+    let response = service
+        .post_json(
+            "/v1/connect-sessions",
+            json!({"user_id": "u", "integration": "pkce-app"}),
+        )
+        .await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["error"],
+        "state_store_unavailable"
+    );
+    let callback = reqwest::get(
+        service.url("/oauth/callback?code=x&state=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(callback.status(), 503);
+    let ready = reqwest::get(service.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(
+        ready.json::<Value>().await.unwrap()["checks"]["state_store"]["status"],
+        "error"
+    );
+}
