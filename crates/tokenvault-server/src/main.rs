@@ -107,9 +107,13 @@ async fn serve(config: Config, bind: Option<SocketAddr>) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, integrations = state.integrations.len(), "listening");
     eprintln!("tokenvault listening on http://{local}");
-    axum::serve(listener, http::router(state))
+    let poller = wiring::spawn_device_poller(&state);
+    let served = axum::serve(listener, http::router(state))
         .with_graceful_shutdown(shutdown_signal())
-        .await?;
+        .await;
+    // Polls in flight record their outcome and release their leases.
+    poller.shutdown().await;
+    served?;
     tracing::info!("stopped");
     Ok(())
 }

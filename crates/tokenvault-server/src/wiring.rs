@@ -5,6 +5,9 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use secrecy::ExposeSecret;
 use tokenvault::crypto::{Envelope, KeyRing};
+use tokenvault::device::{
+    DeviceFlow, DevicePoller, DevicePollerHandle, PollerSettings, SqlDeviceSessionStore,
+};
 use tokenvault::domain::{IntegrationKey, SystemClock};
 use tokenvault::integrations::{IntegrationConfig, Integrations, IntegrationsConfig};
 use tokenvault::oauth::{OAuthClient, OAuthClientConfig};
@@ -82,16 +85,39 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         .context("resolving integrations")?;
     let states = open_state_store(config).await?;
     let vault = Vault::new(store, envelope(ring), Arc::new(SystemClock));
+    let integrations = Arc::new(integrations);
+    let device_sessions = SqlDeviceSessionStore::connect(
+        &config.database_url(),
+        &PoolOptions {
+            max_connections: 4,
+            ..PoolOptions::default()
+        },
+    )
+    .await
+    .context("opening the device session table (TOKENVAULT_DATABASE_URL)")?;
+    let device = DeviceFlow::new(
+        Arc::new(device_sessions),
+        vault.clone(),
+        Arc::clone(&integrations),
+    );
     Ok(AppState {
         vault,
         api_keys: ApiKeys::new(&config.api_keys),
         catalog: Arc::new(catalog),
-        integrations: Arc::new(integrations),
+        integrations,
         states,
         oauth,
         settings: Arc::new(FlowSettings::from_config(config)?),
         app_tokens: Default::default(),
+        device,
     })
+}
+
+/// Starts the background task that polls providers for pending device
+/// sessions (RFC 8628). `serve` runs one per instance; instances share the
+/// work through the database. Shut the handle down to stop it.
+pub fn spawn_device_poller(state: &AppState) -> DevicePollerHandle {
+    DevicePoller::new(state.device.clone(), PollerSettings::default()).spawn()
 }
 
 fn load_catalog(config: &Config) -> anyhow::Result<Catalog> {

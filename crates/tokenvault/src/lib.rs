@@ -5,6 +5,7 @@
 //! wires them into an HTTP service.
 
 pub mod crypto;
+pub mod device;
 pub mod domain;
 pub mod integrations;
 pub mod oauth;

@@ -45,7 +45,10 @@ fn invalid_state(message: &str) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_state", message)
 }
 
-fn integration<'a>(state: &'a AppState, raw: &str) -> Result<&'a Arc<Integration>, ApiError> {
+pub(super) fn integration<'a>(
+    state: &'a AppState,
+    raw: &str,
+) -> Result<&'a Arc<Integration>, ApiError> {
     IntegrationKey::parse(raw)
         .ok()
         .and_then(|key| state.integrations.get(&key))
@@ -57,7 +60,7 @@ fn integration<'a>(state: &'a AppState, raw: &str) -> Result<&'a Arc<Integration
         })
 }
 
-fn parse_scopes(scopes: &[String]) -> Result<Scopes, ApiError> {
+pub(super) fn parse_scopes(scopes: &[String]) -> Result<Scopes, ApiError> {
     if let Some(bad) = scopes
         .iter()
         .find(|s| s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()))

@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, middleware, shared state.
 
 mod auth;
+mod device;
 pub mod error;
 mod flows;
 mod health;
@@ -15,6 +16,7 @@ use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
+use tokenvault::device::DeviceFlow;
 use tokenvault::domain::{IntegrationKey, TokenSet};
 use tokenvault::integrations::Integrations;
 use tokenvault::oauth::OAuthClient;
@@ -41,6 +43,9 @@ pub struct AppState {
     pub oauth: OAuthClient,
     pub settings: Arc<FlowSettings>,
     pub app_tokens: AppTokens,
+    /// Device authorization sessions; a [`tokenvault::device::DevicePoller`]
+    /// (see `wiring::spawn_device_poller`) polls them.
+    pub device: DeviceFlow,
 }
 
 /// Settings of the browser flows.
@@ -85,6 +90,8 @@ pub fn router(state: AppState) -> Router {
         .route("/integrations", get(flows::list_integrations))
         .route("/integrations/{key}/token", get(flows::app_token))
         .route("/connect-sessions", post(flows::create_connect_session))
+        .route("/device-sessions", post(device::create_device_session))
+        .route("/device-sessions/{id}", get(device::get_device_session))
         .route_layer(middleware::from_fn_with_state(
             state.api_keys.clone(),
             auth::require_api_key,

@@ -3,11 +3,12 @@ use std::sync::Arc;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
+use secrecy::{ExposeSecret as _, SecretString};
 use zeroize::Zeroizing;
 
 use super::CryptoError;
 use super::keyring::{KeyId, KeyProvider, parse_wrapped};
-use crate::domain::{AccessToken, ConnectionId, RefreshToken};
+use crate::domain::{AccessToken, ConnectionId, DeviceSessionId, RefreshToken};
 
 /// A per-connection AES-256 key. Lives unwrapped only in memory.
 pub struct DataKey(Zeroizing<[u8; 32]>);
@@ -106,6 +107,17 @@ pub fn wrap_context(connection: ConnectionId) -> Vec<u8> {
     connection.to_string().into_bytes()
 }
 
+/// Associated data for a device session's sealed `device_code`.
+pub fn device_code_aad(session: DeviceSessionId) -> Vec<u8> {
+    format!("tokenvault/device_code/v{SEAL_VERSION}/{session}").into_bytes()
+}
+
+/// Context that binds a device session's wrapped data key to that session
+/// (prefixed, so it can never equal a connection's context).
+pub fn device_wrap_context(session: DeviceSessionId) -> Vec<u8> {
+    format!("device_session/{session}").into_bytes()
+}
+
 /// Encrypts with a random 96-bit nonce: `[version][nonce][ciphertext+tag]`.
 pub fn seal(key: &DataKey, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; NONCE_LEN];
@@ -172,6 +184,26 @@ impl fmt::Debug for SealedTokens {
                 &format_args!("{} bytes", self.access_token.len()),
             )
             .field("refresh_token", &self.refresh_token.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
+/// A device session's `device_code` as it is stored: sealed under the
+/// session's own data key, which is stored wrapped.
+#[derive(Clone)]
+pub struct SealedDeviceCode {
+    pub data_key: WrappedKey,
+    pub device_code: Vec<u8>,
+}
+
+impl fmt::Debug for SealedDeviceCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealedDeviceCode")
+            .field("data_key", &self.data_key)
+            .field(
+                "device_code",
+                &format_args!("{} bytes", self.device_code.len()),
+            )
             .finish()
     }
 }
@@ -277,6 +309,43 @@ impl Envelope {
         Ok((access, refresh))
     }
 
+    /// Seals a device session's `device_code` under a fresh data key; the
+    /// blob only opens for the same session id.
+    pub async fn seal_device_code(
+        &self,
+        session: DeviceSessionId,
+        device_code: &SecretString,
+    ) -> Result<SealedDeviceCode, CryptoError> {
+        let key = DataKey::generate();
+        let data_key = self.keys.wrap(&key, &device_wrap_context(session)).await?;
+        Ok(SealedDeviceCode {
+            data_key,
+            device_code: seal(
+                &key,
+                device_code.expose_secret().as_bytes(),
+                &device_code_aad(session),
+            ),
+        })
+    }
+
+    pub async fn open_device_code(
+        &self,
+        session: DeviceSessionId,
+        data_key: &WrappedKey,
+        blob: &[u8],
+    ) -> Result<SecretString, CryptoError> {
+        let key = self
+            .keys
+            .unwrap(data_key, &device_wrap_context(session))
+            .await?;
+        let plain = open(&key, blob, &device_code_aad(session), || {
+            format!("the device_code of device session {session}")
+        })?;
+        let text = std::str::from_utf8(&plain)
+            .map_err(|_| CryptoError::Malformed("device code is not UTF-8"))?;
+        Ok(SecretString::from(text.to_owned()))
+    }
+
     /// Re-wraps a data key under the active master key (rotation).
     pub async fn rewrap(
         &self,
@@ -373,6 +442,38 @@ mod tests {
             env.open(a, &sealed.data_key, &future, None).await,
             Err(CryptoError::UnsupportedVersion(9))
         ));
+    }
+
+    #[tokio::test]
+    async fn device_codes_round_trip_and_are_bound_to_their_session() {
+        let env = envelope(&key_spec("k1", 1));
+        let a = DeviceSessionId::new();
+        let b = DeviceSessionId::new();
+        let code = SecretString::from("DC-secret-device-code-1234");
+        let sealed = env.seal_device_code(a, &code).await.unwrap();
+        assert!(
+            !sealed.device_code.windows(10).any(|w| w == b"DC-secret-"),
+            "sealed, not stored in the clear"
+        );
+        assert!(!format!("{sealed:?}").contains("DC-secret"));
+        let opened = env
+            .open_device_code(a, &sealed.data_key, &sealed.device_code)
+            .await
+            .unwrap();
+        assert_eq!(opened.expose_secret(), code.expose_secret());
+        // Moved to another session: neither the wrapped key nor the blob opens.
+        assert!(
+            env.open_device_code(b, &sealed.data_key, &sealed.device_code)
+                .await
+                .is_err()
+        );
+        // A connection with the same UUID cannot unwrap the session's key.
+        let as_connection = ConnectionId::parse(&a.to_string()).unwrap();
+        assert!(
+            env.open(as_connection, &sealed.data_key, &sealed.device_code, None)
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]

@@ -9,7 +9,8 @@ mod envelope;
 mod keyring;
 
 pub use envelope::{
-    DataKey, Envelope, Field, SealedTokens, WrappedKey, open, seal, token_aad, wrap_context,
+    DataKey, Envelope, Field, SealedDeviceCode, SealedTokens, WrappedKey, device_code_aad,
+    device_wrap_context, open, seal, token_aad, wrap_context,
 };
 pub use keyring::{KeyError, KeyId, KeyProvider, KeyRing, MasterKey};
 

@@ -161,6 +161,55 @@ impl Default for ConnectionId {
     }
 }
 
+/// Identity of one device authorization session (RFC 8628), time-ordered
+/// (UUIDv7) like connection ids. Its text form is what the API hands out.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DeviceSessionId(Uuid);
+
+impl DeviceSessionId {
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, IdError> {
+        Uuid::parse_str(raw)
+            .map(Self)
+            .map_err(|_| IdError::NotUuid {
+                kind: "device session id",
+            })
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl Default for DeviceSessionId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for DeviceSessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Debug for DeviceSessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DeviceSessionId({})", self.0)
+    }
+}
+
+impl FromStr for DeviceSessionId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
 macro_rules! string_id_impls {
     ($ty:ident) => {
         impl fmt::Display for $ty {

@@ -9,7 +9,7 @@ mod status;
 mod token;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use ids::{ConnectionId, IdError, IntegrationKey, UserId};
+pub use ids::{ConnectionId, DeviceSessionId, IdError, IntegrationKey, UserId};
 pub use scopes::Scopes;
 pub use secret::{AccessToken, RefreshToken, mask};
 pub use status::{ConnectionStatus, InvalidTransition, UnknownStatus};
