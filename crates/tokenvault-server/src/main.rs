@@ -108,11 +108,14 @@ async fn serve(config: Config, bind: Option<SocketAddr>) -> anyhow::Result<()> {
     tracing::info!(addr = %local, integrations = state.integrations.len(), "listening");
     eprintln!("tokenvault listening on http://{local}");
     let poller = wiring::spawn_device_poller(&state);
+    let purger =
+        wiring::spawn_state_purger(state.states.clone(), std::time::Duration::from_secs(60));
     let served = axum::serve(listener, http::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await;
     // Polls in flight record their outcome and release their leases.
     poller.shutdown().await;
+    purger.abort();
     served?;
     tracing::info!("stopped");
     Ok(())

@@ -184,3 +184,24 @@ async fn open_state_store(config: &Config) -> anyhow::Result<Arc<dyn StateStore>
         ),
     })
 }
+
+/// Deletes expired OAuth states from the database every `every` (Redis
+/// expires its keys itself; there this is a no-op). Stops with the runtime or
+/// when the handle is aborted.
+pub fn spawn_state_purger(
+    states: Arc<dyn StateStore>,
+    every: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match states.purge_expired().await {
+                Ok(0) => {}
+                Ok(purged) => tracing::debug!(purged, "purged expired OAuth states"),
+                Err(err) => tracing::warn!(error = %err, "purging expired OAuth states failed"),
+            }
+        }
+    })
+}

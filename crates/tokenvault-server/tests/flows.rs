@@ -457,3 +457,27 @@ async fn a_state_store_outage_is_a_503_not_a_crash() {
         "error"
     );
 }
+
+#[tokio::test]
+async fn expired_states_are_purged_from_the_database() {
+    let peer = Peer::start();
+    let service = setup(&peer, |config| config.state_ttl_secs = 1).await;
+    let purger = tokenvault_server::wiring::spawn_state_purger(
+        service.state.states.clone(),
+        std::time::Duration::from_millis(200),
+    );
+    service.connect_url("abandoned", "pkce-app", None).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_600)).await;
+    // Nothing left for a manual purge: the background purger already removed the expired row.
+    assert_eq!(service.state.states.purge_expired().await.unwrap(), 0);
+    purger.abort();
+}
+
+#[tokio::test]
+async fn without_the_purger_expired_states_stay_until_purged() {
+    let peer = Peer::start();
+    let service = setup(&peer, |config| config.state_ttl_secs = 1).await;
+    service.connect_url("abandoned", "pkce-app", None).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    assert_eq!(service.state.states.purge_expired().await.unwrap(), 1);
+}
