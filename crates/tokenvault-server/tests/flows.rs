@@ -481,3 +481,60 @@ async fn without_the_purger_expired_states_stay_until_purged() {
     tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
     assert_eq!(service.state.states.purge_expired().await.unwrap(), 1);
 }
+
+/// Wix installs start from Wix: the app receives a `token` and must send the
+/// user to Wix's installer with it. The connect session carries it through.
+#[tokio::test]
+async fn wix_installer_receives_the_token_the_app_passes_on() {
+    let providers = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        providers.path(),
+        "[providers.wix]\nauthorization_url = \"http://wix.test/installer/install\"\n",
+    )
+    .unwrap();
+    let service = start_service(|config, base| {
+        config.providers_file = Some(providers.path().to_path_buf());
+        config.integrations.insert(
+            IntegrationKey::parse("wix").unwrap(),
+            IntegrationConfig {
+                provider: "wix".into(),
+                client_id: "wix-app-id".into(),
+                client_secret: Some(SecretString::from("wix-secret")),
+                redirect_uri: Some(url::Url::parse(&format!("{base}/oauth/callback")).unwrap()),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let body = json!({"user_id": "site-owner", "integration": "wix", "provider_params": {"token": "wix-install-token"}});
+    let response = service.post_json("/v1/connect-sessions", body).await;
+    assert_eq!(response.status(), 201);
+    let connect = response.json::<Value>().await.unwrap()["connect_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let redirect = browser(Some("http://wix.test/".into()))
+        .get(connect)
+        .send()
+        .await
+        .unwrap();
+    let installer = url::Url::parse(&location(&redirect)).unwrap();
+    assert_eq!(
+        installer.as_str().split('?').next().unwrap(),
+        "http://wix.test/installer/install"
+    );
+    let params: std::collections::HashMap<_, _> = installer.query_pairs().into_owned().collect();
+    assert_eq!(params["token"], "wix-install-token");
+    assert_eq!(params["appId"], "wix-app-id");
+    assert_eq!(params["redirectUrl"], service.url("/oauth/callback"));
+    assert!(params["state"].len() >= 43);
+
+    // Parameters a provider does not define are refused.
+    let body = json!({"user_id": "u", "integration": "wix", "provider_params": {"prompt": "none"}});
+    let refused = service.post_json("/v1/connect-sessions", body).await;
+    assert_eq!(refused.status(), 400);
+    assert_eq!(
+        refused.json::<Value>().await.unwrap()["error"],
+        "invalid_provider_params"
+    );
+}

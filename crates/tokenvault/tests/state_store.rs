@@ -229,6 +229,7 @@ fn record(user: &str, verifier: Option<&str>) -> StateRecord {
         redirect_to: Some("https://app.example.com/settings?tab=integrations".into()),
         scopes: vec!["user-read-email".into(), "user-library-modify".into()],
         created_at: now(),
+        provider_params: Default::default(),
     }
 }
 

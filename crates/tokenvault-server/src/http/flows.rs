@@ -83,6 +83,10 @@ pub struct ConnectSessionRequest {
     scopes: Option<Vec<String>>,
     #[serde(default)]
     redirect_to: Option<String>,
+    /// Provider-specific authorization parameters; only those the provider
+    /// defines (Wix: the installer `token` Wix sent to the app URL).
+    #[serde(default)]
+    provider_params: std::collections::BTreeMap<String, String>,
 }
 
 /// `POST /v1/connect-sessions`: the backend names the user; the browser gets
@@ -107,6 +111,7 @@ pub async fn create_connect_session(
         .redirect_to
         .map(|raw| allowed_redirect(&state, &raw))
         .transpose()?;
+    check_provider_params(integration, &request.provider_params)?;
 
     let id = StateKey::generate();
     let now = Utc::now();
@@ -120,6 +125,7 @@ pub async fn create_connect_session(
         redirect_to,
         scopes: scopes.to_vec(),
         created_at: now,
+        provider_params: request.provider_params,
     };
     state
         .states
@@ -135,6 +141,37 @@ pub async fn create_connect_session(
     tracing::info!(integration = %integration.key(), session = %id, "connect session created");
     let body = json!({ "id": id.as_str(), "connect_url": connect_url, "expires_at": expires_at });
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// The parameters a provider's authorization step takes from the app.
+fn check_provider_params(
+    integration: &Integration,
+    params: &std::collections::BTreeMap<String, String>,
+) -> Result<(), ApiError> {
+    let allowed: &[&str] = match integration.spec().authorize_style {
+        tokenvault::providers::AuthorizeStyle::WixInstaller => &["token"],
+        tokenvault::providers::AuthorizeStyle::Oauth2 => &[],
+    };
+    for (name, value) in params {
+        if !allowed.contains(&name.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_provider_params",
+                format!(
+                    "provider `{}` takes no parameter {name:?} (allowed: {allowed:?})",
+                    integration.spec().key
+                ),
+            ));
+        }
+        if value.is_empty() || value.len() > 4096 || value.chars().any(char::is_control) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_provider_params",
+                format!("parameter {name:?} is empty, too long or has control characters"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn allowed_redirect(state: &AppState, raw: &str) -> Result<String, ApiError> {
@@ -191,7 +228,12 @@ pub async fn start_connect(
         .put(&key, &record, state.settings.state_ttl)
         .await
         .map_err(state_store_error)?;
-    let url = integration.authorize_url(key.as_str(), pkce.as_ref(), scopes.as_ref());
+    let extras: Vec<(String, String)> = record
+        .provider_params
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let url = integration.authorize_url_with(key.as_str(), pkce.as_ref(), scopes.as_ref(), &extras);
     tracing::info!(integration = %integration.key(), state = %key, "redirecting to provider");
     Ok((StatusCode::FOUND, [(header::LOCATION, url.to_string())]).into_response())
 }
@@ -203,6 +245,9 @@ pub struct CallbackParams {
     error: Option<String>,
     error_description: Option<String>,
     iss: Option<String>,
+    /// Wix names the installed site instance on its callback.
+    #[serde(rename = "instanceId")]
+    instance_id: Option<String>,
 }
 
 /// `GET /oauth/callback`: one callback for every integration; the state says which.
@@ -332,13 +377,17 @@ async fn complete(
             code: "token_exchange_failed".into(),
             message: format!("exchanging the authorization code failed: {err}"),
         })?;
+    let mut metadata = grant.metadata;
+    if let (Some(instance_id), Some(fields)) = (&params.instance_id, metadata.as_object_mut()) {
+        fields.insert("instance_id".into(), json!(instance_id));
+    }
     state
         .vault
         .save_grant(
             &record.user_id,
             integration.key(),
             &grant.tokens,
-            grant.metadata,
+            metadata,
             chrono::Duration::from_std(integration.refresh_buffer()).unwrap_or_default(),
         )
         .await

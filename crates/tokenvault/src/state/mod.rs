@@ -116,6 +116,10 @@ pub struct StateRecord {
     pub redirect_to: Option<String>,
     pub scopes: Vec<String>,
     pub created_at: DateTime<Utc>,
+    /// Provider-specific authorization parameters the application passed on
+    /// (Wix's installer `token`); omitted from storage when empty.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub provider_params: std::collections::BTreeMap<String, String>,
 }
 
 impl StateRecord {
@@ -144,6 +148,10 @@ impl fmt::Debug for StateRecord {
             .field("redirect_to", &self.redirect_to)
             .field("scopes", &self.scopes)
             .field("created_at", &self.created_at)
+            .field(
+                "provider_params",
+                &self.provider_params.keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -216,6 +224,7 @@ mod tests {
             redirect_to: None,
             scopes: vec!["user-read-email".into()],
             created_at: DateTime::from_timestamp_millis(1_700_000_000_123).unwrap(),
+            provider_params: Default::default(),
         }
     }
 
