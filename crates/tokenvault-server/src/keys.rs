@@ -98,9 +98,9 @@ pub async fn retire(config: &Config, id: &str) -> anyhow::Result<()> {
                 .map(|key| key.to_spec().to_string())
                 .collect();
             let tmp = path.with_extension("key.tmp");
-            std::fs::write(
+            write_private(
                 &tmp,
-                format!(
+                &format!(
                     "# tokenvault master keys, first = active.\n{}\n",
                     kept.join("\n")
                 ),
@@ -125,4 +125,20 @@ fn describe(source: &KeySource) -> String {
         KeySource::Env => "TOKENVAULT_MASTER_KEYS".to_owned(),
         KeySource::File(path) => format!("key file {}", path.display()),
     }
+}
+
+/// Writes a key file readable by its owner only (0600), like the one
+/// generated on first start.
+fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    // A leftover temp file keeps its old mode: force it.
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.write_all(content.as_bytes())?;
+    file.sync_all()
 }

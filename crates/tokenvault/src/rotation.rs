@@ -23,6 +23,8 @@ pub struct RotationReport {
 pub enum RotationError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the key provider failed: {0}")]
+    KeyProvider(String),
     #[error(
         "master key `{0}` is the active key; make another key active (first in the list) before retiring it"
     )]
@@ -69,7 +71,7 @@ pub async fn rotate(
                     report.failed.push((id, err.to_string()));
                 }
                 Err(CryptoError::Provider(reason)) => {
-                    return Err(RotationError::Store(StoreError::Corrupt(reason)));
+                    return Err(RotationError::KeyProvider(reason));
                 }
             }
             processed += 1;
