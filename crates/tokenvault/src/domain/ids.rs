@@ -131,84 +131,67 @@ impl IntegrationKey {
     }
 }
 
-/// Identity of one stored authorization grant. Time-ordered (UUIDv7) so
-/// keyset paging by id follows creation order.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ConnectionId(Uuid);
+/// A time-ordered (UUIDv7) identifier: keyset paging by id follows
+/// creation order. `kind` names it in parse errors.
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $ty:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $ty(Uuid);
 
-impl ConnectionId {
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
+        impl $ty {
+            pub fn new() -> Self {
+                Self(Uuid::now_v7())
+            }
 
-    pub fn parse(raw: &str) -> Result<Self, IdError> {
-        Uuid::parse_str(raw)
-            .map(Self)
-            .map_err(|_| IdError::NotUuid {
-                kind: "connection id",
-            })
-    }
+            pub fn parse(raw: &str) -> Result<Self, IdError> {
+                Uuid::parse_str(raw).map(Self).map_err(|_| IdError::NotUuid { kind: $kind })
+            }
 
-    pub fn as_uuid(&self) -> Uuid {
-        self.0
-    }
+            pub fn as_uuid(&self) -> Uuid {
+                self.0
+            }
+        }
+
+        impl Default for $ty {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($ty), self.0)
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+    };
 }
 
-impl Default for ConnectionId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Identity of one device authorization session (RFC 8628), time-ordered
-/// (UUIDv7) like connection ids. Its text form is what the API hands out.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct DeviceSessionId(Uuid);
-
-impl DeviceSessionId {
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
-
-    pub fn parse(raw: &str) -> Result<Self, IdError> {
-        Uuid::parse_str(raw)
-            .map(Self)
-            .map_err(|_| IdError::NotUuid {
-                kind: "device session id",
-            })
-    }
-
-    pub fn as_uuid(&self) -> Uuid {
-        self.0
-    }
-}
-
-impl Default for DeviceSessionId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for DeviceSessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl fmt::Debug for DeviceSessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DeviceSessionId({})", self.0)
-    }
-}
-
-impl FromStr for DeviceSessionId {
-    type Err = IdError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-    }
-}
+uuid_id!(
+    /// Identity of one stored authorization grant.
+    ConnectionId,
+    "connection id"
+);
+uuid_id!(
+    /// Identity of one device authorization session (RFC 8628). Its text
+    /// form is what the API hands out.
+    DeviceSessionId,
+    "device session id"
+);
 
 macro_rules! string_id_impls {
     ($ty:ident) => {
@@ -243,25 +226,6 @@ macro_rules! string_id_impls {
 }
 string_id_impls!(UserId);
 string_id_impls!(IntegrationKey);
-
-impl fmt::Display for ConnectionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl fmt::Debug for ConnectionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ConnectionId({})", self.0)
-    }
-}
-
-impl FromStr for ConnectionId {
-    type Err = IdError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-    }
-}
 
 #[cfg(test)]
 mod tests {
