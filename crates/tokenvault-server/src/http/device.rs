@@ -3,18 +3,17 @@
 //! `tokenvault::device::DevicePoller`) and the app reads the outcome.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokenvault::device::{DeviceFlowError, DeviceSessionStatus};
-use tokenvault::domain::{DeviceSessionId, UserId};
+use tokenvault::domain::DeviceSessionId;
 
 use super::AppState;
-use super::error::ApiError;
-use super::flows::{integration, parse_scopes};
+use super::error::{ApiError, ApiJson};
+use super::flows::{integration, parse_scopes, user_id};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,17 +30,9 @@ pub struct DeviceSessionRequest {
 #[tracing::instrument(skip_all)]
 pub async fn create_device_session(
     State(state): State<AppState>,
-    body: Result<Json<DeviceSessionRequest>, JsonRejection>,
+    ApiJson(request): ApiJson<DeviceSessionRequest>,
 ) -> Result<Response, ApiError> {
-    let Json(request) = body.map_err(|rejection| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            rejection.body_text(),
-        )
-    })?;
-    let user_id = UserId::parse(request.user_id.as_str())
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_user_id", e.to_string()))?;
+    let user_id = user_id(&request.user_id)?;
     let integration = integration(&state, &request.integration)?;
     let scopes = parse_scopes(request.scopes.as_deref().unwrap_or_default())?;
     let started = state

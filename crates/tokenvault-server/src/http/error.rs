@@ -1,6 +1,8 @@
 //! Every error leaves as `{"error": "<stable_code>", "message": "…", "request_id": "…"}`.
 
 use axum::Json;
+use axum::extract::FromRequest;
+use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -47,6 +49,23 @@ impl ApiError {
         )
     }
 }
+
+/// Malformed or mistyped bodies all answer 400 `invalid_json`; serde's
+/// message names the offending field.
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            rejection.body_text(),
+        )
+    }
+}
+
+/// `axum::Json` whose rejection is our error envelope.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -17,7 +16,7 @@ use tokenvault::oauth::Pkce;
 use tokenvault::state::{StateError, StateKey, StateRecord};
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ApiJson};
 
 /// Why a browser flow ended without a connection; sent to `redirect_to` as
 /// `error=<code>` when the app gave one, else as a JSON error.
@@ -60,6 +59,11 @@ pub(super) fn integration<'a>(
         })
 }
 
+pub(super) fn user_id(raw: &str) -> Result<UserId, ApiError> {
+    UserId::parse(raw)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_user_id", e.to_string()))
+}
+
 pub(super) fn parse_scopes(scopes: &[String]) -> Result<Scopes, ApiError> {
     if let Some(bad) = scopes
         .iter()
@@ -94,17 +98,9 @@ pub struct ConnectSessionRequest {
 #[tracing::instrument(skip_all)]
 pub async fn create_connect_session(
     State(state): State<AppState>,
-    body: Result<Json<ConnectSessionRequest>, JsonRejection>,
+    ApiJson(request): ApiJson<ConnectSessionRequest>,
 ) -> Result<Response, ApiError> {
-    let Json(request) = body.map_err(|rejection| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            rejection.body_text(),
-        )
-    })?;
-    let user_id = UserId::parse(request.user_id.as_str())
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_user_id", e.to_string()))?;
+    let user_id = user_id(&request.user_id)?;
     let integration = integration(&state, &request.integration)?;
     let scopes = parse_scopes(request.scopes.as_deref().unwrap_or_default())?;
     let redirect_to = request
