@@ -128,20 +128,6 @@ async fn wait_for_polls(peer: &Peer, n: u64, within: Duration) {
     }
 }
 
-async fn connection(service: &Service, user: &str, integration: &str) -> bool {
-    service
-        .state
-        .vault
-        .store()
-        .get(
-            &UserId::parse(user).unwrap(),
-            &IntegrationKey::parse(integration).unwrap(),
-        )
-        .await
-        .unwrap()
-        .is_some()
-}
-
 fn session_id(body: &Value) -> DeviceSessionId {
     DeviceSessionId::parse(body["id"].as_str().unwrap()).unwrap()
 }
@@ -253,7 +239,7 @@ async fn denied_sessions_end_denied_without_a_connection() {
     .await;
     assert_eq!(done["status"], "denied", "{done}");
     assert!(done.get("connection").is_none(), "{done}");
-    assert!(!connection(&service, "refuser", "device-public").await);
+    assert!(!connection_exists(&service, "refuser", "device-public").await);
     let polls = device_polls(&peer).await;
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert_eq!(
@@ -274,7 +260,7 @@ async fn unapproved_sessions_expire() {
     let id = started["id"].as_str().unwrap();
     let done = outcome(&service, id, Duration::from_secs(10)).await;
     assert_eq!(done["status"], "expired", "{done}");
-    assert!(!connection(&service, "slowpoke", "device-public").await);
+    assert!(!connection_exists(&service, "slowpoke", "device-public").await);
     // The poller records it too (not only the read-time view of expiry).
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

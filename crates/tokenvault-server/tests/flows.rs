@@ -80,20 +80,6 @@ async fn setup(peer: &Peer, tweak: impl FnOnce(&mut Config)) -> Service {
     service
 }
 
-async fn connection_exists(service: &Service, user: &str, integration: &str) -> bool {
-    service
-        .state
-        .vault
-        .store()
-        .get(
-            &UserId::parse(user).unwrap(),
-            &IntegrationKey::parse(integration).unwrap(),
-        )
-        .await
-        .unwrap()
-        .is_some()
-}
-
 /// Runs the browser flow up to (not into) our callback; returns its URL.
 async fn callback_url(service: &Service, user: &str, integration: &str) -> String {
     let connect = service.connect_url(user, integration, None).await;

@@ -225,3 +225,18 @@ pub fn keys_of<'a>(body: &'a Value, list: &str) -> Vec<&'a str> {
         .map(|item| item["key"].as_str().unwrap())
         .collect()
 }
+
+/// Whether `user` has a stored connection for `integration`.
+pub async fn connection_exists(service: &Service, user: &str, integration: &str) -> bool {
+    service
+        .state
+        .vault
+        .store()
+        .get(
+            &tokenvault::domain::UserId::parse(user).unwrap(),
+            &tokenvault::domain::IntegrationKey::parse(integration).unwrap(),
+        )
+        .await
+        .unwrap()
+        .is_some()
+}
