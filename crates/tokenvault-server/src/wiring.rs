@@ -8,12 +8,12 @@ use tokenvault::crypto::{Envelope, KeyRing};
 use tokenvault::device::{
     DeviceFlow, DevicePoller, DevicePollerHandle, PollerSettings, SqlDeviceSessionStore,
 };
-use tokenvault::domain::{IntegrationKey, SystemClock};
+use tokenvault::domain::{Clock, IntegrationKey, SystemClock};
 use tokenvault::integrations::{IntegrationConfig, Integrations, IntegrationsConfig};
 use tokenvault::oauth::{OAuthClient, OAuthClientConfig};
 use tokenvault::providers::Catalog;
 use tokenvault::state::{RedisOptions, RedisStateStore, SqlStateStore, StateStore};
-use tokenvault::store::{self, ConnectionStore, PoolOptions};
+use tokenvault::store::{ConnectionStore, Database, PoolOptions};
 use tokenvault::vault::Vault;
 
 use crate::config::{Config, Environment};
@@ -53,15 +53,17 @@ pub fn load_key_ring(config: &Config) -> anyhow::Result<(KeyRing, KeySource)> {
 }
 
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn ConnectionStore>> {
+    Ok(open_database(config).await?.connections())
+}
+
+async fn open_database(config: &Config) -> anyhow::Result<Database> {
     let options = PoolOptions {
         max_connections: config.database_max_connections,
         ..PoolOptions::default()
     };
-    let url = config.database_url();
-    let store = store::connect(&url, &options)
+    Database::open(&config.database_url(), &options)
         .await
-        .context("opening the database (TOKENVAULT_DATABASE_URL)")?;
-    Ok(store)
+        .context("opening the database (TOKENVAULT_DATABASE_URL)")
 }
 
 pub fn envelope(ring: KeyRing) -> Envelope {
@@ -72,7 +74,9 @@ pub fn envelope(ring: KeyRing) -> Envelope {
 /// under test is wired exactly as in production.
 pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     let (ring, _) = load_key_ring(config)?;
-    let store = open_store(config).await?;
+    // One pool serves the connection, state and device-session stores.
+    let database = open_database(config).await?;
+    let store = database.connections();
     if config.migrate_on_start {
         store.migrate().await?;
     }
@@ -83,18 +87,14 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     let integrations = Integrations::resolve(&integrations_config, &catalog, &oauth)
         .await
         .context("resolving integrations")?;
-    let states = open_state_store(config).await?;
-    let vault = Vault::new(store, envelope(ring), Arc::new(SystemClock));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let states = state_store(config, &database, Arc::clone(&clock))?;
+    let vault = Vault::new(store, envelope(ring), clock);
     let integrations = Arc::new(integrations);
-    let device_sessions = SqlDeviceSessionStore::connect(
-        &config.database_url(),
-        &PoolOptions {
-            max_connections: 4,
-            ..PoolOptions::default()
-        },
-    )
-    .await
-    .context("opening the device session table (TOKENVAULT_DATABASE_URL)")?;
+    let device_sessions = match &database {
+        Database::Sqlite(db) => SqlDeviceSessionStore::sqlite(db.pool().clone()),
+        Database::Postgres(db) => SqlDeviceSessionStore::postgres(db.pool().clone()),
+    };
     let device = DeviceFlow::new(
         Arc::new(device_sessions),
         vault.clone(),
@@ -163,25 +163,22 @@ pub fn integrations_config(
     Ok(integrations)
 }
 
-async fn open_state_store(config: &Config) -> anyhow::Result<Arc<dyn StateStore>> {
-    Ok(match &config.redis_url {
+fn state_store(
+    config: &Config,
+    database: &Database,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Arc<dyn StateStore>> {
+    Ok(match (&config.redis_url, database) {
         // Lazy: a Redis outage must not keep the service from starting; it
         // shows in /readyz and as 503 state_store_unavailable on the flows.
-        Some(url) => Arc::new(
+        (Some(url), _) => Arc::new(
             RedisStateStore::connect_lazy(url, &RedisOptions::default())
                 .context("TOKENVAULT_REDIS_URL")?,
         ),
-        None => Arc::new(
-            SqlStateStore::connect(
-                &config.database_url(),
-                &PoolOptions {
-                    max_connections: 4,
-                    ..PoolOptions::default()
-                },
-            )
-            .await
-            .context("opening the OAuth state table (TOKENVAULT_DATABASE_URL)")?,
-        ),
+        (None, Database::Sqlite(db)) => Arc::new(SqlStateStore::sqlite(db.pool().clone(), clock)),
+        (None, Database::Postgres(db)) => {
+            Arc::new(SqlStateStore::postgres(db.pool().clone(), clock))
+        }
     })
 }
 

@@ -176,18 +176,40 @@ pub trait ConnectionStore: Send + Sync + 'static {
     ) -> Result<u64, StoreError>;
 }
 
-/// Opens the backend named by the URL's scheme.
+/// An open database: one pool, from which every store on it is built
+/// (connections here, OAuth state and device sessions in their modules).
+#[derive(Debug, Clone)]
+pub enum Database {
+    Sqlite(SqliteStore),
+    Postgres(PostgresStore),
+}
+
+impl Database {
+    /// Opens the backend named by the URL's scheme.
+    pub async fn open(url: &str, options: &PoolOptions) -> Result<Self, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite(SqliteStore::connect(url, options).await?))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Self::Postgres(PostgresStore::connect(url, options).await?))
+        } else {
+            Err(StoreError::UnsupportedUrl(url.to_owned()))
+        }
+    }
+
+    pub fn connections(&self) -> Arc<dyn ConnectionStore> {
+        match self {
+            Self::Sqlite(store) => Arc::new(store.clone()),
+            Self::Postgres(store) => Arc::new(store.clone()),
+        }
+    }
+}
+
+/// Opens the backend named by the URL's scheme, as a connection store.
 pub async fn connect(
     url: &str,
     options: &PoolOptions,
 ) -> Result<Arc<dyn ConnectionStore>, StoreError> {
-    if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url, options).await?))
-    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Ok(Arc::new(PostgresStore::connect(url, options).await?))
-    } else {
-        Err(StoreError::UnsupportedUrl(url.to_owned()))
-    }
+    Ok(Database::open(url, options).await?.connections())
 }
 
 pub(crate) fn to_millis(at: DateTime<Utc>) -> i64 {
