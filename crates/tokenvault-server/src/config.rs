@@ -71,6 +71,32 @@ pub struct Config {
     /// `_REDIRECT_URI` in the environment override (or, for a built-in
     /// provider key, enable) them.
     pub integrations: BTreeMap<IntegrationKey, IntegrationConfig>,
+    /// Where signed webhook events are POSTed; unset = no events recorded.
+    pub webhook_url: Option<Url>,
+    /// HMAC key of the `Tokenvault-Signature` header; required with webhook_url.
+    pub webhook_secret: Option<SecretString>,
+    /// Events to send (default: all but `connection.refreshed`).
+    #[serde(deserialize_with = "string_list")]
+    pub webhook_events: Vec<String>,
+    /// Run the background refresher in this instance.
+    pub scheduler_enabled: bool,
+    /// Milliseconds between scheduler ticks when there is no backlog.
+    pub scheduler_tick_ms: u64,
+    /// Connections claimed per tick.
+    pub scheduler_batch: u32,
+    /// Refreshes in flight at once, per instance.
+    pub scheduler_concurrency: usize,
+    /// Token-endpoint calls per second per integration and instance
+    /// (an integration's `rate_limit_per_second` overrides it); 0 = unlimited.
+    pub refresh_rate_limit_per_second: u32,
+    /// Days after which disconnected and expired connections are deleted; 0 keeps them.
+    pub retention_days: u64,
+    /// Consecutive provider failures that open an integration's circuit.
+    pub breaker_failure_threshold: u32,
+    /// Seconds an open circuit waits before trial calls.
+    pub breaker_open_secs: u64,
+    /// Successful trial calls that close the circuit.
+    pub breaker_success_threshold: u32,
 }
 
 fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -119,6 +145,18 @@ impl Default for Config {
             allowed_redirect_origins: Vec::new(),
             providers_file: None,
             integrations: BTreeMap::new(),
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_events: Vec::new(),
+            scheduler_enabled: true,
+            scheduler_tick_ms: 1000,
+            scheduler_batch: 100,
+            scheduler_concurrency: 16,
+            refresh_rate_limit_per_second: 50,
+            retention_days: 30,
+            breaker_failure_threshold: 5,
+            breaker_open_secs: 60,
+            breaker_success_threshold: 3,
         }
     }
 }

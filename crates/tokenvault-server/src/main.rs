@@ -110,11 +110,19 @@ async fn serve(config: Config, bind: Option<SocketAddr>) -> anyhow::Result<()> {
     let poller = wiring::spawn_device_poller(&state);
     let purger =
         wiring::spawn_state_purger(state.states.clone(), std::time::Duration::from_secs(60));
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let scheduler = wiring::spawn_scheduler(&state, &config, stopping.clone());
+    let webhooks = wiring::spawn_webhooks(&state, &config, stopping)?;
     let served = axum::serve(listener, http::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await;
-    // Polls in flight record their outcome and release their leases.
+    // Work in flight (polls, refreshes, deliveries) finishes, records its
+    // outcome and releases its leases.
+    let _ = stop.send(true);
     poller.shutdown().await;
+    for task in scheduler.into_iter().chain(webhooks) {
+        let _ = task.await;
+    }
     purger.abort();
     served?;
     tracing::info!("stopped");

@@ -4,17 +4,21 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use secrecy::ExposeSecret;
+use std::time::Duration;
 use tokenvault::crypto::{Envelope, KeyRing};
 use tokenvault::device::{
     DeviceFlow, DevicePoller, DevicePollerHandle, PollerSettings, SqlDeviceSessionStore,
 };
 use tokenvault::domain::{Clock, IntegrationKey, SystemClock};
+use tokenvault::events::{EventType, Events, WebhookDeliverer, WebhookSettings};
 use tokenvault::integrations::{IntegrationConfig, Integrations, IntegrationsConfig};
 use tokenvault::oauth::{OAuthClient, OAuthClientConfig};
 use tokenvault::providers::Catalog;
+use tokenvault::refresh::{BreakerSettings, RefreshSettings, Scheduler, SchedulerSettings};
 use tokenvault::state::{RedisOptions, RedisStateStore, SqlStateStore, StateStore};
 use tokenvault::store::{ConnectionStore, Database, PoolOptions};
 use tokenvault::vault::Vault;
+use tokio::sync::watch;
 
 use crate::config::{Config, Environment};
 use crate::http::{ApiKeys, AppState, FlowSettings};
@@ -89,8 +93,22 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         .context("resolving integrations")?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let states = state_store(config, &database, Arc::clone(&clock))?;
-    let vault = Vault::new(store, envelope(ring), clock);
     let integrations = Arc::new(integrations);
+    let vault = Vault::builder(store, envelope(ring))
+        .clock(clock)
+        .integrations(Arc::clone(&integrations))
+        .events(events(config)?)
+        .refresh_settings(refresh_settings(config))
+        .breaker(BreakerSettings {
+            failure_threshold: config.breaker_failure_threshold.max(1),
+            open_for: Duration::from_secs(config.breaker_open_secs),
+            success_threshold: config.breaker_success_threshold.max(1),
+        })
+        .build();
+    vault
+        .sync_integration_health()
+        .await
+        .context("loading integration health")?;
     let device_sessions = match &database {
         Database::Sqlite(db) => SqlDeviceSessionStore::sqlite(db.pool().clone()),
         Database::Postgres(db) => SqlDeviceSessionStore::postgres(db.pool().clone()),
@@ -201,4 +219,72 @@ pub fn spawn_state_purger(
             }
         }
     })
+}
+
+pub fn refresh_settings(config: &Config) -> RefreshSettings {
+    RefreshSettings {
+        rate_limit_per_second: Some(config.refresh_rate_limit_per_second).filter(|r| *r > 0),
+        ..RefreshSettings::default()
+    }
+}
+
+pub fn scheduler_settings(config: &Config) -> SchedulerSettings {
+    SchedulerSettings {
+        tick: Duration::from_millis(config.scheduler_tick_ms.max(10)),
+        batch: config.scheduler_batch.max(1),
+        concurrency: config.scheduler_concurrency.max(1),
+        retention: Some(Duration::from_secs(config.retention_days * 24 * 3600))
+            .filter(|d| !d.is_zero()),
+        ..SchedulerSettings::default()
+    }
+}
+
+/// Which events to record: none without a webhook URL (nobody would read
+/// them), else `webhook_events` or the default set.
+pub fn events(config: &Config) -> anyhow::Result<Events> {
+    let Some(url) = &config.webhook_url else {
+        return Ok(Events::disabled());
+    };
+    if config.webhook_secret.is_none() {
+        bail!("TOKENVAULT_WEBHOOK_SECRET is required with TOKENVAULT_WEBHOOK_URL ({url})");
+    }
+    if config.webhook_events.is_empty() {
+        return Ok(Events::enabled(EventType::default_set()));
+    }
+    let types = config
+        .webhook_events
+        .iter()
+        .map(|name| name.parse::<EventType>())
+        .collect::<Result<_, _>>()
+        .context("TOKENVAULT_WEBHOOK_EVENTS")?;
+    Ok(Events::enabled(types))
+}
+
+/// Starts the background refresher unless `scheduler_enabled = false`.
+pub fn spawn_scheduler(
+    state: &AppState,
+    config: &Config,
+    shutdown: watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    config
+        .scheduler_enabled
+        .then(|| Scheduler::new(state.vault.clone(), scheduler_settings(config)).spawn(shutdown))
+}
+
+/// Starts webhook delivery when a webhook URL is configured.
+pub fn spawn_webhooks(
+    state: &AppState,
+    config: &Config,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let (Some(url), Some(secret)) = (&config.webhook_url, &config.webhook_secret) else {
+        return Ok(None);
+    };
+    let deliverer = WebhookDeliverer::new(
+        Arc::clone(state.vault.store()),
+        WebhookSettings::new(url.clone(), secret.clone()),
+        Arc::clone(state.vault.clock()),
+    )
+    .context("building the webhook HTTP client")?;
+    Ok(Some(deliverer.spawn(shutdown)))
 }

@@ -241,6 +241,7 @@ async fn key_lifecycle_generate_rotate_retire() {
                     .unwrap(),
                 metadata: serde_json::json!({}),
                 now,
+                emit: Vec::new(),
             })
             .await
             .unwrap();

@@ -105,6 +105,10 @@ pub struct IntegrationConfig {
     /// `authorize_params` (e.g. `prompt = "select_account consent"`).
     #[serde(default)]
     pub authorize_params: BTreeMap<String, String>,
+    /// Token-endpoint calls per second this instance makes for the
+    /// integration (refreshes); default from the refresher settings.
+    #[serde(default)]
+    pub rate_limit_per_second: Option<u32>,
 }
 
 /// `url` is built without its serde feature: parse the string ourselves.
@@ -382,6 +386,7 @@ pub struct Integration {
     redirect_uri: Url,
     scopes: Vec<String>,
     oauth: OAuthClient,
+    rate_limit_per_second: Option<u32>,
 }
 
 impl Integration {
@@ -444,6 +449,7 @@ impl Integration {
             redirect_uri,
             scopes,
             oauth,
+            rate_limit_per_second: config.rate_limit_per_second,
         })
     }
 
@@ -518,6 +524,29 @@ impl Integration {
     /// [`Integration::authorize_url`] and store its verifier with the state.
     pub fn wants_pkce(&self) -> bool {
         !matches!(self.spec.pkce, PkceSupport::Unsupported)
+    }
+
+    /// Identifies the client configuration the provider sees (client id,
+    /// secret, auth method, token endpoint) without revealing the secret:
+    /// a recorded "misconfigured" verdict lapses when this changes.
+    pub fn config_fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(self.auth.client_id.as_bytes());
+        hash.update([0]);
+        if let Some(secret) = &self.auth.client_secret {
+            hash.update(secrecy::ExposeSecret::expose_secret(secret).as_bytes());
+        }
+        hash.update([0]);
+        hash.update(self.auth.method.as_str().as_bytes());
+        hash.update([0]);
+        hash.update(self.spec.refresh_url.as_str().as_bytes());
+        hex::encode(&hash.finalize()[..8])
+    }
+
+    /// The configured per-second limit on token-endpoint calls, if any.
+    pub fn rate_limit_per_second(&self) -> Option<u32> {
+        self.rate_limit_per_second
     }
 
     /// Refresh this long before the access token expires.

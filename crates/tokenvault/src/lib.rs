@@ -7,9 +7,11 @@
 pub mod crypto;
 pub mod device;
 pub mod domain;
+pub mod events;
 pub mod integrations;
 pub mod oauth;
 pub mod providers;
+pub mod refresh;
 pub mod rotation;
 pub mod state;
 pub mod store;

@@ -1,15 +1,26 @@
-//! The embedding API: store a grant, read a connection's tokens. Sealing and
-//! the choice of when to refresh next happen here, once, for every caller
-//! (HTTP handlers, the CLI importer, Rust apps).
+//! The embedding API. A [`Vault`] stores grants, hands out valid access
+//! tokens (refreshing them once across every instance, see
+//! [`crate::refresh`]), revokes connections and reports their status.
+//! Sealing, scheduling and events happen here, once, for every caller
+//! (HTTP handlers, the CLI, Rust apps).
 
 use std::sync::Arc;
 
-use chrono::Duration;
-use serde_json::Value;
+use chrono::{DateTime, Duration, Utc};
+use dashmap::DashMap;
+use serde::Serialize;
+use serde_json::{Value, json};
 
 use crate::crypto::{CryptoError, Envelope};
-use crate::domain::{Clock, ConnectionId, ConnectionStatus, IntegrationKey, TokenSet, UserId};
-use crate::store::{ConnectionRecord, ConnectionStore, NewConnection, StoreError};
+use crate::domain::{
+    Clock, ConnectionId, ConnectionStatus, IntegrationKey, SystemClock, TokenSet, UserId,
+};
+use crate::events::{EventType, Events};
+use crate::integrations::Integrations;
+use crate::refresh::{BreakerSettings, IntegrationHealth, RefreshSettings};
+use crate::store::{
+    ConnectionRecord, ConnectionStore, LastError, NewConnection, OutboxEvent, StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
@@ -19,36 +30,184 @@ pub enum VaultError {
     Crypto(#[from] CryptoError),
 }
 
+/// Cheap to clone; clones share state (in-flight refreshes, breakers).
 #[derive(Clone)]
 pub struct Vault {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub store: Arc<dyn ConnectionStore>,
+    pub envelope: Envelope,
+    pub clock: Arc<dyn Clock>,
+    pub integrations: Arc<Integrations>,
+    pub events: Events,
+    pub settings: RefreshSettings,
+    pub health: DashMap<IntegrationKey, Arc<IntegrationHealth>>,
+    /// One lock per connection being refreshed in this process.
+    pub inflight: DashMap<ConnectionId, Arc<tokio::sync::Mutex<()>>>,
+    /// Lease owner name of this process.
+    pub owner: String,
+}
+
+/// Builds a [`Vault`]; everything but the store and envelope has a default.
+pub struct VaultBuilder {
     store: Arc<dyn ConnectionStore>,
     envelope: Envelope,
     clock: Arc<dyn Clock>,
+    integrations: Arc<Integrations>,
+    events: Events,
+    settings: RefreshSettings,
+    breaker: BreakerSettings,
+    owner: Option<String>,
+}
+
+impl VaultBuilder {
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The integrations whose connections this vault can refresh and revoke.
+    pub fn integrations(mut self, integrations: Arc<Integrations>) -> Self {
+        self.integrations = integrations;
+        self
+    }
+
+    /// Which webhook events to write to the outbox (default: none).
+    pub fn events(mut self, events: Events) -> Self {
+        self.events = events;
+        self
+    }
+
+    pub fn refresh_settings(mut self, settings: RefreshSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    pub fn breaker(mut self, settings: BreakerSettings) -> Self {
+        self.breaker = settings;
+        self
+    }
+
+    /// Lease owner name (default: `instance-<uuid>`); unique per process.
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    pub fn build(self) -> Vault {
+        let health = DashMap::new();
+        for (key, integration) in self.integrations.iter() {
+            health.insert(
+                key.clone(),
+                Arc::new(IntegrationHealth::new(
+                    integration,
+                    self.breaker.clone(),
+                    self.settings.rate_limit_per_second,
+                )),
+            );
+        }
+        Vault {
+            inner: Arc::new(Inner {
+                store: self.store,
+                envelope: self.envelope,
+                clock: self.clock,
+                integrations: self.integrations,
+                events: self.events,
+                settings: self.settings,
+                health,
+                inflight: DashMap::new(),
+                owner: self
+                    .owner
+                    .unwrap_or_else(|| format!("instance-{}", uuid::Uuid::new_v4())),
+            }),
+        }
+    }
+}
+
+/// A connection as the status API shows it: no token material.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConnectionView {
+    pub integration: IntegrationKey,
+    pub status: ConnectionStatus,
+    pub scopes: Vec<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_refreshed_at: Option<DateTime<Utc>>,
+    pub next_refresh_at: Option<DateTime<Utc>>,
+    pub last_error: Option<LastError>,
+    pub connected_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&ConnectionRecord> for ConnectionView {
+    fn from(record: &ConnectionRecord) -> Self {
+        Self {
+            integration: record.integration.clone(),
+            status: record.status,
+            scopes: record.scopes.to_vec(),
+            expires_at: record.expires_at,
+            last_refreshed_at: record.last_refreshed_at,
+            next_refresh_at: record.next_refresh_at,
+            last_error: record.last_error.clone(),
+            connected_at: record.created_at,
+            updated_at: record.updated_at,
+        }
+    }
 }
 
 impl Vault {
+    /// A vault with no integrations (it stores and reads; refreshing needs
+    /// [`Vault::builder`] with integrations).
     pub fn new(store: Arc<dyn ConnectionStore>, envelope: Envelope, clock: Arc<dyn Clock>) -> Self {
-        Self {
+        Self::builder(store, envelope).clock(clock).build()
+    }
+
+    pub fn builder(store: Arc<dyn ConnectionStore>, envelope: Envelope) -> VaultBuilder {
+        VaultBuilder {
             store,
             envelope,
-            clock,
+            clock: Arc::new(SystemClock),
+            integrations: Arc::new(Integrations::default()),
+            events: Events::disabled(),
+            settings: RefreshSettings::default(),
+            breaker: BreakerSettings::default(),
+            owner: None,
         }
     }
 
     pub fn store(&self) -> &Arc<dyn ConnectionStore> {
-        &self.store
+        &self.inner.store
     }
 
     pub fn envelope(&self) -> &Envelope {
-        &self.envelope
+        &self.inner.envelope
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.clock
+        &self.inner.clock
+    }
+
+    pub fn integrations(&self) -> &Arc<Integrations> {
+        &self.inner.integrations
+    }
+
+    pub fn events(&self) -> &Events {
+        &self.inner.events
+    }
+
+    pub fn settings(&self) -> &RefreshSettings {
+        &self.inner.settings
+    }
+
+    /// This process's lease owner name.
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
     }
 
     /// Stores a fresh grant as a connected connection, replacing any earlier
-    /// grant of this user for this integration.
+    /// grant of this user for this integration, and records
+    /// `connection.created`.
     pub async fn save_grant(
         &self,
         user: &UserId,
@@ -58,11 +217,26 @@ impl Vault {
         refresh_buffer: Duration,
     ) -> Result<ConnectionRecord, VaultError> {
         let id = ConnectionId::new();
+        let now = self.inner.clock.now();
         let sealed = self
+            .inner
             .envelope
             .seal_new(id, &tokens.access_token, tokens.refresh_token.as_ref())
             .await?;
+        let emit = self
+            .event(
+                EventType::ConnectionCreated,
+                id,
+                user,
+                integration,
+                ConnectionStatus::Connected,
+                None,
+                now,
+            )
+            .into_iter()
+            .collect();
         let record = self
+            .inner
             .store
             .upsert(NewConnection {
                 id,
@@ -72,23 +246,25 @@ impl Vault {
                 scopes: tokens.scopes.clone(),
                 token_type: tokens.token_type,
                 expires_at: tokens.expires_at,
-                next_refresh_at: next_refresh_at(tokens, refresh_buffer),
+                next_refresh_at: next_refresh_at(tokens, refresh_buffer, now),
                 sealed,
                 metadata,
-                now: self.clock.now(),
+                now,
+                emit,
             })
             .await?;
         Ok(record)
     }
 
     /// The connection and its opened tokens; `None` when there is no
-    /// connection or its tokens were erased (disconnected).
+    /// connection or its tokens were erased (disconnected). No refresh: see
+    /// [`Vault::valid_token`].
     pub async fn read(
         &self,
         user: &UserId,
         integration: &IntegrationKey,
     ) -> Result<Option<(ConnectionRecord, TokenSet)>, VaultError> {
-        let Some(record) = self.store.get(user, integration).await? else {
+        let Some(record) = self.inner.store.get(user, integration).await? else {
             return Ok(None);
         };
         let tokens = self.open(&record).await?;
@@ -101,6 +277,7 @@ impl Vault {
             return Ok(None);
         };
         let (access_token, refresh_token) = self
+            .inner
             .envelope
             .open(
                 record.id,
@@ -117,53 +294,154 @@ impl Vault {
             expires_at: record.expires_at,
         }))
     }
+
+    /// Every connection of a user, for the status API.
+    pub async fn connections(&self, user: &UserId) -> Result<Vec<ConnectionView>, VaultError> {
+        Ok(self
+            .inner
+            .store
+            .list_by_user(user)
+            .await?
+            .iter()
+            .map(ConnectionView::from)
+            .collect())
+    }
+
+    pub async fn connection(
+        &self,
+        user: &UserId,
+        integration: &IntegrationKey,
+    ) -> Result<Option<ConnectionView>, VaultError> {
+        Ok(self
+            .inner
+            .store
+            .get(user, integration)
+            .await?
+            .as_ref()
+            .map(ConnectionView::from))
+    }
+
+    /// An outbox event about one connection, if that type is recorded.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn event(
+        &self,
+        event_type: EventType,
+        id: ConnectionId,
+        user: &UserId,
+        integration: &IntegrationKey,
+        status: ConnectionStatus,
+        error: Option<&LastError>,
+        now: DateTime<Utc>,
+    ) -> Option<OutboxEvent> {
+        let mut data = json!({
+            "connection_id": id,
+            "user_id": user,
+            "integration": integration,
+            "status": status,
+        });
+        if let Some(error) = error {
+            data["error"] = json!(error);
+        }
+        self.inner.events.event(event_type, data, now)
+    }
 }
 
 /// When the scheduler should look at a connection next: `buffer` before
-/// expiry when it can be refreshed, at expiry when it cannot (to mark it
-/// expired), never when the token does not expire.
+/// expiry when it can be refreshed (at most half the remaining lifetime, so a
+/// token shorter-lived than the buffer is not refreshed in a loop), at expiry
+/// when it cannot (to mark it expired), never when the token does not expire.
 pub fn next_refresh_at(
     tokens: &TokenSet,
     buffer: Duration,
-) -> Option<chrono::DateTime<chrono::Utc>> {
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
     let expires_at = tokens.expires_at?;
-    Some(if tokens.can_refresh() {
-        expires_at - buffer
+    if !tokens.can_refresh() {
+        return Some(expires_at);
+    }
+    let lifetime = expires_at - now;
+    let buffer = buffer.min(lifetime / 2).max(Duration::zero());
+    Some(expires_at - buffer)
+}
+
+/// [`next_refresh_at`] moved earlier by up to 10 % of the buffer, at random,
+/// so connections granted together do not all come due in the same tick.
+pub fn jittered_refresh_at(
+    tokens: &TokenSet,
+    buffer: Duration,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let at = next_refresh_at(tokens, buffer, now)?;
+    if !tokens.can_refresh() {
+        return Some(at);
+    }
+    let spread_ms = (buffer.num_milliseconds() / 10).max(0);
+    let earlier = if spread_ms > 0 {
+        rand::random_range(0..=spread_ms)
     } else {
-        expires_at
-    })
+        0
+    };
+    Some((at - Duration::milliseconds(earlier)).max(now))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::{AccessToken, RefreshToken, Scopes, TokenType};
-    use chrono::Utc;
 
-    fn tokens(expires_in: Option<i64>, refresh: bool) -> TokenSet {
+    fn tokens(now: DateTime<Utc>, expires_in: Option<i64>, refresh: bool) -> TokenSet {
         TokenSet {
             access_token: AccessToken::new("AT"),
             refresh_token: refresh.then(|| RefreshToken::new("RT")),
             token_type: TokenType::Bearer,
             scopes: Scopes::new(),
-            expires_at: expires_in.map(|s| Utc::now() + Duration::seconds(s)),
+            expires_at: expires_in.map(|s| now + Duration::seconds(s)),
         }
     }
 
     #[test]
     fn schedule_follows_refreshability() {
+        let now = Utc::now();
         let buffer = Duration::minutes(5);
-        let refreshable = tokens(Some(3600), true);
+        let refreshable = tokens(now, Some(3600), true);
         assert_eq!(
-            next_refresh_at(&refreshable, buffer),
+            next_refresh_at(&refreshable, buffer, now),
             Some(refreshable.expires_at.unwrap() - buffer)
         );
-        let dead_end = tokens(Some(3600), false);
-        assert_eq!(next_refresh_at(&dead_end, buffer), dead_end.expires_at);
+        let dead_end = tokens(now, Some(3600), false);
+        assert_eq!(next_refresh_at(&dead_end, buffer, now), dead_end.expires_at);
         assert_eq!(
-            next_refresh_at(&tokens(None, true), buffer),
+            next_refresh_at(&tokens(now, None, true), buffer, now),
             None,
             "non-expiring tokens are never scheduled"
         );
+    }
+
+    #[test]
+    fn short_lived_tokens_are_refreshed_at_half_life_not_in_a_loop() {
+        let now = Utc::now();
+        let short = tokens(now, Some(60), true);
+        assert_eq!(
+            next_refresh_at(&short, Duration::minutes(5), now),
+            Some(now + Duration::seconds(30))
+        );
+    }
+
+    #[test]
+    fn jitter_stays_within_a_tenth_of_the_buffer() {
+        let now = Utc::now();
+        let buffer = Duration::minutes(5);
+        let t = tokens(now, Some(3600), true);
+        let nominal = next_refresh_at(&t, buffer, now).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let at = jittered_refresh_at(&t, buffer, now).unwrap();
+            assert!(
+                at <= nominal && at >= nominal - Duration::seconds(30),
+                "{at}"
+            );
+            seen.insert(at);
+        }
+        assert!(seen.len() > 50, "jitter spreads refreshes");
     }
 }

@@ -6,10 +6,13 @@ mod common;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use common::*;
 use tokenvault::domain::{ConnectionId, ConnectionStatus};
-use tokenvault::store::{LastError, Lease, ListFilter, StoreError};
+use tokenvault::store::{
+    LastError, Lease, ListFilter, MisconfiguredIntegration, OutboxEvent, StoreError,
+};
+use uuid::Uuid;
 
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
@@ -36,6 +39,13 @@ conformance!(
     delete_counts_and_purge,
     rotation_listing_and_rewrap,
     migrations_are_idempotent_and_newer_schema_is_refused,
+    outbox_claims_oldest_first_and_honours_leases,
+    delivered_events_leave_the_outbox,
+    failed_events_retry_at_retry_at_or_are_abandoned,
+    concurrent_event_claims_never_overlap,
+    connection_writes_emit_events_in_the_same_transaction,
+    misconfigured_is_marked_once_per_fingerprint,
+    failing_since_round_trips_through_update,
 );
 
 async fn upsert_then_get_round_trips_every_field(b: Backend) {
@@ -657,6 +667,581 @@ async fn migrations_are_idempotent_and_newer_schema_is_refused(b: Backend) {
         "{err}"
     );
     assert!(err.to_string().contains("newer tokenvault"), "{err}");
+}
+
+fn event(event_type: &str, created_at: DateTime<Utc>) -> OutboxEvent {
+    let id = Uuid::now_v7();
+    OutboxEvent {
+        id,
+        event_type: event_type.to_owned(),
+        payload: format!(r#"{{"id":"{id}","type":"{event_type}"}}"#),
+        created_at,
+    }
+}
+
+fn event_ids(events: &[tokenvault::store::PendingEvent]) -> Vec<Uuid> {
+    events.iter().map(|e| e.id).collect()
+}
+
+async fn outbox_claims_oldest_first_and_honours_leases(b: Backend) {
+    let now = now();
+    let oldest = event("connection.created", now - Duration::seconds(3));
+    let middle = event("connection.refreshed", now - Duration::seconds(2));
+    let newest = event("connection.error", now - Duration::seconds(1));
+    let future = event("connection.created", now + Duration::minutes(10));
+    // Inserted out of order: claims follow time, not insertion.
+    b.store
+        .enqueue_events(&[newest.clone(), oldest.clone(), future.clone()])
+        .await
+        .unwrap();
+    b.store
+        .enqueue_events(std::slice::from_ref(&middle))
+        .await
+        .unwrap();
+    b.store.enqueue_events(&[]).await.unwrap();
+    assert_eq!(b.store.count_pending_events().await.unwrap(), 4);
+
+    let a_until = now + Duration::seconds(30);
+    let first = b
+        .store
+        .claim_events(now, 2, "worker-a", a_until)
+        .await
+        .unwrap();
+    assert_eq!(
+        event_ids(&first),
+        vec![oldest.id, middle.id],
+        "oldest first"
+    );
+    for (claimed, sent) in first.iter().zip([&oldest, &middle]) {
+        assert_eq!(claimed.event_type, sent.event_type);
+        assert_eq!(claimed.payload, sent.payload);
+        assert_eq!(claimed.created_at, sent.created_at);
+        assert_eq!(claimed.attempts, 0);
+    }
+
+    // Held events are skipped; events not yet due are not claimed.
+    let b_until = now + Duration::seconds(60);
+    let second = b
+        .store
+        .claim_events(now, 10, "worker-b", b_until)
+        .await
+        .unwrap();
+    assert_eq!(event_ids(&second), vec![newest.id]);
+    assert!(
+        b.store
+            .claim_events(now, 10, "worker-c", b_until)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let just_before = a_until - Duration::milliseconds(1);
+    assert!(
+        b.store
+            .claim_events(just_before, 10, "worker-c", b_until)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a lease holds until it expires"
+    );
+    assert_eq!(
+        b.store.count_pending_events().await.unwrap(),
+        4,
+        "claimed is still pending"
+    );
+
+    // Once worker-a's lease expires its events go to whoever claims next.
+    let taken = b
+        .store
+        .claim_events(a_until, 10, "worker-c", a_until + Duration::seconds(30))
+        .await
+        .unwrap();
+    assert_eq!(event_ids(&taken), vec![oldest.id, middle.id]);
+    assert!(
+        !b.store
+            .event_delivered(oldest.id, "worker-a", a_until)
+            .await
+            .unwrap(),
+        "worker-a lost its lease"
+    );
+    assert!(
+        b.store
+            .event_delivered(oldest.id, "worker-c", a_until)
+            .await
+            .unwrap()
+    );
+    assert_eq!(b.store.count_pending_events().await.unwrap(), 3);
+
+    // The future event becomes due at its creation time.
+    let due = b
+        .store
+        .claim_events(
+            future.created_at,
+            10,
+            "worker-d",
+            future.created_at + Duration::seconds(30),
+        )
+        .await
+        .unwrap();
+    assert_eq!(event_ids(&due), vec![middle.id, newest.id, future.id]);
+}
+
+async fn delivered_events_leave_the_outbox(b: Backend) {
+    let now = now();
+    let first = event("connection.created", now - Duration::seconds(2));
+    let second = event("connection.deleted", now - Duration::seconds(1));
+    b.store
+        .enqueue_events(&[first.clone(), second.clone()])
+        .await
+        .unwrap();
+    let until = now + Duration::seconds(30);
+    let claimed = b
+        .store
+        .claim_events(now, 10, "worker-a", until)
+        .await
+        .unwrap();
+    assert_eq!(event_ids(&claimed), vec![first.id, second.id]);
+
+    // A worker that does not hold the lease cannot complete the event.
+    assert!(
+        !b.store
+            .event_delivered(first.id, "worker-b", now)
+            .await
+            .unwrap(),
+        "only the lease owner marks delivery"
+    );
+    assert!(
+        !b.store
+            .event_delivered(Uuid::now_v7(), "worker-a", now)
+            .await
+            .unwrap(),
+        "unknown event"
+    );
+    assert_eq!(b.store.count_pending_events().await.unwrap(), 2);
+    assert!(
+        b.store
+            .claim_events(now, 10, "worker-b", until)
+            .await
+            .unwrap()
+            .is_empty(),
+        "worker-a still holds both"
+    );
+
+    assert!(
+        b.store
+            .event_delivered(first.id, "worker-a", now)
+            .await
+            .unwrap()
+    );
+    assert_eq!(b.store.count_pending_events().await.unwrap(), 1);
+    assert!(
+        !b.store
+            .event_delivered(first.id, "worker-a", now)
+            .await
+            .unwrap(),
+        "delivery is recorded once"
+    );
+
+    // Long after every lease: only the undelivered event comes back, and
+    // worker-b's failed attempt to complete it did not count.
+    let later = now + Duration::hours(1);
+    let again = b
+        .store
+        .claim_events(later, 10, "worker-b", later + Duration::seconds(30))
+        .await
+        .unwrap();
+    assert_eq!(event_ids(&again), vec![second.id]);
+    assert_eq!(again[0].attempts, 0);
+    assert!(
+        b.store
+            .event_delivered(second.id, "worker-b", later)
+            .await
+            .unwrap()
+    );
+    assert_eq!(b.store.count_pending_events().await.unwrap(), 0);
+    let much_later = now + Duration::days(30);
+    assert!(
+        b.store
+            .claim_events(
+                much_later,
+                10,
+                "worker-c",
+                much_later + Duration::seconds(30)
+            )
+            .await
+            .unwrap()
+            .is_empty(),
+        "delivered events are never claimed again"
+    );
+}
+
+async fn failed_events_retry_at_retry_at_or_are_abandoned(b: Backend) {
+    let now = now();
+    let retried = event("connection.refreshed", now - Duration::seconds(2));
+    let abandoned = event("connection.error", now - Duration::seconds(1));
+    b.store
+        .enqueue_events(&[retried.clone(), abandoned.clone()])
+        .await
+        .unwrap();
+    let claimed = b
+        .store
+        .claim_events(now, 10, "worker-a", now + Duration::seconds(30))
+        .await
+        .unwrap();
+    assert_eq!(event_ids(&claimed), vec![retried.id, abandoned.id]);
+    assert!(claimed.iter().all(|e| e.attempts == 0));
+
+    let retry_at = now + Duration::minutes(5);
+    assert!(
+        !b.store
+            .event_failed(retried.id, "worker-b", Some(retry_at), "HTTP 500", now)
+            .await
+            .unwrap(),
+        "only the lease owner records a failure"
+    );
+    assert!(
+        b.store
+            .event_failed(retried.id, "worker-a", Some(retry_at), "HTTP 500", now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        b.store
+            .event_failed(abandoned.id, "worker-a", None, "HTTP 410", now)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        b.store.count_pending_events().await.unwrap(),
+        1,
+        "an abandoned event is no longer pending"
+    );
+
+    // Failing releases the lease, but the retry waits for retry_at.
+    assert!(
+        b.store
+            .claim_events(now, 10, "worker-b", now + Duration::seconds(30))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let just_before = retry_at - Duration::milliseconds(1);
+    assert!(
+        b.store
+            .claim_events(
+                just_before,
+                10,
+                "worker-b",
+                retry_at + Duration::seconds(30)
+            )
+            .await
+            .unwrap()
+            .is_empty(),
+        "not claimable before retry_at"
+    );
+    let second_try = b
+        .store
+        .claim_events(retry_at, 10, "worker-b", retry_at + Duration::seconds(30))
+        .await
+        .unwrap();
+    assert_eq!(event_ids(&second_try), vec![retried.id]);
+    assert_eq!(second_try[0].attempts, 1, "the failed attempt counted");
+    assert_eq!(second_try[0].payload, retried.payload);
+    assert_eq!(second_try[0].created_at, retried.created_at);
+
+    let retry_again = retry_at + Duration::minutes(10);
+    assert!(
+        b.store
+            .event_failed(
+                retried.id,
+                "worker-b",
+                Some(retry_again),
+                "timeout",
+                retry_at
+            )
+            .await
+            .unwrap()
+    );
+    let third_try = b
+        .store
+        .claim_events(
+            retry_again,
+            10,
+            "worker-c",
+            retry_again + Duration::seconds(30),
+        )
+        .await
+        .unwrap();
+    assert_eq!(event_ids(&third_try), vec![retried.id]);
+    assert_eq!(third_try[0].attempts, 2);
+    // Giving up on the last attempt abandons it too.
+    assert!(
+        b.store
+            .event_failed(retried.id, "worker-c", None, "HTTP 500", retry_again)
+            .await
+            .unwrap()
+    );
+    assert_eq!(b.store.count_pending_events().await.unwrap(), 0);
+    let much_later = now + Duration::days(30);
+    assert!(
+        b.store
+            .claim_events(
+                much_later,
+                10,
+                "worker-d",
+                much_later + Duration::seconds(30)
+            )
+            .await
+            .unwrap()
+            .is_empty(),
+        "abandoned events are never claimed again"
+    );
+}
+
+async fn concurrent_event_claims_never_overlap(b: Backend) {
+    let now = now();
+    let events: Vec<_> = (0..100)
+        .map(|i| event("connection.refreshed", now - Duration::milliseconds(i)))
+        .collect();
+    b.store.enqueue_events(&events).await.unwrap();
+    let all: HashSet<_> = events.iter().map(|e| e.id).collect();
+    let claimers = (0..2).map(|n| {
+        let store = Arc::clone(&b.store);
+        tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let batch = store
+                    .claim_events(now, 7, &format!("worker-{n}"), now + Duration::minutes(1))
+                    .await
+                    .unwrap();
+                if batch.is_empty() {
+                    break mine;
+                }
+                mine.extend(batch.into_iter().map(|e| e.id));
+            }
+        })
+    });
+    let mut seen = HashSet::new();
+    for claimer in futures::future::join_all(claimers).await {
+        for id in claimer.unwrap() {
+            assert!(seen.insert(id), "{id} claimed twice");
+        }
+    }
+    assert_eq!(seen, all);
+}
+
+async fn connection_writes_emit_events_in_the_same_transaction(b: Backend) {
+    let env = envelope(&key_spec("k1", 1));
+    let mut new = new_connection(&env, "u", "spotify", "AT", Some("RT"), None).await;
+    let created = event("connection.created", new.now);
+    new.emit = vec![created.clone()];
+    let record = b.store.upsert(new).await.unwrap();
+    assert_eq!(b.store.count_pending_events().await.unwrap(), 1);
+
+    let refreshed = event("connection.refreshed", now());
+    let errored = event("connection.error", now());
+    let mut update = record.to_update(now());
+    update.refresh_attempts = 1;
+    update.emit = vec![refreshed.clone(), errored.clone()];
+    let updated = b
+        .store
+        .update(record.id, record.version, &update)
+        .await
+        .unwrap();
+    assert_eq!(updated.version, record.version + 1);
+    assert_eq!(b.store.count_pending_events().await.unwrap(), 3);
+
+    // A lost compare-and-swap writes nothing, events included.
+    let lost = event("connection.refreshed", now());
+    let mut stale = record.to_update(now());
+    stale.emit = vec![lost.clone()];
+    let err = b
+        .store
+        .update(record.id, record.version, &stale)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    assert_eq!(b.store.count_pending_events().await.unwrap(), 3);
+    let err = b
+        .store
+        .update(ConnectionId::new(), 1, &stale)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound), "{err}");
+    assert_eq!(b.store.count_pending_events().await.unwrap(), 3);
+    let stored = b.store.get_by_id(record.id).await.unwrap().unwrap();
+    assert_eq!(stored.version, updated.version);
+    assert_eq!(stored.refresh_attempts, 1);
+
+    let later = now() + Duration::minutes(1);
+    let claimed = b
+        .store
+        .claim_events(later, 10, "worker", later + Duration::seconds(30))
+        .await
+        .unwrap();
+    let ids: HashSet<_> = claimed.iter().map(|e| e.id).collect();
+    assert_eq!(
+        ids,
+        HashSet::from([created.id, refreshed.id, errored.id]),
+        "the stale update's event was rolled back"
+    );
+    let emitted = claimed.iter().find(|e| e.id == created.id).unwrap();
+    assert_eq!(emitted.event_type, created.event_type);
+    assert_eq!(emitted.payload, created.payload);
+    assert_eq!(emitted.created_at, created.created_at);
+}
+
+async fn misconfigured_is_marked_once_per_fingerprint(b: Backend) {
+    let since = now() - Duration::minutes(3);
+    let first = MisconfiguredIntegration {
+        integration: integration("spotify"),
+        config_fingerprint: "fp-1".into(),
+        error: LastError {
+            code: "invalid_client".into(),
+            message: "client authentication failed".into(),
+        },
+        since,
+    };
+    let marked = event("integration.misconfigured", since);
+    assert!(
+        b.store
+            .mark_misconfigured(&first, Some(&marked))
+            .await
+            .unwrap()
+    );
+    assert_eq!(b.store.count_pending_events().await.unwrap(), 1);
+    assert_eq!(
+        b.store.list_misconfigured().await.unwrap(),
+        vec![first.clone()]
+    );
+
+    // The same configuration failing again is not news.
+    let repeat = MisconfiguredIntegration {
+        error: LastError {
+            code: "unauthorized_client".into(),
+            message: "again".into(),
+        },
+        since: since + Duration::minutes(1),
+        ..first.clone()
+    };
+    let repeat_event = event("integration.misconfigured", repeat.since);
+    assert!(
+        !b.store
+            .mark_misconfigured(&repeat, Some(&repeat_event))
+            .await
+            .unwrap()
+    );
+    assert_eq!(b.store.count_pending_events().await.unwrap(), 1);
+    assert_eq!(
+        b.store.list_misconfigured().await.unwrap(),
+        vec![first.clone()],
+        "the first marking is kept"
+    );
+
+    // A changed configuration that fails too is marked anew.
+    let changed = MisconfiguredIntegration {
+        config_fingerprint: "fp-2".into(),
+        since: since + Duration::minutes(2),
+        ..repeat.clone()
+    };
+    let changed_event = event("integration.misconfigured", changed.since);
+    assert!(
+        b.store
+            .mark_misconfigured(&changed, Some(&changed_event))
+            .await
+            .unwrap()
+    );
+    assert_eq!(b.store.count_pending_events().await.unwrap(), 2);
+    let other = MisconfiguredIntegration {
+        integration: integration("github"),
+        config_fingerprint: "fp-gh".into(),
+        error: LastError {
+            code: "invalid_client".into(),
+            message: "bad secret".into(),
+        },
+        since,
+    };
+    assert!(b.store.mark_misconfigured(&other, None).await.unwrap());
+    assert_eq!(
+        b.store.count_pending_events().await.unwrap(),
+        2,
+        "no event given, none written"
+    );
+    assert_eq!(
+        b.store.list_misconfigured().await.unwrap(),
+        vec![other.clone(), changed.clone()]
+    );
+
+    assert!(
+        b.store
+            .clear_misconfigured(&integration("spotify"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.store
+            .clear_misconfigured(&integration("spotify"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(b.store.list_misconfigured().await.unwrap(), vec![other]);
+    // Once cleared, the same fingerprint failing again is news again.
+    assert!(b.store.mark_misconfigured(&changed, None).await.unwrap());
+
+    let later = now() + Duration::minutes(1);
+    let claimed = b
+        .store
+        .claim_events(later, 10, "worker", later + Duration::seconds(30))
+        .await
+        .unwrap();
+    assert_eq!(event_ids(&claimed), vec![marked.id, changed_event.id]);
+}
+
+async fn failing_since_round_trips_through_update(b: Backend) {
+    let env = envelope(&key_spec("k1", 1));
+    let record = b
+        .store
+        .upsert(new_connection(&env, "u", "spotify", "AT", Some("RT"), None).await)
+        .await
+        .unwrap();
+    assert_eq!(record.failing_since, None);
+
+    let since = now() - Duration::hours(3);
+    let mut update = record.to_update(now());
+    update.failing_since = Some(since);
+    let failing = b
+        .store
+        .update(record.id, record.version, &update)
+        .await
+        .unwrap();
+    assert_eq!(failing.failing_since, Some(since));
+    assert_eq!(
+        b.store
+            .get_by_id(record.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .failing_since,
+        Some(since)
+    );
+
+    let mut update = failing.to_update(now());
+    assert_eq!(update.failing_since, Some(since), "to_update carries it");
+    update.failing_since = None;
+    let recovered = b
+        .store
+        .update(failing.id, failing.version, &update)
+        .await
+        .unwrap();
+    assert_eq!(recovered.failing_since, None);
+    assert_eq!(
+        b.store
+            .get_by_id(record.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .failing_since,
+        None
+    );
 }
 
 async fn insert_future_migration(url: &str) {

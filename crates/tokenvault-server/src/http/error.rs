@@ -18,6 +18,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Sent as `Retry-After` (seconds) when set.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -26,7 +28,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, delay: std::time::Duration) -> Self {
+        // Round up: "retry after 0 s" would invite an immediate retry.
+        self.retry_after = Some(delay.as_secs() + u64::from(delay.subsec_nanos() > 0));
+        self
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
@@ -71,6 +80,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
         let body = json!({ "error": self.code, "message": self.message, "request_id": request_id });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }

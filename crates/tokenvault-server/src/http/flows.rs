@@ -307,11 +307,11 @@ async fn finish(
             tracing::warn!(integration = %integration.key(), code = %failure.code, "flow failed");
             match &record.redirect_to {
                 Some(_) => Ok(finished(&record, Some(&failure.code), integration)),
-                None => Err(ApiError {
-                    status: failure.status,
-                    code: static_code(&failure.code),
-                    message: failure.message,
-                }),
+                None => Err(ApiError::new(
+                    failure.status,
+                    static_code(&failure.code),
+                    failure.message,
+                )),
             }
         }
     }
@@ -497,6 +497,7 @@ pub async fn list_integrations(State(state): State<AppState>) -> Json<Value> {
                 "redirect_uri": integration.redirect_uri(),
                 "default_scopes": integration.default_scopes(),
                 "flows": flows,
+                "health": state.vault.integration_health(key),
             })
         })
         .collect();

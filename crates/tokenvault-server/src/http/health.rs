@@ -23,6 +23,26 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         Ok(()) => json!({ "status": "ok" }),
         Err(err) => json!({ "status": "error", "message": err.to_string() }),
     };
+    // Integration trouble is reported but does not make the instance
+    // unready: another instance would not fare better, and the still-valid
+    // tokens it serves are worth serving.
+    let integrations: serde_json::Map<String, serde_json::Value> = state
+        .integrations
+        .iter()
+        .filter_map(|(key, _)| {
+            let health = state.vault.integration_health(key)?;
+            let status = if health.misconfigured.is_some() {
+                "misconfigured"
+            } else if health.circuit != "closed" {
+                "degraded"
+            } else {
+                "ok"
+            };
+            let mut entry = json!(health);
+            entry["status"] = json!(status);
+            Some((key.to_string(), entry))
+        })
+        .collect();
     let ready = database["status"] == "ok" && state_store["status"] == "ok";
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
@@ -30,6 +50,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             "database": database,
             "state_store": state_store,
             "master_key": { "status": "ok", "active": state.vault.envelope().keys().active_key_id().as_str() },
+            "integrations": integrations,
         }
     });
     let status = if ready {

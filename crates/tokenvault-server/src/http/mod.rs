@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, middleware, shared state.
 
 mod auth;
+mod connections;
 mod device;
 pub mod error;
 mod flows;
@@ -89,6 +90,23 @@ pub fn router(state: AppState) -> Router {
         .route("/providers", get(flows::list_providers))
         .route("/integrations", get(flows::list_integrations))
         .route("/integrations/{key}/token", get(flows::app_token))
+        .route(
+            "/integrations/{key}/reset",
+            post(connections::reset_integration),
+        )
+        .route("/users/{user_id}/connections", get(connections::list))
+        .route(
+            "/users/{user_id}/connections/{integration}",
+            get(connections::show).delete(connections::revoke),
+        )
+        .route(
+            "/users/{user_id}/connections/{integration}/token",
+            get(connections::token),
+        )
+        .route(
+            "/users/{user_id}/connections/{integration}/refresh",
+            post(connections::force_refresh),
+        )
         .route("/connect-sessions", post(flows::create_connect_session))
         .route("/device-sessions", post(device::create_device_session))
         .route("/device-sessions/{id}", get(device::get_device_session))

@@ -106,7 +106,10 @@ pub struct Service {
     pub base: String,
     pub state: AppState,
     pub http: reqwest::Client,
+    pub config: Config,
     _dir: tempfile::TempDir,
+    /// Stops the background workers of [`start_service_with_workers`].
+    _stop: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 /// A fresh service on its own SQLite file. `configure` gets the base URL
@@ -132,7 +135,93 @@ pub async fn start_service(configure: impl FnOnce(&mut Config, &str)) -> Service
         base,
         state,
         http: reqwest::Client::new(),
+        config,
         _dir: dir,
+        _stop: None,
+    }
+}
+
+/// [`start_service`] plus the background workers `serve` runs: the
+/// scheduler (if `scheduler_enabled`) and webhook delivery (if configured).
+pub async fn start_service_with_workers(configure: impl FnOnce(&mut Config, &str)) -> Service {
+    let mut service = start_service(configure).await;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokenvault_server::wiring::spawn_scheduler(&service.state, &service.config, stopping.clone());
+    tokenvault_server::wiring::spawn_webhooks(&service.state, &service.config, stopping).unwrap();
+    service._stop = Some(stop);
+    service
+}
+
+/// A webhook endpoint that records every delivery (headers and raw body).
+pub struct WebhookReceiver {
+    pub url: String,
+    pub deliveries: std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>>,
+}
+
+impl WebhookReceiver {
+    pub async fn start() -> Self {
+        Self::start_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await
+    }
+
+    pub async fn start_on(listener: tokio::net::TcpListener) -> Self {
+        let deliveries: std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>> =
+            Default::default();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let sink = deliveries.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let sink = sink.clone();
+                async move {
+                    sink.lock().unwrap().push((headers, body));
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { url, deliveries }
+    }
+
+    /// Deliveries of `event_type` so far, as parsed bodies, after checking
+    /// each signature with `secret`.
+    pub fn events(&self, secret: &str, event_type: &str) -> Vec<Value> {
+        let secret = SecretString::from(secret);
+        self.deliveries
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(headers, body)| {
+                let signature = headers["tokenvault-signature"].to_str().unwrap();
+                tokenvault::events::verify_signature(
+                    &secret,
+                    signature,
+                    body.as_bytes(),
+                    chrono::Utc::now(),
+                    std::time::Duration::from_secs(300),
+                )
+                .unwrap_or_else(|err| panic!("webhook signature: {err}"));
+                let body: Value = serde_json::from_str(body).unwrap();
+                (body["type"] == event_type).then_some(body)
+            })
+            .collect()
+    }
+
+    /// Waits (up to `within`) until `count` deliveries of `event_type` arrived.
+    pub async fn wait_for(
+        &self,
+        secret: &str,
+        event_type: &str,
+        count: usize,
+        within: std::time::Duration,
+    ) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let events = self.events(secret, event_type);
+            if events.len() >= count || std::time::Instant::now() >= deadline {
+                return events;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 }
 

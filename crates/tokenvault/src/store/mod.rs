@@ -14,7 +14,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 pub use postgres::PostgresStore;
-pub use record::{ConnectionRecord, ConnectionUpdate, LastError, Lease, NewConnection};
+pub use record::{
+    ConnectionRecord, ConnectionUpdate, LastError, Lease, MisconfiguredIntegration, NewConnection,
+    OutboxEvent, PendingEvent,
+};
 pub use sqlite::SqliteStore;
 
 use crate::crypto::WrappedKey;
@@ -174,6 +177,58 @@ pub trait ConnectionStore: Send + Sync + 'static {
         statuses: &[ConnectionStatus],
         before: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
+
+    // --- webhook outbox -------------------------------------------------
+
+    /// Adds events not tied to a connection write (see `emit` on
+    /// [`NewConnection`] and [`ConnectionUpdate`] for those).
+    async fn enqueue_events(&self, events: &[OutboxEvent]) -> Result<(), StoreError>;
+
+    /// Leases up to `limit` undelivered events whose next attempt has come,
+    /// oldest first, skipping events another worker holds.
+    async fn claim_events(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<PendingEvent>, StoreError>;
+
+    /// Marks a leased event delivered; false if the lease was lost.
+    async fn event_delivered(
+        &self,
+        id: uuid::Uuid,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Records a failed attempt: retried at `retry_at`, or abandoned when
+    /// `None`.
+    async fn event_failed(
+        &self,
+        id: uuid::Uuid,
+        owner: &str,
+        retry_at: Option<DateTime<Utc>>,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    async fn count_pending_events(&self) -> Result<u64, StoreError>;
+
+    // --- integration health --------------------------------------------
+
+    /// Marks an integration misconfigured unless it already is under the
+    /// same configuration fingerprint; writes `event` only when newly
+    /// marked. Returns whether it was newly marked.
+    async fn mark_misconfigured(
+        &self,
+        entry: &MisconfiguredIntegration,
+        event: Option<&OutboxEvent>,
+    ) -> Result<bool, StoreError>;
+
+    async fn clear_misconfigured(&self, integration: &IntegrationKey) -> Result<bool, StoreError>;
+
+    async fn list_misconfigured(&self) -> Result<Vec<MisconfiguredIntegration>, StoreError>;
 }
 
 /// An open database: one pool, from which every store on it is built

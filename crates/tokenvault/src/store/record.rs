@@ -19,6 +19,39 @@ pub struct Lease {
     pub expires_at: DateTime<Utc>,
 }
 
+/// A webhook event to deliver, written to the outbox in the same transaction
+/// as the change it describes (see [`crate::events`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    pub id: uuid::Uuid,
+    pub event_type: String,
+    /// The exact JSON body that will be signed and sent.
+    pub payload: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An outbox event leased to a delivery worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEvent {
+    pub id: uuid::Uuid,
+    pub event_type: String,
+    pub payload: String,
+    /// Delivery attempts made before this one.
+    pub attempts: u32,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An integration whose client credentials the provider rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MisconfiguredIntegration {
+    pub integration: IntegrationKey,
+    /// Fingerprint of the configuration that was rejected; a different one
+    /// means the operator changed it.
+    pub config_fingerprint: String,
+    pub error: LastError,
+    pub since: DateTime<Utc>,
+}
+
 /// A new grant to store.
 #[derive(Debug, Clone)]
 pub struct NewConnection {
@@ -33,6 +66,8 @@ pub struct NewConnection {
     pub sealed: SealedTokens,
     pub metadata: Value,
     pub now: DateTime<Utc>,
+    /// Outbox events written in the same transaction (`connection.created`).
+    pub emit: Vec<OutboxEvent>,
 }
 
 /// One stored connection. Tokens stay sealed here; the vault opens them.
@@ -46,9 +81,12 @@ pub struct ConnectionRecord {
     pub token_type: TokenType,
     pub expires_at: Option<DateTime<Utc>>,
     pub next_refresh_at: Option<DateTime<Utc>>,
+    /// Consecutive failed refresh runs.
     pub refresh_attempts: u32,
     pub last_error: Option<LastError>,
     pub last_refreshed_at: Option<DateTime<Utc>>,
+    /// Start of the current streak of failed refresh runs.
+    pub failing_since: Option<DateTime<Utc>>,
     pub version: i64,
     /// `None` once erased (disconnected).
     pub access_token: Option<Vec<u8>>,
@@ -72,11 +110,14 @@ pub struct ConnectionUpdate {
     pub refresh_attempts: u32,
     pub last_error: Option<LastError>,
     pub last_refreshed_at: Option<DateTime<Utc>>,
+    pub failing_since: Option<DateTime<Utc>>,
     pub access_token: Option<Vec<u8>>,
     pub refresh_token: Option<Vec<u8>>,
     pub metadata: Value,
     pub lease: Option<Lease>,
     pub updated_at: DateTime<Utc>,
+    /// Outbox events written in the same transaction as this update.
+    pub emit: Vec<OutboxEvent>,
 }
 
 impl ConnectionRecord {
@@ -90,11 +131,13 @@ impl ConnectionRecord {
             refresh_attempts: self.refresh_attempts,
             last_error: self.last_error.clone(),
             last_refreshed_at: self.last_refreshed_at,
+            failing_since: self.failing_since,
             access_token: self.access_token.clone(),
             refresh_token: self.refresh_token.clone(),
             metadata: self.metadata.clone(),
             lease: self.lease.clone(),
             updated_at: now,
+            emit: Vec::new(),
         }
     }
 
@@ -123,6 +166,7 @@ pub(super) struct RawRow {
     pub last_error_code: Option<String>,
     pub last_error_message: Option<String>,
     pub last_refreshed_at: Option<i64>,
+    pub failing_since: Option<i64>,
     pub version: i64,
     pub access_token: Option<Vec<u8>>,
     pub refresh_token: Option<Vec<u8>>,
@@ -169,6 +213,7 @@ impl TryFrom<RawRow> for ConnectionRecord {
                 (None, _) => None,
             },
             last_refreshed_at: opt_time(row.last_refreshed_at)?,
+            failing_since: opt_time(row.failing_since)?,
             version: row.version,
             access_token: row.access_token,
             refresh_token: row.refresh_token,
@@ -198,6 +243,7 @@ pub(super) struct UpdateColumns<'a> {
     pub last_error_code: Option<&'a str>,
     pub last_error_message: Option<&'a str>,
     pub last_refreshed_at: Option<i64>,
+    pub failing_since: Option<i64>,
     pub access_token: Option<&'a [u8]>,
     pub refresh_token: Option<&'a [u8]>,
     pub metadata: String,
@@ -218,6 +264,7 @@ impl<'a> UpdateColumns<'a> {
             last_error_code: update.last_error.as_ref().map(|e| e.code.as_str()),
             last_error_message: update.last_error.as_ref().map(|e| e.message.as_str()),
             last_refreshed_at: update.last_refreshed_at.map(to_millis),
+            failing_since: update.failing_since.map(to_millis),
             access_token: update.access_token.as_deref(),
             refresh_token: update.refresh_token.as_deref(),
             metadata: update.metadata.to_string(),

@@ -19,6 +19,10 @@ pub(super) struct Dialect {
     pub release_lease: &'static str,
     pub replace_wrapped_key: &'static str,
     pub list_keys_to_rotate: &'static str,
+    pub insert_event: &'static str,
+    pub claim_events: &'static str,
+    pub event_delivered: &'static str,
+    pub event_failed: &'static str,
 }
 
 /// Column list of `RETURNING`/`SELECT` for a dialect; a macro so that the
@@ -26,13 +30,13 @@ pub(super) struct Dialect {
 macro_rules! returning_columns {
     (sqlite) => {
         "id, user_id, integration, status, scopes, token_type, expires_at, next_refresh_at, \
-         refresh_attempts, last_error_code, last_error_message, last_refreshed_at, version, \
+         refresh_attempts, last_error_code, last_error_message, last_refreshed_at, failing_since, version, \
          access_token, refresh_token, data_key, metadata, lease_owner, lease_expires_at, \
          created_at, updated_at"
     };
     (postgres) => {
         "id::text AS id, user_id, integration, status, scopes, token_type, expires_at, next_refresh_at, \
-         refresh_attempts, last_error_code, last_error_message, last_refreshed_at, version, \
+         refresh_attempts, last_error_code, last_error_message, last_refreshed_at, failing_since, version, \
          access_token, refresh_token, data_key, metadata::text AS metadata, lease_owner, lease_expires_at, \
          created_at, updated_at"
     };
@@ -57,7 +61,7 @@ macro_rules! sql_store {
 
             async fn upsert(&self, c: NewConnection) -> Result<ConnectionRecord, StoreError> {
                 let now = to_millis(c.now);
-                let row: RawRow = sqlx::query_as($dialect.upsert)
+                let query = sqlx::query_as::<_, RawRow>($dialect.upsert)
                     .bind(c.id.to_string())
                     .bind(c.user_id.as_str())
                     .bind(c.integration.as_str())
@@ -71,9 +75,18 @@ macro_rules! sql_store {
                     .bind(c.sealed.data_key.blob())
                     .bind(c.sealed.data_key.key_id().as_str())
                     .bind(c.metadata.to_string())
-                    .bind(now)
-                    .fetch_one(&self.pool)
-                    .await?;
+                    .bind(now);
+                let row: RawRow = if c.emit.is_empty() {
+                    query.fetch_one(&self.pool).await?
+                } else {
+                    let mut tx = self.pool.begin().await?;
+                    let row = query.fetch_one(&mut *tx).await?;
+                    for event in &c.emit {
+                        insert_event::<$db>($dialect.insert_event, event).execute(&mut *tx).await?;
+                    }
+                    tx.commit().await?;
+                    row
+                };
                 row.try_into()
             }
 
@@ -129,7 +142,7 @@ macro_rules! sql_store {
 
             async fn update(&self, id: ConnectionId, expected_version: i64, update: &ConnectionUpdate) -> Result<ConnectionRecord, StoreError> {
                 let c = UpdateColumns::new(update);
-                let row: Option<RawRow> = sqlx::query_as($dialect.update)
+                let query = sqlx::query_as::<_, RawRow>($dialect.update)
                     .bind(c.status)
                     .bind(c.scopes)
                     .bind(c.token_type)
@@ -147,8 +160,20 @@ macro_rules! sql_store {
                     .bind(c.updated_at)
                     .bind(id.to_string())
                     .bind(expected_version)
-                    .fetch_optional(&self.pool)
-                    .await?;
+                    .bind(c.failing_since);
+                let row: Option<RawRow> = if update.emit.is_empty() {
+                    query.fetch_optional(&self.pool).await?
+                } else {
+                    let mut tx = self.pool.begin().await?;
+                    let row = query.fetch_optional(&mut *tx).await?;
+                    if row.is_some() {
+                        for event in &update.emit {
+                            insert_event::<$db>($dialect.insert_event, event).execute(&mut *tx).await?;
+                        }
+                        tx.commit().await?;
+                    }
+                    row
+                };
                 match row {
                     Some(row) => row.try_into(),
                     None if self.get_by_id(id).await?.is_some() => Err(StoreError::Conflict { id, expected: expected_version }),
@@ -270,8 +295,141 @@ macro_rules! sql_store {
                 query.push(")");
                 Ok(query.build().execute(&self.pool).await?.rows_affected())
             }
+
+            async fn enqueue_events(&self, events: &[OutboxEvent]) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await?;
+                for event in events {
+                    insert_event::<$db>($dialect.insert_event, event).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn claim_events(&self, now: DateTime<Utc>, limit: u32, owner: &str, lease_until: DateTime<Utc>) -> Result<Vec<PendingEvent>, StoreError> {
+                let rows: Vec<(String, String, String, i32, i64)> = sqlx::query_as($dialect.claim_events)
+                    .bind(owner)
+                    .bind(to_millis(lease_until))
+                    .bind(to_millis(now))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                let mut events = rows
+                    .into_iter()
+                    .map(|(id, event_type, payload, attempts, created_at)| {
+                        Ok(PendingEvent {
+                            id: uuid::Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(format!("event id: {e}")))?,
+                            event_type,
+                            payload,
+                            attempts: u32::try_from(attempts).unwrap_or(0),
+                            created_at: $crate::store::from_millis(created_at)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                // RETURNING does not keep the subquery's order.
+                events.sort_by_key(|event| (event.created_at, event.id));
+                Ok(events)
+            }
+
+            async fn event_delivered(&self, id: uuid::Uuid, owner: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+                let done = sqlx::query($dialect.event_delivered)
+                    .bind(id.to_string())
+                    .bind(owner)
+                    .bind(to_millis(now))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn event_failed(&self, id: uuid::Uuid, owner: &str, retry_at: Option<DateTime<Utc>>, error: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+                let done = sqlx::query($dialect.event_failed)
+                    .bind(id.to_string())
+                    .bind(owner)
+                    .bind(to_millis(retry_at.unwrap_or(now)))
+                    .bind(retry_at.is_none().then(|| to_millis(now)))
+                    .bind(error)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn count_pending_events(&self) -> Result<u64, StoreError> {
+                let (count,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM webhook_outbox WHERE delivered_at IS NULL AND abandoned_at IS NULL",
+                )
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(count as u64)
+            }
+
+            async fn mark_misconfigured(&self, entry: &MisconfiguredIntegration, event: Option<&OutboxEvent>) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let done = sqlx::query(
+                    "INSERT INTO integration_health (integration, config_fingerprint, error_code, error_message, misconfigured_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (integration) DO UPDATE SET \
+                     config_fingerprint = excluded.config_fingerprint, error_code = excluded.error_code, \
+                     error_message = excluded.error_message, misconfigured_at = excluded.misconfigured_at \
+                     WHERE integration_health.config_fingerprint <> excluded.config_fingerprint",
+                )
+                .bind(entry.integration.as_str())
+                .bind(entry.config_fingerprint.as_str())
+                .bind(entry.error.code.as_str())
+                .bind(entry.error.message.as_str())
+                .bind(to_millis(entry.since))
+                .execute(&mut *tx)
+                .await?;
+                let newly = done.rows_affected() == 1;
+                if newly && let Some(event) = event {
+                    insert_event::<$db>($dialect.insert_event, event).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(newly)
+            }
+
+            async fn clear_misconfigured(&self, integration: &IntegrationKey) -> Result<bool, StoreError> {
+                let done = sqlx::query("DELETE FROM integration_health WHERE integration = $1")
+                    .bind(integration.as_str())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn list_misconfigured(&self) -> Result<Vec<MisconfiguredIntegration>, StoreError> {
+                let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
+                    "SELECT integration, config_fingerprint, error_code, error_message, misconfigured_at \
+                     FROM integration_health ORDER BY integration",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter()
+                    .map(|(integration, config_fingerprint, code, message, since)| {
+                        Ok(MisconfiguredIntegration {
+                            integration: IntegrationKey::parse(integration).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                            config_fingerprint,
+                            error: LastError { code, message },
+                            since: $crate::store::from_millis(since)?,
+                        })
+                    })
+                    .collect()
+            }
         }
     };
+}
+
+/// Binds one outbox row for [`Dialect::insert_event`].
+pub(super) fn insert_event<'q, DB: sqlx::Database>(
+    sql: &'static str,
+    event: &'q super::OutboxEvent,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
+where
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query::<DB>(sql)
+        .bind(event.id.to_string())
+        .bind(event.event_type.as_str())
+        .bind(event.payload.as_str())
+        .bind(super::to_millis(event.created_at))
 }
 pub(super) use sql_store;
 
@@ -301,7 +459,7 @@ macro_rules! dialect {
                  id = excluded.id, status = excluded.status, scopes = excluded.scopes, \
                  token_type = excluded.token_type, expires_at = excluded.expires_at, \
                  next_refresh_at = excluded.next_refresh_at, refresh_attempts = 0, \
-                 last_error_code = NULL, last_error_message = NULL, last_refreshed_at = NULL, \
+                 last_error_code = NULL, last_error_message = NULL, last_refreshed_at = NULL, failing_since = NULL, \
                  version = connections.version + 1, access_token = excluded.access_token, \
                  refresh_token = excluded.refresh_token, data_key = excluded.data_key, \
                  kek_id = excluded.kek_id, metadata = excluded.metadata, lease_owner = NULL, \
@@ -312,7 +470,7 @@ macro_rules! dialect {
                 "UPDATE connections SET status = $1, scopes = $2, token_type = $3, expires_at = $4, \
                  next_refresh_at = $5, refresh_attempts = $6, last_error_code = $7, last_error_message = $8, \
                  last_refreshed_at = $9, access_token = $10, refresh_token = $11, metadata = $12", $json, ", \
-                 lease_owner = $13, lease_expires_at = $14, updated_at = $15, version = version + 1 \
+                 lease_owner = $13, lease_expires_at = $14, updated_at = $15, failing_since = $18, version = version + 1 \
                  WHERE id = $16", $id, " AND version = $17 RETURNING ", $crate::store::sql::returning_columns!($cols)
             ),
             claim_due: concat!(
@@ -337,6 +495,27 @@ macro_rules! dialect {
             list_keys_to_rotate: concat!(
                 "SELECT ", $id_select, ", data_key FROM connections WHERE id > $1", $id,
                 " AND kek_id <> $2 ORDER BY id LIMIT $3"
+            ),
+            insert_event: concat!(
+                "INSERT INTO webhook_outbox (id, event_type, payload, created_at, next_attempt_at) \
+                 VALUES ($1", $id, ", $2, $3, $4, $4)"
+            ),
+            claim_events: concat!(
+                "UPDATE webhook_outbox SET lease_owner = $1, lease_expires_at = $2 \
+                 WHERE id IN (SELECT id FROM webhook_outbox \
+                 WHERE delivered_at IS NULL AND abandoned_at IS NULL AND next_attempt_at <= $3 \
+                 AND (lease_expires_at IS NULL OR lease_expires_at <= $3) \
+                 ORDER BY next_attempt_at LIMIT $4", $lock, ") \
+                 RETURNING ", $id_select, ", event_type, payload, attempts, created_at"
+            ),
+            event_delivered: concat!(
+                "UPDATE webhook_outbox SET delivered_at = $3, attempts = attempts + 1, last_error = NULL, \
+                 lease_owner = NULL, lease_expires_at = NULL WHERE id = $1", $id, " AND lease_owner = $2"
+            ),
+            event_failed: concat!(
+                "UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at = $3, abandoned_at = $4, \
+                 last_error = $5, lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE id = $1", $id, " AND lease_owner = $2"
             ),
         }
     };

@@ -6,10 +6,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool};
 
 use super::record::{RawRow, UpdateColumns};
-use super::sql::{Dialect, dialect, sql_store};
+use super::sql::{Dialect, dialect, insert_event, sql_store};
 use super::{
-    ConnectionRecord, ConnectionUpdate, ListFilter, NewConnection, PoolOptions, StoreError,
-    to_millis,
+    ConnectionRecord, ConnectionUpdate, LastError, ListFilter, MisconfiguredIntegration,
+    NewConnection, OutboxEvent, PendingEvent, PoolOptions, StoreError, to_millis,
 };
 use crate::crypto::WrappedKey;
 use crate::domain::{ConnectionId, ConnectionStatus, IntegrationKey, UserId};

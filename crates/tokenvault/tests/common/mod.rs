@@ -93,6 +93,7 @@ pub async fn new_connection(
         sealed,
         metadata: json!({"site_id": "abc"}),
         now,
+        emit: Vec::new(),
     }
 }
 

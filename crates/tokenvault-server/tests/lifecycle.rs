@@ -1,0 +1,642 @@
+//! The token lifecycle over HTTP against the rotating test peer: valid
+//! tokens on demand, one refresh for many callers, the failure table
+//! (429, 5xx, revoked grant, wrong client secret), revocation, status and
+//! signed webhooks.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tokenvault::domain::{ConnectionStatus, IntegrationKey, UserId};
+use tokenvault::integrations::IntegrationConfig;
+use tokenvault_server::config::Config;
+
+const CLIENT: &str = "life-app";
+const SECRET: &str = "life-secret";
+const WEBHOOK_SECRET: &str = "whsec_lifecycle";
+
+/// A confidential client on the peer; the service may use a different
+/// secret than the peer knows (`service_secret`) to provoke invalid_client.
+async fn setup(peer: &Peer, service_secret: &str, tweak: impl FnOnce(&mut Config)) -> Service {
+    let issuer = peer.issuer.clone();
+    let secret = service_secret.to_owned();
+    let service = start_service_with_workers(|config, base| {
+        config.integrations.insert(
+            IntegrationKey::parse(CLIENT).unwrap(),
+            IntegrationConfig {
+                provider: "oidc".into(),
+                client_id: CLIENT.into(),
+                client_secret: Some(SecretString::from(secret)),
+                redirect_uri: Some(url::Url::parse(&format!("{base}/oauth/callback")).unwrap()),
+                scopes: Some(vec![
+                    "openid".into(),
+                    "offline_access".into(),
+                    "api:read".into(),
+                ]),
+                issuer: Some(url::Url::parse(&issuer).unwrap()),
+                ..Default::default()
+            },
+        );
+        // On-demand behaviour only: the scheduler would refresh behind the
+        // tests' backs (it has its own tests).
+        config.scheduler_enabled = false;
+        tweak(config);
+    })
+    .await;
+    peer.register(
+        CLIENT,
+        "client_secret_basic",
+        Some(SECRET),
+        &service.url("/oauth/callback"),
+        &["authorization_code", "refresh_token"],
+    )
+    .await;
+    service
+}
+
+/// Connects `user` through the browser flow with an access token that
+/// lives `ttl` seconds; later tokens live an hour.
+async fn connect(peer: &Peer, service: &Service, user: &str, ttl: u64) {
+    peer.hook("config", json!({"access_token_ttl": ttl})).await;
+    let page = browser(None)
+        .get(service.connect_url(user, CLIENT, None).await)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    peer.hook("config", json!({"access_token_ttl": 3600})).await;
+    peer.hook("reset", json!({})).await;
+}
+
+async fn stored(service: &Service, user: &str) -> tokenvault::store::ConnectionRecord {
+    service
+        .state
+        .vault
+        .store()
+        .get(
+            &UserId::parse(user).unwrap(),
+            &IntegrationKey::parse(CLIENT).unwrap(),
+        )
+        .await
+        .unwrap()
+        .expect("connection exists")
+}
+
+async fn stored_access_token(service: &Service, user: &str) -> String {
+    let record = stored(service, user).await;
+    let tokens = service.state.vault.open(&record).await.unwrap().unwrap();
+    tokens.access_token.expose().to_owned()
+}
+
+fn token_path(user: &str) -> String {
+    format!("/v1/users/{user}/connections/{CLIENT}/token")
+}
+
+fn refreshes(stats: &Value) -> u64 {
+    stats["refresh_by_client"][CLIENT].as_u64().unwrap_or(0)
+}
+
+fn refresh_requests(stats: &Value) -> u64 {
+    stats["token_requests"]["refresh_token"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_near_expiry_token_is_refreshed_once_for_many_concurrent_callers() {
+    let peer = Peer::start();
+    let service = setup(&peer, SECRET, |_| {}).await;
+    connect(&peer, &service, "alice", 30).await;
+    let old = stored_access_token(&service, "alice").await;
+
+    // Fresh for 30 s, but callers want 60 s by default: 50 concurrent callers
+    // share one refresh.
+    let path = token_path("alice");
+    let calls = (0..50).map(|_| service.get_json(&path));
+    let responses = futures::future::join_all(calls).await;
+    let mut handed_out = std::collections::BTreeSet::new();
+    for response in responses {
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["token_type"], "Bearer");
+        assert!(
+            body["scopes"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("api:read"))
+        );
+        handed_out.insert(body["access_token"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(handed_out.len(), 1, "every caller got the same token");
+    let new = handed_out.into_iter().next().unwrap();
+    assert_ne!(new, old, "the near-expiry token was replaced");
+    assert_eq!(
+        refreshes(&peer.stats().await),
+        1,
+        "exactly one refresh grant"
+    );
+    assert_eq!(stored_access_token(&service, "alice").await, new, "stored");
+
+    // Now fresh for an hour: served from storage, no provider call.
+    let again: Value = service
+        .get_json(&token_path("alice"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["access_token"], new.as_str());
+    // A caller asking for more than the token has left forces a refresh,
+    // and the rotated refresh token still works (the grant is alive).
+    let long: Value = service
+        .get_json(&format!("{}?min_ttl=7200", token_path("alice")))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(long["access_token"], new.as_str());
+    assert_eq!(refreshes(&peer.stats().await), 2);
+    let record = stored(&service, "alice").await;
+    assert_eq!(record.status, ConnectionStatus::Connected);
+    assert!(record.last_refreshed_at.is_some() && record.lease.is_none());
+}
+
+#[tokio::test]
+async fn token_requests_are_validated() {
+    let peer = Peer::start();
+    let service = setup(&peer, SECRET, |_| {}).await;
+    for (path, status, code) in [
+        (
+            format!("{}?min_ttl=abc", token_path("bob")),
+            400,
+            "invalid_min_ttl",
+        ),
+        (
+            format!("{}?min_ttl=-1", token_path("bob")),
+            400,
+            "invalid_min_ttl",
+        ),
+        (
+            "/v1/users/bob/connections/nope/token".into(),
+            404,
+            "unknown_integration",
+        ),
+        (
+            format!("/v1/users/{}/connections/{CLIENT}/token", "x".repeat(300)),
+            400,
+            "invalid_user_id",
+        ),
+        (token_path("nobody"), 404, "connection_not_found"),
+    ] {
+        let response = service.get_json(&path).await;
+        assert_eq!(response.status(), status, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], code, "{path}: {body}");
+        assert!(body["request_id"].is_string());
+    }
+    let anonymous = service
+        .http
+        .get(service.url(&token_path("bob")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
+
+#[tokio::test]
+async fn a_429_is_waited_out_for_its_retry_after_and_is_not_an_attempt() {
+    let peer = Peer::start();
+    let service = setup(&peer, SECRET, |_| {}).await;
+    connect(&peer, &service, "carol", 30).await;
+    peer.hook(
+        "faults",
+        json!({"faults": [{"status": 429, "retry_after": "2", "grant_type": "refresh_token"}]}),
+    )
+    .await;
+    let started = Instant::now();
+    let response = service.get_json(&token_path("carol")).await;
+    let elapsed = started.elapsed();
+    assert_eq!(response.status(), 200);
+    assert!(
+        elapsed >= Duration::from_secs(2),
+        "Retry-After honoured: {elapsed:?}"
+    );
+    let stats = peer.stats().await;
+    assert_eq!(refresh_requests(&stats), 2, "the 429, then the refresh");
+    assert_eq!(refreshes(&stats), 1);
+    let record = stored(&service, "carol").await;
+    assert_eq!(record.status, ConnectionStatus::Connected);
+    assert_eq!(record.refresh_attempts, 0);
+}
+
+#[tokio::test]
+async fn two_503s_then_success_ends_connected_after_three_provider_calls() {
+    let peer = Peer::start();
+    let service = setup(&peer, SECRET, |_| {}).await;
+    connect(&peer, &service, "dave", 30).await;
+    peer.hook(
+        "faults",
+        json!({"faults": [
+            {"status": 503, "grant_type": "refresh_token"},
+            {"status": 503, "grant_type": "refresh_token"},
+        ]}),
+    )
+    .await;
+    let started = Instant::now();
+    let response = service.get_json(&token_path("dave")).await;
+    assert_eq!(response.status(), 200);
+    // Backoff ≈1 s then ≈2 s, each ±25 %.
+    assert!(
+        started.elapsed() >= Duration::from_millis(2200),
+        "{:?}",
+        started.elapsed()
+    );
+    let stats = peer.stats().await;
+    assert_eq!(refresh_requests(&stats), 3);
+    assert_eq!(refreshes(&stats), 1);
+    let record = stored(&service, "dave").await;
+    assert_eq!(record.status, ConnectionStatus::Connected);
+    assert_eq!(record.last_error, None);
+}
+
+#[tokio::test]
+async fn persistent_5xx_keeps_a_valid_token_flowing_then_reports_unavailable() {
+    let peer = Peer::start();
+    let service = setup(&peer, SECRET, |_| {}).await;
+    connect(&peer, &service, "erin", 30).await;
+    let old = stored_access_token(&service, "erin").await;
+    let outage: Vec<Value> = (0..3)
+        .map(|_| json!({"status": 503, "grant_type": "refresh_token"}))
+        .collect();
+    peer.hook("faults", json!({ "faults": outage })).await;
+    // The run fails after 3 attempts, but the stored token is still valid
+    // for ~25 s: it is handed out.
+    let response = service.get_json(&token_path("erin")).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["access_token"], old.as_str());
+    assert_eq!(
+        refresh_requests(&peer.stats().await),
+        3,
+        "at most 3 attempts per run"
+    );
+    let record = stored(&service, "erin").await;
+    assert_eq!(
+        record.status,
+        ConnectionStatus::Connected,
+        "token still valid"
+    );
+    assert_eq!(record.refresh_attempts, 1, "one failed run");
+    assert_eq!(record.last_error.as_ref().unwrap().code, "server_error");
+    assert!(record.failing_since.is_some());
+    let status: Value = service
+        .get_json(&format!("/v1/users/erin/connections/{CLIENT}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["last_error"]["code"], "server_error");
+}
+
+#[tokio::test]
+async fn a_revoked_grant_needs_reauth_and_sends_a_signed_webhook() {
+    let peer = Peer::start();
+    let receiver = WebhookReceiver::start().await;
+    let hook_url = url::Url::parse(&receiver.url).unwrap();
+    let service = setup(&peer, SECRET, |config| {
+        config.webhook_url = Some(hook_url);
+        config.webhook_secret = Some(SecretString::from(WEBHOOK_SECRET));
+    })
+    .await;
+    connect(&peer, &service, "frank", 30).await;
+    let created = receiver
+        .wait_for(
+            WEBHOOK_SECRET,
+            "connection.created",
+            1,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0]["data"]["user_id"], "frank");
+
+    peer.hook("revoke-grants", json!({})).await;
+    let response = service.get_json(&token_path("frank")).await;
+    assert_eq!(response.status(), 409);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "needs_reauth");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("connect-sessions"),
+        "{body}"
+    );
+    assert_eq!(
+        stored(&service, "frank").await.status,
+        ConnectionStatus::NeedsReauth
+    );
+
+    // No retry: later calls answer from the status, the provider is not asked.
+    let requests = refresh_requests(&peer.stats().await);
+    assert_eq!(service.get_json(&token_path("frank")).await.status(), 409);
+    assert_eq!(refresh_requests(&peer.stats().await), requests);
+
+    let events = receiver
+        .wait_for(
+            WEBHOOK_SECRET,
+            "connection.needs_reauth",
+            1,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(events.len(), 1, "one event, signature verified");
+    let event = &events[0];
+    assert!(uuid::Uuid::parse_str(event["id"].as_str().unwrap()).is_ok());
+    assert_eq!(event["data"]["user_id"], "frank");
+    assert_eq!(event["data"]["integration"], CLIENT);
+    assert_eq!(event["data"]["error"]["code"], "invalid_grant");
+    let list: Value = service
+        .get_json("/v1/users/frank/connections")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["any_connected"], false);
+    assert_eq!(list["connections"][0]["status"], "needs_reauth");
+}
+
+#[tokio::test]
+async fn a_wrong_client_secret_marks_the_integration_not_the_users() {
+    let peer = Peer::start();
+    let receiver = WebhookReceiver::start().await;
+    let hook_url = url::Url::parse(&receiver.url).unwrap();
+    // The service connects with the right secret…
+    let good = setup(&peer, SECRET, |_| {}).await;
+    connect(&peer, &good, "gina", 30).await;
+    connect(&peer, &good, "hank", 30).await;
+    drop(good);
+    // …then the operator "rotates" it wrongly. Same database, wrong secret.
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", dir.path().join("shared.db").display());
+    let bad = setup(&peer, "not-the-secret", |config| {
+        config.database_url = Some(database.clone());
+        config.webhook_url = Some(hook_url);
+        config.webhook_secret = Some(SecretString::from(WEBHOOK_SECRET));
+    })
+    .await;
+    // Re-register the peer's client with the real secret (setup registered it again).
+    peer.register(
+        CLIENT,
+        "client_secret_basic",
+        Some(SECRET),
+        &bad.url("/oauth/callback"),
+        &["authorization_code", "refresh_token"],
+    )
+    .await;
+    // Give this service its own connections to refresh: connecting needs the
+    // token endpoint too, so store them as the good service would.
+    for user in ["gina", "hank"] {
+        let tokens = tokenvault::domain::TokenSet {
+            access_token: tokenvault::domain::AccessToken::new(format!("AT-{user}")),
+            refresh_token: Some(tokenvault::domain::RefreshToken::new(format!("RT-{user}"))),
+            token_type: tokenvault::domain::TokenType::Bearer,
+            scopes: tokenvault::domain::Scopes::new(),
+            expires_at: Some(chrono::Utc::now() + chrono::Duration::seconds(30)),
+        };
+        bad.state
+            .vault
+            .save_grant(
+                &UserId::parse(user).unwrap(),
+                &IntegrationKey::parse(CLIENT).unwrap(),
+                &tokens,
+                json!({}),
+                chrono::Duration::minutes(5),
+            )
+            .await
+            .unwrap();
+    }
+    peer.hook("reset", json!({})).await;
+
+    // Still-valid tokens keep flowing; the integration is paused.
+    let response = bad.get_json(&token_path("gina")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["access_token"],
+        "AT-gina"
+    );
+    let after_first = refresh_requests(&peer.stats().await);
+    assert_eq!(after_first, 1);
+    let response = bad.get_json(&token_path("hank")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        refresh_requests(&peer.stats().await),
+        after_first,
+        "refreshes for a misconfigured integration pause"
+    );
+    for user in ["gina", "hank"] {
+        let record = stored(&bad, user).await;
+        assert_eq!(
+            record.status,
+            ConnectionStatus::Connected,
+            "{user} keeps its status"
+        );
+    }
+    let integrations: Value = bad.get_json("/v1/integrations").await.json().await.unwrap();
+    let entry = integrations["integrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["key"] == CLIENT)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        entry["health"]["misconfigured"]["error"]["code"], "invalid_client",
+        "{entry}"
+    );
+    let ready: Value = reqwest::get(bad.url("/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["checks"]["integrations"][CLIENT]["status"], "misconfigured",
+        "{ready}"
+    );
+    let events = receiver
+        .wait_for(
+            WEBHOOK_SECRET,
+            "integration.misconfigured",
+            1,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["data"]["integration"], CLIENT);
+
+    // An admin reset resumes refreshes (which fail again with the wrong secret).
+    let reset = bad
+        .post_json(&format!("/v1/integrations/{CLIENT}/reset"), json!({}))
+        .await;
+    assert_eq!(reset.status(), 200);
+    assert_eq!(bad.get_json(&token_path("hank")).await.status(), 200);
+    assert_eq!(refresh_requests(&peer.stats().await), after_first + 1);
+}
+
+#[tokio::test]
+async fn revocation_revokes_at_the_provider_and_erases_locally() {
+    let peer = Peer::start();
+    let receiver = WebhookReceiver::start().await;
+    let hook_url = url::Url::parse(&receiver.url).unwrap();
+    let service = setup(&peer, SECRET, |config| {
+        config.webhook_url = Some(hook_url);
+        config.webhook_secret = Some(SecretString::from(WEBHOOK_SECRET));
+    })
+    .await;
+    connect(&peer, &service, "ivy", 3600).await;
+    let record = stored(&service, "ivy").await;
+    let tokens = service.state.vault.open(&record).await.unwrap().unwrap();
+
+    let response = service
+        .http
+        .delete(service.url(&format!("/v1/users/ivy/connections/{CLIENT}")))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body, json!({"revoked_at_provider": true}));
+    assert_eq!(
+        peer.stats().await["revocations"],
+        2,
+        "refresh token, then access token"
+    );
+
+    let record = stored(&service, "ivy").await;
+    assert_eq!(record.status, ConnectionStatus::Disconnected);
+    assert!(
+        record.access_token.is_none() && record.refresh_token.is_none(),
+        "erased"
+    );
+    // The grant is dead at the provider.
+    let integration = service
+        .state
+        .integrations
+        .get(&IntegrationKey::parse(CLIENT).unwrap())
+        .unwrap();
+    let err = integration
+        .refresh(
+            tokens.refresh_token.as_ref().unwrap(),
+            &tokens.scopes,
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_invalid_grant(), "{err}");
+    assert_eq!(service.get_json(&token_path("ivy")).await.status(), 404);
+    let events = receiver
+        .wait_for(
+            WEBHOOK_SECRET,
+            "connection.revoked",
+            1,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(events.len(), 1);
+
+    // Twice is harmless.
+    let again: Value = service
+        .http
+        .delete(service.url(&format!("/v1/users/ivy/connections/{CLIENT}")))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["revoked_at_provider"], false);
+}
+
+#[tokio::test]
+async fn a_provider_outage_does_not_block_the_local_erase() {
+    let peer = Peer::start();
+    let service = setup(&peer, SECRET, |_| {}).await;
+    connect(&peer, &service, "jack", 3600).await;
+    drop(peer);
+    let response = service
+        .http
+        .delete(service.url(&format!("/v1/users/jack/connections/{CLIENT}")))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["revoked_at_provider"], false);
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("revocation failed"),
+        "{body}"
+    );
+    let record = stored(&service, "jack").await;
+    assert_eq!(record.status, ConnectionStatus::Disconnected);
+    assert!(record.access_token.is_none());
+}
+
+#[tokio::test]
+async fn status_api_and_forced_refresh() {
+    let peer = Peer::start();
+    let service = setup(&peer, SECRET, |_| {}).await;
+    let empty: Value = service
+        .get_json("/v1/users/kim/connections")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(empty, json!({"connections": [], "any_connected": false}));
+    connect(&peer, &service, "kim", 3600).await;
+    let list: Value = service
+        .get_json("/v1/users/kim/connections")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["any_connected"], true);
+    let connection = &list["connections"][0];
+    assert_eq!(connection["integration"], CLIENT);
+    assert_eq!(connection["status"], "connected");
+    assert!(connection["expires_at"].is_string());
+    assert!(connection["last_refreshed_at"].is_null());
+    assert!(
+        connection.get("access_token").is_none(),
+        "no token material in status"
+    );
+
+    let forced = service
+        .post_json(
+            &format!("/v1/users/kim/connections/{CLIENT}/refresh"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(forced.status(), 200);
+    let forced: Value = forced.json().await.unwrap();
+    assert_eq!(forced["refreshed"], true);
+    assert!(forced["last_refreshed_at"].is_string());
+    assert_eq!(refreshes(&peer.stats().await), 1);
+    let one: Value = service
+        .get_json(&format!("/v1/users/kim/connections/{CLIENT}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["last_refreshed_at"], forced["last_refreshed_at"]);
+    let missing = service.get_json("/v1/users/kim/connections/other").await;
+    assert_eq!(missing.status(), 404);
+}

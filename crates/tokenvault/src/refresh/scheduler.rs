@@ -1,0 +1,222 @@
+//! The background refresher: each tick claims due connections (O(due),
+//! leased, so several instances share the work without overlap), refreshes
+//! them with bounded concurrency through the same single-flight path as
+//! on-demand reads, and reschedules them with jitter. It also applies the
+//! retention policy and reloads shared integration health.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use super::{Mode, TokenError, TokenOutcome, chrono};
+use crate::domain::ConnectionStatus;
+use crate::store::{ConnectionRecord, StoreError};
+use crate::vault::Vault;
+
+#[derive(Debug, Clone)]
+pub struct SchedulerSettings {
+    /// Pause between ticks when the last one found less than a full batch.
+    pub tick: Duration,
+    /// Rows claimed per tick.
+    pub batch: u32,
+    /// Refreshes in flight at once (per instance).
+    pub concurrency: usize,
+    /// Disconnected and expired rows untouched this long are deleted;
+    /// `None` keeps them forever.
+    pub retention: Option<Duration>,
+    pub retention_every: Duration,
+    /// How often shared integration health (misconfigured verdicts) is reloaded.
+    pub health_sync_every: Duration,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_secs(1),
+            batch: 100,
+            concurrency: 16,
+            retention: Some(Duration::from_secs(30 * 24 * 3600)),
+            retention_every: Duration::from_secs(3600),
+            health_sync_every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What one tick did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TickReport {
+    pub claimed: usize,
+    pub refreshed: usize,
+    pub failed: usize,
+    pub expired: usize,
+    /// Claimed but left alone (already fresh, integration gone, leased elsewhere).
+    pub skipped: usize,
+}
+
+enum Handled {
+    Refreshed,
+    Failed,
+    Expired,
+    Skipped,
+}
+
+#[derive(Clone)]
+pub struct Scheduler {
+    vault: Vault,
+    settings: SchedulerSettings,
+}
+
+impl Scheduler {
+    pub fn new(vault: Vault, settings: SchedulerSettings) -> Self {
+        Self { vault, settings }
+    }
+
+    /// Claims one batch of due connections and handles it.
+    pub async fn tick(&self) -> Result<TickReport, StoreError> {
+        let now = self.vault.clock().now();
+        let lease_until = now + chrono(self.vault.settings().lease_ttl);
+        let claimed = self
+            .vault
+            .store()
+            .claim_due(now, self.settings.batch, self.vault.owner(), lease_until)
+            .await?;
+        let mut report = TickReport {
+            claimed: claimed.len(),
+            ..TickReport::default()
+        };
+        let mut handled = futures::stream::iter(claimed)
+            .map(|record| self.handle(record))
+            .buffer_unordered(self.settings.concurrency.max(1));
+        while let Some(outcome) = handled.next().await {
+            match outcome {
+                Handled::Refreshed => report.refreshed += 1,
+                Handled::Failed => report.failed += 1,
+                Handled::Expired => report.expired += 1,
+                Handled::Skipped => report.skipped += 1,
+            }
+        }
+        Ok(report)
+    }
+
+    async fn handle(&self, record: ConnectionRecord) -> Handled {
+        let vault = &self.vault;
+        let now = vault.clock().now();
+        let Some(integration) = vault.integrations().get(&record.integration).cloned() else {
+            // Removed from the configuration: look again in an hour.
+            vault
+                .postpone(&record, now + chrono::Duration::hours(1))
+                .await;
+            return Handled::Skipped;
+        };
+        let tokens = match vault.open(&record).await {
+            Ok(Some(tokens)) if record.status.is_refreshable() => tokens,
+            Ok(_) => {
+                vault.release(&record).await;
+                return Handled::Skipped;
+            }
+            Err(err) => {
+                tracing::error!(connection = %record.id, error = %err, "cannot open a due connection's tokens");
+                vault
+                    .postpone(&record, now + chrono::Duration::hours(1))
+                    .await;
+                return Handled::Failed;
+            }
+        };
+        if !tokens.can_refresh() {
+            return match tokens.expires_at {
+                Some(_) if tokens.is_expired(now) => {
+                    vault.mark_expired(&record).await;
+                    Handled::Expired
+                }
+                Some(expires_at) => {
+                    vault.postpone(&record, expires_at).await;
+                    Handled::Skipped
+                }
+                None => {
+                    vault.postpone(&record, now).await;
+                    Handled::Skipped
+                }
+            };
+        }
+        match vault
+            .refresh_connection(record.id, &integration, Mode::Scheduled)
+            .await
+        {
+            Ok(Some(issued)) if issued.outcome == TokenOutcome::Refreshed => Handled::Refreshed,
+            Ok(_) => Handled::Skipped,
+            Err(TokenError::NeedsReauth {
+                status: ConnectionStatus::Expired,
+                ..
+            }) => Handled::Expired,
+            Err(err) => {
+                tracing::debug!(connection = %record.id, error = %err, "scheduled refresh did not complete");
+                Handled::Failed
+            }
+        }
+    }
+
+    /// Applies the retention policy once.
+    pub async fn purge(&self) -> Result<u64, StoreError> {
+        let Some(retention) = self.settings.retention else {
+            return Ok(0);
+        };
+        let before = self.vault.clock().now() - chrono(retention);
+        self.vault
+            .store()
+            .purge(
+                &[ConnectionStatus::Disconnected, ConnectionStatus::Expired],
+                before,
+            )
+            .await
+    }
+
+    /// Runs ticks until `shutdown` turns true; the tick in progress finishes
+    /// (its refreshes complete and release their leases) before it returns.
+    pub fn spawn(self, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut last_purge: Option<Instant> = None;
+            let mut last_sync: Option<Instant> = None;
+            loop {
+                if *shutdown.borrow() {
+                    return;
+                }
+                if last_sync.is_none_or(|at| at.elapsed() >= self.settings.health_sync_every) {
+                    if let Err(err) = self.vault.sync_integration_health().await {
+                        tracing::warn!(error = %err, "reloading integration health failed");
+                    }
+                    last_sync = Some(Instant::now());
+                }
+                if last_purge.is_none_or(|at| at.elapsed() >= self.settings.retention_every) {
+                    match self.purge().await {
+                        Ok(0) => {}
+                        Ok(purged) => tracing::info!(
+                            purged,
+                            "retention: deleted old disconnected/expired connections"
+                        ),
+                        Err(err) => tracing::warn!(error = %err, "retention purge failed"),
+                    }
+                    last_purge = Some(Instant::now());
+                }
+                let full = match self.tick().await {
+                    Ok(report) => {
+                        if report.claimed > 0 {
+                            tracing::debug!(?report, "refresh tick");
+                        }
+                        report.claimed as u32 >= self.settings.batch
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "refresh tick failed");
+                        false
+                    }
+                };
+                if !full {
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.settings.tick) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        })
+    }
+}
