@@ -443,19 +443,21 @@ impl Vault {
         }
     }
 
-    async fn inflight(&self, id: ConnectionId) -> InflightGuard<'_> {
+    /// Waits for this process's lock on `id`; `None` after `wait`.
+    async fn inflight(&self, id: ConnectionId, wait: Duration) -> Option<InflightGuard<'_>> {
         let lock = self
             .inner
             .inflight
             .entry(id)
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
             .clone();
-        let guard = lock.lock_owned().await;
-        InflightGuard {
+        let acquired = tokio::time::timeout(wait, lock.lock_owned()).await;
+        let guard = InflightGuard {
             vault: self,
             id,
-            guard: Some(guard),
-        }
+            guard: acquired.ok(),
+        };
+        guard.guard.is_some().then_some(guard)
     }
 
     fn health(&self, key: &IntegrationKey) -> Option<Arc<IntegrationHealth>> {
@@ -470,7 +472,11 @@ impl Vault {
         integration: &Arc<Integration>,
         mode: Mode,
     ) -> Result<Option<IssuedToken>, TokenError> {
-        let _inflight = self.inflight(id).await;
+        // Callers in this process queue here (bounded) and then find the
+        // token the one before them stored.
+        let Some(_inflight) = self.inflight(id, self.settings().wait_timeout).await else {
+            return Ok(None);
+        };
         let health = self
             .health(integration.key())
             .ok_or_else(|| TokenError::UnknownIntegration(integration.key().clone()))?;
@@ -962,8 +968,9 @@ impl Vault {
             .get(user, integration)
             .await?
             .ok_or(TokenError::NotConnected)?;
-        // Queue behind an in-process refresh instead of racing it.
-        let _inflight = self.inflight(record.id).await;
+        // Queue behind an in-process refresh instead of racing it; if that
+        // takes too long, the compare-and-swap below still keeps us safe.
+        let _inflight = self.inflight(record.id, self.settings().wait_timeout).await;
         let mut record = self
             .store()
             .get_by_id(record.id)
