@@ -640,3 +640,46 @@ async fn status_api_and_forced_refresh() {
     let missing = service.get_json("/v1/users/kim/connections/other").await;
     assert_eq!(missing.status(), 404);
 }
+
+#[tokio::test]
+async fn an_open_circuit_stops_provider_calls_and_shows_in_health() {
+    let peer = Peer::start();
+    let service = setup(&peer, SECRET, |config| {
+        config.breaker_failure_threshold = 3;
+    })
+    .await;
+    connect(&peer, &service, "lena", 30).await;
+    let outage: Vec<Value> = (0..3)
+        .map(|_| json!({"status": 502, "grant_type": "refresh_token"}))
+        .collect();
+    peer.hook("faults", json!({ "faults": outage })).await;
+    // Three failed attempts open the circuit; the still-valid token flows.
+    assert_eq!(service.get_json(&token_path("lena")).await.status(), 200);
+    assert_eq!(refresh_requests(&peer.stats().await), 3);
+    // While it is open, callers are answered without asking the provider.
+    assert_eq!(service.get_json(&token_path("lena")).await.status(), 200);
+    assert_eq!(
+        refresh_requests(&peer.stats().await),
+        3,
+        "no call while open"
+    );
+    let integrations: Value = service
+        .get_json("/v1/integrations")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(integrations["integrations"][0]["health"]["circuit"], "open");
+    let ready = reqwest::get(service.url("/readyz")).await.unwrap();
+    assert_eq!(
+        ready.status(),
+        200,
+        "integration trouble does not unready the instance"
+    );
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(
+        ready["checks"]["integrations"][CLIENT]["status"],
+        "degraded"
+    );
+    assert_eq!(ready["checks"]["integrations"][CLIENT]["circuit"], "open");
+}
