@@ -91,6 +91,11 @@ async fn stored_access_token(service: &Service, user: &str) -> String {
     tokens.access_token.expose().to_owned()
 }
 
+fn with_webhook(config: &mut Config, receiver: &WebhookReceiver) {
+    config.webhook_url = Some(url::Url::parse(&receiver.url).unwrap());
+    config.webhook_secret = Some(SecretString::from(WEBHOOK_SECRET));
+}
+
 fn token_path(user: &str) -> String {
     format!("/v1/users/{user}/connections/{CLIENT}/token")
 }
@@ -304,12 +309,7 @@ async fn persistent_5xx_keeps_a_valid_token_flowing_then_reports_unavailable() {
 async fn a_revoked_grant_needs_reauth_and_sends_a_signed_webhook() {
     let peer = Peer::start();
     let receiver = WebhookReceiver::start().await;
-    let hook_url = url::Url::parse(&receiver.url).unwrap();
-    let service = setup(&peer, SECRET, |config| {
-        config.webhook_url = Some(hook_url);
-        config.webhook_secret = Some(SecretString::from(WEBHOOK_SECRET));
-    })
-    .await;
+    let service = setup(&peer, SECRET, |config| with_webhook(config, &receiver)).await;
     connect(&peer, &service, "frank", 30).await;
     let created = receiver
         .wait_for(
@@ -372,32 +372,14 @@ async fn a_revoked_grant_needs_reauth_and_sends_a_signed_webhook() {
 async fn a_wrong_client_secret_marks_the_integration_not_the_users() {
     let peer = Peer::start();
     let receiver = WebhookReceiver::start().await;
-    let hook_url = url::Url::parse(&receiver.url).unwrap();
-    // The service connects with the right secret…
-    let good = setup(&peer, SECRET, |_| {}).await;
-    connect(&peer, &good, "gina", 30).await;
-    connect(&peer, &good, "hank", 30).await;
-    drop(good);
-    // …then the operator "rotates" it wrongly. Same database, wrong secret.
-    let dir = tempfile::tempdir().unwrap();
-    let database = format!("sqlite://{}", dir.path().join("shared.db").display());
+    // The operator rotated the client secret wrongly: the peer knows
+    // SECRET, the service sends another.
     let bad = setup(&peer, "not-the-secret", |config| {
-        config.database_url = Some(database.clone());
-        config.webhook_url = Some(hook_url);
-        config.webhook_secret = Some(SecretString::from(WEBHOOK_SECRET));
+        with_webhook(config, &receiver)
     })
     .await;
-    // Re-register the peer's client with the real secret (setup registered it again).
-    peer.register(
-        CLIENT,
-        "client_secret_basic",
-        Some(SECRET),
-        &bad.url("/oauth/callback"),
-        &["authorization_code", "refresh_token"],
-    )
-    .await;
-    // Give this service its own connections to refresh: connecting needs the
-    // token endpoint too, so store them as the good service would.
+    // Connections stored while the configuration was still right (a
+    // connect flow would itself fail at the token endpoint now).
     for user in ["gina", "hank"] {
         let tokens = tokenvault::domain::TokenSet {
             access_token: tokenvault::domain::AccessToken::new(format!("AT-{user}")),
@@ -490,12 +472,7 @@ async fn a_wrong_client_secret_marks_the_integration_not_the_users() {
 async fn revocation_revokes_at_the_provider_and_erases_locally() {
     let peer = Peer::start();
     let receiver = WebhookReceiver::start().await;
-    let hook_url = url::Url::parse(&receiver.url).unwrap();
-    let service = setup(&peer, SECRET, |config| {
-        config.webhook_url = Some(hook_url);
-        config.webhook_secret = Some(SecretString::from(WEBHOOK_SECRET));
-    })
-    .await;
+    let service = setup(&peer, SECRET, |config| with_webhook(config, &receiver)).await;
     connect(&peer, &service, "ivy", 3600).await;
     let record = stored(&service, "ivy").await;
     let tokens = service.state.vault.open(&record).await.unwrap().unwrap();

@@ -694,21 +694,17 @@ impl Vault {
         update.refresh_token = refresh;
         update.lease = None;
         if record.status == ConnectionStatus::Error {
-            update.emit.extend(self.event(
+            update.emit.extend(self.connection_event(
                 EventType::ConnectionRecovered,
-                record.id,
-                &record.user_id,
-                &record.integration,
+                &record,
                 ConnectionStatus::Connected,
                 None,
                 now,
             ));
         }
-        update.emit.extend(self.event(
+        update.emit.extend(self.connection_event(
             EventType::ConnectionRefreshed,
-            record.id,
-            &record.user_id,
-            &record.integration,
+            &record,
             ConnectionStatus::Connected,
             None,
             now,
@@ -784,22 +780,15 @@ impl Vault {
         update.next_refresh_at = None;
         update.last_error = Some(last_error.clone());
         update.lease = None;
-        update.emit.extend(self.event(
+        update.emit.extend(self.connection_event(
             EventType::ConnectionNeedsReauth,
-            record.id,
-            &record.user_id,
-            &record.integration,
+            &record,
             ConnectionStatus::NeedsReauth,
             Some(&last_error),
             now,
         ));
-        if let Err(store_err) = self
-            .store()
-            .update(record.id, record.version, &update)
-            .await
-        {
-            tracing::warn!(connection = %record.id, error = %store_err, "recording needs_reauth failed");
-        }
+        self.write_best_effort(&record, &update, "recording needs_reauth failed")
+            .await;
         TokenError::NeedsReauth {
             status: ConnectionStatus::NeedsReauth,
             last_error: Some(last_error),
@@ -889,23 +878,16 @@ impl Vault {
         update.status = status;
         update.lease = None;
         if status == ConnectionStatus::Error && record.status != ConnectionStatus::Error {
-            update.emit.extend(self.event(
+            update.emit.extend(self.connection_event(
                 EventType::ConnectionError,
-                record.id,
-                &record.user_id,
-                &record.integration,
+                &record,
                 status,
                 Some(&last_error),
                 now,
             ));
         }
-        if let Err(store_err) = self
-            .store()
-            .update(record.id, record.version, &update)
-            .await
-        {
-            tracing::warn!(connection = %record.id, error = %store_err, "recording the failed refresh run failed");
-        }
+        self.write_best_effort(&record, &update, "recording the failed refresh run failed")
+            .await;
         TokenError::ProviderUnavailable {
             reason: format!("refresh failed ({}): {err}", class.as_str()),
             retry_after: Some(cooldown),
@@ -1020,11 +1002,9 @@ impl Vault {
             update.refresh_token = None;
             update.next_refresh_at = None;
             update.lease = None;
-            update.emit.extend(self.event(
+            update.emit.extend(self.connection_event(
                 EventType::ConnectionRevoked,
-                record.id,
-                &record.user_id,
-                &record.integration,
+                &record,
                 ConnectionStatus::Disconnected,
                 None,
                 now,
@@ -1096,6 +1076,40 @@ impl Vault {
             *health.misconfigured.lock().unwrap() = current;
         }
         Ok(())
+    }
+}
+
+impl Vault {
+    fn connection_event(
+        &self,
+        event_type: EventType,
+        record: &ConnectionRecord,
+        status: ConnectionStatus,
+        error: Option<&LastError>,
+        now: DateTime<Utc>,
+    ) -> Option<crate::store::OutboxEvent> {
+        self.event(
+            event_type,
+            record.id,
+            &record.user_id,
+            &record.integration,
+            status,
+            error,
+            now,
+        )
+    }
+
+    /// Records an outcome; losing the compare-and-swap means someone wrote
+    /// a newer state, which wins.
+    async fn write_best_effort(
+        &self,
+        record: &ConnectionRecord,
+        update: &crate::store::ConnectionUpdate,
+        what: &str,
+    ) {
+        if let Err(err) = self.store().update(record.id, record.version, update).await {
+            tracing::warn!(connection = %record.id, error = %err, "{what}");
+        }
     }
 }
 
