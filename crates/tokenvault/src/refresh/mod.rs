@@ -530,7 +530,6 @@ impl Vault {
                     });
                 }
             }
-            health.until_ready().await;
             let now = self.clock().now();
             let lease_until = now + chrono(self.settings().lease_ttl);
             match self
@@ -570,6 +569,30 @@ impl Vault {
         let mut attempts = 0u32;
         let mut inline_waits = 0u32;
         loop {
+            // Only the lease holder spends the integration's rate budget.
+            health.until_ready().await;
+            // Renew right before the call, so the lease covers a whole
+            // provider call (its timeout is shorter than the lease) however
+            // long the rate limiter or a backoff made us wait.
+            let now = self.clock().now();
+            match self
+                .store()
+                .acquire_lease(
+                    record.id,
+                    self.owner(),
+                    now,
+                    now + chrono(self.settings().lease_ttl),
+                )
+                .await?
+            {
+                Some(renewed) => record = renewed,
+                None => {
+                    return Err(TokenError::ProviderUnavailable {
+                        reason: "lost the refresh lease while waiting to call the provider".into(),
+                        retry_after: None,
+                    });
+                }
+            }
             let started = Instant::now();
             let result = integration
                 .refresh(&refresh_token, &record.scopes, self.clock().now())
@@ -588,7 +611,7 @@ impl Vault {
             let class = classify(&err, self.settings().default_retry_after);
             metrics::counter!("tokenvault_refresh_total", "integration" => key.to_string(), "outcome" => class.as_str()).increment(1);
             tracing::warn!(integration = %key, connection = %record.id, class = class.as_str(), error = %err, "refresh failed");
-            let pause = match class {
+            let delay = match class {
                 FailureClass::NeedsReauth => {
                     // The provider answered: it is up.
                     health.record(&key, now, false);
@@ -606,7 +629,7 @@ impl Vault {
                         && inline_waits < 3
                     {
                         inline_waits += 1;
-                        Some(retry_after)
+                        retry_after
                     } else {
                         self.postpone(&record, now + chrono(retry_after)).await;
                         return Err(TokenError::ProviderUnavailable {
@@ -622,39 +645,17 @@ impl Vault {
                         && attempts < self.settings().attempts
                         && health.circuit(now) != CircuitState::Open
                     {
-                        Some(backoff(
+                        backoff(
                             attempts,
                             self.settings().backoff_base,
                             self.settings().backoff_cap,
-                        ))
+                        )
                     } else {
                         return Err(self.store_failed_run(record, &tokens, &err, class).await);
                     }
                 }
             };
-            if let Some(delay) = pause {
-                tokio::time::sleep(delay).await;
-                // Renew the lease for the next attempt.
-                let now = self.clock().now();
-                match self
-                    .store()
-                    .acquire_lease(
-                        record.id,
-                        self.owner(),
-                        now,
-                        now + chrono(self.settings().lease_ttl),
-                    )
-                    .await?
-                {
-                    Some(renewed) => record = renewed,
-                    None => {
-                        return Err(TokenError::ProviderUnavailable {
-                            reason: "lost the refresh lease while backing off".into(),
-                            retry_after: None,
-                        });
-                    }
-                }
-            }
+            tokio::time::sleep(delay).await;
         }
     }
 
