@@ -537,6 +537,16 @@ impl Vault {
                 .acquire_lease(id, self.owner(), now, lease_until)
                 .await?
             {
+                // The row changed between our read and the lease: another
+                // instance refreshed and released it. Its refresh token is
+                // the live one; ours is consumed. Start over.
+                Some(leased)
+                    if leased.refresh_token != record.refresh_token
+                        || leased.access_token != record.access_token
+                        || leased.status != record.status =>
+                {
+                    self.release(&leased).await;
+                }
                 Some(leased) => {
                     return self
                         .run_refresh(leased, tokens, integration, &health, &mode)
@@ -568,30 +578,33 @@ impl Vault {
             .expect("refresh_connection is only called for refreshable tokens");
         let mut attempts = 0u32;
         let mut inline_waits = 0u32;
+        let mut leased_at = Instant::now();
         loop {
             // Only the lease holder spends the integration's rate budget.
             health.until_ready().await;
-            // Renew right before the call, so the lease covers a whole
-            // provider call (its timeout is shorter than the lease) however
-            // long the rate limiter or a backoff made us wait.
-            let now = self.clock().now();
-            match self
+            // Renew right before the call when time has passed since the
+            // lease was taken, so it covers a whole provider call (whose
+            // timeout is shorter than the lease) however long the rate
+            // limiter or a backoff made us wait.
+            if leased_at.elapsed() < Duration::from_secs(1) {
+                // Fresh enough: skip the extra write.
+            } else if let Some(renewed) = self
                 .store()
                 .acquire_lease(
                     record.id,
                     self.owner(),
-                    now,
-                    now + chrono(self.settings().lease_ttl),
+                    self.clock().now(),
+                    self.clock().now() + chrono(self.settings().lease_ttl),
                 )
                 .await?
             {
-                Some(renewed) => record = renewed,
-                None => {
-                    return Err(TokenError::ProviderUnavailable {
-                        reason: "lost the refresh lease while waiting to call the provider".into(),
-                        retry_after: None,
-                    });
-                }
+                record = renewed;
+                leased_at = Instant::now();
+            } else {
+                return Err(TokenError::ProviderUnavailable {
+                    reason: "lost the refresh lease while waiting to call the provider".into(),
+                    retry_after: None,
+                });
             }
             let started = Instant::now();
             let result = integration
