@@ -478,12 +478,8 @@ async fn revocation_revokes_at_the_provider_and_erases_locally() {
     let tokens = service.state.vault.open(&record).await.unwrap().unwrap();
 
     let response = service
-        .http
-        .delete(service.url(&format!("/v1/users/ivy/connections/{CLIENT}")))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap();
+        .delete(&format!("/v1/users/ivy/connections/{CLIENT}"))
+        .await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body, json!({"revoked_at_provider": true}));
@@ -527,12 +523,8 @@ async fn revocation_revokes_at_the_provider_and_erases_locally() {
 
     // Twice is harmless.
     let again: Value = service
-        .http
-        .delete(service.url(&format!("/v1/users/ivy/connections/{CLIENT}")))
-        .bearer_auth(API_KEY)
-        .send()
+        .delete(&format!("/v1/users/ivy/connections/{CLIENT}"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -546,12 +538,8 @@ async fn a_provider_outage_does_not_block_the_local_erase() {
     connect(&peer, &service, "jack", 3600).await;
     drop(peer);
     let response = service
-        .http
-        .delete(service.url(&format!("/v1/users/jack/connections/{CLIENT}")))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap();
+        .delete(&format!("/v1/users/jack/connections/{CLIENT}"))
+        .await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["revoked_at_provider"], false);

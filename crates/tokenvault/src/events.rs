@@ -145,19 +145,18 @@ impl Events {
 
 /// `t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
 pub fn signature_header(secret: &SecretString, timestamp: i64, body: &[u8]) -> String {
-    format!(
-        "t={timestamp},v1={}",
-        hex::encode(mac(secret, timestamp, body))
-    )
+    let signature = mac(secret, timestamp, body).finalize().into_bytes();
+    format!("t={timestamp},v1={}", hex::encode(signature))
 }
 
-fn mac(secret: &SecretString, timestamp: i64, body: &[u8]) -> Vec<u8> {
+/// HMAC-SHA256 keyed by `secret` over `"<timestamp>.<body>"`, not yet finalized.
+fn mac(secret: &SecretString, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes())
         .expect("HMAC takes keys of any length");
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    mac.finalize().into_bytes().to_vec()
+    mac
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -197,11 +196,7 @@ pub fn verify_signature(
     if (now.timestamp() - timestamp).unsigned_abs() > tolerance.as_secs() {
         return Err(SignatureError::Stale);
     }
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes())
-        .expect("HMAC takes keys of any length");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
+    let mac = mac(secret, timestamp, body);
     // Accept any listed v1 (several appear while a secret is being rotated).
     if signatures
         .iter()

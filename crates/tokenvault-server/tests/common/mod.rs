@@ -249,6 +249,15 @@ impl Service {
             .unwrap()
     }
 
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.http
+            .delete(self.url(path))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// `POST /v1/connect-sessions` → connect_url.
     pub async fn connect_url(
         &self,
