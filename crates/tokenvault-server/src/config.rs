@@ -97,6 +97,15 @@ pub struct Config {
     pub breaker_open_secs: u64,
     /// Successful trial calls that close the circuit.
     pub breaker_success_threshold: u32,
+    /// HMAC key under which user ids appear in logs (8 hex chars). Give every
+    /// instance the same value so their logs correlate; unset = a random key
+    /// per process.
+    pub log_salt: Option<SecretString>,
+    /// Largest request body accepted (bytes); larger ones get 413.
+    pub max_body_bytes: usize,
+    /// A request still running after this many seconds is answered 503
+    /// `request_timeout` (must exceed the refresh wait, 25 s).
+    pub request_timeout_secs: u64,
 }
 
 fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -157,6 +166,9 @@ impl Default for Config {
             breaker_failure_threshold: 5,
             breaker_open_secs: 60,
             breaker_success_threshold: 3,
+            log_salt: None,
+            max_body_bytes: 1024 * 1024,
+            request_timeout_secs: 30,
         }
     }
 }

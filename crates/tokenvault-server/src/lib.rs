@@ -1,7 +1,9 @@
 //! The tokenvault service: configuration, HTTP, operator commands. The
 //! binary (`main.rs`) only parses the command line and dispatches here.
 
+pub mod api_keys;
 pub mod config;
+pub mod config_check;
 pub mod http;
 pub mod keys;
 pub mod wiring;

@@ -1,6 +1,6 @@
 //! `tokenvault`: the service and its operator commands.
 
-use tokenvault_server::{config, http, keys, wiring};
+use tokenvault_server::{api_keys, config, config_check, http, keys, wiring};
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -11,12 +11,20 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use config::{Config, LogFormat};
+use tokenvault::api_keys::Scope;
 
 #[derive(Parser)]
 #[command(
     name = "tokenvault",
     version,
-    about = "Keeps your users' third-party OAuth tokens valid: flows, encrypted storage, refresh."
+    about = "Keeps your users' third-party OAuth tokens valid: flows, encrypted storage, refresh.",
+    long_about = "Keeps your users' third-party OAuth tokens valid: runs the OAuth flows, stores \
+tokens encrypted, refreshes them before they expire (once across all instances), and hands \
+your backend a valid access token over HTTP.\n\n\
+Configuration: defaults < tokenvault.toml (or --config) < TOKENVAULT_* environment variables \
+and <KEY>_CLIENT_ID / _CLIENT_SECRET / _REDIRECT_URI per integration. \
+`tokenvault config check` shows the result.",
+    after_help = "Start here: `tokenvault serve` runs the service on an embedded SQLite database in ./data."
 )]
 struct Cli {
     /// Configuration file (TOML). Default: ./tokenvault.toml if present.
@@ -36,11 +44,58 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
-    /// Manage master keys (key-encryption keys).
+    /// Manage master keys (the key-encryption keys every token is sealed under).
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Manage API keys for the /v1 API (stored hashed in the database).
+    #[command(name = "api-keys")]
+    ApiKeys {
+        #[command(subcommand)]
+        command: ApiKeysCommand,
+    },
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApiKeysCommand {
+    /// Create a key and print it once (alone on stdout); only its hash is stored.
+    Create {
+        /// What the key is for, e.g. "billing backend" (1-64 characters).
+        #[arg(long)]
+        name: String,
+        /// read-tokens: read tokens and statuses; manage: also connect, refresh,
+        /// revoke; admin: also import connections and reset integrations.
+        #[arg(long, value_parser = parse_scope)]
+        scope: Scope,
+    },
+    /// List keys (id, scope, state, created, last used, name); never the keys themselves.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by id; every instance refuses it within seconds.
+    Revoke {
+        /// The key's id, as `api-keys list` shows it (the 12 hex characters after `tvk_`).
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration with secrets masked; exit 1 if it has errors.
+    Check,
+}
+
+fn parse_scope(raw: &str) -> Result<Scope, String> {
+    raw.parse()
+        .map_err(|err: tokenvault::api_keys::UnknownScope| err.to_string())
 }
 
 #[derive(Subcommand)]
@@ -82,6 +137,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
     init_tracing(config.log_format);
     match cli.command {
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => check_config(&config),
+        Command::ApiKeys { command } => match command {
+            ApiKeysCommand::Create { name, scope } => api_keys::create(&config, &name, scope).await,
+            ApiKeysCommand::List { json } => api_keys::list(&config, json).await,
+            ApiKeysCommand::Revoke { id } => api_keys::revoke(&config, &id).await,
+        },
         Command::Serve { bind } => serve(config, bind).await,
         Command::Migrate => {
             let store = wiring::open_store(&config).await?;
@@ -96,6 +159,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             KeysCommand::Status => keys::status(&config).await,
         },
     }
+}
+
+fn check_config(config: &Config) -> anyhow::Result<()> {
+    let (effective, report) = config_check::check(config, |name| std::env::var(name).ok());
+    println!("# effective configuration (secrets masked)");
+    print!("{}", toml::to_string_pretty(&effective)?);
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
+    for error in &report.errors {
+        eprintln!("error: {error}");
+    }
+    if !report.errors.is_empty() {
+        anyhow::bail!("the configuration has {} error(s)", report.errors.len());
+    }
+    eprintln!("configuration OK");
+    Ok(())
 }
 
 async fn serve(config: Config, bind: Option<SocketAddr>) -> anyhow::Result<()> {

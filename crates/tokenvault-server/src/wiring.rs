@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use secrecy::ExposeSecret;
 use std::time::Duration;
+use tokenvault::api_keys::{ApiKeyStore, SqlApiKeyStore};
 use tokenvault::crypto::{Envelope, KeyRing};
 use tokenvault::device::{
     DeviceFlow, DevicePoller, DevicePollerHandle, PollerSettings, SqlDeviceSessionStore,
@@ -60,6 +61,16 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn ConnectionSto
     Ok(open_database(config).await?.connections())
 }
 
+/// The API-key table, migrated first when `migrate_on_start` is on (so
+/// `api-keys create` works on a fresh install before the first `serve`).
+pub async fn open_api_key_store(config: &Config) -> anyhow::Result<Arc<dyn ApiKeyStore>> {
+    let database = open_database(config).await?;
+    if config.migrate_on_start {
+        database.connections().migrate().await?;
+    }
+    Ok(SqlApiKeyStore::on(&database))
+}
+
 async fn open_database(config: &Config) -> anyhow::Result<Database> {
     let options = PoolOptions {
         max_connections: config.database_max_connections,
@@ -77,6 +88,9 @@ pub fn envelope(ring: KeyRing) -> Envelope {
 /// Everything `serve` needs, built once. Tests call this too, so the service
 /// under test is wired exactly as in production.
 pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
+    if let Some(salt) = &config.log_salt {
+        tokenvault::privacy::set_log_salt(salt.expose_secret().as_bytes());
+    }
     let (ring, _) = load_key_ring(config)?;
     // One pool serves the connection, state and device-session stores.
     let database = open_database(config).await?;
@@ -120,7 +134,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     );
     Ok(AppState {
         vault,
-        api_keys: ApiKeys::new(&config.api_keys),
+        api_keys: ApiKeys::new(&config.api_keys, Some(SqlApiKeyStore::on(&database))),
         catalog: Arc::new(catalog),
         integrations,
         states,
@@ -128,6 +142,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         settings: Arc::new(FlowSettings::from_config(config)?),
         app_tokens: Default::default(),
         device,
+        limits: crate::http::Limits::from_config(config),
     })
 }
 
@@ -138,7 +153,7 @@ pub fn spawn_device_poller(state: &AppState) -> DevicePollerHandle {
     DevicePoller::new(state.device.clone(), PollerSettings::default()).spawn()
 }
 
-fn load_catalog(config: &Config) -> anyhow::Result<Catalog> {
+pub fn load_catalog(config: &Config) -> anyhow::Result<Catalog> {
     let catalog = Catalog::builtin();
     let Some(path) = &config.providers_file else {
         return Ok(catalog);

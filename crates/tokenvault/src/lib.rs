@@ -4,12 +4,14 @@
 //! client, the provider catalog and storage; the `tokenvault-server` crate
 //! wires them into an HTTP service.
 
+pub mod api_keys;
 pub mod crypto;
 pub mod device;
 pub mod domain;
 pub mod events;
 pub mod integrations;
 pub mod oauth;
+pub mod privacy;
 pub mod providers;
 pub mod refresh;
 pub mod rotation;

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokenvault::device::DeviceFlow;
 use tokenvault::domain::{IntegrationKey, TokenSet};
@@ -26,7 +26,7 @@ use tokenvault::state::StateStore;
 use tokenvault::vault::Vault;
 use url::Url;
 
-pub use auth::ApiKeys;
+pub use auth::{ApiKeys, Caller, KEY_CACHE_TTL, required_scope};
 use error::REQUEST_ID;
 
 /// One cached client-credentials token per integration; the inner lock makes
@@ -47,6 +47,25 @@ pub struct AppState {
     /// Device authorization sessions; a [`tokenvault::device::DevicePoller`]
     /// (see `wiring::spawn_device_poller`) polls them.
     pub device: DeviceFlow,
+    pub limits: Limits,
+}
+
+/// Bounds on every request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Larger bodies are refused with 413.
+    pub max_body_bytes: usize,
+    /// Requests still running after this are answered 503 `request_timeout`.
+    pub request_timeout: Duration,
+}
+
+impl Limits {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            max_body_bytes: config.max_body_bytes,
+            request_timeout: Duration::from_secs(config.request_timeout_secs.max(1)),
+        }
+    }
 }
 
 /// Settings of the browser flows.
@@ -82,6 +101,7 @@ impl FlowSettings {
 }
 
 pub fn router(state: AppState) -> Router {
+    let limits = state.limits;
     let v1 = Router::new()
         .route(
             "/ping",
@@ -126,7 +146,55 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", v1)
         .fallback(|| async { error::ApiError::not_found("not_found", "no such endpoint") })
         .with_state(state)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(limits, request_timeout))
         .layer(middleware::from_fn(request_id))
+}
+
+/// Answers 503 `request_timeout` when a handler runs longer than the limit
+/// (the handler is dropped; a refresh it started under a lease finishes or
+/// its lease expires, so nothing is left half-written).
+async fn request_timeout(
+    axum::extract::State(limits): axum::extract::State<Limits>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(limits.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(
+                timeout_secs = limits.request_timeout.as_secs(),
+                "request timed out"
+            );
+            error::ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "request_timeout",
+                format!(
+                    "the request did not complete within {} s; retry later",
+                    limits.request_timeout.as_secs()
+                ),
+            )
+            .into_response()
+        }
+    }
+}
+
+/// The request path as logs show it: user ids replaced by their keyed hash
+/// and connect-session ids (single-use bearer links) cut to 8 characters.
+fn loggable_path(path: &str) -> String {
+    let mut previous = "";
+    path.split('/')
+        .map(|segment| {
+            let shown = match previous {
+                "users" => tokenvault::privacy::UserTag(segment).to_string(),
+                "connect" => format!("{}…", tokenvault::privacy::truncated(segment)),
+                _ => segment.to_owned(),
+            };
+            previous = segment;
+            shown
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Gives every request an id (the caller's `X-Request-Id` if sane, else a
@@ -145,7 +213,7 @@ async fn request_id(request: Request, next: Next) -> Response {
         })
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %loggable_path(request.uri().path()));
     let mut response = REQUEST_ID
         .scope(
             id.clone(),
@@ -156,4 +224,23 @@ async fn request_id(request: Request, next: Next) -> Response {
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_paths_hide_user_ids_and_connect_links() {
+        let user = "alice@example.com";
+        let logged = loggable_path(&format!("/v1/users/{user}/connections/spotify/token"));
+        assert!(!logged.contains(user), "{logged}");
+        let tag = tokenvault::privacy::UserTag(user).to_string();
+        assert_eq!(logged, format!("/v1/users/{tag}/connections/spotify/token"));
+        assert_eq!(
+            loggable_path("/connect/0123456789abcdefghij"),
+            "/connect/01234567…"
+        );
+        assert_eq!(loggable_path("/v1/integrations"), "/v1/integrations");
+    }
 }

@@ -89,6 +89,11 @@ impl UserId {
         Ok(Self(raw))
     }
 
+    /// How this user appears in logs: a keyed hash, see [`crate::privacy`].
+    pub fn log_tag(&self) -> crate::privacy::UserTag<'_> {
+        crate::privacy::UserTag(&self.0)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
