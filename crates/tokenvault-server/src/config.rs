@@ -97,6 +97,24 @@ pub struct Config {
     pub breaker_open_secs: u64,
     /// Successful trial calls that close the circuit.
     pub breaker_success_threshold: u32,
+    /// Where Prometheus scrapes `GET /metrics` (its own listener, no API
+    /// key); `"off"` or empty disables metrics.
+    #[serde(deserialize_with = "optional_addr")]
+    pub metrics_bind: Option<SocketAddr>,
+}
+
+/// A socket address, or `off` / empty for none.
+fn optional_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let raw = String::deserialize(d)?;
+    let raw = raw.trim();
+    if raw.is_empty() || raw.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    raw.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{raw:?} is not a socket address like 127.0.0.1:9464 (or \"off\")"
+        ))
+    })
 }
 
 fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -157,6 +175,7 @@ impl Default for Config {
             breaker_failure_threshold: 5,
             breaker_open_secs: 60,
             breaker_success_threshold: 3,
+            metrics_bind: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
         }
     }
 }

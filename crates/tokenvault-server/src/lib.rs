@@ -4,4 +4,5 @@
 pub mod config;
 pub mod http;
 pub mod keys;
+pub mod metrics;
 pub mod wiring;

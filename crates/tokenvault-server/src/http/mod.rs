@@ -127,6 +127,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { error::ApiError::not_found("not_found", "no such endpoint") })
         .with_state(state)
         .layer(middleware::from_fn(request_id))
+        .layer(middleware::from_fn(crate::metrics::track_http))
 }
 
 /// Gives every request an id (the caller's `X-Request-Id` if sane, else a
