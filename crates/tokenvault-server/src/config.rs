@@ -106,6 +106,24 @@ pub struct Config {
     /// A request still running after this many seconds is answered 503
     /// `request_timeout` (must exceed the refresh wait, 25 s).
     pub request_timeout_secs: u64,
+    /// Where Prometheus scrapes `GET /metrics` (its own listener, no API
+    /// key); `"off"` or empty disables metrics.
+    #[serde(deserialize_with = "optional_addr")]
+    pub metrics_bind: Option<SocketAddr>,
+}
+
+/// A socket address, or `off` / empty for none.
+fn optional_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let raw = String::deserialize(d)?;
+    let raw = raw.trim();
+    if raw.is_empty() || raw.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    raw.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{raw:?} is not a socket address like 127.0.0.1:9464 (or \"off\")"
+        ))
+    })
 }
 
 fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -169,6 +187,7 @@ impl Default for Config {
             log_salt: None,
             max_body_bytes: 1024 * 1024,
             request_timeout_secs: 30,
+            metrics_bind: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
         }
     }
 }

@@ -274,6 +274,14 @@ fn render(
     );
     put("max_body_bytes", int(config.max_body_bytes));
     put("request_timeout_secs", int(config.request_timeout_secs));
+    put(
+        "metrics_bind",
+        Value::String(
+            config
+                .metrics_bind
+                .map_or_else(|| "off".into(), |addr| addr.to_string()),
+        ),
+    );
     let mut tables = Table::new();
     for (key, integration) in integrations.map(|i| &i.integrations).into_iter().flatten() {
         let mut entry = Table::new();

@@ -6,4 +6,5 @@ pub mod config;
 pub mod config_check;
 pub mod http;
 pub mod keys;
+pub mod metrics;
 pub mod wiring;

@@ -1,6 +1,6 @@
 //! `tokenvault`: the service and its operator commands.
 
-use tokenvault_server::{api_keys, config, config_check, http, keys, wiring};
+use tokenvault_server::{api_keys, config, config_check, http, keys, metrics, wiring};
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -179,6 +179,8 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, bind: Option<SocketAddr>) -> anyhow::Result<()> {
+    // Before the state is built: start-up already sets integration gauges.
+    let recorder = config.metrics_bind.map(|bind| (bind, metrics::install()));
     let state = wiring::build_state(&config).await?;
     let addr = bind.unwrap_or(config.bind);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -187,6 +189,17 @@ async fn serve(config: Config, bind: Option<SocketAddr>) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, integrations = state.integrations.len(), "listening");
     eprintln!("tokenvault listening on http://{local}");
+    let metrics = match recorder {
+        Some((bind, handle)) => {
+            let server = metrics::start(bind, handle, &state)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {bind}"))?;
+            tracing::info!(addr = %server.addr(), "metrics listening");
+            eprintln!("tokenvault metrics on http://{}/metrics", server.addr());
+            Some(server)
+        }
+        None => None,
+    };
     let poller = wiring::spawn_device_poller(&state);
     let purger =
         wiring::spawn_state_purger(state.states.clone(), std::time::Duration::from_secs(60));
@@ -204,6 +217,9 @@ async fn serve(config: Config, bind: Option<SocketAddr>) -> anyhow::Result<()> {
         let _ = task.await;
     }
     purger.abort();
+    if let Some(metrics) = metrics {
+        metrics.shutdown().await;
+    }
     served?;
     tracing::info!("stopped");
     Ok(())

@@ -107,6 +107,8 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         .context("resolving integrations")?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let states = state_store(config, &database, Arc::clone(&clock))?;
+    // Timed whatever the backend.
+    let states = crate::metrics::TimedStateStore::wrap(states);
     let integrations = Arc::new(integrations);
     let vault = Vault::builder(store, envelope(ring))
         .clock(clock)

@@ -22,6 +22,8 @@ fn tokenvault(dir: &Path) -> Command {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("TOKENVAULT_DATA_DIR", dir.join("data"))
         .env("TOKENVAULT_LOG_FORMAT", "json")
+        // Processes run side by side: no fixed metrics port.
+        .env("TOKENVAULT_METRICS_BIND", "127.0.0.1:0")
         .current_dir(dir)
         .stdin(Stdio::null());
     cmd

@@ -32,6 +32,8 @@ async fn spawn(
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("TOKENVAULT_DATA_DIR", dir)
         .env("TOKENVAULT_LOG_FORMAT", "json")
+        // Processes run side by side: no fixed metrics port.
+        .env("TOKENVAULT_METRICS_BIND", "127.0.0.1:0")
         .args([
             "--config",
             config.to_str().unwrap(),

@@ -149,6 +149,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(limits, request_timeout))
         .layer(middleware::from_fn(request_id))
+        .layer(middleware::from_fn(crate::metrics::track_http))
 }
 
 /// Answers 503 `request_timeout` when a handler runs longer than the limit
