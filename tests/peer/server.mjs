@@ -58,6 +58,27 @@ function freshStats() {
 }
 let stats = freshStats();
 
+/**
+ * Every secret value the peer saw or issued on the token and revocation
+ * endpoints (codes, PKCE verifiers, client secrets, tokens), so a test can
+ * assert that none of them reaches the client's logs. GET /__test/secrets.
+ */
+let secretsSeen = new Set();
+function noteSecrets(...values) {
+  for (const value of values) {
+    if (typeof value === 'string' && value.length >= 8) secretsSeen.add(value);
+  }
+}
+function noteClientAuth(ctx, params) {
+  noteSecrets(params.get('client_secret'));
+  const header = ctx.get('authorization');
+  if (header.startsWith('Basic ')) {
+    const decoded = Buffer.from(header.slice(6), 'base64').toString('utf8');
+    const colon = decoded.indexOf(':');
+    if (colon >= 0) noteSecrets(decodeURIComponent(decoded.slice(colon + 1)));
+  }
+}
+
 const bump = (map, key) => { map[key] = (map[key] ?? 0) + 1; };
 
 // ---------------------------------------------------------------------------
@@ -430,8 +451,11 @@ async function handleHook(ctx) {
       return sendJson(ctx, 200, { queued: 0 });
     case 'GET /__test/stats':
       return sendJson(ctx, 200, stats);
+    case 'GET /__test/secrets':
+      return sendJson(ctx, 200, { secrets: [...secretsSeen] });
     case 'POST /__test/reset':
       stats = freshStats();
+      secretsSeen = new Set();
       faults = [];
       return sendJson(ctx, 200, { reset: true });
     case 'POST /__test/revoke-grants':
@@ -526,11 +550,15 @@ async function handleToken(ctx, next) {
   }
   if (fault) stats.delays_applied += 1;
 
+  noteSecrets(params.get('code'), params.get('code_verifier'), params.get('refresh_token'), params.get('device_code'));
+  noteClientAuth(ctx, params);
   if (grantType === 'refresh_token' && params.get('refresh_token')) {
     await withRefreshLock(params.get('refresh_token'), next);
   } else {
     await next();
   }
+  const issued = ctx.body;
+  if (issued && typeof issued === 'object') noteSecrets(issued.access_token, issued.refresh_token, issued.id_token);
 }
 
 // provider.use() inserts middleware in front of oidc-provider's own router.
@@ -539,6 +567,13 @@ provider.use(async (ctx, next) => {
     if (ctx.path.startsWith('/__test/')) return await handleHook(ctx);
     if (ctx.method === 'GET' && /^\/interaction\/[^/]+$/.test(ctx.path)) return await handleInteraction(ctx);
     if (ctx.method === 'POST' && ctx.path === ROUTES.token) return await handleToken(ctx, next);
+    if (ctx.method === 'POST' && ctx.path === ROUTES.revocation) {
+      const raw = await readRaw(ctx.req);
+      ctx.req.body = raw;
+      const params = new URLSearchParams(raw.toString('utf8'));
+      noteSecrets(params.get('token'));
+      noteClientAuth(ctx, params);
+    }
     if (ctx.path === ROUTES.userinfo) stats.userinfo_requests += 1;
     await next();
     if (ctx.method === 'POST' && ctx.path === ROUTES.revocation && ctx.status === 200) stats.revocations += 1;

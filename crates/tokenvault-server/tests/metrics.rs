@@ -5,9 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -20,95 +17,6 @@ const TOKEN_ROUTE: &str = "/v1/users/{user_id}/connections/{integration}/token";
 /// User ids that must never show up in the exposition.
 const USER_A: &str = "user-9d2c41";
 const USER_B: &str = "user-5e7b03";
-
-/// A `tokenvault serve` child whose stderr is collected line by line.
-struct Process {
-    child: Child,
-    stderr: Arc<Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Process {
-    fn spawn(config: &std::path::Path, dir: &std::path::Path, env: &[(&str, String)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenvault"));
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("TOKENVAULT_DATA_DIR", dir)
-            .env("TOKENVAULT_LOG_FORMAT", "json")
-            .args(["--config", config.to_str().unwrap(), "serve"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (name, value) in env {
-            cmd.env(name, value);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&stderr);
-        let pipe = child.stderr.take().unwrap();
-        // Drains the pipe for the process's whole life so logging never blocks.
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Process {
-            child,
-            stderr,
-            reader: Some(reader),
-        }
-    }
-
-    /// The rest of the first stderr line starting with `prefix`.
-    async fn line_after(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(rest) = self
-                .stderr
-                .lock()
-                .unwrap()
-                .iter()
-                .find_map(|line| line.strip_prefix(prefix))
-            {
-                return rest.to_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {prefix:?} line; stderr:\n{}",
-                self.stderr.lock().unwrap().join("\n")
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn has_line(&self, prefix: &str) -> bool {
-        self.stderr
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|line| line.starts_with(prefix))
-    }
-
-    /// SIGTERM, then the exit status once the process and its stderr ended
-    /// (so every line it printed is collected).
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let killed = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let status = self.child.wait().unwrap();
-        self.reader.take().unwrap().join().unwrap();
-        status
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One sample of the text exposition format.
 #[derive(Debug)]

@@ -338,3 +338,92 @@ pub async fn connection_exists(service: &Service, user: &str, integration: &str)
         .unwrap()
         .is_some()
 }
+
+/// A `tokenvault serve` child whose stderr is collected line by line.
+pub struct Process {
+    pub child: Child,
+    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Process {
+    pub fn spawn(config: &std::path::Path, dir: &std::path::Path, env: &[(&str, String)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenvault"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("TOKENVAULT_DATA_DIR", dir)
+            .env("TOKENVAULT_LOG_FORMAT", "json")
+            .args(["--config", config.to_str().unwrap(), "serve"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (name, value) in env {
+            cmd.env(name, value);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&stderr);
+        let pipe = child.stderr.take().unwrap();
+        // Drains the pipe for the process's whole life so logging never blocks.
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Process {
+            child,
+            stderr,
+            reader: Some(reader),
+        }
+    }
+
+    /// The rest of the first stderr line starting with `prefix`.
+    pub async fn line_after(&self, prefix: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(rest) = self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .find_map(|line| line.strip_prefix(prefix))
+            {
+                return rest.to_owned();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {prefix:?} line; stderr:\n{}",
+                self.stderr.lock().unwrap().join("\n")
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn has_line(&self, prefix: &str) -> bool {
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.starts_with(prefix))
+    }
+
+    /// SIGTERM, then the exit status once the process and its stderr ended
+    /// (so every line it printed is collected).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = self.child.wait().unwrap();
+        self.reader.take().unwrap().join().unwrap();
+        status
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
