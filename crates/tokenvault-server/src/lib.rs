@@ -3,5 +3,6 @@
 
 pub mod config;
 pub mod http;
+pub mod import;
 pub mod keys;
 pub mod wiring;

@@ -1,6 +1,6 @@
 //! `tokenvault`: the service and its operator commands.
 
-use tokenvault_server::{config, http, keys, wiring};
+use tokenvault_server::{config, http, import, keys, wiring};
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -41,6 +41,24 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Import tokens from a legacy store: a JSONL file, one connection per line.
+    #[command(long_about = import::HELP)]
+    Import {
+        /// The JSONL file (`-` reads standard input).
+        file: PathBuf,
+        /// Also write rejected lines to this file, as JSONL {line, error, reason, user_id?, integration?}.
+        #[arg(long, value_name = "FILE")]
+        rejects: Option<PathBuf>,
+        /// Check every line and compare it with the database; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Replace connections even where tokenvault holds newer, refreshed tokens.
+        #[arg(long)]
+        force: bool,
+        /// Lines imported at the same time.
+        #[arg(long, default_value_t = import::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=64))]
+        concurrency: u16,
+    },
 }
 
 #[derive(Subcommand)]
@@ -71,6 +89,11 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // Finished, but not every line went in: scripts must notice.
+        Err(err) if err.downcast_ref::<import::LinesRejected>().is_some() => {
+            eprintln!("error: {err}");
+            std::process::ExitCode::from(2)
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             std::process::ExitCode::FAILURE
@@ -95,6 +118,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             KeysCommand::Retire { id } => keys::retire(&config, &id).await,
             KeysCommand::Status => keys::status(&config).await,
         },
+        Command::Import {
+            file,
+            rejects,
+            dry_run,
+            force,
+            concurrency,
+        } => {
+            let args = import::ImportArgs {
+                file,
+                rejects,
+                dry_run,
+                force,
+                concurrency: usize::from(concurrency),
+            };
+            import::run(&config, args).await.map(drop)
+        }
     }
 }
 
