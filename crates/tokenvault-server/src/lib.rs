@@ -5,6 +5,7 @@ pub mod api_keys;
 pub mod config;
 pub mod config_check;
 pub mod http;
+pub mod import;
 pub mod keys;
 pub mod metrics;
 pub mod wiring;

@@ -1,6 +1,6 @@
 //! `tokenvault`: the service and its operator commands.
 
-use tokenvault_server::{api_keys, config, config_check, http, keys, metrics, wiring};
+use tokenvault_server::{api_keys, config, config_check, http, import, keys, metrics, wiring};
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -59,6 +59,24 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Import tokens from a legacy store: a JSONL file, one connection per line.
+    #[command(long_about = import::HELP)]
+    Import {
+        /// The JSONL file (`-` reads standard input).
+        file: PathBuf,
+        /// Also write rejected lines to this file, as JSONL {line, error, reason, user_id?, integration?}.
+        #[arg(long, value_name = "FILE")]
+        rejects: Option<PathBuf>,
+        /// Check every line and compare it with the database; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Replace connections even where tokenvault holds newer, refreshed tokens.
+        #[arg(long)]
+        force: bool,
+        /// Lines imported at the same time.
+        #[arg(long, default_value_t = import::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=64))]
+        concurrency: u16,
     },
 }
 
@@ -126,6 +144,11 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // Finished, but not every line went in: scripts must notice.
+        Err(err) if err.downcast_ref::<import::LinesRejected>().is_some() => {
+            eprintln!("error: {err}");
+            std::process::ExitCode::from(2)
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             std::process::ExitCode::FAILURE
@@ -158,6 +181,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             KeysCommand::Retire { id } => keys::retire(&config, &id).await,
             KeysCommand::Status => keys::status(&config).await,
         },
+        Command::Import {
+            file,
+            rejects,
+            dry_run,
+            force,
+            concurrency,
+        } => {
+            let args = import::ImportArgs {
+                file,
+                rejects,
+                dry_run,
+                force,
+                concurrency: usize::from(concurrency),
+            };
+            import::run(&config, args).await.map(drop)
+        }
     }
 }
 

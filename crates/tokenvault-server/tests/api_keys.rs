@@ -164,7 +164,34 @@ async fn scopes_nest_and_wrong_scope_is_403_with_nothing_changed() {
         (StatusCode::FORBIDDEN, Some("forbidden"))
     );
 
+    let import = json!({"access_token": "imported-access-token-1", "refresh_token": "imported-refresh-token-1"});
+    let (status, body) = call(
+        &service,
+        reqwest::Method::PUT,
+        "/v1/users/u3/connections/github",
+        Some(&manager),
+        Some(import.clone()),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden"))
+    );
+    assert!(
+        !connection_exists(&service, "u3", "github").await,
+        "a refused import stores nothing"
+    );
+
     // admin may do everything.
+    let (status, _) = call(
+        &service,
+        reqwest::Method::PUT,
+        "/v1/users/u3/connections/github",
+        Some(&admin),
+        Some(import),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
     let (status, _) = call(
         &service,
         reqwest::Method::POST,

@@ -9,6 +9,7 @@ pub mod crypto;
 pub mod device;
 pub mod domain;
 pub mod events;
+pub mod import;
 pub mod integrations;
 pub mod oauth;
 pub mod privacy;

@@ -60,9 +60,17 @@ impl ApiError {
 }
 
 /// Malformed or mistyped bodies all answer 400 `invalid_json`; serde's
-/// message names the offending field.
+/// message names the offending field. A body over the size limit is the
+/// client's size problem, not its syntax: 413 `payload_too_large`.
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                rejection.body_text(),
+            );
+        }
         Self::new(
             StatusCode::BAD_REQUEST,
             "invalid_json",

@@ -65,17 +65,8 @@ pub(super) fn user_id(raw: &str) -> Result<UserId, ApiError> {
 }
 
 pub(super) fn parse_scopes(scopes: &[String]) -> Result<Scopes, ApiError> {
-    if let Some(bad) = scopes
-        .iter()
-        .find(|s| s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()))
-    {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_scopes",
-            format!("scope {bad:?} is empty or contains whitespace"),
-        ));
-    }
-    Ok(scopes.iter().cloned().collect())
+    Scopes::try_from_list(scopes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_scopes", e.to_string()))
 }
 
 #[derive(Deserialize)]

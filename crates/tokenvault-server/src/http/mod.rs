@@ -6,6 +6,7 @@ mod device;
 pub mod error;
 mod flows;
 mod health;
+mod import;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -117,7 +118,9 @@ pub fn router(state: AppState) -> Router {
         .route("/users/{user_id}/connections", get(connections::list))
         .route(
             "/users/{user_id}/connections/{integration}",
-            get(connections::show).delete(connections::revoke),
+            get(connections::show)
+                .delete(connections::revoke)
+                .put(import::put_connection),
         )
         .route(
             "/users/{user_id}/connections/{integration}/token",

@@ -10,7 +10,7 @@ mod token;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use ids::{ConnectionId, DeviceSessionId, IdError, IntegrationKey, UserId};
-pub use scopes::Scopes;
+pub use scopes::{InvalidScope, Scopes};
 pub use secret::{AccessToken, RefreshToken, mask};
 pub use status::{ConnectionStatus, InvalidTransition, UnknownStatus};
 pub use token::{TokenSet, TokenType, UnknownTokenType};

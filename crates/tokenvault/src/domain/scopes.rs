@@ -3,6 +3,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// A scope that cannot be stored as given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("scope {0:?} is empty or contains whitespace")]
+pub struct InvalidScope(pub String);
+
 /// A set of OAuth scopes. Providers disagree on the separator (space per
 /// RFC 6749, comma for GitHub and others), so parsing and formatting take it
 /// as an argument; the canonical stored form is space-separated and sorted.
@@ -29,6 +34,26 @@ impl Scopes {
                 .map(str::to_owned)
                 .collect(),
         )
+    }
+
+    /// Scopes named one by one (an API body, an import file): unlike
+    /// [`Scopes::parse`], nothing is split or dropped, so a scope that is
+    /// empty or contains whitespace or control characters is refused rather
+    /// than silently changed.
+    pub fn try_from_list<I, S>(scopes: I) -> Result<Self, InvalidScope>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut set = BTreeSet::new();
+        for scope in scopes {
+            let scope = scope.as_ref();
+            if scope.is_empty() || scope.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(InvalidScope(scope.to_owned()));
+            }
+            set.insert(scope.to_owned());
+        }
+        Ok(Self(set))
     }
 
     pub fn format(&self, separator: &str) -> String {
@@ -104,6 +129,24 @@ mod tests {
         assert!(github.includes_all(&Scopes::parse("repo", " ")));
         assert!(!github.includes_all(&Scopes::parse("repo gist", " ")));
         assert!(Scopes::parse("   ", " ").is_empty());
+    }
+
+    #[test]
+    fn listed_scopes_are_refused_not_repaired() {
+        let scopes = Scopes::try_from_list(["repo", "read:user", "repo"]).unwrap();
+        assert_eq!(scopes.to_vec(), ["read:user", "repo"]);
+        for bad in ["", "a b", " repo", "repo\n", "x\u{7}"] {
+            assert_eq!(
+                Scopes::try_from_list(["ok", bad]),
+                Err(InvalidScope(bad.to_owned())),
+                "{bad:?}"
+            );
+        }
+        assert!(
+            Scopes::try_from_list(Vec::<String>::new())
+                .unwrap()
+                .is_empty()
+        );
     }
 
     proptest! {
