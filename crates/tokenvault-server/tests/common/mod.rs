@@ -63,6 +63,18 @@ impl Peer {
         response.json().await.unwrap_or(Value::Null)
     }
 
+    /// `GET /__test/{path}` on the peer.
+    pub async fn hook_get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}/__test/{path}", self.issuer))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn stats(&self) -> Value {
         self.http
             .get(format!("{}/__test/stats", self.issuer))
