@@ -183,21 +183,6 @@ fn unreachable_database_is_named_without_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-#[test]
-fn help_lists_every_command() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ok, stdout, _) = run(tokenvault(dir.path()).arg("--help"));
-    assert!(ok);
-    for command in ["serve", "migrate", "keys"] {
-        assert!(stdout.contains(command), "{stdout}");
-    }
-    let (ok, stdout, _) = run(tokenvault(dir.path()).args(["keys", "--help"]));
-    assert!(ok);
-    for command in ["generate", "rotate", "retire", "status"] {
-        assert!(stdout.contains(command), "{stdout}");
-    }
-}
-
 #[tokio::test]
 async fn key_lifecycle_generate_rotate_retire() {
     let dir = tempfile::tempdir().unwrap();
@@ -312,4 +297,124 @@ async fn key_lifecycle_generate_rotate_retire() {
         .await
         .unwrap();
     }
+}
+
+#[test]
+fn config_check_masks_secrets_and_fails_on_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tokenvault.toml"),
+        "[integrations.spotify]\nprovider = \"spotify\"\nredirect_uri = \"http://127.0.0.1:8080/oauth/callback\"\n",
+    )
+    .unwrap();
+    let secrets = [
+        "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        "spotify-secret-4411",
+        "tvk_bootstrap_9911",
+        "pg-password-6620",
+        "whsec_2244",
+        "salt-7788",
+    ];
+    let (ok, stdout, stderr) = run(tokenvault(dir.path())
+        .args(["config", "check"])
+        .env("TOKENVAULT_MASTER_KEYS", secrets[0])
+        .env("SPOTIFY_CLIENT_ID", "spotify-client")
+        .env("SPOTIFY_CLIENT_SECRET", secrets[1])
+        .env("TOKENVAULT_API_KEYS", secrets[2])
+        .env(
+            "TOKENVAULT_DATABASE_URL",
+            format!("postgres://tv:{}@db.internal:5432/tokenvault", secrets[3]),
+        )
+        .env("TOKENVAULT_WEBHOOK_URL", "https://app.example.com/hooks")
+        .env("TOKENVAULT_WEBHOOK_SECRET", secrets[4])
+        .env("TOKENVAULT_LOG_SALT", secrets[5]));
+    assert!(ok, "a valid configuration passes: {stderr}");
+    assert!(stderr.contains("configuration OK"), "{stderr}");
+    for secret in secrets {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret} printed:\n{stdout}\n{stderr}"
+        );
+    }
+    // The effective values, env applied over the file, parse as TOML.
+    let effective: toml::Table = stdout.parse().unwrap();
+    assert_eq!(
+        effective["database_url"].as_str(),
+        Some("postgres://tv:********@db.internal:5432/tokenvault")
+    );
+    let spotify = effective["integrations"]["spotify"].as_table().unwrap();
+    assert_eq!(spotify["client_id"].as_str(), Some("spotify-client"));
+    assert_eq!(spotify["client_secret"].as_str(), Some("********"));
+    assert_eq!(effective["webhook_secret"].as_str(), Some("********"));
+    assert_eq!(effective["master_keys"].as_str(), Some("********"));
+
+    // Errors: exit non-zero, each named.
+    let (ok, _, stderr) = run(tokenvault(dir.path())
+        .args(["config", "check"])
+        .env("TOKENVAULT_ENVIRONMENT", "production")
+        .env("TOKENVAULT_MASTER_KEYS", "k1:not-base64")
+        .env("SPOTIFY_CLIENT_ID", "spotify-client")
+        .env("TOKENVAULT_WEBHOOK_URL", "https://app.example.com/hooks"));
+    assert!(!ok);
+    for expected in [
+        "TOKENVAULT_MASTER_KEYS",
+        "SPOTIFY_REDIRECT_URI",
+        "TOKENVAULT_WEBHOOK_SECRET",
+        "error(s)",
+    ] {
+        assert!(stderr.contains(expected), "{expected} not named:\n{stderr}");
+    }
+    // A file that does not parse is an error too, not a crash.
+    std::fs::write(dir.path().join("broken.toml"), "bind = [").unwrap();
+    let (ok, _, stderr) =
+        run(tokenvault(dir.path()).args(["--config", "broken.toml", "config", "check"]));
+    assert!(!ok && stderr.contains("configuration"), "{stderr}");
+    assert!(
+        !dir.path().join("data/master.key").exists(),
+        "check writes nothing"
+    );
+}
+
+#[test]
+fn every_command_has_clear_help() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, top, _) = run(tokenvault(dir.path()).arg("--help"));
+    assert!(ok);
+    let commands = ["serve", "migrate", "keys", "api-keys", "config", "import"];
+    for command in commands {
+        let line = top
+            .lines()
+            .find(|line| line.trim_start().starts_with(&format!("{command} ")))
+            .unwrap_or_else(|| panic!("`{command}` missing from --help:\n{top}"));
+        assert!(
+            line.split_whitespace().count() > 3,
+            "`{command}` has no description: {line:?}"
+        );
+    }
+    let nested = [
+        vec!["serve"],
+        vec!["migrate"],
+        vec!["keys", "generate"],
+        vec!["keys", "rotate"],
+        vec!["keys", "retire"],
+        vec!["keys", "status"],
+        vec!["api-keys", "create"],
+        vec!["api-keys", "list"],
+        vec!["api-keys", "revoke"],
+        vec!["config", "check"],
+        vec!["import"],
+    ];
+    for args in nested {
+        let (ok, help, stderr) = run(tokenvault(dir.path()).args(&args).arg("--help"));
+        assert!(ok, "{args:?} --help failed: {stderr}");
+        let about = help.lines().next().unwrap_or_default();
+        assert!(
+            about.split_whitespace().count() >= 4 && !about.starts_with("Usage"),
+            "{args:?} has no one-line description: {help}"
+        );
+        assert!(help.contains("Usage: tokenvault"), "{help}");
+    }
+    // Each option of api-keys create says what it is for.
+    let (_, help, _) = run(tokenvault(dir.path()).args(["api-keys", "create", "--help"]));
+    assert!(help.contains("read-tokens") && help.contains("manage") && help.contains("admin"));
 }

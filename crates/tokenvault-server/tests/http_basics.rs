@@ -87,3 +87,50 @@ async fn caller_request_ids_are_echoed_and_unknown_paths_are_json_404s() {
         .unwrap();
     assert_ne!(response.headers()["x-request-id"], "bad id\twith spaces");
 }
+
+#[tokio::test]
+async fn bodies_over_the_configured_limit_are_413_and_change_nothing() {
+    let server = start_service(|config, base| {
+        config.max_body_bytes = 2048;
+        config.integrations.insert(
+            tokenvault::domain::IntegrationKey::parse("github").unwrap(),
+            tokenvault::integrations::IntegrationConfig {
+                provider: "github".into(),
+                client_id: "gh-client".into(),
+                client_secret: Some(secrecy::SecretString::from("gh-secret")),
+                redirect_uri: Some(url::Url::parse(&format!("{base}/oauth/callback")).unwrap()),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let padding = "x".repeat(4096);
+    let big = server
+        .post_json(
+            "/v1/connect-sessions",
+            serde_json::json!({"user_id": "u1", "integration": "github", "redirect_to": padding}),
+        )
+        .await;
+    assert_eq!(big.status(), 413);
+    let body: serde_json::Value = big.json().await.unwrap();
+    assert_eq!(body["error"], "payload_too_large");
+    assert!(body["request_id"].is_string());
+    let import = server
+        .http
+        .put(server.url("/v1/users/u1/connections/github"))
+        .bearer_auth(API_KEY)
+        .json(&serde_json::json!({"access_token": padding}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(import.status(), 413);
+    assert!(!connection_exists(&server, "u1", "github").await);
+    // Under the limit, the same endpoint works.
+    let small = server
+        .post_json(
+            "/v1/connect-sessions",
+            serde_json::json!({"user_id": "u1", "integration": "github"}),
+        )
+        .await;
+    assert_eq!(small.status(), 201);
+}

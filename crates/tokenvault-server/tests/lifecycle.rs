@@ -648,3 +648,54 @@ async fn an_open_circuit_stops_provider_calls_and_shows_in_health() {
     );
     assert_eq!(ready["checks"]["integrations"][CLIENT]["circuit"], "open");
 }
+
+#[tokio::test]
+async fn a_request_that_times_out_mid_refresh_still_stores_the_rotated_token() {
+    let peer = Peer::start();
+    let service = setup(&peer, SECRET, |config| config.request_timeout_secs = 1).await;
+    connect(&peer, &service, "tim", 30).await;
+    let before = stored_access_token(&service, "tim").await;
+    // The provider takes 2.5 s to answer the refresh: longer than the
+    // request may run.
+    peer.hook(
+        "faults",
+        json!({"faults": [{"delay_ms": 2500, "grant_type": "refresh_token"}]}),
+    )
+    .await;
+    let started = Instant::now();
+    let response = service.get_json(&token_path("tim")).await;
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "request_timeout", "{body}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // The refresh the request started goes on without it and keeps the
+    // rotated refresh token (dropping it would kill the grant at the next
+    // refresh: the peer detects reuse of the old one).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stored_access_token(&service, "tim").await == before {
+        assert!(Instant::now() < deadline, "the refresh was abandoned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let response = service.get_json(&token_path("tim")).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["access_token"],
+        stored_access_token(&service, "tim").await
+    );
+    let forced = service
+        .post_json(
+            &format!("/v1/users/tim/connections/{CLIENT}/refresh"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(forced.status(), 200, "the grant is alive");
+    let stats = peer.stats().await;
+    assert_eq!(
+        refreshes(&stats),
+        2,
+        "the detached refresh, then the forced one"
+    );
+    assert_eq!(stats["grants_revoked"], 0);
+}

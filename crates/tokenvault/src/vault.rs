@@ -28,6 +28,9 @@ pub enum VaultError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// A background task (a refresh detached from its caller) panicked.
+    #[error("refresh task failed: {0}")]
+    Task(String),
 }
 
 /// Cheap to clone; clones share state (in-flight refreshes, breakers).

@@ -433,7 +433,17 @@ impl Vault {
                 outcome: TokenOutcome::Fresh,
             });
         }
-        match self.refresh_connection(record.id, &integration, mode).await {
+        // The refresh runs in its own task: if the caller goes away (client
+        // disconnect, request timeout), a refresh already sent to the
+        // provider still stores the rotated refresh token it gets back
+        // instead of losing it with the dropped future.
+        let vault = self.clone();
+        let id = record.id;
+        let refreshed =
+            tokio::spawn(async move { vault.refresh_connection(id, &integration, mode).await })
+                .await
+                .unwrap_or_else(|join| Err(TokenError::Vault(VaultError::Task(join.to_string()))));
+        match refreshed {
             Ok(Some(issued)) => Ok(issued),
             Ok(None) => fallback(TokenError::ProviderUnavailable {
                 reason: "another instance is still refreshing this connection".into(),
