@@ -32,8 +32,9 @@ async fn spawn(
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("TOKENVAULT_DATA_DIR", dir)
         .env("TOKENVAULT_LOG_FORMAT", "json")
-        // Processes run side by side: no fixed metrics port.
-        .env("TOKENVAULT_METRICS_BIND", "127.0.0.1:0")
+        // No metrics listener: a port-0 one could take a port another
+        // instance of the test picked with free_port().
+        .env("TOKENVAULT_METRICS_BIND", "off")
         .args([
             "--config",
             config.to_str().unwrap(),
@@ -392,4 +393,182 @@ async fn a_pending_webhook_survives_a_killed_process() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(receiver.events(SECRET, "connection.created").len(), 1);
     assert_eq!(store.count_pending_events().await.unwrap(), 0);
+}
+
+/// The lifecycle with every step on a different process: a connection made
+/// through A, read on B, refreshed on C, its grant's death noticed on B,
+/// an import on C, a revocation on B — with keys created by the CLI and each
+/// webhook event delivered once although three deliverers run.
+#[tokio::test]
+async fn a_connection_life_spread_over_three_instances() {
+    const CLIENT: &str = "spread-app";
+    const HOOK_SECRET: &str = "whsec_spread";
+    let peer = Peer::start();
+    let receiver = WebhookReceiver::start().await;
+    let ports = [free_port(), free_port(), free_port()];
+    let cluster = cluster(
+        &peer,
+        CLIENT,
+        &ports,
+        &format!(
+            "webhook_url = \"{}\"\nwebhook_secret = \"{HOOK_SECRET}\"\nscheduler_enabled = false\n",
+            receiver.url
+        ),
+    )
+    .await;
+    let [a, b, c] = [
+        cluster.start("a", ports[0]).await,
+        cluster.start("b", ports[1]).await,
+        cluster.start("c", ports[2]).await,
+    ];
+    // A key made by the CLI works on every instance (they share the table).
+    let created = Command::new(env!("CARGO_BIN_EXE_tokenvault"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TOKENVAULT_DATABASE_URL", &cluster.database_url)
+        .args([
+            "api-keys", "create", "--name", "backend", "--scope", "manage",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let manage_key = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, instance: &Instance, path: &str, key: &str| {
+        http.request(method, format!("{}{path}", instance.base))
+            .bearer_auth(key.to_owned())
+    };
+    let connection = format!("/v1/users/spreader/connections/{CLIENT}");
+    let token_on = |instance: &Instance| {
+        let request = call(
+            reqwest::Method::GET,
+            instance,
+            &format!("{connection}/token"),
+            &manage_key,
+        );
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<serde_json::Value>().await.unwrap()["access_token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+
+    cluster.connect("spreader", CLIENT).await;
+    let first = token_on(&b).await;
+    assert_eq!(
+        first,
+        token_on(&c).await,
+        "every instance hands out the same token"
+    );
+    let refreshed = call(
+        reqwest::Method::POST,
+        &c,
+        &format!("{connection}/refresh"),
+        &manage_key,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(refreshed.status(), 200);
+    let second = token_on(&a).await;
+    assert_ne!(first, second);
+    assert_eq!(second, token_on(&b).await);
+
+    // The grant dies at the provider; B finds out, A reports it.
+    peer.hook("revoke-grants", serde_json::json!({})).await;
+    let dead = call(
+        reqwest::Method::POST,
+        &b,
+        &format!("{connection}/refresh"),
+        &manage_key,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(dead.status(), 409);
+    let status: serde_json::Value = call(reqwest::Method::GET, &a, &connection, &manage_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["status"], "needs_reauth");
+
+    // Import (admin) on C, read on A, revoke on B, gone on C.
+    let importer = format!("/v1/users/importer/connections/{CLIENT}");
+    let put = call(reqwest::Method::PUT, &c, &importer, &manage_key)
+        .json(&serde_json::json!({"access_token": "legacy-access-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 403, "import needs admin");
+    let put = call(reqwest::Method::PUT, &c, &importer, API_KEY)
+        .json(&serde_json::json!({"access_token": "legacy-access-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    let read: serde_json::Value = call(
+        reqwest::Method::GET,
+        &a,
+        &format!("{importer}/token"),
+        &manage_key,
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(read["access_token"], "legacy-access-1");
+    let revoked = call(reqwest::Method::DELETE, &b, &importer, &manage_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let gone = call(
+        reqwest::Method::GET,
+        &c,
+        &format!("{importer}/token"),
+        &manage_key,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(gone.status(), 404);
+
+    // Each event once, though all three instances deliver.
+    let within = Duration::from_secs(30);
+    for (event, count) in [
+        ("connection.created", 2),
+        ("connection.needs_reauth", 1),
+        ("connection.revoked", 1),
+    ] {
+        let events = receiver.wait_for(HOOK_SECRET, event, count, within).await;
+        assert_eq!(events.len(), count, "{event}");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let deliveries = receiver.deliveries.lock().unwrap().len();
+    let ids: std::collections::HashSet<String> = receiver
+        .deliveries
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, body)| {
+            serde_json::from_str::<serde_json::Value>(body).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), deliveries, "no event was delivered twice");
+    assert_eq!(deliveries, 4);
 }
