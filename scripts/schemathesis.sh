@@ -23,7 +23,13 @@ log() { printf '==> %s\n' "$*" >&2; }
 
 if [ "$("$VENV/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version $SCHEMATHESIS_VERSION" ]; then
   log "installing schemathesis $SCHEMATHESIS_VERSION into $VENV"
-  python3 -m venv "$VENV"
+  if ! python3 -m venv --clear "$VENV" >/dev/null 2>&1; then
+    # Debian ships venv separately.
+    command -v apt-get >/dev/null || { log "install python3 with venv support"; exit 1; }
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+    python3 -m venv --clear "$VENV"
+  fi
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
