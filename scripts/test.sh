@@ -96,3 +96,6 @@ fi
 
 log "cargo test"
 cargo test --workspace "$@"
+
+log "schemathesis against a local instance"
+scripts/schemathesis.sh

@@ -134,3 +134,26 @@ async fn bodies_over_the_configured_limit_are_413_and_change_nothing() {
         .await;
     assert_eq!(small.status(), 201);
 }
+
+#[tokio::test]
+async fn unreadable_queries_and_paths_answer_the_error_envelope() {
+    let server = start_service(|_, _| {}).await;
+    for (path, code) in [
+        (
+            "/v1/users/u1/connections/demo/token?min_ttl=1&min_ttl=2",
+            "invalid_query",
+        ),
+        ("/v1/users/%FF/connections", "invalid_path"),
+    ] {
+        let response = server.get_json(path).await;
+        assert_eq!(response.status(), 400, "{path}");
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let request_id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], code, "{path}: {body}");
+        assert_eq!(body["request_id"], request_id.as_str());
+    }
+}

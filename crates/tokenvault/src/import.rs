@@ -65,6 +65,7 @@ pub struct ImportOptions {
 
 /// What an import did (or, in a dry run, would do).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ImportAction {
     /// There was no connection; one was stored.

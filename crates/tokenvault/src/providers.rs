@@ -66,6 +66,7 @@ pub use crate::oauth::TokenRequestFormat;
 /// PKCE (RFC 7636, S256) support of the provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub enum Pkce {
     /// The provider rejects authorization requests without PKCE.
     Required,

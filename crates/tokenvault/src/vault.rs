@@ -131,6 +131,7 @@ impl VaultBuilder {
 
 /// A connection as the status API shows it: no token material.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct ConnectionView {
     pub integration: IntegrationKey,
     pub status: ConnectionStatus,

@@ -4,15 +4,17 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
-use tokenvault::domain::IntegrationKey;
-use tokenvault::refresh::{IssuedToken, TokenError};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokenvault::domain::{IntegrationKey, TokenSet, UserId};
+use tokenvault::refresh::{IntegrationHealthView, Revocation, TokenError};
+use tokenvault::vault::ConnectionView;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
 use super::flows::{integration, user_id};
 
 /// The default `min_ttl`: a token handed out is good for at least a minute.
@@ -79,8 +81,14 @@ fn key_of(raw: &str) -> Result<IntegrationKey, ApiError> {
     })
 }
 
-#[derive(Debug, Deserialize)]
+/// Kept a string so a malformed value answers our `invalid_min_ttl`, not
+/// the extractor's plain-text rejection.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TokenQuery {
+    /// The token must stay valid at least this many seconds; a token that
+    /// would not is refreshed first.
+    #[param(value_type = u64, required = false, minimum = 0, maximum = 86400, default = 60)]
     min_ttl: Option<String>,
 }
 
@@ -101,23 +109,84 @@ fn min_ttl(query: &TokenQuery) -> Result<Duration, ApiError> {
         })
 }
 
-fn token_body(issued: &IssuedToken) -> Value {
-    let tokens = &issued.tokens;
-    json!({
-        "access_token": tokens.access_token.expose(),
-        "token_type": tokens.token_type.as_str(),
-        "expires_at": tokens.expires_at,
-        "scopes": tokens.scopes.to_vec(),
-    })
+/// A usable access token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccessTokenBody {
+    /// The access token in the clear, for the provider's API.
+    pub access_token: String,
+    /// How to present it: `Bearer` or `MAC`.
+    #[schema(examples("Bearer"))]
+    pub token_type: &'static str,
+    /// When it expires; null when the provider did not say (valid until revoked).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The granted scopes.
+    pub scopes: Vec<String>,
+}
+
+impl From<&TokenSet> for AccessTokenBody {
+    fn from(tokens: &TokenSet) -> Self {
+        Self {
+            access_token: tokens.access_token.expose().to_owned(),
+            token_type: tokens.token_type.as_str(),
+            expires_at: tokens.expires_at,
+            scopes: tokens.scopes.to_vec(),
+        }
+    }
+}
+
+/// A connection's status after a forced refresh.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RefreshedConnection {
+    #[serde(flatten)]
+    pub connection: ConnectionView,
+    /// Whether this call refreshed the tokens (false: another refresh, here
+    /// or on another instance, had just done it).
+    pub refreshed: bool,
+}
+
+/// A user's connections.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectionList {
+    pub connections: Vec<ConnectionView>,
+    /// Whether any of them is `connected`.
+    pub any_connected: bool,
+}
+
+/// An integration after a reset.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IntegrationReset {
+    pub integration: IntegrationKey,
+    pub health: Option<IntegrationHealthView>,
 }
 
 /// `GET /v1/users/{user_id}/connections/{integration}/token?min_ttl=60`
+#[utoipa::path(
+    get,
+    path = "/v1/users/{user_id}/connections/{integration}/token",
+    tag = "connections",
+    summary = "A valid access token for the user's connection",
+    description = "Refreshed first when it would expire within `min_ttl` (once across all instances). While the provider is down or the circuit is open, a still-valid token is returned.",
+    params(
+        ("user_id" = UserId, Path, description = "The application's id for its user"),
+        ("integration" = IntegrationKey, Path, description = "A configured integration"),
+        TokenQuery,
+    ),
+    responses(
+        (status = 200, description = "A token valid for at least `min_ttl` seconds", body = AccessTokenBody),
+        (status = 400, description = "`invalid_user_id`, `invalid_min_ttl`, `invalid_query` (e.g. a repeated parameter), `invalid_path` (a path segment that is not UTF-8)", body = ErrorBody),
+        (status = 404, description = "`unknown_integration`, `connection_not_found`", body = ErrorBody),
+        (status = 409, description = "`needs_reauth`: the grant was revoked or expired; send the user through a connect session again", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+        (status = 503, description = "`provider_unavailable` (with `Retry-After`), `integration_misconfigured`: the token has expired and cannot be refreshed now", body = ErrorBody,
+            headers(("retry-after" = u64, description = "Seconds until a retry may succeed (`provider_unavailable` only)"))),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn token(
     State(state): State<AppState>,
-    Path((user, key)): Path<(String, String)>,
-    Query(query): Query<TokenQuery>,
-) -> Result<Json<Value>, ApiError> {
+    ApiPath((user, key)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<TokenQuery>,
+) -> Result<Json<AccessTokenBody>, ApiError> {
     let user = user_id(&user)?;
     let integration = integration(&state, &key)?.key().clone();
     let min_ttl = min_ttl(&query)?;
@@ -126,15 +195,34 @@ pub async fn token(
         .valid_token(&user, &integration, min_ttl)
         .await
         .map_err(|err| token_error(err, &key))?;
-    Ok(Json(token_body(&issued)))
+    Ok(Json(AccessTokenBody::from(&issued.tokens)))
 }
 
 /// `POST /v1/users/{user_id}/connections/{integration}/refresh`
+#[utoipa::path(
+    post,
+    path = "/v1/users/{user_id}/connections/{integration}/refresh",
+    tag = "connections",
+    summary = "Refresh the user's tokens now",
+    params(
+        ("user_id" = UserId, Path, description = "The application's id for its user"),
+        ("integration" = IntegrationKey, Path, description = "A configured integration"),
+    ),
+    responses(
+        (status = 200, description = "The connection's status document", body = RefreshedConnection),
+        (status = 400, description = "`invalid_user_id`, `invalid_path` (a path segment that is not UTF-8)", body = ErrorBody),
+        (status = 404, description = "`unknown_integration`, `connection_not_found`", body = ErrorBody),
+        (status = 409, description = "`needs_reauth`", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+        (status = 503, description = "`provider_unavailable` (with `Retry-After`), `integration_misconfigured`", body = ErrorBody,
+            headers(("retry-after" = u64, description = "Seconds until a retry may succeed (`provider_unavailable` only)"))),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn force_refresh(
     State(state): State<AppState>,
-    Path((user, key)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+    ApiPath((user, key)): ApiPath<(String, String)>,
+) -> Result<Json<RefreshedConnection>, ApiError> {
     let user = user_id(&user)?;
     let integration = integration(&state, &key)?.key().clone();
     let issued = state
@@ -142,17 +230,30 @@ pub async fn force_refresh(
         .force_refresh(&user, &integration)
         .await
         .map_err(|err| token_error(err, &key))?;
-    let mut body = json!(tokenvault::vault::ConnectionView::from(&issued.connection));
-    body["refreshed"] = json!(issued.outcome == tokenvault::refresh::TokenOutcome::Refreshed);
-    Ok(Json(body))
+    Ok(Json(RefreshedConnection {
+        connection: ConnectionView::from(&issued.connection),
+        refreshed: issued.outcome == tokenvault::refresh::TokenOutcome::Refreshed,
+    }))
 }
 
 /// `GET /v1/users/{user_id}/connections`
+#[utoipa::path(
+    get,
+    path = "/v1/users/{user_id}/connections",
+    tag = "connections",
+    summary = "The user's connections",
+    params(("user_id" = UserId, Path, description = "The application's id for its user")),
+    responses(
+        (status = 200, description = "Every connection of the user, disconnected ones included", body = ConnectionList),
+        (status = 400, description = "`invalid_user_id`, `invalid_path` (a path segment that is not UTF-8)", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn list(
     State(state): State<AppState>,
-    Path(user): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    ApiPath(user): ApiPath<String>,
+) -> Result<Json<ConnectionList>, ApiError> {
     let user = user_id(&user)?;
     let connections = state
         .vault
@@ -162,18 +263,34 @@ pub async fn list(
     let any_connected = connections
         .iter()
         .any(|c| c.status == tokenvault::domain::ConnectionStatus::Connected);
-    Ok(Json(json!({
-        "connections": connections,
-        "any_connected": any_connected,
-    })))
+    Ok(Json(ConnectionList {
+        connections,
+        any_connected,
+    }))
 }
 
 /// `GET /v1/users/{user_id}/connections/{integration}`
+#[utoipa::path(
+    get,
+    path = "/v1/users/{user_id}/connections/{integration}",
+    tag = "connections",
+    summary = "One connection's status document",
+    params(
+        ("user_id" = UserId, Path, description = "The application's id for its user"),
+        ("integration" = IntegrationKey, Path, description = "An integration key (configured or not: connections of removed integrations stay visible)"),
+    ),
+    responses(
+        (status = 200, description = "The connection, without token material", body = ConnectionView),
+        (status = 400, description = "`invalid_user_id`, `invalid_integration`, `invalid_path` (a path segment that is not UTF-8)", body = ErrorBody),
+        (status = 404, description = "`connection_not_found`", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn show(
     State(state): State<AppState>,
-    Path((user, key)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+    ApiPath((user, key)): ApiPath<(String, String)>,
+) -> Result<Json<ConnectionView>, ApiError> {
     let user = user_id(&user)?;
     let integration = key_of(&key)?;
     match state
@@ -182,17 +299,34 @@ pub async fn show(
         .await
         .map_err(ApiError::internal)?
     {
-        Some(view) => Ok(Json(json!(view))),
+        Some(view) => Ok(Json(view)),
         None => Err(token_error(TokenError::NotConnected, &key)),
     }
 }
 
 /// `DELETE /v1/users/{user_id}/connections/{integration}`
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{user_id}/connections/{integration}",
+    tag = "connections",
+    summary = "Revoke the connection and erase its tokens",
+    description = "Revokes at the provider (RFC 7009), marks the connection `disconnected` and erases the sealed tokens. A provider failure never blocks the local erase.",
+    params(
+        ("user_id" = UserId, Path, description = "The application's id for its user"),
+        ("integration" = IntegrationKey, Path, description = "An integration key (configured or not: a connection of a removed integration is erased without revocation)"),
+    ),
+    responses(
+        (status = 200, description = "What the revocation did", body = Revocation),
+        (status = 400, description = "`invalid_user_id`, `invalid_integration`, `invalid_path` (a path segment that is not UTF-8)", body = ErrorBody),
+        (status = 404, description = "`connection_not_found`", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn revoke(
     State(state): State<AppState>,
-    Path((user, key)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+    ApiPath((user, key)): ApiPath<(String, String)>,
+) -> Result<Json<Revocation>, ApiError> {
     let user = user_id(&user)?;
     // No configuration needed: a connection of a removed integration can
     // still be erased (it is just not revoked at the provider).
@@ -202,24 +336,37 @@ pub async fn revoke(
         .disconnect(&user, &integration)
         .await
         .map_err(|err| token_error(err, &key))?;
-    Ok(Json(json!(revocation)))
+    Ok(Json(revocation))
 }
 
 /// `POST /v1/integrations/{key}/reset`: clears a misconfigured verdict and
 /// closes the circuit breaker after the operator fixed the credentials.
+#[utoipa::path(
+    post,
+    path = "/v1/integrations/{key}/reset",
+    tag = "integrations",
+    summary = "Clear a misconfigured verdict and close the circuit",
+    params(("key" = IntegrationKey, Path, description = "A configured integration")),
+    responses(
+        (status = 200, description = "The integration's health after the reset", body = IntegrationReset),
+        (status = 400, description = "`invalid_path` (a path segment that is not UTF-8)", body = ErrorBody),
+        (status = 404, description = "`unknown_integration`", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn reset_integration(
     State(state): State<AppState>,
-    Path(key): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    ApiPath(key): ApiPath<String>,
+) -> Result<Json<IntegrationReset>, ApiError> {
     let integration = integration(&state, &key)?.key().clone();
     state
         .vault
         .reset_integration(&integration)
         .await
         .map_err(|err| token_error(err, &key))?;
-    Ok(Json(json!({
-        "integration": integration,
-        "health": state.vault.integration_health(&integration),
-    })))
+    Ok(Json(IntegrationReset {
+        health: state.vault.integration_health(&integration),
+        integration,
+    }))
 }

@@ -3,30 +3,93 @@
 //! `tokenvault::device::DevicePoller`) and the app reads the outcome.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use tokenvault::device::{DeviceFlowError, DeviceSessionStatus};
-use tokenvault::domain::DeviceSessionId;
+use tokenvault::domain::{ConnectionStatus, DeviceSessionId, IntegrationKey, UserId};
+use tokenvault::store::LastError;
+use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ApiPath, ErrorBody};
 use super::flows::{integration, parse_scopes, user_id};
 
-#[derive(Deserialize)]
+/// Starts the device authorization grant for one user and integration.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceSessionRequest {
+    // A string, checked by the handler so a bad id answers `invalid_user_id`.
+    #[schema(value_type = UserId)]
     user_id: String,
+    #[schema(value_type = IntegrationKey)]
     integration: String,
+    /// Scopes to request instead of the integration's defaults; each
+    /// non-empty and without whitespace.
     #[serde(default)]
     scopes: Option<Vec<String>>,
+}
+
+/// A started device session: what to show the user.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceSessionCreated {
+    #[schema(format = Uuid)]
+    pub id: String,
+    /// The code the user enters at `verification_uri`.
+    pub user_code: String,
+    pub verification_uri: String,
+    /// `verification_uri` with the code filled in, when the provider gives one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification_uri_complete: Option<String>,
+    pub expires_at: DateTime<Utc>,
+    /// Seconds between tokenvault's polls of the provider.
+    pub interval: u64,
+}
+
+/// Where a device session stands.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceSessionView {
+    #[schema(format = Uuid)]
+    pub id: String,
+    pub status: DeviceSessionStatus,
+    pub integration: IntegrationKey,
+    pub user_id: UserId,
+    pub expires_at: DateTime<Utc>,
+    /// Once `connected`: the connection it created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection: Option<DeviceSessionConnection>,
+    /// When `error`: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<LastError>,
+}
+
+/// The connection a device session created.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceSessionConnection {
+    pub integration: IntegrationKey,
+    pub status: ConnectionStatus,
 }
 
 /// `POST /v1/device-sessions`: runs the provider's device authorization
 /// request and stores the pending session; the answer carries what to show
 /// the user. The device code never leaves tokenvault.
+#[utoipa::path(
+    post,
+    path = "/v1/device-sessions",
+    tag = "flows",
+    summary = "Start a device authorization grant (RFC 8628)",
+    description = "Runs the provider's device authorization request; tokenvault then polls the provider itself. Show the user the code and URI, and read the outcome with `GET /v1/device-sessions/{id}`.",
+    request_body = DeviceSessionRequest,
+    responses(
+        (status = 201, description = "The session and what to show the user", body = DeviceSessionCreated),
+        (status = 400, description = "`invalid_json`, `invalid_user_id`, `invalid_scopes`, `device_flow_unsupported`", body = ErrorBody),
+        (status = 404, description = "`unknown_integration`", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+        (status = 502, description = "`provider_error`: the device authorization request failed", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn create_device_session(
     State(state): State<AppState>,
@@ -59,26 +122,37 @@ pub async fn create_device_session(
             other => ApiError::internal(other),
         })?;
     let session = &started.session;
-    let mut body = json!({
-        "id": session.id.to_string(),
-        "user_code": started.user_code,
-        "verification_uri": started.verification_uri,
-        "expires_at": session.expires_at,
-        "interval": session.interval_secs,
-    });
-    if let Some(complete) = &started.verification_uri_complete {
-        body["verification_uri_complete"] = json!(complete);
-    }
+    let body = DeviceSessionCreated {
+        id: session.id.to_string(),
+        user_code: started.user_code,
+        verification_uri: started.verification_uri,
+        verification_uri_complete: started.verification_uri_complete,
+        expires_at: session.expires_at,
+        interval: session.interval_secs,
+    };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 /// `GET /v1/device-sessions/{id}`: where the session stands; once connected,
 /// the (user, integration) connection's status.
+#[utoipa::path(
+    get,
+    path = "/v1/device-sessions/{id}",
+    tag = "flows",
+    summary = "Where a device session stands",
+    params(("id" = String, Path, format = Uuid, description = "The id `POST /v1/device-sessions` returned")),
+    responses(
+        (status = 200, description = "The session; once `connected`, the connection's status; in `error`, why", body = DeviceSessionView),
+        (status = 400, description = "`invalid_path` (a path segment that is not UTF-8)", body = ErrorBody),
+        (status = 404, description = "`unknown_device_session` (also for an id that is not a UUID)", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn get_device_session(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    ApiPath(raw): ApiPath<String>,
+) -> Result<Json<DeviceSessionView>, ApiError> {
     let unknown = || {
         ApiError::not_found(
             "unknown_device_session",
@@ -93,13 +167,15 @@ pub async fn get_device_session(
         .map_err(ApiError::internal)?
         .ok_or_else(unknown)?;
     let status = session.status_at(state.vault.clock().now());
-    let mut body = json!({
-        "id": session.id.to_string(),
-        "status": status,
-        "integration": session.integration,
-        "user_id": session.user_id,
-        "expires_at": session.expires_at,
-    });
+    let mut body = DeviceSessionView {
+        id: session.id.to_string(),
+        status,
+        integration: session.integration.clone(),
+        user_id: session.user_id.clone(),
+        expires_at: session.expires_at,
+        connection: None,
+        error: None,
+    };
     match status {
         DeviceSessionStatus::Connected => {
             let connection = state
@@ -108,18 +184,12 @@ pub async fn get_device_session(
                 .get(&session.user_id, &session.integration)
                 .await
                 .map_err(ApiError::internal)?;
-            if let Some(connection) = connection {
-                body["connection"] = json!({
-                    "integration": connection.integration,
-                    "status": connection.status,
-                });
-            }
+            body.connection = connection.map(|connection| DeviceSessionConnection {
+                integration: connection.integration,
+                status: connection.status,
+            });
         }
-        DeviceSessionStatus::Error => {
-            if let Some(error) = &session.last_error {
-                body["error"] = json!({ "code": error.code, "message": error.message });
-            }
-        }
+        DeviceSessionStatus::Error => body.error = session.last_error.clone(),
         _ => {}
     }
     Ok(Json(body))

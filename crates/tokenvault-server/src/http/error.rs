@@ -1,11 +1,11 @@
 //! Every error leaves as `{"error": "<stable_code>", "message": "…", "request_id": "…"}`.
 
 use axum::Json;
-use axum::extract::FromRequest;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 tokio::task_local! {
     /// The current request's id, set by the request-id middleware.
@@ -79,15 +79,70 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// The body of every error response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Stable machine-readable code (`invalid_user_id`, `needs_reauth`, …);
+    /// each response lists the codes it can carry.
+    #[schema(examples("connection_not_found"))]
+    pub error: String,
+    /// What went wrong and what to do, for humans.
+    pub message: String,
+    /// The request's id (also in `x-request-id`), to find it in the logs.
+    pub request_id: String,
+}
+
 /// `axum::Json` whose rejection is our error envelope.
 #[derive(FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
 
+/// A query string that does not fit (a repeated parameter, bad
+/// percent-encoding) answers 400 `invalid_query`.
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            rejection.body_text(),
+        )
+    }
+}
+
+/// `axum::extract::Query` whose rejection is our error envelope.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// A path segment that is not UTF-8 once percent-decoded answers 400
+/// `invalid_path`; anything else is a routing bug.
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        if rejection.status() == StatusCode::BAD_REQUEST {
+            Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                rejection.body_text(),
+            )
+        } else {
+            Self::internal(rejection.body_text())
+        }
+    }
+}
+
+/// `axum::extract::Path` whose rejection is our error envelope.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
-        let body = json!({ "error": self.code, "message": self.message, "request_id": request_id });
+        let body = ErrorBody {
+            error: self.code.to_owned(),
+            message: self.message,
+            request_id,
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             response

@@ -4,19 +4,22 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use chrono::Utc;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use tokenvault::domain::{IntegrationKey, Scopes, UserId};
 use tokenvault::integrations::Integration;
 use tokenvault::oauth::Pkce;
+use tokenvault::refresh::IntegrationHealthView;
 use tokenvault::state::{StateError, StateKey, StateRecord};
+use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::{ApiError, ApiJson};
+use super::connections::AccessTokenBody;
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 
 /// Why a browser flow ended without a connection; sent to `redirect_to` as
 /// `error=<code>` when the app gave one, else as a JSON error.
@@ -69,14 +72,24 @@ pub(super) fn parse_scopes(scopes: &[String]) -> Result<Scopes, ApiError> {
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_scopes", e.to_string()))
 }
 
-#[derive(Deserialize)]
+/// Starts a browser flow for one user and integration.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectSessionRequest {
+    // A string, checked by the handler so a bad id answers `invalid_user_id`.
+    #[schema(value_type = UserId)]
     user_id: String,
+    #[schema(value_type = IntegrationKey)]
     integration: String,
+    /// Scopes to request instead of the integration's defaults; each
+    /// non-empty and without whitespace.
     #[serde(default)]
     scopes: Option<Vec<String>>,
+    /// Where the browser goes afterwards (an absolute URL on an origin in
+    /// `TOKENVAULT_ALLOWED_REDIRECT_ORIGINS`), with `connection`, `status`
+    /// and, on failure, `error` added to the query.
     #[serde(default)]
+    #[schema(format = "uri")]
     redirect_to: Option<String>,
     /// Provider-specific authorization parameters; only those the provider
     /// defines (Wix: the installer `token` Wix sent to the app URL).
@@ -84,8 +97,34 @@ pub struct ConnectSessionRequest {
     provider_params: std::collections::BTreeMap<String, String>,
 }
 
+/// A created connect session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectSessionCreated {
+    /// The session's id (also the last segment of `connect_url`).
+    pub id: String,
+    /// Single-use link to send the user's browser to; it starts the
+    /// provider's consent screen.
+    #[schema(value_type = String, format = "uri")]
+    pub connect_url: url::Url,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// `POST /v1/connect-sessions`: the backend names the user; the browser gets
 /// a single-use link that starts the provider's consent screen.
+#[utoipa::path(
+    post,
+    path = "/v1/connect-sessions",
+    tag = "flows",
+    summary = "Create a connect session (a single-use link to the provider's consent screen)",
+    request_body = ConnectSessionRequest,
+    responses(
+        (status = 201, description = "The session; send the user's browser to `connect_url`", body = ConnectSessionCreated),
+        (status = 400, description = "`invalid_json`, `invalid_user_id`, `invalid_scopes`, `invalid_redirect_to`, `invalid_provider_params`", body = ErrorBody),
+        (status = 404, description = "`unknown_integration`", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+        (status = 503, description = "`state_store_unavailable`", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn create_connect_session(
     State(state): State<AppState>,
@@ -126,7 +165,11 @@ pub async fn create_connect_session(
         .map_err(ApiError::internal)?;
     let expires_at = now + chrono::Duration::from_std(state.settings.state_ttl).unwrap_or_default();
     tracing::info!(integration = %integration.key(), session = %id, "connect session created");
-    let body = json!({ "id": id.as_str(), "connect_url": connect_url, "expires_at": expires_at });
+    let body = ConnectSessionCreated {
+        id: id.as_str().to_owned(),
+        connect_url,
+        expires_at,
+    };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -186,7 +229,7 @@ fn allowed_redirect(state: &AppState, raw: &str) -> Result<String, ApiError> {
 #[tracing::instrument(skip_all)]
 pub async fn start_connect(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let expired =
         "this connect link has expired or was already used; ask the application for a new one";
@@ -241,7 +284,7 @@ pub struct CallbackParams {
 #[tracing::instrument(skip_all)]
 pub async fn callback(
     State(state): State<AppState>,
-    Query(params): Query<CallbackParams>,
+    ApiQuery(params): ApiQuery<CallbackParams>,
 ) -> Result<Response, ApiError> {
     finish(state, None, params).await
 }
@@ -250,8 +293,8 @@ pub async fn callback(
 #[tracing::instrument(skip_all)]
 pub async fn integration_callback(
     State(state): State<AppState>,
-    Path(integration): Path<String>,
-    Query(params): Query<CallbackParams>,
+    ApiPath(integration): ApiPath<String>,
+    ApiQuery(params): ApiQuery<CallbackParams>,
 ) -> Result<Response, ApiError> {
     finish(state, Some(integration), params).await
 }
@@ -437,72 +480,171 @@ fn html_escape(raw: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// The provider catalog.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderList {
+    pub providers: Vec<ProviderEntry>,
+}
+
+/// A catalog entry: resolved, or an OpenID Connect entry whose endpoints are
+/// discovered when an integration uses it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ProviderEntry {
+    Resolved(ProviderView),
+    Discovery(DiscoveryProviderView),
+}
+
+/// A resolved catalog entry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderView {
+    pub key: String,
+    pub display_name: String,
+    pub default_scopes: Vec<String>,
+    pub pkce: tokenvault::providers::Pkce,
+    /// The provider issues refresh tokens.
+    pub refresh_tokens: bool,
+    /// A refresh returns a new refresh token and invalidates the old one.
+    pub refresh_token_rotates: bool,
+    /// The provider has a device authorization endpoint (`POST /v1/device-sessions`).
+    pub device_flow: bool,
+    #[schema(value_type = Option<String>, format = "uri")]
+    pub api_base_url: Option<url::Url>,
+    /// The entry this one inherited from, if any.
+    pub alias_of: Option<String>,
+}
+
+/// An entry configured by OpenID Connect discovery.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DiscoveryProviderView {
+    pub key: String,
+    /// Always true.
+    pub discovery: bool,
+}
+
+/// The configured integrations.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IntegrationList {
+    pub integrations: Vec<IntegrationView>,
+}
+
+/// An OAuth flow an integration supports.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Flow {
+    AuthorizationCode,
+    DeviceCode,
+    ClientCredentials,
+}
+
+/// A configured integration.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IntegrationView {
+    pub key: IntegrationKey,
+    /// Its catalog entry.
+    pub provider: String,
+    pub display_name: String,
+    #[schema(value_type = String, format = "uri")]
+    pub redirect_uri: url::Url,
+    pub default_scopes: Vec<String>,
+    pub flows: Vec<Flow>,
+    pub health: Option<IntegrationHealthView>,
+}
+
 /// `GET /v1/providers`: the catalog.
+#[utoipa::path(
+    get,
+    path = "/v1/providers",
+    tag = "integrations",
+    summary = "The provider catalog",
+    responses((status = 200, description = "Every catalog entry", body = ProviderList)),
+)]
 #[tracing::instrument(skip_all)]
-pub async fn list_providers(State(state): State<AppState>) -> Json<Value> {
-    let mut providers: Vec<Value> = state
+pub async fn list_providers(State(state): State<AppState>) -> Json<ProviderList> {
+    let mut providers: Vec<ProviderEntry> = state
         .catalog
         .iter()
         .map(|(key, spec)| {
-            json!({
-                "key": key,
-                "display_name": spec.display_name,
-                "default_scopes": spec.default_scopes,
-                "pkce": spec.pkce,
-                "refresh_tokens": spec.refresh_tokens,
-                "refresh_token_rotates": spec.refresh_token_rotates,
-                "device_flow": spec.device_authorization_url.is_some(),
-                "api_base_url": spec.api_base_url,
-                "alias_of": spec.alias_of,
+            ProviderEntry::Resolved(ProviderView {
+                key: key.to_owned(),
+                display_name: spec.display_name.clone(),
+                default_scopes: spec.default_scopes.clone(),
+                pkce: spec.pkce,
+                refresh_tokens: spec.refresh_tokens,
+                refresh_token_rotates: spec.refresh_token_rotates,
+                device_flow: spec.device_authorization_url.is_some(),
+                api_base_url: spec.api_base_url.clone(),
+                alias_of: spec.alias_of.clone(),
             })
         })
         .collect();
-    providers.extend(
-        state
-            .catalog
-            .pending_discovery()
-            .map(|pending| json!({ "key": pending.key, "discovery": true })),
-    );
-    Json(json!({ "providers": providers }))
+    providers.extend(state.catalog.pending_discovery().map(|pending| {
+        ProviderEntry::Discovery(DiscoveryProviderView {
+            key: pending.key.clone(),
+            discovery: true,
+        })
+    }));
+    Json(ProviderList { providers })
 }
 
 /// `GET /v1/integrations`: what this deployment is configured for.
+#[utoipa::path(
+    get,
+    path = "/v1/integrations",
+    tag = "integrations",
+    summary = "The configured integrations with their health",
+    responses((status = 200, description = "Every configured integration", body = IntegrationList)),
+)]
 #[tracing::instrument(skip_all)]
-pub async fn list_integrations(State(state): State<AppState>) -> Json<Value> {
-    let integrations: Vec<Value> = state
+pub async fn list_integrations(State(state): State<AppState>) -> Json<IntegrationList> {
+    let integrations = state
         .integrations
         .iter()
         .map(|(key, integration)| {
             let spec = integration.spec();
-            let mut flows = vec!["authorization_code"];
+            let mut flows = vec![Flow::AuthorizationCode];
             if spec.device_authorization_url.is_some() {
-                flows.push("device_code");
+                flows.push(Flow::DeviceCode);
             }
             if spec.token_auth_method != tokenvault::oauth::ClientAuthMethod::None {
-                flows.push("client_credentials");
+                flows.push(Flow::ClientCredentials);
             }
-            json!({
-                "key": key,
-                "provider": spec.key,
-                "display_name": spec.display_name,
-                "redirect_uri": integration.redirect_uri(),
-                "default_scopes": integration.default_scopes(),
-                "flows": flows,
-                "health": state.vault.integration_health(key),
-            })
+            IntegrationView {
+                key: key.clone(),
+                provider: spec.key.clone(),
+                display_name: spec.display_name.clone(),
+                redirect_uri: integration.redirect_uri().clone(),
+                default_scopes: integration.default_scopes().to_vec(),
+                flows,
+                health: state.vault.integration_health(key),
+            }
         })
         .collect();
-    Json(json!({ "integrations": integrations }))
+    Json(IntegrationList { integrations })
 }
 
 /// `GET /v1/integrations/{key}/token`: an app-level (client credentials)
 /// token, cached and fetched again a minute before it expires. Concurrent
 /// callers share one fetch.
+#[utoipa::path(
+    get,
+    path = "/v1/integrations/{key}/token",
+    tag = "integrations",
+    summary = "An app-level (client credentials) token",
+    description = "Cached until a minute before it expires; concurrent callers share one fetch.",
+    params(("key" = IntegrationKey, Path, description = "A configured integration")),
+    responses(
+        (status = 200, description = "The integration's own token", body = AccessTokenBody),
+        (status = 400, description = "`invalid_path` (a path segment that is not UTF-8)", body = ErrorBody),
+        (status = 404, description = "`unknown_integration`", body = ErrorBody),
+        (status = 502, description = "`provider_error`: the client credentials grant failed", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn app_token(
     State(state): State<AppState>,
-    Path(key): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    ApiPath(key): ApiPath<String>,
+) -> Result<Json<AccessTokenBody>, ApiError> {
     let integration = integration(&state, &key)?;
     let slot = {
         let mut slots = state.app_tokens.lock().await;
@@ -530,10 +672,5 @@ pub async fn app_token(
             grant.tokens
         }
     };
-    Ok(Json(json!({
-        "access_token": tokens.access_token.expose(),
-        "token_type": tokens.token_type.as_str(),
-        "expires_at": tokens.expires_at,
-        "scopes": tokens.scopes.to_vec(),
-    })))
+    Ok(Json(AccessTokenBody::from(&tokens)))
 }

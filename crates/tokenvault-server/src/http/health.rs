@@ -7,6 +7,26 @@ use serde_json::json;
 
 use super::AppState;
 
+/// The answer of `GET /v1/ping`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Pong {
+    /// Always `ok`.
+    #[schema(examples("ok"))]
+    pub status: &'static str,
+}
+
+/// `GET /v1/ping`: checks an API key without touching anything else.
+#[utoipa::path(
+    get,
+    path = "/v1/ping",
+    tag = "meta",
+    summary = "Check an API key",
+    responses((status = 200, description = "The key is valid", body = Pong)),
+)]
+pub async fn ping() -> Json<Pong> {
+    Json(Pong { status: "ok" })
+}
+
 /// Alive: the process answers.
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))

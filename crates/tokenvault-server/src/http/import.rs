@@ -3,22 +3,56 @@
 //! wire format of `tokenvault import` (see `crate::import`).
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::json;
-use tokenvault::domain::IntegrationKey;
+use serde::{Deserialize, Serialize};
+use tokenvault::domain::{IntegrationKey, UserId};
 use tokenvault::import::{ImportAction, ImportError, ImportOptions};
+use tokenvault::vault::ConnectionView;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use super::flows::{integration, user_id};
 use crate::import::GrantBody;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ImportQuery {
+    /// Replace the connection even when tokenvault holds newer, refreshed tokens.
+    #[param(value_type = bool, required = false, default = false)]
     force: Option<String>,
+}
+
+/// The import body as documented; parsing (which also takes `expires_at` as
+/// whole Unix seconds and `scopes` as one space-separated string) is
+/// [`GrantBody`]'s.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ImportBody {
+    /// Visible ASCII, at most 16 KiB.
+    #[schema(pattern = "^[!-~]+$", min_length = 1, max_length = 16384)]
+    access_token: String,
+    /// Visible ASCII, at most 16 KiB; without one the connection ends `expired` when the access token does.
+    #[schema(pattern = "^[!-~]+$", min_length = 1, max_length = 16384)]
+    refresh_token: Option<String>,
+    /// When the access token expires: RFC 3339 (or whole Unix seconds); absent = never.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    expires_at: Option<String>,
+    /// Granted scopes (or one space-separated string).
+    scopes: Option<Vec<String>>,
+    /// A JSON object of at most 16 KiB kept with the connection.
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<serde_json::Value>,
+}
+
+/// The connection's status document plus what the import did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportedConnection {
+    #[serde(flatten)]
+    pub connection: ConnectionView,
+    pub import: ImportAction,
 }
 
 fn force(query: &ImportQuery) -> Result<bool, ApiError> {
@@ -56,11 +90,34 @@ fn import_error(err: ImportError, key: &str) -> ApiError {
 /// `{access_token, refresh_token?, expires_at?, scopes?, metadata?}` →
 /// `201` (created) or `200` (replaced, unchanged) with the connection's
 /// status document plus `"import"`.
+#[utoipa::path(
+    put,
+    path = "/v1/users/{user_id}/connections/{integration}",
+    tag = "connections",
+    summary = "Import a grant obtained elsewhere (admin scope)",
+    description = "Stores tokens from a legacy store as the user's connection, idempotently: the same tokens again change nothing (`unchanged`). Tokens tokenvault refreshed itself since are kept (`409 stored_tokens_newer`) unless `force=true`. The tokens are refreshed before they expire like any other connection's.",
+    params(
+        ("user_id" = UserId, Path, description = "The application's id for its user"),
+        ("integration" = IntegrationKey, Path, description = "A configured integration"),
+        ImportQuery,
+    ),
+    request_body = ImportBody,
+    responses(
+        (status = 200, description = "`replaced` or `unchanged`", body = ImportedConnection),
+        (status = 201, description = "`created`", body = ImportedConnection),
+        (status = 400, description = "`invalid_json` (naming the field), `invalid_user_id`, `invalid_integration`, `invalid_token`, `invalid_expires_at`, `token_expired` (expired and no refresh token), `invalid_scopes`, `invalid_metadata`, `invalid_force`, `invalid_query`, `invalid_path`", body = ErrorBody),
+        (status = 404, description = "`unknown_integration`", body = ErrorBody),
+        (status = 409, description = "`stored_tokens_newer`: nothing written", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+        (status = 503, description = "`connection_busy` (with `Retry-After`): a refresh of this connection is in flight", body = ErrorBody,
+            headers(("retry-after" = u64, description = "Seconds until a retry may succeed"))),
+    ),
+)]
 #[tracing::instrument(skip_all)]
 pub async fn put_connection(
     State(state): State<AppState>,
-    Path((user, key)): Path<(String, String)>,
-    Query(query): Query<ImportQuery>,
+    ApiPath((user, key)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<ImportQuery>,
     body: Result<ApiJson<GrantBody>, ApiError>,
 ) -> Result<Response, ApiError> {
     let user = user_id(&user)?;
@@ -106,7 +163,9 @@ pub async fn put_connection(
         ImportAction::Created => StatusCode::CREATED,
         _ => StatusCode::OK,
     };
-    let mut body = json!(connection);
-    body["import"] = json!(outcome.action);
+    let body = ImportedConnection {
+        connection: connection.clone(),
+        import: outcome.action,
+    };
     Ok((status, Json(body)).into_response())
 }

@@ -7,6 +7,7 @@ pub mod error;
 mod flows;
 mod health;
 mod import;
+pub mod openapi;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -104,10 +105,7 @@ impl FlowSettings {
 pub fn router(state: AppState) -> Router {
     let limits = state.limits;
     let v1 = Router::new()
-        .route(
-            "/ping",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/ping", get(health::ping))
         .route("/providers", get(flows::list_providers))
         .route("/integrations", get(flows::list_integrations))
         .route("/integrations/{key}/token", get(flows::app_token))
@@ -140,6 +138,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi::serve))
         .route("/connect/{id}", get(flows::start_connect))
         .route("/oauth/callback", get(flows::callback))
         .route(

@@ -38,6 +38,7 @@ pub const SLOW_DOWN_STEP_SECS: u64 = 5;
 /// Where a device session stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub enum DeviceSessionStatus {
     /// Waiting for the user; tokenvault keeps polling.
     Pending,

@@ -82,6 +82,8 @@ impl UserId {
         allowed: "ASCII letters, digits and - _ . @ : + =",
         is_allowed: |c| c.is_ascii_alphanumeric() || "-_.@:+=".contains(c),
     };
+    /// [`Self::RULES`] as an ECMA-262 regular expression, for API schemas.
+    pub const PATTERN: &'static str = "^[A-Za-z0-9._@:+=-]{1,128}$";
 
     pub fn parse(raw: impl Into<String>) -> Result<Self, IdError> {
         let raw = raw.into();
@@ -112,6 +114,9 @@ impl IntegrationKey {
         allowed: "lowercase ASCII letters, digits, - and _",
         is_allowed: |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_',
     };
+    /// [`Self::RULES`] plus the leading letter, as an ECMA-262 regular
+    /// expression, for API schemas.
+    pub const PATTERN: &'static str = "^[a-z][a-z0-9_-]{0,63}$";
 
     pub fn parse(raw: impl Into<String>) -> Result<Self, IdError> {
         let raw = raw.into();
@@ -134,6 +139,47 @@ impl IntegrationKey {
     pub fn env_prefix(&self) -> String {
         self.0.to_ascii_uppercase().replace('-', "_")
     }
+}
+
+/// Schemas for API documents: a string with the parse rules as pattern.
+#[cfg(feature = "utoipa")]
+mod schema {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+
+    use super::{IntegrationKey, UserId};
+
+    fn string(description: &str, pattern: &str, max_len: usize) -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(description))
+            .pattern(Some(pattern))
+            .min_length(Some(1))
+            .max_length(Some(max_len))
+            .into()
+    }
+
+    impl utoipa::PartialSchema for UserId {
+        fn schema() -> RefOr<Schema> {
+            string(
+                "The application's own identifier for its end user.",
+                UserId::PATTERN,
+                UserId::MAX_LEN,
+            )
+        }
+    }
+    impl utoipa::ToSchema for UserId {}
+
+    impl utoipa::PartialSchema for IntegrationKey {
+        fn schema() -> RefOr<Schema> {
+            string(
+                "The name of a configured integration (`spotify`, `google-mail`).",
+                IntegrationKey::PATTERN,
+                IntegrationKey::MAX_LEN,
+            )
+        }
+    }
+    impl utoipa::ToSchema for IntegrationKey {}
 }
 
 /// A time-ordered (UUIDv7) identifier: keyset paging by id follows
@@ -293,5 +339,51 @@ mod tests {
         let b = ConnectionId::new();
         assert!(a < b);
         assert_eq!(ConnectionId::parse(&a.to_string()).unwrap(), a);
+    }
+
+    /// The API documents' patterns must accept exactly what `parse` accepts;
+    /// checked character by character against the pattern's class.
+    #[test]
+    fn schema_patterns_match_the_parse_rules() {
+        fn class(pattern: &str, skip: usize) -> Vec<char> {
+            let body = pattern.split('[').nth(1 + skip).unwrap();
+            let body: Vec<char> = body[..body.find(']').unwrap()].chars().collect();
+            let mut chars = Vec::new();
+            let mut i = 0;
+            while i < body.len() {
+                if i + 2 < body.len() && body[i + 1] == '-' {
+                    chars.extend(body[i]..=body[i + 2]);
+                    i += 3;
+                } else {
+                    chars.push(body[i]);
+                    i += 1;
+                }
+            }
+            chars
+        }
+        let user = class(UserId::PATTERN, 0);
+        let key_first = class(IntegrationKey::PATTERN, 0);
+        let key_rest = class(IntegrationKey::PATTERN, 1);
+        for c in (0u8..=127).map(char::from) {
+            assert_eq!(
+                UserId::parse(c.to_string()).is_ok(),
+                user.contains(&c),
+                "user id {c:?}"
+            );
+            assert_eq!(
+                IntegrationKey::parse(c.to_string()).is_ok(),
+                key_first.contains(&c),
+                "integration key {c:?}"
+            );
+            assert_eq!(
+                IntegrationKey::parse(format!("a{c}")).is_ok(),
+                key_rest.contains(&c),
+                "integration key a{c:?}"
+            );
+        }
+        assert!(UserId::PATTERN.ends_with(&format!("{{1,{}}}$", UserId::MAX_LEN)));
+        assert!(
+            IntegrationKey::PATTERN.ends_with(&format!("{{0,{}}}$", IntegrationKey::MAX_LEN - 1))
+        );
     }
 }

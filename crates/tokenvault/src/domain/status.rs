@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// Where a user's connection to an integration stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectionStatus {
     /// Tokens are usable or refreshable.

@@ -26,7 +26,14 @@ impl Default for BreakerSettings {
     }
 }
 
+/// A circuit breaker's state: `closed` (calls go through), `open` (calls
+/// are refused until the pause is over), `half_open` (trial calls).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "utoipa",
+    derive(utoipa::ToSchema),
+    schema(rename_all = "snake_case")
+)]
 pub enum CircuitState {
     Closed,
     Open,
@@ -179,5 +186,22 @@ mod tests {
             breaker.state(trial + chrono::Duration::seconds(60)),
             CircuitState::HalfOpen
         );
+    }
+
+    /// The API document's names are the ones responses carry.
+    #[cfg(feature = "utoipa")]
+    #[test]
+    fn schema_names_are_the_shown_names() {
+        let schema =
+            serde_json::to_value(<CircuitState as utoipa::PartialSchema>::schema()).unwrap();
+        let shown: Vec<&str> = [
+            CircuitState::Closed,
+            CircuitState::Open,
+            CircuitState::HalfOpen,
+        ]
+        .into_iter()
+        .map(CircuitState::as_str)
+        .collect();
+        assert_eq!(schema["enum"], serde_json::json!(shown));
     }
 }

@@ -147,6 +147,7 @@ impl From<StoreError> for TokenError {
 
 /// What a revocation did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct Revocation {
     pub revoked_at_provider: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -155,13 +156,17 @@ pub struct Revocation {
 
 /// Health of one integration as the status API, `/readyz` and metrics see it.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct IntegrationHealthView {
+    /// The circuit breaker's state, as `CircuitState::as_str` names it.
+    #[cfg_attr(feature = "utoipa", schema(value_type = CircuitState))]
     pub circuit: &'static str,
     pub misconfigured: Option<MisconfiguredView>,
     pub rate_limited_until: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct MisconfiguredView {
     pub error: LastError,
     pub since: DateTime<Utc>,

@@ -7,6 +7,7 @@ use crate::domain::{ConnectionId, ConnectionStatus, IntegrationKey, Scopes, Toke
 
 /// Why the last refresh (or flow) failed, as shown in the status API.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct LastError {
     pub code: String,
     pub message: String,
