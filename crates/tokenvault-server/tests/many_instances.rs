@@ -572,3 +572,67 @@ async fn a_connection_life_spread_over_three_instances() {
     assert_eq!(ids.len(), deliveries, "no event was delivered twice");
     assert_eq!(deliveries, 4);
 }
+
+/// SIGTERM while a token request waits on a slow provider refresh: the
+/// request still gets its refreshed token, the process exits cleanly, and
+/// the refresh lease is released (another instance could refresh at once).
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_refresh_finish_and_release_its_lease() {
+    const CLIENT: &str = "graceful-app";
+    let peer = Peer::start();
+    let ports = [free_port()];
+    let cluster = cluster(&peer, CLIENT, &ports, "scheduler_enabled = false\n").await;
+    let mut instance = cluster.start("a", ports[0]).await;
+    peer.hook("config", serde_json::json!({"access_token_ttl": 30}))
+        .await;
+    cluster.connect("leaver", CLIENT).await;
+    peer.hook("config", serde_json::json!({"access_token_ttl": 3600}))
+        .await;
+    peer.hook(
+        "faults",
+        serde_json::json!({"faults": [{"delay_ms": 2000, "grant_type": "refresh_token"}]}),
+    )
+    .await;
+    let request = tokio::spawn(
+        reqwest::Client::new()
+            .get(format!(
+                "{}/v1/users/leaver/connections/{CLIENT}/token",
+                instance.base
+            ))
+            .bearer_auth(API_KEY)
+            .send(),
+    );
+    // Signal once the refresh is at the provider.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while peer.stats().await["token_requests"]["refresh_token"].as_u64() != Some(1) {
+        assert!(Instant::now() < deadline, "the refresh never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let signalled = Command::new("kill")
+        .args(["-TERM", &instance.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let response = request.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200, "the in-flight request completed");
+    let body: serde_json::Value = response.json().await.unwrap();
+    let exit = instance.child.wait().unwrap();
+    assert!(exit.success(), "clean exit: {exit:?}");
+
+    let store = tokenvault::store::connect(&cluster.database_url, &Default::default())
+        .await
+        .unwrap();
+    let record = store
+        .get(
+            &UserId::parse("leaver").unwrap(),
+            &IntegrationKey::parse(CLIENT).unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(record.lease.is_none(), "lease released: {:?}", record.lease);
+    assert_eq!(record.status, ConnectionStatus::Connected);
+    let stats = peer.stats().await;
+    assert_eq!(stats["refresh_by_client"][CLIENT], 1);
+    assert!(body["expires_at"].is_string());
+}
