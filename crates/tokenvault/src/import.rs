@@ -17,11 +17,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::domain::{
-    AccessToken, ConnectionId, ConnectionStatus, IntegrationKey, RefreshToken, Scopes, TokenSet,
-    TokenType, UserId,
+    AccessToken, ConnectionStatus, IntegrationKey, RefreshToken, Scopes, TokenSet, TokenType,
+    UserId,
 };
 use crate::events::EventType;
-use crate::store::{ConnectionRecord, NewConnection, StoreError};
+use crate::store::{ConnectionRecord, StoreError};
 use crate::vault::{ConnectionView, Vault, VaultError, jittered_refresh_at};
 
 /// Longest access or refresh token accepted, in bytes. Real tokens (JWTs
@@ -426,40 +426,8 @@ impl Vault {
             };
             return Ok(self.imported(ImportAction::Created, view));
         }
-        let id = ConnectionId::new();
-        let sealed = self
-            .envelope()
-            .seal_new(id, &tokens.access_token, tokens.refresh_token.as_ref())
-            .await
-            .map_err(VaultError::from)?;
-        let emit = self
-            .event(
-                EventType::ConnectionCreated,
-                id,
-                user,
-                integration,
-                ConnectionStatus::Connected,
-                None,
-                now,
-            )
-            .into_iter()
-            .collect();
         let record = self
-            .store()
-            .upsert(NewConnection {
-                id,
-                user_id: user.clone(),
-                integration: integration.clone(),
-                status: ConnectionStatus::Connected,
-                scopes: tokens.scopes.clone(),
-                token_type: tokens.token_type,
-                expires_at: tokens.expires_at,
-                next_refresh_at,
-                sealed,
-                metadata,
-                now,
-                emit,
-            })
+            .insert_grant(user, integration, tokens, metadata, next_refresh_at, now)
             .await?;
         Ok(self.imported(ImportAction::Created, (&record).into()))
     }
@@ -473,6 +441,7 @@ impl Vault {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::ConnectionId;
 
     fn grant(expires_at: Option<DateTime<Utc>>, refresh: bool) -> ImportedGrant {
         ImportedGrant {

@@ -220,8 +220,24 @@ impl Vault {
         metadata: Value,
         refresh_buffer: Duration,
     ) -> Result<ConnectionRecord, VaultError> {
-        let id = ConnectionId::new();
         let now = self.inner.clock.now();
+        let due = next_refresh_at(tokens, refresh_buffer, now);
+        self.insert_grant(user, integration, tokens, metadata, due, now)
+            .await
+    }
+
+    /// Seals a grant under a new connection id and data key and upserts it
+    /// as connected, with its `connection.created` event in the same write.
+    pub(crate) async fn insert_grant(
+        &self,
+        user: &UserId,
+        integration: &IntegrationKey,
+        tokens: &TokenSet,
+        metadata: Value,
+        next_refresh_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<ConnectionRecord, VaultError> {
+        let id = ConnectionId::new();
         let sealed = self
             .inner
             .envelope
@@ -250,7 +266,7 @@ impl Vault {
                 scopes: tokens.scopes.clone(),
                 token_type: tokens.token_type,
                 expires_at: tokens.expires_at,
-                next_refresh_at: next_refresh_at(tokens, refresh_buffer, now),
+                next_refresh_at,
                 sealed,
                 metadata,
                 now,

@@ -6,13 +6,10 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
-use axum::Form;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use chrono::{DateTime, Duration, Utc};
 use common::*;
 use secrecy::SecretString;
@@ -48,47 +45,8 @@ conformance!(
 
 const KEYS: &str = "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 
-/// A rotating token endpoint: refresh token `X` yields `AT-after-X` and
-/// `X-rotated`, an hour long; a spent refresh token is `invalid_grant`.
-async fn token_endpoint() -> String {
-    let uses: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
-    let app = axum::Router::new().route(
-        "/token",
-        axum::routing::post(move |Form(form): Form<HashMap<String, String>>| {
-            let uses = uses.clone();
-            async move {
-                let token = form.get("refresh_token").cloned().unwrap_or_default();
-                let count = {
-                    let mut uses = uses.lock().unwrap();
-                    let count = uses.entry(token.clone()).or_default();
-                    *count += 1;
-                    *count
-                };
-                if count > 1 {
-                    return (
-                        StatusCode::BAD_REQUEST,
-                        axum::Json(json!({"error": "invalid_grant"})),
-                    )
-                        .into_response();
-                }
-                axum::Json(json!({
-                    "access_token": format!("AT-after-{token}"),
-                    "refresh_token": format!("{token}-rotated"),
-                    "expires_in": 3600,
-                    "token_type": "Bearer",
-                }))
-                .into_response()
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/token", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
-}
-
 async fn vault(backend: &Backend) -> Vault {
-    let token_url = token_endpoint().await;
+    let token_url = TokenEndpoint::default().start().await;
     let catalog = Catalog::builtin()
         .merge_toml_str(&format!(
             "[providers.spotify]\ntoken_url = \"{token_url}\"\nrefresh_url = \"{token_url}\"\n"

@@ -4,13 +4,9 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Form;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use chrono::Utc;
 use common::*;
 use secrecy::SecretString;
@@ -25,52 +21,6 @@ use tokenvault::providers::Catalog;
 use tokenvault::refresh::{RefreshSettings, Scheduler, SchedulerSettings};
 use tokenvault::store::{ConnectionStore, NewConnection, PoolOptions, PostgresStore};
 use tokenvault::vault::Vault;
-
-/// A rotating token endpoint: each refresh token works once (reuse is
-/// `invalid_grant`, as at the real peer); counts uses per token.
-#[derive(Clone, Default)]
-struct TokenEndpoint {
-    uses: Arc<Mutex<HashMap<String, u32>>>,
-}
-
-impl TokenEndpoint {
-    async fn start(&self) -> String {
-        let uses = self.uses.clone();
-        let app = axum::Router::new().route(
-            "/token",
-            axum::routing::post(move |Form(form): Form<HashMap<String, String>>| {
-                let uses = uses.clone();
-                async move {
-                    let token = form.get("refresh_token").cloned().unwrap_or_default();
-                    let count = {
-                        let mut uses = uses.lock().unwrap();
-                        let count = uses.entry(token.clone()).or_default();
-                        *count += 1;
-                        *count
-                    };
-                    if count > 1 {
-                        return (
-                            StatusCode::BAD_REQUEST,
-                            axum::Json(json!({"error": "invalid_grant"})),
-                        )
-                            .into_response();
-                    }
-                    axum::Json(json!({
-                        "access_token": format!("AT-after-{token}"),
-                        "refresh_token": format!("{token}-rotated"),
-                        "expires_in": 3600,
-                        "token_type": "Bearer",
-                    }))
-                    .into_response()
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/token", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        url
-    }
-}
 
 fn integrations(token_url: &str) -> Arc<Integrations> {
     let catalog = Catalog::builtin()

@@ -129,3 +129,54 @@ pub fn redis_url() -> String {
 pub fn unique_redis_prefix() -> String {
     format!("tokenvault:test:{}:state:", uuid::Uuid::new_v4().simple())
 }
+
+/// A rotating token endpoint: each refresh token works once (reuse is
+/// `invalid_grant`, as at the real peer); counts uses per token.
+#[derive(Clone, Default)]
+pub struct TokenEndpoint {
+    pub uses: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+}
+
+impl TokenEndpoint {
+    pub async fn start(&self) -> String {
+        use axum::http::StatusCode;
+        use axum::response::IntoResponse;
+        use serde_json::json;
+        let uses = self.uses.clone();
+        let app = axum::Router::new().route(
+            "/token",
+            axum::routing::post(
+                move |axum::Form(form): axum::Form<std::collections::HashMap<String, String>>| {
+                    let uses = uses.clone();
+                    async move {
+                        let token = form.get("refresh_token").cloned().unwrap_or_default();
+                        let count = {
+                            let mut uses = uses.lock().unwrap();
+                            let count = uses.entry(token.clone()).or_default();
+                            *count += 1;
+                            *count
+                        };
+                        if count > 1 {
+                            return (
+                                StatusCode::BAD_REQUEST,
+                                axum::Json(json!({"error": "invalid_grant"})),
+                            )
+                                .into_response();
+                        }
+                        axum::Json(json!({
+                            "access_token": format!("AT-after-{token}"),
+                            "refresh_token": format!("{token}-rotated"),
+                            "expires_in": 3600,
+                            "token_type": "Bearer",
+                        }))
+                        .into_response()
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    }
+}
