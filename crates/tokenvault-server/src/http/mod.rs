@@ -154,9 +154,9 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(crate::metrics::track_http))
 }
 
-/// Answers 503 `request_timeout` when a handler runs longer than the limit
-/// (the handler is dropped; a refresh it started under a lease finishes or
-/// its lease expires, so nothing is left half-written).
+/// Answers 503 `request_timeout` when a handler runs longer than the limit.
+/// The handler is dropped; a refresh it started runs on in its own task and
+/// stores what the provider returned, so nothing is lost or half-written.
 async fn request_timeout(
     axum::extract::State(limits): axum::extract::State<Limits>,
     request: Request,
