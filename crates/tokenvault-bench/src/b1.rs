@@ -24,6 +24,61 @@ pub struct Backend {
     pub service: LoadResult,
     /// service req/s ÷ floor req/s.
     pub ratio: f64,
+    pub breakdown: Breakdown,
+}
+
+/// Where a token read's time goes, measured one call at a time (no
+/// concurrency) before the load: the store read and the envelope open.
+#[derive(Debug, Clone, Serialize)]
+pub struct Breakdown {
+    pub store_get_us: f64,
+    pub open_us: f64,
+    pub valid_token_us: f64,
+}
+
+async fn breakdown(
+    vault: &tokenvault::vault::Vault,
+    integration: &IntegrationKey,
+) -> anyhow::Result<Breakdown> {
+    const CALLS: usize = 2_000;
+    let users: Vec<UserId> = (0..CONNECTIONS)
+        .map(|i| UserId::parse(setup::user(i)))
+        .collect::<Result<_, _>>()?;
+    let per_call =
+        |started: std::time::Instant| started.elapsed().as_secs_f64() * 1e6 / CALLS as f64;
+    let started = std::time::Instant::now();
+    let mut records = Vec::new();
+    for k in 0..CALLS {
+        let record = vault
+            .store()
+            .get(&users[k % CONNECTIONS], integration)
+            .await?;
+        if k < CONNECTIONS {
+            records.push(record.expect("inserted"));
+        }
+    }
+    let store_get_us = per_call(started);
+    let started = std::time::Instant::now();
+    for k in 0..CALLS {
+        vault.open(&records[k % CONNECTIONS]).await?;
+    }
+    let open_us = per_call(started);
+    let started = std::time::Instant::now();
+    for k in 0..CALLS {
+        vault
+            .valid_token(
+                &users[k % CONNECTIONS],
+                integration,
+                std::time::Duration::ZERO,
+            )
+            .await?;
+    }
+    let valid_token_us = per_call(started);
+    Ok(Breakdown {
+        store_get_us,
+        open_us,
+        valid_token_us,
+    })
 }
 
 async fn listen(app: axum::Router) -> anyhow::Result<std::net::SocketAddr> {
@@ -86,6 +141,7 @@ pub async fn run(
             )
             .await?;
     }
+    let breakdown = breakdown(&state.vault, &integration).await?;
     let service = listen(tokenvault_server::http::router(state)).await?;
     let floor = listen(floor_router()).await?;
 
@@ -120,6 +176,7 @@ pub async fn run(
     .await?;
     Ok(Backend {
         ratio: service.rps / floor.rps,
+        breakdown,
         floor,
         service,
     })

@@ -28,6 +28,15 @@ struct Cli {
     /// Also write the JSON here.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
+    /// Experiment: override `database_max_connections` (default 10).
+    #[arg(long)]
+    database_max_connections: Option<u32>,
+    /// Experiment: override `scheduler_concurrency` (default 16).
+    #[arg(long)]
+    scheduler_concurrency: Option<usize>,
+    /// Experiment: override `scheduler_batch` (default 100).
+    #[arg(long)]
+    scheduler_batch: Option<u32>,
     #[command(subcommand)]
     child: Option<Child>,
 }
@@ -99,11 +108,18 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&tick)?);
         return Ok(());
     }
+    let tuning = setup::Tuning {
+        database_max_connections: cli.database_max_connections,
+        scheduler_concurrency: cli.scheduler_concurrency,
+        scheduler_batch: cli.scheduler_batch,
+    };
+    setup::TUNING.set(tuning).expect("set once");
     let plan = cli.size.plan();
     let wants = |name: &str| cli.only.iter().any(|b| b == name);
     let mut out = json!({
         "size": if cli.size == Size::Full { "full" } else { "smoke" },
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "overrides": tuning,
     });
     let mut targets = serde_json::Map::new();
 
@@ -191,6 +207,12 @@ fn summary(out: &Value) -> String {
                 f(&r["service"]["p50_ms"]),
                 f(&r["service"]["p99_ms"]),
                 f(&r["ratio"]),
+            ));
+            lines.push(format!(
+                "  {backend:<9} one call at a time: store get {:.0} µs, open {:.0} µs, valid_token {:.0} µs",
+                f(&r["breakdown"]["store_get_us"]),
+                f(&r["breakdown"]["open_us"]),
+                f(&r["breakdown"]["valid_token_us"]),
             ));
         }
     }

@@ -18,6 +18,17 @@ pub const API_KEY: &str = "tvk_bench_key";
 pub const MASTER_KEYS: &str = "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 pub const INTEGRATION: &str = "spotify";
 
+/// Overrides of the service's defaults given on the command line (for
+/// experiments; the documented run uses none).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Tuning {
+    pub database_max_connections: Option<u32>,
+    pub scheduler_concurrency: Option<usize>,
+    pub scheduler_batch: Option<u32>,
+}
+
+pub static TUNING: std::sync::OnceLock<Tuning> = std::sync::OnceLock::new();
+
 /// The configuration `serve` would load, for a database and (optionally) a
 /// token endpoint that replaces the provider's.
 pub fn config(
@@ -43,6 +54,16 @@ pub fn config(
             ),
         )?;
         config.providers_file = Some(file);
+    }
+    let tuning = TUNING.get().copied().unwrap_or_default();
+    if let Some(n) = tuning.database_max_connections {
+        config.database_max_connections = n;
+    }
+    if let Some(n) = tuning.scheduler_concurrency {
+        config.scheduler_concurrency = n;
+    }
+    if let Some(n) = tuning.scheduler_batch {
+        config.scheduler_batch = n;
     }
     config.integrations.insert(
         IntegrationKey::parse(INTEGRATION)?,
