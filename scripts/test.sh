@@ -99,3 +99,16 @@ cargo test --workspace "$@"
 
 log "schemathesis against a local instance"
 scripts/schemathesis.sh
+
+# Benchmarks are not tests: CI only checks that a smoke-size run completes
+# and reports every headline figure (docs/benchmarks.md).
+log "benchmark smoke run"
+bench_json="${CARGO_TARGET_DIR:-target}/bench-smoke.json"
+scripts/bench.sh --size smoke >"$bench_json"
+node -e '
+const out = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+const fields = ["b1.ratio_sqlite", "b1.ratio_postgres", "b1.p99_ms", "b2.ratio",
+  "b2.connections_per_instance", "b3.tick_ms", "b3.rss_mib"];
+const missing = fields.filter((f) => typeof f.split(".").reduce((o, k) => o?.[k], out) !== "number");
+if (missing.length) { console.error("bench JSON lacks " + missing.join(", ")); process.exit(1); }
+' "$bench_json"

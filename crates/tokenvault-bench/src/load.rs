@@ -1,0 +1,120 @@
+//! Closed-loop HTTP/1.1 load: `concurrency` workers, each on its own
+//! keep-alive connection, sending the next request as soon as the previous
+//! answer is read. Latencies of requests completed inside the measurement
+//! window (after a warm-up) go into one sorted list for percentiles.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadResult {
+    pub requests: u64,
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+pub struct Load {
+    pub addr: SocketAddr,
+    /// Worker `w` sends `paths[(w + k) % len]` as its `k`-th request.
+    pub paths: Arc<Vec<String>>,
+    pub bearer: Option<String>,
+    pub concurrency: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+}
+
+impl Load {
+    pub async fn run(&self) -> anyhow::Result<LoadResult> {
+        let start = Instant::now();
+        let window = (start + self.warmup, start + self.warmup + self.duration);
+        let mut workers = Vec::with_capacity(self.concurrency);
+        for worker in 0..self.concurrency {
+            let stream = tokio::net::TcpStream::connect(self.addr)
+                .await
+                .with_context(|| format!("connecting to {}", self.addr))?;
+            stream.set_nodelay(true)?;
+            let (sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            workers.push(tokio::spawn(worker_loop(
+                sender,
+                worker,
+                Arc::clone(&self.paths),
+                self.bearer.clone(),
+                self.addr,
+                window,
+            )));
+        }
+        let mut latencies = Vec::new();
+        for worker in workers {
+            latencies.extend(worker.await??);
+        }
+        if latencies.is_empty() {
+            bail!("no request completed inside the measurement window");
+        }
+        latencies.sort_unstable();
+        let at = |q: f64| {
+            let index = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len());
+            f64::from(latencies[index - 1]) / 1000.0
+        };
+        Ok(LoadResult {
+            requests: latencies.len() as u64,
+            rps: latencies.len() as f64 / self.duration.as_secs_f64(),
+            p50_ms: at(0.50),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        })
+    }
+}
+
+/// Returns the latencies (µs) of the requests that completed in `window`.
+async fn worker_loop(
+    mut sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    worker: usize,
+    paths: Arc<Vec<String>>,
+    bearer: Option<String>,
+    addr: SocketAddr,
+    (from, until): (Instant, Instant),
+) -> anyhow::Result<Vec<u32>> {
+    let host = addr.to_string();
+    let authorization = bearer.map(|key| format!("Bearer {key}"));
+    let mut latencies = Vec::with_capacity(64 * 1024);
+    for k in 0.. {
+        let sent = Instant::now();
+        if sent >= until {
+            break;
+        }
+        let mut request = Request::get(paths[(worker + k) % paths.len()].as_str())
+            .header(hyper::header::HOST, host.as_str());
+        if let Some(authorization) = &authorization {
+            request = request.header(hyper::header::AUTHORIZATION, authorization.as_str());
+        }
+        sender.ready().await?;
+        let response = sender.send_request(request.body(Empty::new())?).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!(
+                "{} answered {status}: {}",
+                paths[(worker + k) % paths.len()],
+                String::from_utf8_lossy(&body)
+            );
+        }
+        let done = Instant::now();
+        if sent >= from && done <= until {
+            latencies
+                .push(u32::try_from(done.duration_since(sent).as_micros()).unwrap_or(u32::MAX));
+        }
+    }
+    Ok(latencies)
+}
