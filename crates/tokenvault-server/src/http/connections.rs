@@ -71,7 +71,7 @@ pub(super) fn token_error(err: TokenError, integration: &str) -> ApiError {
     }
 }
 
-fn key_of(raw: &str) -> Result<IntegrationKey, ApiError> {
+pub(super) fn key_of(raw: &str) -> Result<IntegrationKey, ApiError> {
     IntegrationKey::parse(raw).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -8,11 +8,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tokenvault::domain::{IntegrationKey, UserId};
-use tokenvault::import::{ImportAction, ImportError, ImportOptions};
+use tokenvault::import::{ImportAction, ImportError, ImportOptions, InvalidGrant};
 use tokenvault::vault::ConnectionView;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
+use super::connections::key_of;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use super::flows::{integration, user_id};
 use crate::import::GrantBody;
@@ -67,11 +68,13 @@ fn force(query: &ImportQuery) -> Result<bool, ApiError> {
     }
 }
 
+fn invalid_grant(invalid: &InvalidGrant) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, invalid.code(), invalid.to_string())
+}
+
 fn import_error(err: ImportError, key: &str) -> ApiError {
     match err {
-        ImportError::Invalid(invalid) => {
-            ApiError::new(StatusCode::BAD_REQUEST, invalid.code(), invalid.to_string())
-        }
+        ImportError::Invalid(invalid) => invalid_grant(&invalid),
         ImportError::UnknownIntegration(_) => ApiError::not_found(
             "unknown_integration",
             format!("no integration named {key:?} is configured; see GET /v1/integrations"),
@@ -121,22 +124,16 @@ pub async fn put_connection(
     body: Result<ApiJson<GrantBody>, ApiError>,
 ) -> Result<Response, ApiError> {
     let user = user_id(&user)?;
-    IntegrationKey::parse(key.as_str()).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_integration",
-            e.to_string(),
-        )
-    })?;
+    key_of(&key)?;
     let integration = integration(&state, &key)?.key().clone();
     let options = ImportOptions {
         dry_run: false,
         force: force(&query)?,
     };
     let ApiJson(body) = body?;
-    let grant = body.into_grant().map_err(|invalid| {
-        ApiError::new(StatusCode::BAD_REQUEST, invalid.code(), invalid.to_string())
-    })?;
+    let grant = body
+        .into_grant()
+        .map_err(|invalid| invalid_grant(&invalid))?;
     let outcome = state
         .vault
         .import_with(&user, &integration, grant, options)
