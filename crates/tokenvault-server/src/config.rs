@@ -106,6 +106,16 @@ pub struct Config {
     /// A request still running after this many seconds is answered 503
     /// `request_timeout` (must exceed the refresh wait, 25 s).
     pub request_timeout_secs: u64,
+    /// The longest provider `Retry-After` the API proxy waits out before
+    /// retrying; a longer one is relayed to the caller as the 429 it is.
+    pub proxy_max_retry_after_secs: u64,
+    /// Run bulk actions on this instance (every instance may; an action runs
+    /// on one instance at a time, under a lease).
+    pub bulk_enabled: bool,
+    /// Provider calls in flight per running bulk action.
+    pub bulk_concurrency: usize,
+    /// Most users one bulk action may name (or select by status).
+    pub bulk_max_items: usize,
     /// Where Prometheus scrapes `GET /metrics` (its own listener, no API
     /// key); `"off"` or empty disables metrics.
     #[serde(deserialize_with = "optional_addr")]
@@ -187,6 +197,10 @@ impl Default for Config {
             log_salt: None,
             max_body_bytes: 1024 * 1024,
             request_timeout_secs: 30,
+            proxy_max_retry_after_secs: 10,
+            bulk_enabled: true,
+            bulk_concurrency: 16,
+            bulk_max_items: 1_000_000,
             metrics_bind: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
         }
     }

@@ -275,6 +275,13 @@ fn render(
     put("max_body_bytes", int(config.max_body_bytes));
     put("request_timeout_secs", int(config.request_timeout_secs));
     put(
+        "proxy_max_retry_after_secs",
+        int(config.proxy_max_retry_after_secs),
+    );
+    put("bulk_enabled", Value::Boolean(config.bulk_enabled));
+    put("bulk_concurrency", int(config.bulk_concurrency));
+    put("bulk_max_items", int(config.bulk_max_items));
+    put(
         "metrics_bind",
         Value::String(
             config

@@ -1,6 +1,6 @@
 //! `tokenvault`: the service and its operator commands.
 
-use tokenvault_server::{api_keys, config, config_check, http, import, keys, metrics, wiring};
+use tokenvault_server::{api_keys, bulk, config, config_check, http, import, keys, metrics, wiring};
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -60,6 +60,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Bulk actions: one provider API request for many users.
+    Bulk {
+        #[command(subcommand)]
+        command: BulkCommand,
+    },
     /// Import tokens from a legacy store: a JSONL file, one connection per line.
     #[command(long_about = import::HELP)]
     Import {
@@ -106,6 +111,34 @@ enum ApiKeysCommand {
 }
 
 #[derive(Subcommand)]
+enum BulkCommand {
+    /// Create a bulk action from SPEC.json and run it here with a progress bar.
+    #[command(long_about = bulk::HELP)]
+    Run {
+        /// The action, as the body of POST /v1/bulk-actions.
+        spec: PathBuf,
+    },
+    /// Run an existing action here (e.g. after `bulk run` was stopped).
+    Resume {
+        /// The bulk action's id.
+        id: String,
+    },
+    /// Show an action's progress: items by state, rate, ETA.
+    Status {
+        /// The bulk action's id.
+        id: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel an action: pending items are never sent.
+    Cancel {
+        /// The bulk action's id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Print the effective configuration with secrets masked; exit 1 if it has errors.
     Check,
@@ -145,7 +178,10 @@ async fn main() -> std::process::ExitCode {
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // Finished, but not every line went in: scripts must notice.
-        Err(err) if err.downcast_ref::<import::LinesRejected>().is_some() => {
+        Err(err)
+            if err.downcast_ref::<import::LinesRejected>().is_some()
+                || err.downcast_ref::<bulk::ItemsNotSucceeded>().is_some() =>
+        {
             eprintln!("error: {err}");
             std::process::ExitCode::from(2)
         }
@@ -169,6 +205,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ApiKeysCommand::Revoke { id } => api_keys::revoke(&config, &id).await,
         },
         Command::Serve { bind } => serve(config, bind).await,
+        Command::Bulk { command } => match command {
+            BulkCommand::Run { spec } => bulk::run(&config, &spec).await,
+            BulkCommand::Resume { id } => bulk::resume(&config, &id).await,
+            BulkCommand::Status { id, json } => bulk::status(&config, &id, json).await,
+            BulkCommand::Cancel { id } => bulk::cancel(&config, &id).await,
+        },
         Command::Migrate => {
             let store = wiring::open_store(&config).await?;
             store.migrate().await?;
@@ -244,6 +286,7 @@ async fn serve(config: Config, bind: Option<SocketAddr>) -> anyhow::Result<()> {
         wiring::spawn_state_purger(state.states.clone(), std::time::Duration::from_secs(60));
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let scheduler = wiring::spawn_scheduler(&state, &config, stopping.clone());
+    let bulk = wiring::spawn_bulk_worker(&state, &config, stopping.clone());
     let webhooks = wiring::spawn_webhooks(&state, &config, stopping)?;
     let served = axum::serve(listener, http::router(state))
         .with_graceful_shutdown(shutdown_signal())
@@ -252,7 +295,7 @@ async fn serve(config: Config, bind: Option<SocketAddr>) -> anyhow::Result<()> {
     // outcome and releases its leases.
     let _ = stop.send(true);
     poller.shutdown().await;
-    for task in scheduler.into_iter().chain(webhooks) {
+    for task in scheduler.into_iter().chain(bulk).chain(webhooks) {
         let _ = task.await;
     }
     purger.abort();

@@ -20,6 +20,7 @@ use tokenvault::state::{RedisOptions, RedisStateStore, SqlStateStore, StateStore
 use tokenvault::store::{ConnectionStore, Database, PoolOptions};
 use tokenvault::vault::Vault;
 use tokio::sync::watch;
+use tokenvault::bulk::{BulkActions, BulkSettings, BulkWorker, SqlBulkStore};
 
 use crate::config::{Config, Environment};
 use crate::http::{ApiKeys, AppState, FlowSettings};
@@ -134,7 +135,10 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         vault.clone(),
         Arc::clone(&integrations),
     );
+    let bulk = BulkActions::new(vault.clone(), SqlBulkStore::on(&database))
+        .with_max_items(config.bulk_max_items);
     Ok(AppState {
+        bulk,
         vault,
         api_keys: ApiKeys::new(&config.api_keys, Some(SqlApiKeyStore::on(&database))),
         catalog: Arc::new(catalog),
@@ -286,6 +290,25 @@ pub fn spawn_scheduler(
     config
         .scheduler_enabled
         .then(|| Scheduler::new(state.vault.clone(), scheduler_settings(config)).spawn(shutdown))
+}
+
+/// The bulk runner's settings from the configuration.
+pub fn bulk_settings(config: &Config) -> BulkSettings {
+    BulkSettings {
+        concurrency: config.bulk_concurrency.max(1),
+        ..BulkSettings::default()
+    }
+}
+
+/// Starts the bulk-action runner unless `bulk_enabled = false`.
+pub fn spawn_bulk_worker(
+    state: &AppState,
+    config: &Config,
+    shutdown: watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    config
+        .bulk_enabled
+        .then(|| BulkWorker::new(state.bulk.clone(), bulk_settings(config)).spawn(shutdown))
 }
 
 /// Starts webhook delivery when a webhook URL is configured.

@@ -544,6 +544,12 @@ impl Integration {
         hex::encode(&hash.finalize()[..8])
     }
 
+    /// The shared HTTP client (no redirects, the configured timeouts), for
+    /// calls to the provider's API.
+    pub fn http(&self) -> &reqwest::Client {
+        self.oauth.http()
+    }
+
     /// The configured per-second limit on token-endpoint calls, if any.
     pub fn rate_limit_per_second(&self) -> Option<u32> {
         self.rate_limit_per_second

@@ -4,7 +4,9 @@
 //! client, the provider catalog and storage; the `tokenvault-server` crate
 //! wires them into an HTTP service.
 
+pub mod api;
 pub mod api_keys;
+pub mod bulk;
 pub mod crypto;
 pub mod device;
 pub mod domain;

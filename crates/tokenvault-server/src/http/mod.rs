@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, middleware, shared state.
 
 mod auth;
+mod bulk;
 mod connections;
 mod device;
 pub mod error;
@@ -8,6 +9,7 @@ mod flows;
 mod health;
 mod import;
 pub mod openapi;
+mod proxy;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,6 +51,9 @@ pub struct AppState {
     /// Device authorization sessions; a [`tokenvault::device::DevicePoller`]
     /// (see `wiring::spawn_device_poller`) polls them.
     pub device: DeviceFlow,
+    /// Bulk actions (a [`tokenvault::bulk::BulkWorker`], see
+    /// `wiring::spawn_bulk_worker`, runs them).
+    pub bulk: tokenvault::bulk::BulkActions,
     pub limits: Limits,
 }
 
@@ -59,6 +64,9 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Requests still running after this are answered 503 `request_timeout`.
     pub request_timeout: Duration,
+    /// The longest provider `Retry-After` the proxy waits out before
+    /// retrying; a longer one is relayed to the caller.
+    pub proxy_max_retry_after: Duration,
 }
 
 impl Limits {
@@ -66,6 +74,7 @@ impl Limits {
         Self {
             max_body_bytes: config.max_body_bytes,
             request_timeout: Duration::from_secs(config.request_timeout_secs.max(1)),
+            proxy_max_retry_after: Duration::from_secs(config.proxy_max_retry_after_secs),
         }
     }
 }
@@ -128,6 +137,22 @@ pub fn router(state: AppState) -> Router {
             "/users/{user_id}/connections/{integration}/refresh",
             post(connections::force_refresh),
         )
+        .route(
+            "/users/{user_id}/connections/{integration}/profile",
+            get(proxy::profile),
+        )
+        .route(
+            "/proxy/{integration}/{user_id}/{*path}",
+            get(proxy::proxy)
+                .post(proxy::proxy)
+                .put(proxy::proxy)
+                .patch(proxy::proxy)
+                .delete(proxy::proxy),
+        )
+        .route("/bulk-actions", post(bulk::create))
+        .route("/bulk-actions/{id}", get(bulk::show))
+        .route("/bulk-actions/{id}/items", get(bulk::items))
+        .route("/bulk-actions/{id}/cancel", post(bulk::cancel))
         .route("/connect-sessions", post(flows::create_connect_session))
         .route("/device-sessions", post(device::create_device_session))
         .route("/device-sessions/{id}", get(device::get_device_session))
@@ -182,11 +207,26 @@ async fn request_timeout(
     }
 }
 
-/// The request path as logs show it: user ids replaced by their keyed hash
-/// and connect-session ids (single-use bearer links) cut to 8 characters.
+/// The request path as logs show it: user ids replaced by their keyed hash,
+/// connect-session ids (single-use bearer links) cut to 8 characters, and a
+/// proxied call's provider path (which may name the user's resources) left
+/// out.
 fn loggable_path(path: &str) -> String {
+    let segments: Vec<&str> = path.split('/').collect();
+    if segments.get(1) == Some(&"v1") && segments.get(2) == Some(&"proxy") {
+        // ["", "v1", "proxy", integration, user, provider path...]
+        let mut shown: Vec<String> = segments.iter().take(4).map(|s| (*s).to_owned()).collect();
+        if let Some(user) = segments.get(4) {
+            shown.push(tokenvault::privacy::UserTag(user).to_string());
+        }
+        if segments.len() > 5 {
+            shown.push("…".to_owned());
+        }
+        return shown.join("/");
+    }
     let mut previous = "";
-    path.split('/')
+    segments
+        .into_iter()
         .map(|segment| {
             let shown = match previous {
                 "users" => tokenvault::privacy::UserTag(segment).to_string(),

@@ -16,7 +16,7 @@ use utoipa::openapi::{ContentBuilder, Header, Ref, RefOr};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::error::ErrorBody;
-use super::{connections, device, flows, health, import};
+use super::{bulk, connections, device, flows, health, import, proxy};
 
 const SECURITY_SCHEME: &str = "api_key";
 const UNAUTHORIZED: &str = "Unauthorized";
@@ -44,10 +44,16 @@ const LAYER_503: &str = "`request_timeout` (the request ran longer than `request
         connections::revoke,
         connections::token,
         connections::force_refresh,
+        proxy::profile,
+        proxy::proxy,
         import::put_connection,
         flows::create_connect_session,
         device::create_device_session,
         device::get_device_session,
+        bulk::create,
+        bulk::show,
+        bulk::items,
+        bulk::cancel,
     ),
     components(schemas(ErrorBody)),
     modifiers(&V1Conventions),
@@ -56,6 +62,8 @@ const LAYER_503: &str = "`request_timeout` (the request ran longer than `request
         (name = "integrations", description = "The provider catalog and the configured integrations"),
         (name = "connections", description = "A user's connections: tokens, refresh, status, revocation"),
         (name = "flows", description = "Connecting a user: browser and device flows"),
+        (name = "proxy", description = "Calling the provider's API as the user, without handling tokens"),
+        (name = "bulk", description = "One provider request for many users, run durably at a bounded rate"),
     ),
 )]
 pub struct ApiDoc;

@@ -398,6 +398,34 @@ impl Vault {
         self.refresh_or_fallback(record, tokens, mode).await
     }
 
+    /// The provider's API refused `rejected`'s access token (401): refresh
+    /// now, unless another caller already replaced that token, whose newer
+    /// token is then returned. Same fallbacks as [`Vault::valid_token`]: when
+    /// nothing newer can be had, the result carries the same token.
+    pub(crate) async fn refresh_rejected(
+        &self,
+        rejected: &IssuedToken,
+    ) -> Result<IssuedToken, TokenError> {
+        let record = self
+            .store()
+            .get_by_id(rejected.connection.id)
+            .await?
+            .ok_or(TokenError::NotConnected)?;
+        let tokens = usable(self, &record).await?;
+        let mode = Mode::Forced {
+            seen: rejected.connection.access_token.clone(),
+        };
+        self.refresh_or_fallback(record, tokens, mode).await
+    }
+
+    /// Waits for the integration's per-second budget, which API calls share
+    /// with the refresher's token-endpoint calls.
+    pub(crate) async fn spend_rate_budget(&self, key: &IntegrationKey) {
+        if let Some(health) = self.health(key) {
+            health.until_ready().await;
+        }
+    }
+
     async fn refresh_or_fallback(
         &self,
         record: ConnectionRecord,

@@ -19,6 +19,7 @@ pub use record::{
     OutboxEvent, PendingEvent,
 };
 pub use sqlite::SqliteStore;
+pub(crate) use sql::insert_event;
 
 use crate::crypto::WrappedKey;
 use crate::domain::{ConnectionId, ConnectionStatus, IntegrationKey, UserId};

@@ -416,7 +416,7 @@ macro_rules! sql_store {
 }
 
 /// Binds one outbox row for [`Dialect::insert_event`].
-pub(super) fn insert_event<'q, DB: sqlx::Database>(
+pub(crate) fn insert_event<'q, DB: sqlx::Database>(
     sql: &'static str,
     event: &'q super::OutboxEvent,
 ) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
