@@ -153,7 +153,10 @@ impl FakeSpotify {
 
     pub fn has_saved(&self, user: &str, track: &str) -> bool {
         let inner = self.inner.lock().unwrap();
-        inner.users.get(user).is_some_and(|s| s.saved.contains(track))
+        inner
+            .users
+            .get(user)
+            .is_some_and(|s| s.saved.contains(track))
     }
 
     pub fn refreshes(&self, user: &str) -> u64 {
@@ -231,8 +234,9 @@ async fn token(
             json!({"error": "invalid_client", "error_description": "Invalid client"}),
         );
     }
-    let form: HashMap<String, String> =
-        url::form_urlencoded::parse(body.as_bytes()).into_owned().collect();
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
     if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
         return error(
             StatusCode::BAD_REQUEST,
@@ -277,7 +281,11 @@ fn parse_token(kind: &str, token: &str) -> Option<(String, u64)> {
 
 /// Counts the call, applies the 429 rule, and checks the bearer token;
 /// `Ok(user)` when the call may proceed.
-fn admit(options: &Options, inner: &mut Inner, headers: &HeaderMap) -> Result<String, Response> {
+fn admit(
+    options: &Options,
+    inner: &mut Inner,
+    headers: &HeaderMap,
+) -> Result<String, Box<Response>> {
     inner.api_calls += 1;
     inner.arrivals.push(now_ms());
     let call = inner.api_calls;
@@ -285,14 +293,21 @@ fn admit(options: &Options, inner: &mut Inner, headers: &HeaderMap) -> Result<St
         *inner.statuses.entry(status.as_u16()).or_default() += 1;
         response
     };
-    if options.rate_limit_every.is_some_and(|n| call % n == 0) {
+    if options
+        .rate_limit_every
+        .is_some_and(|n| call.is_multiple_of(n))
+    {
         let response = (
             StatusCode::TOO_MANY_REQUESTS,
             [("retry-after", options.retry_after_secs.to_string())],
             axum::Json(json!({"error": {"status": 429, "message": "API rate limit exceeded"}})),
         )
             .into_response();
-        return Err(answer(inner, StatusCode::TOO_MANY_REQUESTS, response));
+        return Err(Box::new(answer(
+            inner,
+            StatusCode::TOO_MANY_REQUESTS,
+            response,
+        )));
     }
     let token = headers
         .get("authorization")
@@ -315,7 +330,7 @@ fn admit(options: &Options, inner: &mut Inner, headers: &HeaderMap) -> Result<St
                 StatusCode::UNAUTHORIZED,
                 json!({"error": {"status": 401, "message": "The access token expired"}}),
             );
-            Err(answer(inner, StatusCode::UNAUTHORIZED, response))
+            Err(Box::new(answer(inner, StatusCode::UNAUTHORIZED, response)))
         }
     }
 }
@@ -341,7 +356,7 @@ async fn save_tracks(
     let mut inner = inner.lock().unwrap();
     let user = match admit(&options, &mut inner, &headers) {
         Ok(user) => user,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let body: Option<Value> = serde_json::from_str(&body).ok();
     let ids = ids(&query, body.as_ref());
@@ -365,7 +380,7 @@ async fn contains(
     let mut inner = inner.lock().unwrap();
     let user = match admit(&options, &mut inner, &headers) {
         Ok(user) => user,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let state = &inner.users[&user];
     let answer: Vec<bool> = ids(&query, None)
@@ -385,6 +400,6 @@ async fn me(State((options, inner)): State<Shared>, headers: HeaderMap) -> Respo
             "product": "premium",
         }))
         .into_response(),
-        Err(response) => response,
+        Err(response) => *response,
     }
 }

@@ -30,7 +30,9 @@ Ctrl-C stops after the requests in flight are recorded; a running `serve` (or
 
 /// Some items did not succeed (exit status 2).
 #[derive(Debug, thiserror::Error)]
-#[error("{failed} item(s) failed and {skipped} were skipped; list them with GET /v1/bulk-actions/{id}/items?state=failed")]
+#[error(
+    "{failed} item(s) failed and {skipped} were skipped; list them with GET /v1/bulk-actions/{id}/items?state=failed"
+)]
 pub struct ItemsNotSucceeded {
     pub id: uuid::Uuid,
     pub failed: u64,
@@ -43,7 +45,10 @@ pub async fn run(config: &Config, spec_file: &Path) -> anyhow::Result<()> {
     let input: BulkSpecInput = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a bulk action spec", spec_file.display()))?;
     let state = wiring::build_state(config).await?;
-    let spec = state.bulk.parse(&input).map_err(|err| anyhow::anyhow!("{err}"))?;
+    let spec = state
+        .bulk
+        .parse(&input)
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
     let worker = BulkWorker::new(state.bulk.clone(), wiring::bulk_settings(config));
     let now = state.vault.clock().now();
     let lease_until = now + chrono::Duration::seconds(30);
@@ -61,7 +66,11 @@ pub async fn resume(config: &Config, id: &str) -> anyhow::Result<()> {
     let id = parse_id(id)?;
     let state = wiring::build_state(config).await?;
     let worker = BulkWorker::new(state.bulk.clone(), wiring::bulk_settings(config));
-    state.bulk.status(id).await.map_err(|err| anyhow::anyhow!("{err}"))?;
+    state
+        .bulk
+        .status(id)
+        .await
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
     drive(&state.bulk, worker, id).await
 }
 
@@ -76,9 +85,18 @@ async fn drive(
         let _ = stop.send(true);
     });
     let record = loop {
-        let record = actions.store().get(id).await?.context("the bulk action vanished")?;
-        let held_by_other = record.lease_owner.as_deref().is_some_and(|o| o != worker.owner())
-            && record.lease_until.is_some_and(|until| until > actions.vault().clock().now());
+        let record = actions
+            .store()
+            .get(id)
+            .await?
+            .context("the bulk action vanished")?;
+        let held_by_other = record
+            .lease_owner
+            .as_deref()
+            .is_some_and(|o| o != worker.owner())
+            && record
+                .lease_until
+                .is_some_and(|until| until > actions.vault().clock().now());
         if !held_by_other {
             break record;
         }
@@ -112,7 +130,10 @@ async fn drive(
             }
         }
     };
-    let view = actions.status(id).await.map_err(|err| anyhow::anyhow!("{err}"))?;
+    let view = actions
+        .status(id)
+        .await
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
     update(&bar, &view);
     bar.finish_and_clear();
     print_summary(&view);
@@ -121,7 +142,12 @@ async fn drive(
             let failed = view.counts[&ItemState::Failed];
             let skipped = view.counts[&ItemState::Skipped];
             if failed + skipped > 0 {
-                return Err(ItemsNotSucceeded { id, failed, skipped }.into());
+                return Err(ItemsNotSucceeded {
+                    id,
+                    failed,
+                    skipped,
+                }
+                .into());
             }
             Ok(())
         }
@@ -136,7 +162,11 @@ async fn drive(
 pub async fn status(config: &Config, id: &str, json: bool) -> anyhow::Result<()> {
     let id = parse_id(id)?;
     let state = wiring::build_state(config).await?;
-    let view = state.bulk.status(id).await.map_err(|err| anyhow::anyhow!("{err}"))?;
+    let view = state
+        .bulk
+        .status(id)
+        .await
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&view)?);
     } else {
@@ -148,7 +178,11 @@ pub async fn status(config: &Config, id: &str, json: bool) -> anyhow::Result<()>
 pub async fn cancel(config: &Config, id: &str) -> anyhow::Result<()> {
     let id = parse_id(id)?;
     let state = wiring::build_state(config).await?;
-    let view = state.bulk.cancel(id).await.map_err(|err| anyhow::anyhow!("{err}"))?;
+    let view = state
+        .bulk
+        .cancel(id)
+        .await
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
     print_summary(&view);
     Ok(())
 }
@@ -167,8 +201,7 @@ fn progress_bar(total: u64) -> ProgressBar {
         },
     );
     bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} items  {msg}")
-            .expect("valid template"),
+        ProgressStyle::with_template("{bar:40} {pos}/{len} items  {msg}").expect("valid template"),
     );
     bar
 }
@@ -196,7 +229,10 @@ fn update(bar: &ProgressBar, view: &BulkActionView) {
 }
 
 fn print_summary(view: &BulkActionView) {
-    println!("bulk action {} ({}): {}", view.id, view.integration, view.state);
+    println!(
+        "bulk action {} ({}): {}",
+        view.id, view.integration, view.state
+    );
     println!(
         "  {} {}",
         view.request["method"].as_str().unwrap_or_default(),
@@ -207,7 +243,12 @@ fn print_summary(view: &BulkActionView) {
         .iter()
         .map(|(state, n)| format!("{state} {n}"))
         .collect();
-    println!("  {} of {} done: {}", done(view), view.total, counts.join(", "));
+    println!(
+        "  {} of {} done: {}",
+        done(view),
+        view.total,
+        counts.join(", ")
+    );
     println!(
         "  rate {:.1}/s (configured {}/s){}",
         view.current_rate,

@@ -1,6 +1,8 @@
 //! `tokenvault`: the service and its operator commands.
 
-use tokenvault_server::{api_keys, bulk, config, config_check, http, import, keys, metrics, wiring};
+use tokenvault_server::{
+    api_keys, bulk, config, config_check, http, import, keys, metrics, wiring,
+};
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;

@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use secrecy::ExposeSecret;
 use std::time::Duration;
 use tokenvault::api_keys::{ApiKeyStore, SqlApiKeyStore};
+use tokenvault::bulk::{BulkActions, BulkSettings, BulkWorker, SqlBulkStore};
 use tokenvault::crypto::{Envelope, KeyRing};
 use tokenvault::device::{
     DeviceFlow, DevicePoller, DevicePollerHandle, PollerSettings, SqlDeviceSessionStore,
@@ -20,7 +21,6 @@ use tokenvault::state::{RedisOptions, RedisStateStore, SqlStateStore, StateStore
 use tokenvault::store::{ConnectionStore, Database, PoolOptions};
 use tokenvault::vault::Vault;
 use tokio::sync::watch;
-use tokenvault::bulk::{BulkActions, BulkSettings, BulkWorker, SqlBulkStore};
 
 use crate::config::{Config, Environment};
 use crate::http::{ApiKeys, AppState, FlowSettings};

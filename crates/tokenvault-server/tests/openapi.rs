@@ -76,7 +76,13 @@ fn router_operations() -> Operations {
             .map(|(i, _)| i)
             .expect("unbalanced .route(");
         let args = &rest[..end];
-        let path = args.split('"').nth(1).expect("a route path literal");
+        // OpenAPI has no catch-all segment: `{*path}` is documented as `{path}`.
+        let path = &args
+            .split('"')
+            .nth(1)
+            .expect("a route path literal")
+            .replace("{*path}", "{path}");
+        let path = path.as_str();
         let handlers = &args[args.find(',').expect("a route handler")..];
         let methods: Vec<String> = METHODS
             .iter()
@@ -115,13 +121,23 @@ fn readme_operations() -> Operations {
     let mut operations = Operations::new();
     for line in readme.lines() {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-        if cells.len() < 4 || !METHODS.contains(&cells[1].to_lowercase().as_str()) {
+        let methods: Vec<&str> = cells
+            .get(1)
+            .map(|c| c.split(", ").collect())
+            .unwrap_or_default();
+        if cells.len() < 4
+            || !methods
+                .iter()
+                .all(|m| METHODS.contains(&m.to_lowercase().as_str()))
+        {
             continue;
         }
         let paths = cells[2].split('`').skip(1).step_by(2);
         for path in paths {
             let path = path.split('?').next().unwrap();
-            operations.insert((cells[1].to_owned(), path.to_owned()));
+            for method in &methods {
+                operations.insert(((*method).to_owned(), path.to_owned()));
+            }
         }
     }
     operations
@@ -159,6 +175,7 @@ fn fill(path: &str) -> String {
         .replace("{integration}", "demo")
         .replace("{key}", "demo")
         .replace("{id}", "0190a0b2-0000-7000-8000-000000000000")
+        .replace("{path}", "me")
 }
 
 #[tokio::test]

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Method, StatusCode};
+pub use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret as _;
 use url::Url;
 
@@ -83,7 +83,8 @@ impl ApiPath {
         let mut first = true;
         while let Some(segment) = segments.next() {
             let last = segments.peek().is_none();
-            if segment.is_empty() && !(last && !first) && !path.is_empty() {
+            // Only a trailing `/` may leave an empty segment.
+            if segment.is_empty() && (!last || first) && !path.is_empty() {
                 return Err(ApiPathError::EmptySegment);
             }
             // RFC 3986 §4.2: a relative reference whose first segment has a
@@ -428,9 +429,7 @@ pub enum RequestError {
     InvalidPath(#[from] ApiPathError),
     #[error("integration {0} is not configured")]
     UnknownIntegration(IntegrationKey),
-    #[error(
-        "integration {0} has no API base URL (set api_base_url in its providers.toml entry)"
-    )]
+    #[error("integration {0} has no API base URL (set api_base_url in its providers.toml entry)")]
     NoApiBaseUrl(IntegrationKey),
     #[error("integration {0} has no profile endpoint (userinfo_url in its providers.toml entry)")]
     NoProfileEndpoint(IntegrationKey),
@@ -603,8 +602,9 @@ async fn send(
     issued: &IssuedToken,
 ) -> Result<reqwest::Response, RequestError> {
     let authorization = integration.api_authorization(&issued.tokens);
-    let mut value = HeaderValue::from_str(authorization.expose_secret())
-        .map_err(|_| RequestError::InvalidHeader("the access token is not a valid header value".into()))?;
+    let mut value = HeaderValue::from_str(authorization.expose_secret()).map_err(|_| {
+        RequestError::InvalidHeader("the access token is not a valid header value".into())
+    })?;
     value.set_sensitive(true);
     let mut builder = integration
         .http()

@@ -21,10 +21,9 @@ fn bulk_error(err: BulkError) -> ApiError {
             "invalid_bulk_action",
             format!("{field}: {message}"),
         ),
-        BulkError::NotFound => ApiError::not_found(
-            "bulk_action_not_found",
-            "no bulk action with this id",
-        ),
+        BulkError::NotFound => {
+            ApiError::not_found("bulk_action_not_found", "no bulk action with this id")
+        }
         BulkError::Finished(state) => ApiError::new(
             StatusCode::CONFLICT,
             "bulk_action_finished",
@@ -195,9 +194,8 @@ pub async fn items(
             })
         })
         .transpose()?;
-    let bad_page = |what: &str| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_page", what.to_owned())
-    };
+    let bad_page =
+        |what: &str| ApiError::new(StatusCode::BAD_REQUEST, "invalid_page", what.to_owned());
     let after = query
         .after
         .as_deref()

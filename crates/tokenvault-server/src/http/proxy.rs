@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{OriginalUri, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -26,9 +26,11 @@ fn raw_provider_path(path: &str) -> &str {
 pub(super) fn request_error(err: RequestError, integration: &str) -> ApiError {
     match err {
         RequestError::Token(err) => token_error(err, integration),
-        RequestError::InvalidPath(err) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_proxy_path", err.to_string())
-        }
+        RequestError::InvalidPath(err) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_proxy_path",
+            err.to_string(),
+        ),
         RequestError::UnknownIntegration(key) => ApiError::not_found(
             "unknown_integration",
             format!("no integration named {key:?} is configured; see GET /v1/integrations"),
@@ -51,7 +53,9 @@ pub(super) fn request_error(err: RequestError, integration: &str) -> ApiError {
             StatusCode::BAD_GATEWAY,
             "provider_error",
             match err.status() {
-                Some(status) => format!("the {integration} profile endpoint answered HTTP {status}"),
+                Some(status) => {
+                    format!("the {integration} profile endpoint answered HTTP {status}")
+                }
                 None => format!("the {integration} profile endpoint failed: {err}"),
             },
         ),
@@ -83,6 +87,7 @@ pub(super) fn request_error(err: RequestError, integration: &str) -> ApiError {
 pub async fn proxy(
     State(state): State<AppState>,
     ApiPath((key, user, _path)): ApiPath<(String, String, String)>,
+    OriginalUri(original): OriginalUri,
     request: Request,
 ) -> Result<Response, ApiError> {
     let user = user_id(&user)?;
@@ -90,9 +95,15 @@ pub async fn proxy(
     let (parts, body) = request.into_parts();
     // The leading `/` keeps a remainder that starts with `/` (the caller
     // wrote `//host`) a refused empty segment.
-    let raw = format!("/{}", raw_provider_path(parts.uri.path()));
+    // The original URI: inside the `/v1` nest the request's own URI has
+    // lost its prefix.
+    let raw = format!("/{}", raw_provider_path(original.path()));
     let path = ProviderPath::parse(&raw).map_err(|err| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_proxy_path", err.to_string())
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_proxy_path",
+            err.to_string(),
+        )
     })?;
     let body = axum::body::to_bytes(body, state.limits.max_body_bytes)
         .await
@@ -193,8 +204,14 @@ mod tests {
 
     #[test]
     fn the_provider_path_is_taken_raw_after_the_user_id() {
-        assert_eq!(raw_provider_path("/v1/proxy/spotify/u-1/me/tracks"), "me/tracks");
-        assert_eq!(raw_provider_path("/v1/proxy/spotify/u-1/%2e%2e/x"), "%2e%2e/x");
+        assert_eq!(
+            raw_provider_path("/v1/proxy/spotify/u-1/me/tracks"),
+            "me/tracks"
+        );
+        assert_eq!(
+            raw_provider_path("/v1/proxy/spotify/u-1/%2e%2e/x"),
+            "%2e%2e/x"
+        );
         assert_eq!(raw_provider_path("/v1/proxy/spotify/u-1//evil"), "/evil");
         assert_eq!(raw_provider_path("/v1/proxy/spotify/u-1"), "");
     }

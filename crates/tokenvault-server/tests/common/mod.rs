@@ -159,6 +159,7 @@ pub async fn start_service_with_workers(configure: impl FnOnce(&mut Config, &str
     let mut service = start_service(configure).await;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     tokenvault_server::wiring::spawn_scheduler(&service.state, &service.config, stopping.clone());
+    tokenvault_server::wiring::spawn_bulk_worker(&service.state, &service.config, stopping.clone());
     tokenvault_server::wiring::spawn_webhooks(&service.state, &service.config, stopping).unwrap();
     service._stop = Some(stop);
     service
@@ -419,6 +420,15 @@ impl Process {
             .any(|line| line.starts_with(prefix))
     }
 
+    /// SIGKILL: the process dies mid-work, as in a crash.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+    }
+
     /// SIGTERM, then the exit status once the process and its stderr ended
     /// (so every line it printed is collected).
     pub fn terminate(&mut self) -> std::process::ExitStatus {
@@ -428,7 +438,9 @@ impl Process {
             .unwrap();
         assert!(killed.success());
         let status = self.child.wait().unwrap();
-        self.reader.take().unwrap().join().unwrap();
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
         status
     }
 }

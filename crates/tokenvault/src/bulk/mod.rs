@@ -131,10 +131,14 @@ impl BulkRequest {
             request = request.json(body);
         }
         for (name, value) in &self.headers {
-            let name = HeaderName::from_str(name)
-                .map_err(|_| BulkError::invalid("request.headers", format!("{name:?} is not a header name")))?;
+            let name = HeaderName::from_str(name).map_err(|_| {
+                BulkError::invalid("request.headers", format!("{name:?} is not a header name"))
+            })?;
             let value = HeaderValue::from_str(value).map_err(|_| {
-                BulkError::invalid("request.headers", format!("the value of {name} is not a header value"))
+                BulkError::invalid(
+                    "request.headers",
+                    format!("the value of {name} is not a header value"),
+                )
             })?;
             request.headers.insert(name, value);
         }
@@ -353,7 +357,10 @@ pub struct BulkActionView {
 #[derive(Debug, thiserror::Error)]
 pub enum BulkError {
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("no bulk action with this id")]
     NotFound,
     #[error("the bulk action is already {0}")]
@@ -414,11 +421,17 @@ impl BulkActions {
                     format!("no integration named {:?} is configured", input.integration),
                 )
             })?;
-        let configured = self.vault.integrations().get(&integration).expect("checked");
+        let configured = self
+            .vault
+            .integrations()
+            .get(&integration)
+            .expect("checked");
         if configured.spec().api_base_url.is_none() {
             return Err(BulkError::invalid(
                 "integration",
-                format!("{integration} has no API base URL (api_base_url in its providers.toml entry)"),
+                format!(
+                    "{integration} has no API base URL (api_base_url in its providers.toml entry)"
+                ),
             ));
         }
         let targets = match &input.users {
@@ -429,15 +442,18 @@ impl BulkActions {
                 if users.len() > self.max_items {
                     return Err(BulkError::invalid(
                         "users",
-                        format!("{} users; at most {} (bulk_max_items)", users.len(), self.max_items),
+                        format!(
+                            "{} users; at most {} (bulk_max_items)",
+                            users.len(),
+                            self.max_items
+                        ),
                     ));
                 }
                 let mut seen = std::collections::HashSet::with_capacity(users.len());
                 let mut parsed = Vec::with_capacity(users.len());
                 for (i, raw) in users.iter().enumerate() {
-                    let user = UserId::parse(raw).map_err(|err| {
-                        BulkError::invalid("users", format!("item {i}: {err}"))
-                    })?;
+                    let user = UserId::parse(raw)
+                        .map_err(|err| BulkError::invalid("users", format!("item {i}: {err}")))?;
                     if seen.insert(user.as_str().to_owned()) {
                         parsed.push(user);
                     }
@@ -446,7 +462,10 @@ impl BulkActions {
             }
             UsersInput::Select(select) => {
                 let status = ConnectionStatus::from_str(select.status.trim()).map_err(|_| {
-                    BulkError::invalid("users.status", format!("{:?} is not a connection status", select.status))
+                    BulkError::invalid(
+                        "users.status",
+                        format!("{:?} is not a connection status", select.status),
+                    )
                 })?;
                 Targets::Status(status)
             }
@@ -459,7 +478,10 @@ impl BulkActions {
                 DateTime::parse_from_rfc3339(raw.trim())
                     .map(|at| at.with_timezone(&Utc))
                     .map_err(|_| {
-                        BulkError::invalid("not_before", format!("{raw:?} is not an RFC 3339 time like 2026-12-01T00:00:00Z"))
+                        BulkError::invalid(
+                            "not_before",
+                            format!("{raw:?} is not an RFC 3339 time like 2026-12-01T00:00:00Z"),
+                        )
                     })
             })
             .transpose()?;
@@ -533,7 +555,10 @@ impl BulkActions {
             self.store.cancel(action.id, now, None).await?;
             return Err(BulkError::invalid(
                 "users",
-                format!("{inserted} connections match; at most {} (bulk_max_items)", self.max_items),
+                format!(
+                    "{inserted} connections match; at most {} (bulk_max_items)",
+                    self.max_items
+                ),
             ));
         }
         self.status(action.id).await
@@ -592,7 +617,11 @@ impl BulkActions {
             CancelOutcome::Cancelled => self.status(id).await,
             CancelOutcome::NotFound => Err(BulkError::NotFound),
             CancelOutcome::Finished => {
-                let state = self.store.get(id).await?.map_or(ActionState::Completed, |a| a.state);
+                let state = self
+                    .store
+                    .get(id)
+                    .await?
+                    .map_or(ActionState::Completed, |a| a.state);
                 Err(BulkError::Finished(state.as_str()))
             }
         }
@@ -630,7 +659,9 @@ fn view(
     now: DateTime<Utc>,
 ) -> BulkActionView {
     let state = match action.state {
-        ActionState::Active if action.not_before > now && action.started_at.is_none() => "scheduled",
+        ActionState::Active if action.not_before > now && action.started_at.is_none() => {
+            "scheduled"
+        }
         ActionState::Active => "running",
         ActionState::Completed => "completed",
         ActionState::Cancelled => "cancelled",
@@ -699,15 +730,22 @@ fn parse_request(input: &RequestInput) -> Result<BulkRequest, BulkError> {
     }
     .filter(|q| !q.is_empty());
     if let Some(q) = &query {
-        path.url_under(&url::Url::parse("https://check.invalid/").expect("valid"), Some(q))
-            .map_err(|err| BulkError::invalid("request.query", err.to_string()))?;
+        path.url_under(
+            &url::Url::parse("https://check.invalid/").expect("valid"),
+            Some(q),
+        )
+        .map_err(|err| BulkError::invalid("request.query", err.to_string()))?;
     }
     if input.body.is_some() && matches!(method.as_str(), "GET" | "HEAD") {
-        return Err(BulkError::invalid("request.body", format!("a {method} request has no body")));
+        return Err(BulkError::invalid(
+            "request.body",
+            format!("a {method} request has no body"),
+        ));
     }
     for (name, value) in &input.headers {
-        let parsed = HeaderName::from_str(name)
-            .map_err(|_| BulkError::invalid("request.headers", format!("{name:?} is not a header name")))?;
+        let parsed = HeaderName::from_str(name).map_err(|_| {
+            BulkError::invalid("request.headers", format!("{name:?} is not a header name"))
+        })?;
         if !crate::api::forwards_request_header(&parsed) {
             return Err(BulkError::invalid(
                 "request.headers",
@@ -715,7 +753,10 @@ fn parse_request(input: &RequestInput) -> Result<BulkRequest, BulkError> {
             ));
         }
         HeaderValue::from_str(value).map_err(|_| {
-            BulkError::invalid("request.headers", format!("the value of {name} is not a header value"))
+            BulkError::invalid(
+                "request.headers",
+                format!("the value of {name} is not a header value"),
+            )
         })?;
     }
     let request = BulkRequest {
@@ -737,7 +778,9 @@ fn parse_request(input: &RequestInput) -> Result<BulkRequest, BulkError> {
 /// from `base`, capped, with ±20 % jitter so a burst of failures does not
 /// come back as a burst.
 pub(crate) fn retry_delay(n: u32, base: Duration, cap: Duration) -> Duration {
-    let exp = base.saturating_mul(1u32 << n.saturating_sub(1).min(16)).min(cap);
+    let exp = base
+        .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+        .min(cap);
     crate::events::jitter(exp, 0.2)
 }
 
@@ -767,7 +810,11 @@ mod tests {
         assert_eq!(ok.path, "me/tracks");
         assert_eq!(ok.query.as_deref(), Some("flag=true&ids=a%2Cb&limit=5"));
         assert!(ok.is_idempotent());
-        assert!(!parse_request(&request("POST", "x")).unwrap().is_idempotent());
+        assert!(
+            !parse_request(&request("POST", "x"))
+                .unwrap()
+                .is_idempotent()
+        );
 
         for (input, field) in [
             (request("TRACE", "x"), "request.method"),

@@ -11,7 +11,9 @@ use reqwest::StatusCode;
 use tokio::sync::{Mutex, Semaphore, watch};
 use tokio::time::Instant;
 
-use super::{ActionState, BulkActionRecord, BulkActions, BulkItem, ItemOutcome, ItemState, retry_delay};
+use super::{
+    ActionState, BulkActionRecord, BulkActions, BulkItem, ItemOutcome, ItemState, retry_delay,
+};
 use crate::api::{ApiRequest, RequestError, RequestOptions, SendGate};
 use crate::domain::UserId;
 use crate::refresh::TokenError;
@@ -177,7 +179,7 @@ impl BulkWorker {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(self.settings.poll) => {}
-                    _ = shutdown.changed() => {}
+                    () = stop_requested(&mut shutdown) => {}
                     Some(_) = running.join_next(), if !running.is_empty() => {}
                 }
             }
@@ -227,7 +229,10 @@ impl BulkWorker {
                 let mut renewed_at = Instant::now();
                 loop {
                     tokio::time::sleep(ttl / 3).await;
-                    match store.renew_action(id, &owner, clock.now() + chrono(ttl)).await {
+                    match store
+                        .renew_action(id, &owner, clock.now() + chrono(ttl))
+                        .await
+                    {
                         Ok(true) => renewed_at = Instant::now(),
                         Ok(false) => break,
                         // Keep sending only while the lease surely holds.
@@ -272,17 +277,21 @@ impl BulkWorker {
                     Some(at) => (at - clock.now()).to_std().unwrap_or_default(),
                     None => Duration::from_millis(50),
                 };
-                pause(&mut shutdown, wait.clamp(Duration::from_millis(10), Duration::from_millis(250))).await;
+                pause(
+                    &mut shutdown,
+                    wait.clamp(Duration::from_millis(10), Duration::from_millis(250)),
+                )
+                .await;
                 continue;
             }
             for item in due {
                 let permit = tokio::select! {
                     permit = Arc::clone(&permits).acquire_owned() => permit.expect("never closed"),
-                    _ = shutdown.changed() => continue 'run,
+                    () = stop_requested(&mut shutdown) => continue 'run,
                 };
                 tokio::select! {
                     () = pacer.turn() => {}
-                    _ = shutdown.changed() => continue 'run,
+                    () = stop_requested(&mut shutdown) => continue 'run,
                 }
                 if lost.load(Ordering::SeqCst) {
                     continue 'run;
@@ -325,7 +334,11 @@ impl BulkWorker {
         Ok(end)
     }
 
-    async fn try_complete(&self, action: &BulkActionRecord, owner: &str) -> Result<bool, StoreError> {
+    async fn try_complete(
+        &self,
+        action: &BulkActionRecord,
+        owner: &str,
+    ) -> Result<bool, StoreError> {
         let store = self.actions.store();
         let counts = store.counts(action.id).await?;
         if counts[&ItemState::Pending] + counts[&ItemState::Running] > 0 {
@@ -335,7 +348,9 @@ impl BulkWorker {
         let event = self
             .actions
             .completed_event(action, ActionState::Completed, &counts, now);
-        let completed = store.complete(action.id, owner, now, event.as_ref()).await?;
+        let completed = store
+            .complete(action.id, owner, now, event.as_ref())
+            .await?;
         if completed {
             tracing::info!(action = %action.id, ?counts, "bulk action completed");
         }
@@ -352,7 +367,12 @@ impl BulkWorker {
     ) -> ItemOutcome {
         let vault = self.actions.vault();
         let Ok(user) = UserId::parse(&item.user_id) else {
-            return final_outcome(ItemState::Failed, None, "invalid_user_id", "the stored user id is not valid");
+            return final_outcome(
+                ItemState::Failed,
+                None,
+                "invalid_user_id",
+                "the stored user id is not valid",
+            );
         };
         let options = RequestOptions {
             // A 429 goes back to the queue instead of holding a slot.
@@ -409,7 +429,12 @@ impl BulkWorker {
                 return ItemOutcome {
                     status_code: code,
                     rate_limited: true,
-                    ..final_outcome(ItemState::Failed, code, "rate_limited", &format!("the provider answered 429 {} times", item.rate_limited + 1))
+                    ..final_outcome(
+                        ItemState::Failed,
+                        code,
+                        "rate_limited",
+                        &format!("the provider answered 429 {} times", item.rate_limited + 1),
+                    )
                 };
             }
             let delay = retry_after
@@ -453,14 +478,25 @@ impl BulkWorker {
                 "needs_reauth",
                 &format!("the connection is {status}; the user must connect again"),
             ),
-            RequestError::Token(TokenError::ProviderUnavailable { reason, retry_after }) => {
-                self.transient(item, None, "provider_unavailable", Some(reason), retry_after, now)
-            }
+            RequestError::Token(TokenError::ProviderUnavailable {
+                reason,
+                retry_after,
+            }) => self.transient(
+                item,
+                None,
+                "provider_unavailable",
+                Some(reason),
+                retry_after,
+                now,
+            ),
             RequestError::Token(TokenError::IntegrationMisconfigured { error }) => self.transient(
                 item,
                 None,
                 "integration_misconfigured",
-                Some(format!("the provider rejected the client credentials ({})", error.code)),
+                Some(format!(
+                    "the provider rejected the client credentials ({})",
+                    error.code
+                )),
                 Some(Duration::from_secs(60)),
                 now,
             ),
@@ -470,7 +506,12 @@ impl BulkWorker {
             RequestError::Network(reason) => {
                 self.transient(item, None, "provider_unreachable", Some(reason), None, now)
             }
-            other => final_outcome(ItemState::Failed, None, "invalid_request", &other.to_string()),
+            other => final_outcome(
+                ItemState::Failed,
+                None,
+                "invalid_request",
+                &other.to_string(),
+            ),
         }
     }
 
@@ -493,8 +534,16 @@ impl BulkWorker {
                 ..final_outcome(ItemState::Failed, status, code, "")
             };
         }
-        let delay = retry_delay(failures, self.settings.backoff_base, self.settings.backoff_cap)
-            .max(retry_after.unwrap_or_default().min(Duration::from_secs(3600)));
+        let delay = retry_delay(
+            failures,
+            self.settings.backoff_base,
+            self.settings.backoff_cap,
+        )
+        .max(
+            retry_after
+                .unwrap_or_default()
+                .min(Duration::from_secs(3600)),
+        );
         ItemOutcome {
             state: ItemState::Pending,
             status_code: status,
@@ -519,7 +568,10 @@ impl BulkWorker {
         let mut delay = Duration::from_millis(100);
         for _ in 0..9 {
             let now = self.actions.vault().clock().now();
-            match store.finish_item(action.id, item.seq, attempt, outcome, now).await {
+            match store
+                .finish_item(action.id, item.seq, attempt, outcome, now)
+                .await
+            {
                 Ok(true) => return true,
                 Ok(false) => {
                     tracing::warn!(action = %action.id, seq = item.seq, "the bulk item was taken over before its outcome was recorded");
@@ -561,7 +613,15 @@ fn excerpt(body: &[u8]) -> String {
 async fn pause(shutdown: &mut watch::Receiver<bool>, wait: Duration) {
     tokio::select! {
         () = tokio::time::sleep(wait) => {}
-        _ = shutdown.changed() => {}
+        () = stop_requested(shutdown) => {}
+    }
+}
+
+/// Resolves once a stop is requested; never, when the sender is gone
+/// (an embedder that dropped it never asks to stop).
+async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -584,7 +644,10 @@ mod tests {
             sent.push(Instant::now() - start);
         }
         for (i, at) in sent.iter().enumerate() {
-            let within = sent[i..].iter().filter(|t| **t < *at + Duration::from_secs(1)).count();
+            let within = sent[i..]
+                .iter()
+                .filter(|t| **t < *at + Duration::from_secs(1))
+                .count();
             assert!(within <= 10, "{within} sends in the second after {at:?}");
         }
         // And it is not needlessly slow: 45 sends at 10/s take about 4.5 s.
@@ -603,7 +666,10 @@ mod tests {
             sent.push(Instant::now() - start);
         }
         for (i, at) in sent.iter().enumerate() {
-            let within = sent[i..].iter().filter(|t| **t < *at + Duration::from_secs(1)).count();
+            let within = sent[i..]
+                .iter()
+                .filter(|t| **t < *at + Duration::from_secs(1))
+                .count();
             assert!(within <= 5, "{within} sends in the second after {at:?}");
         }
     }

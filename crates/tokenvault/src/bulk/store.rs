@@ -48,8 +48,11 @@ pub enum CancelOutcome {
 #[async_trait::async_trait]
 pub trait BulkStore: Send + Sync + 'static {
     /// Inserts the action and its items; returns the number of items.
-    async fn create(&self, action: &NewBulkAction, targets: TargetRows<'_>)
-    -> Result<u64, StoreError>;
+    async fn create(
+        &self,
+        action: &NewBulkAction,
+        targets: TargetRows<'_>,
+    ) -> Result<u64, StoreError>;
     async fn get(&self, id: uuid::Uuid) -> Result<Option<BulkActionRecord>, StoreError>;
     async fn counts(&self, id: uuid::Uuid) -> Result<BTreeMap<ItemState, u64>, StoreError>;
     /// Items that reached a final state at or after `since`.
@@ -316,7 +319,6 @@ fn item(row: ItemRow) -> Result<BulkItem, StoreError> {
     })
 }
 
-
 #[async_trait::async_trait]
 impl BulkStore for SqlBulkStore {
     async fn create(
@@ -419,13 +421,15 @@ impl BulkStore for SqlBulkStore {
         id: uuid::Uuid,
         since: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        let (n,): (i64,) = with_pool!(self, |pool, _d| sqlx::query_as(
+        let (n,): (i64,) = with_pool!(self, |pool, _d| {
+            sqlx::query_as(
             "SELECT COUNT(*) FROM bulk_items WHERE action_id = $1 AND finished_at IS NOT NULL AND finished_at >= $2"
         )
         .bind(id.to_string())
         .bind(to_millis(since))
         .fetch_one(pool)
-        .await?);
+        .await?
+        });
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -436,7 +440,8 @@ impl BulkStore for SqlBulkStore {
         after: Option<i64>,
         limit: u32,
     ) -> Result<Vec<BulkItem>, StoreError> {
-        let rows: Vec<ItemRow> = with_pool!(self, |pool, _d| sqlx::query_as(concat!(
+        let rows: Vec<ItemRow> = with_pool!(self, |pool, _d| {
+            sqlx::query_as(concat!(
             "SELECT ",
             item_columns!(),
             " FROM bulk_items WHERE action_id = $1 AND (CAST($2 AS TEXT) IS NULL OR state = $2) AND seq > $3 ORDER BY seq LIMIT $4"
@@ -446,7 +451,8 @@ impl BulkStore for SqlBulkStore {
         .bind(after.unwrap_or(0))
         .bind(i64::from(limit))
         .fetch_all(pool)
-        .await?);
+        .await?
+        });
         rows.into_iter().map(item).collect()
     }
 
@@ -488,7 +494,9 @@ impl BulkStore for SqlBulkStore {
             .execute(&mut *tx)
             .await?;
             if let Some(event) = event {
-                insert_event(dialect.insert_event, event).execute(&mut *tx).await?;
+                insert_event(dialect.insert_event, event)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
             Ok(CancelOutcome::Cancelled)
@@ -503,7 +511,8 @@ impl BulkStore for SqlBulkStore {
     ) -> Result<Option<BulkActionRecord>, StoreError> {
         // The outer WHERE repeats the conditions: under PostgreSQL's READ
         // COMMITTED a concurrent claimer re-checks them on the locked row.
-        let row: Option<ActionRow> = with_pool!(self, |pool, _d| sqlx::query_as(concat!(
+        let row: Option<ActionRow> = with_pool!(self, |pool, _d| {
+            sqlx::query_as(concat!(
             "UPDATE bulk_actions SET lease_owner = $1, lease_until = $2, started_at = COALESCE(started_at, $3) \
              WHERE id = (SELECT id FROM bulk_actions WHERE state = 'active' AND not_before <= $3 \
                          AND (lease_until IS NULL OR lease_until < $3) ORDER BY not_before, id LIMIT 1) \
@@ -515,7 +524,8 @@ impl BulkStore for SqlBulkStore {
         .bind(to_millis(lease_until))
         .bind(to_millis(now))
         .fetch_optional(pool)
-        .await?);
+        .await?
+        });
         row.map(action).transpose()
     }
 
@@ -525,7 +535,8 @@ impl BulkStore for SqlBulkStore {
         owner: &str,
         lease_until: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let changed = with_pool!(self, |pool, _d| sqlx::query(
+        let changed = with_pool!(self, |pool, _d| {
+            sqlx::query(
             "UPDATE bulk_actions SET lease_until = $3, started_at = COALESCE(started_at, $3) WHERE id = $1 AND lease_owner = $2 AND state = 'active'"
         )
         .bind(id.to_string())
@@ -533,19 +544,22 @@ impl BulkStore for SqlBulkStore {
         .bind(to_millis(lease_until))
         .execute(pool)
         .await?
-        .rows_affected());
+        .rows_affected()
+        });
         Ok(changed == 1)
     }
 
     async fn release_action(&self, id: uuid::Uuid, owner: &str) -> Result<(), StoreError> {
-        with_pool!(self, |pool, _d| sqlx::query(
+        with_pool!(self, |pool, _d| {
+            sqlx::query(
             "UPDATE bulk_actions SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2"
         )
         .bind(id.to_string())
         .bind(owner)
         .execute(pool)
         .await
-        .map(|_| ())?);
+        .map(|_| ())?
+        });
         Ok(())
     }
 
@@ -557,7 +571,8 @@ impl BulkStore for SqlBulkStore {
     ) -> Result<u64, StoreError> {
         let now = to_millis(now);
         let recovered = if resend {
-            with_pool!(self, |pool, _d| sqlx::query(
+            with_pool!(self, |pool, _d| {
+                sqlx::query(
                 "UPDATE bulk_items SET state = 'pending', interrupted = interrupted + 1, next_attempt_at = $2, updated_at = $2 \
                  WHERE action_id = $1 AND state = 'running'"
             )
@@ -565,9 +580,11 @@ impl BulkStore for SqlBulkStore {
             .bind(now)
             .execute(pool)
             .await?
-            .rows_affected())
+            .rows_affected()
+            })
         } else {
-            with_pool!(self, |pool, _d| sqlx::query(
+            with_pool!(self, |pool, _d| {
+                sqlx::query(
                 "UPDATE bulk_items SET state = 'failed', interrupted = interrupted + 1, error_code = 'interrupted', \
                  error_message = 'the instance sending this request stopped before its outcome was recorded; the method is not idempotent, so it was not sent again', \
                  updated_at = $2, finished_at = $2 WHERE action_id = $1 AND state = 'running'"
@@ -576,7 +593,8 @@ impl BulkStore for SqlBulkStore {
             .bind(now)
             .execute(pool)
             .await?
-            .rows_affected())
+            .rows_affected()
+            })
         };
         Ok(recovered)
     }
@@ -587,7 +605,8 @@ impl BulkStore for SqlBulkStore {
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<BulkItem>, StoreError> {
-        let rows: Vec<ItemRow> = with_pool!(self, |pool, _d| sqlx::query_as(concat!(
+        let rows: Vec<ItemRow> = with_pool!(self, |pool, _d| {
+            sqlx::query_as(concat!(
             "SELECT ",
             item_columns!(),
             " FROM bulk_items WHERE action_id = $1 AND state = 'pending' AND next_attempt_at <= $2 \
@@ -597,17 +616,20 @@ impl BulkStore for SqlBulkStore {
         .bind(to_millis(now))
         .bind(i64::from(limit))
         .fetch_all(pool)
-        .await?);
+        .await?
+        });
         rows.into_iter().map(item).collect()
     }
 
     async fn next_due(&self, id: uuid::Uuid) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let (at,): (Option<i64>,) = with_pool!(self, |pool, _d| sqlx::query_as(
+        let (at,): (Option<i64>,) = with_pool!(self, |pool, _d| {
+            sqlx::query_as(
             "SELECT MIN(next_attempt_at) FROM bulk_items WHERE action_id = $1 AND state = 'pending'"
         )
         .bind(id.to_string())
         .fetch_one(pool)
-        .await?);
+        .await?
+        });
         at.map(from_millis).transpose()
     }
 
@@ -642,7 +664,8 @@ impl BulkStore for SqlBulkStore {
     ) -> Result<bool, StoreError> {
         let now_ms = to_millis(now);
         let finished = (outcome.state != ItemState::Pending).then_some(now_ms);
-        let changed = with_pool!(self, |pool, _d| sqlx::query(
+        let changed = with_pool!(self, |pool, _d| {
+            sqlx::query(
             "UPDATE bulk_items SET state = $4, status_code = $5, error_code = $6, error_message = $7, \
                  next_attempt_at = $8, rate_limited = rate_limited + $9, failures = failures + $10, \
                  updated_at = $11, finished_at = $12 \
@@ -662,7 +685,8 @@ impl BulkStore for SqlBulkStore {
         .bind(finished)
         .execute(pool)
         .await?
-        .rows_affected());
+        .rows_affected()
+        });
         Ok(changed == 1)
     }
 
@@ -699,7 +723,9 @@ impl BulkStore for SqlBulkStore {
                 return Ok(false);
             }
             if let Some(event) = event {
-                insert_event(dialect.insert_event, event).execute(&mut *tx).await?;
+                insert_event(dialect.insert_event, event)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
             Ok(true)

@@ -18,8 +18,8 @@ pub use record::{
     ConnectionRecord, ConnectionUpdate, LastError, Lease, MisconfiguredIntegration, NewConnection,
     OutboxEvent, PendingEvent,
 };
-pub use sqlite::SqliteStore;
 pub(crate) use sql::insert_event;
+pub use sqlite::SqliteStore;
 
 use crate::crypto::WrappedKey;
 use crate::domain::{ConnectionId, ConnectionStatus, IntegrationKey, UserId};

@@ -1,0 +1,396 @@
+//! The API proxy and the profile: against the real OIDC peer (its userinfo
+//! endpoint is "the provider's API"), and against a hand-made provider for
+//! what the peer cannot show (429 with Retry-After, header handling).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tokenvault::domain::IntegrationKey;
+use tokenvault::integrations::IntegrationConfig;
+use wiremock::matchers::{header, method, path, query_param};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const CLIENT: &str = "proxy-app";
+const SECRET: &str = "proxy-secret";
+
+/// A confidential peer client whose API base URL is the peer itself, so
+/// `/v1/proxy/proxy-app/{user}/me` is the peer's userinfo endpoint.
+async fn peer_service(peer: &Peer) -> (Service, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let providers = dir.path().join("providers.toml");
+    std::fs::write(
+        &providers,
+        format!(
+            "[providers.peer-api]\nalias = \"oidc\"\napi_base_url = \"{}\"\n",
+            peer.issuer
+        ),
+    )
+    .unwrap();
+    let issuer = peer.issuer.clone();
+    let service = start_service(|config, base| {
+        config.providers_file = Some(providers);
+        config.scheduler_enabled = false;
+        config.integrations.insert(
+            IntegrationKey::parse(CLIENT).unwrap(),
+            IntegrationConfig {
+                provider: "peer-api".into(),
+                client_id: CLIENT.into(),
+                client_secret: Some(SecretString::from(SECRET)),
+                redirect_uri: Some(url::Url::parse(&format!("{base}/oauth/callback")).unwrap()),
+                scopes: Some(vec![
+                    "openid".into(),
+                    "offline_access".into(),
+                    "email".into(),
+                ]),
+                issuer: Some(url::Url::parse(&issuer).unwrap()),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    peer.register(
+        CLIENT,
+        "client_secret_basic",
+        Some(SECRET),
+        &service.url("/oauth/callback"),
+        &["authorization_code", "refresh_token"],
+    )
+    .await;
+    (service, dir)
+}
+
+/// Connects `user` with an access token living `ttl` seconds, then resets
+/// the peer's counters.
+async fn connect(peer: &Peer, service: &Service, user: &str, ttl: u64) {
+    peer.hook("config", json!({"access_token_ttl": ttl})).await;
+    let page = browser(None)
+        .get(service.connect_url(user, CLIENT, None).await)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    peer.hook("config", json!({"access_token_ttl": 3600})).await;
+    peer.hook("reset", json!({})).await;
+}
+
+async fn get(service: &Service, path: &str) -> reqwest::Response {
+    service
+        .http
+        .get(service.url(path))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refreshed_once_and_the_call_goes_through() {
+    let peer = Peer::start();
+    let (service, _dir) = peer_service(&peer).await;
+    connect(&peer, &service, "fan-1", 1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let response = get(&service, "/v1/proxy/proxy-app/fan-1/me").await;
+    let status = response.status();
+    let refreshed = response.headers().get("x-tokenvault-refreshed").cloned();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(refreshed.unwrap(), "true");
+    let claims: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(claims["sub"], "test-user");
+    assert_eq!(claims["email"], "test-user@example.test");
+
+    let stats = peer.stats().await;
+    assert_eq!(stats["refresh_by_client"][CLIENT], 1, "{stats}");
+    assert_eq!(stats["userinfo_requests"], 1, "{stats}");
+    assert_eq!(stats["grants_revoked"], 0, "{stats}");
+
+    // The next call uses the fresh token as it is.
+    let again = get(&service, "/v1/proxy/proxy-app/fan-1/me").await;
+    assert_eq!(again.status(), 200);
+    assert!(again.headers().get("x-tokenvault-refreshed").is_none());
+    assert_eq!(peer.stats().await["refresh_by_client"][CLIENT], 1);
+}
+
+#[tokio::test]
+async fn a_provider_401_forces_one_refresh_and_one_retry() {
+    let peer = Peer::start();
+    let (service, _dir) = peer_service(&peer).await;
+    connect(&peer, &service, "fan-2", 3600).await;
+    // The stored access token looks valid for an hour, but the provider
+    // does not know it (a token it rotated away or forgot); the refresh
+    // token is the real one.
+    let record = service
+        .state
+        .vault
+        .store()
+        .get(
+            &tokenvault::domain::UserId::parse("fan-2").unwrap(),
+            &IntegrationKey::parse(CLIENT).unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let tokens = service.state.vault.open(&record).await.unwrap().unwrap();
+    let refresh_token = tokens.refresh_token.unwrap();
+    let forged = service
+        .http
+        .put(service.url(&format!("/v1/users/fan-2/connections/{CLIENT}?force=true")))
+        .bearer_auth(API_KEY)
+        .json(&json!({
+            "access_token": "not-a-token-the-peer-issued",
+            "refresh_token": refresh_token.expose(),
+            "expires_at": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        forged.status().is_success(),
+        "{}",
+        forged.text().await.unwrap()
+    );
+    peer.hook("reset", json!({})).await;
+
+    let response = get(&service, "/v1/proxy/proxy-app/fan-2/me").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap()["sub"], "test-user");
+    let stats = peer.stats().await;
+    assert_eq!(stats["refresh_by_client"][CLIENT], 1, "{stats}");
+    assert_eq!(stats["userinfo_requests"], 2, "one 401, one retry: {stats}");
+
+    // The profile endpoint reads the same account through the catalog mapping.
+    let profile = get(&service, "/v1/users/fan-2/connections/proxy-app/profile").await;
+    assert_eq!(profile.status(), 200);
+    let profile: Value = profile.json().await.unwrap();
+    assert_eq!(profile["id"], "test-user");
+    assert_eq!(profile["email"], "test-user@example.test");
+    assert_eq!(profile["raw"]["sub"], "test-user");
+}
+
+/// Sends a request line exactly as written: HTTP clients normalise `..`
+/// and `%2e%2e` away before sending, which would hide what is tested.
+async fn raw_get(base: &str, target: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {API_KEY}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut bytes)).await;
+    let response = String::from_utf8_lossy(&bytes).into_owned();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
+}
+
+#[tokio::test]
+async fn paths_that_could_leave_the_api_are_refused_before_anything_is_sent() {
+    let peer = Peer::start();
+    let (service, _dir) = peer_service(&peer).await;
+    connect(&peer, &service, "fan-3", 1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for target in [
+        "/v1/proxy/proxy-app/fan-3/https://evil.example/steal",
+        "/v1/proxy/proxy-app/fan-3/http:evil.example",
+        "/v1/proxy/proxy-app/fan-3//evil.example/steal",
+        "/v1/proxy/proxy-app/fan-3/%2e%2e/%2e%2e/admin",
+        "/v1/proxy/proxy-app/fan-3/.%2E/token",
+        "/v1/proxy/proxy-app/fan-3/../../token",
+        "/v1/proxy/proxy-app/fan-3/me%2f..%2f..%2fadmin",
+        "/v1/proxy/proxy-app/fan-3/me%0d%0aHost:%20evil.example",
+        "/v1/proxy/proxy-app/fan-3/me%00",
+    ] {
+        let (status, body) = raw_get(&service.base, target).await;
+        assert_eq!(status, 400, "{target}: {body}");
+        let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        assert_eq!(body["error"], "invalid_proxy_path", "{target}: {body}");
+    }
+    // A raw CR/LF never reaches the handler: the HTTP layer refuses it.
+    let (status, _) = raw_get(&service.base, "/v1/proxy/proxy-app/fan-3/me\r\nX: y").await;
+    assert_eq!(status, 400);
+
+    // Nothing went out: no API call, and no refresh of the expired token.
+    let stats = peer.stats().await;
+    assert_eq!(stats["userinfo_requests"], 0, "{stats}");
+    assert_eq!(stats["refresh_by_client"].get(CLIENT), None, "{stats}");
+}
+
+/// An integration whose token and API endpoints are `server`, with one
+/// connection (imported) holding access token `at-1`.
+async fn mock_service(server: &MockServer) -> (Service, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let providers = dir.path().join("providers.toml");
+    std::fs::write(
+        &providers,
+        format!(
+            "[providers.mockapi]\ndisplay_name = \"Mock API\"\n\
+             authorization_url = \"{0}/authorize\"\ntoken_url = \"{0}/token\"\napi_base_url = \"{0}/api/v2\"\n",
+            server.uri()
+        ),
+    )
+    .unwrap();
+    let service = start_service(|config, base| {
+        config.providers_file = Some(providers);
+        config.scheduler_enabled = false;
+        config.proxy_max_retry_after_secs = 2;
+        config.integrations.insert(
+            IntegrationKey::parse("mock").unwrap(),
+            IntegrationConfig {
+                provider: "mockapi".into(),
+                client_id: "mock-client".into(),
+                client_secret: Some(SecretString::from("mock-secret")),
+                redirect_uri: Some(url::Url::parse(&format!("{base}/oauth/callback")).unwrap()),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let imported = service
+        .http
+        .put(service.url("/v1/users/u-1/connections/mock"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"access_token": "at-1", "refresh_token": "rt-1", "expires_at": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(imported.status(), 201);
+    (service, dir)
+}
+
+#[tokio::test]
+async fn requests_and_answers_are_relayed_without_hop_headers_or_our_key() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v2/playlists/p1/tracks"))
+        .and(query_param("position", "0"))
+        .and(header("authorization", "Bearer at-1"))
+        .and(header("x-app-trace", "abc"))
+        .and(header("content-type", "application/json"))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .insert_header("x-provider", "yes")
+                .insert_header("set-cookie", "provider_session=1")
+                .set_body_json(json!({"snapshot_id": "s1"})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let (service, _dir) = mock_service(&server).await;
+    let response = service
+        .http
+        .post(service.url("/v1/proxy/mock/u-1/playlists/p1/tracks?position=0"))
+        .bearer_auth(API_KEY)
+        .header("x-app-trace", "abc")
+        .header("cookie", "our_session=secret")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "must-not-pass")
+        .json(&json!({"uris": ["spotify:track:1"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["x-provider"], "yes");
+    assert!(response.headers().get("set-cookie").is_none());
+    assert_eq!(response.json::<Value>().await.unwrap()["snapshot_id"], "s1");
+
+    let received = &server.received_requests().await.unwrap()[0];
+    assert_eq!(
+        received.body_json::<Value>().unwrap()["uris"][0],
+        "spotify:track:1"
+    );
+    for name in ["cookie", "x-hop"] {
+        assert!(received.headers.get(name).is_none(), "{name} was forwarded");
+    }
+    let authorization = received.headers["authorization"].to_str().unwrap();
+    assert!(
+        !authorization.contains(API_KEY),
+        "our API key was forwarded"
+    );
+
+    // The provider's error statuses come back as they are.
+    Mock::given(path("/api/v2/missing"))
+        .respond_with(ResponseTemplate::new(404).set_body_string("no such thing"))
+        .mount(&server)
+        .await;
+    let missing = service
+        .http
+        .get(service.url("/v1/proxy/mock/u-1/missing"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.text().await.unwrap(), "no such thing");
+}
+
+#[tokio::test]
+async fn a_short_retry_after_is_waited_out_and_a_long_one_is_relayed() {
+    let server = MockServer::start().await;
+    Mock::given(path("/api/v2/short"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "1"))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(path("/api/v2/short"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": true})))
+        .mount(&server)
+        .await;
+    Mock::given(path("/api/v2/long"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "60"))
+        .mount(&server)
+        .await;
+    let (service, _dir) = mock_service(&server).await;
+    let started = std::time::Instant::now();
+    let short = service
+        .http
+        .get(service.url("/v1/proxy/mock/u-1/short"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(short.status(), 200);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+
+    let long = service
+        .http
+        .get(service.url("/v1/proxy/mock/u-1/long"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(long.status(), 429);
+    assert_eq!(long.headers()["retry-after"], "60");
+    let received = server.received_requests().await.unwrap();
+    let calls = |p: &str| received.iter().filter(|r| r.url.path() == p).count();
+    assert_eq!(calls("/api/v2/short"), 2);
+    assert_eq!(calls("/api/v2/long"), 1);
+
+    // No userinfo_url in this catalog entry: no profile to read.
+    let profile = service
+        .http
+        .get(service.url("/v1/users/u-1/connections/mock/profile"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(profile.status(), 404);
+    assert_eq!(
+        profile.json::<Value>().await.unwrap()["error"],
+        "profile_not_supported"
+    );
+}
