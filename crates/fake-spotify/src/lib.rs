@@ -179,16 +179,6 @@ impl FakeSpotify {
         self.inner.lock().unwrap().statuses.clone()
     }
 
-    /// The most API calls that arrived within one wall-clock second.
-    pub fn max_calls_in_one_second(&self) -> usize {
-        let inner = self.inner.lock().unwrap();
-        let mut per_second: HashMap<u128, usize> = HashMap::new();
-        for at in &inner.arrivals {
-            *per_second.entry(at / 1000).or_default() += 1;
-        }
-        per_second.values().copied().max().unwrap_or(0)
-    }
-
     /// The most API calls that arrived within any window of 1,000 ms
     /// (sliding, not only aligned seconds).
     pub fn max_calls_in_any_second(&self) -> usize {

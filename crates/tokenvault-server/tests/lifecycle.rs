@@ -60,15 +60,7 @@ async fn setup(peer: &Peer, service_secret: &str, tweak: impl FnOnce(&mut Config
 /// Connects `user` through the browser flow with an access token that
 /// lives `ttl` seconds; later tokens live an hour.
 async fn connect(peer: &Peer, service: &Service, user: &str, ttl: u64) {
-    peer.hook("config", json!({"access_token_ttl": ttl})).await;
-    let page = browser(None)
-        .get(service.connect_url(user, CLIENT, None).await)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), 200);
-    peer.hook("config", json!({"access_token_ttl": 3600})).await;
-    peer.hook("reset", json!({})).await;
+    connect_with_ttl(peer, service, user, CLIENT, ttl).await;
 }
 
 async fn stored(service: &Service, user: &str) -> tokenvault::store::ConnectionRecord {

@@ -66,15 +66,7 @@ async fn peer_service(peer: &Peer) -> (Service, tempfile::TempDir) {
 /// Connects `user` with an access token living `ttl` seconds, then resets
 /// the peer's counters.
 async fn connect(peer: &Peer, service: &Service, user: &str, ttl: u64) {
-    peer.hook("config", json!({"access_token_ttl": ttl})).await;
-    let page = browser(None)
-        .get(service.connect_url(user, CLIENT, None).await)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), 200);
-    peer.hook("config", json!({"access_token_ttl": 3600})).await;
-    peer.hook("reset", json!({})).await;
+    connect_with_ttl(peer, service, user, CLIENT, ttl).await;
 }
 
 async fn get(service: &Service, path: &str) -> reqwest::Response {

@@ -194,7 +194,7 @@ fn decode_segment(segment: &str) -> Result<String, ApiPathError> {
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
-fn check_query(query: &str) -> Result<(), ApiPathError> {
+pub(crate) fn check_query(query: &str) -> Result<(), ApiPathError> {
     if query.len() > MAX_QUERY_BYTES {
         return Err(ApiPathError::QueryTooLong);
     }

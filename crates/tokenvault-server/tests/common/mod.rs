@@ -352,6 +352,21 @@ pub async fn connection_exists(service: &Service, user: &str, integration: &str)
         .is_some()
 }
 
+/// Connects `user` to `client` through the browser flow with an access
+/// token living `ttl` seconds (later tokens live an hour), then resets the
+/// peer's counters.
+pub async fn connect_with_ttl(peer: &Peer, service: &Service, user: &str, client: &str, ttl: u64) {
+    peer.hook("config", json!({"access_token_ttl": ttl})).await;
+    let page = browser(None)
+        .get(service.connect_url(user, client, None).await)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    peer.hook("config", json!({"access_token_ttl": 3600})).await;
+    peer.hook("reset", json!({})).await;
+}
+
 /// A `tokenvault serve` child whose stderr is collected line by line.
 pub struct Process {
     pub child: Child,

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::api::{ApiRequest, RequestError, RequestOptions, SendGate};
 use crate::domain::UserId;
-use crate::refresh::TokenError;
+use crate::refresh::{TokenError, chrono};
 use crate::store::StoreError;
 
 /// Knobs of [`BulkWorker`].
@@ -623,10 +623,6 @@ async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
     if shutdown.wait_for(|stop| *stop).await.is_err() {
         std::future::pending::<()>().await;
     }
-}
-
-fn chrono(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
 #[cfg(test)]

@@ -321,7 +321,8 @@ impl Drop for InflightGuard<'_> {
     }
 }
 
-fn chrono(d: Duration) -> chrono::Duration {
+/// A std duration as chrono's, saturating.
+pub(crate) fn chrono(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
