@@ -64,7 +64,7 @@ pub(super) fn request_error(err: RequestError, integration: &str) -> ApiError {
 
 /// `ANY /v1/proxy/{integration}/{user_id}/{path}`
 #[utoipa::path(
-    get, post, put, patch, delete,
+    method(get, post, put, patch, delete),
     path = "/v1/proxy/{integration}/{user_id}/{path}",
     tag = "proxy",
     summary = "Call the provider's API as the user",
