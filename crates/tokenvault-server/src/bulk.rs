@@ -31,7 +31,7 @@ Ctrl-C stops after the requests in flight are recorded; a running `serve` (or
 /// Some items did not succeed (exit status 2).
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{failed} item(s) failed and {skipped} were skipped; list them with GET /v1/bulk-actions/{id}/items?state=failed"
+    "{failed} item(s) failed and {skipped} were skipped; list them with GET /v1/bulk-actions/{id}/items?state=failed (or state=skipped)"
 )]
 pub struct ItemsNotSucceeded {
     pub id: uuid::Uuid,
@@ -50,11 +50,8 @@ pub async fn run(config: &Config, spec_file: &Path) -> anyhow::Result<()> {
         .parse(&input)
         .map_err(|err| anyhow::anyhow!("{err}"))?;
     let worker = BulkWorker::new(state.bulk.clone(), wiring::bulk_settings(config));
-    let now = state.vault.clock().now();
-    let lease_until = now + chrono::Duration::seconds(30);
-    let view = state
-        .bulk
-        .create(spec, Some((worker.owner().to_owned(), lease_until)))
+    let view = worker
+        .create(spec)
         .await
         .map_err(|err| anyhow::anyhow!("{err}"))?;
     eprintln!("bulk action {} created: {} item(s)", view.id, view.total);
@@ -84,45 +81,29 @@ async fn drive(
         let _ = tokio::signal::ctrl_c().await;
         let _ = stop.send(true);
     });
-    let record = loop {
-        let record = actions
-            .store()
-            .get(id)
-            .await?
-            .context("the bulk action vanished")?;
-        let held_by_other = record
-            .lease_owner
-            .as_deref()
-            .is_some_and(|o| o != worker.owner())
-            && record
-                .lease_until
-                .is_some_and(|until| until > actions.vault().clock().now());
-        if !held_by_other {
-            break record;
-        }
-        anyhow::ensure!(!*stopping.borrow(), "stopped");
+    let record = actions
+        .store()
+        .get(id)
+        .await?
+        .context("the bulk action vanished")?;
+    let held_by_other = record
+        .lease_owner
+        .as_deref()
+        .is_some_and(|o| o != worker.owner())
+        && record
+            .lease_until
+            .is_some_and(|until| until > actions.vault().clock().now());
+    if held_by_other {
         eprintln!("another instance is running {id}; waiting for its lease to end");
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    };
-    // Take the lease (the action may have been created with ours already).
-    let now = actions.vault().clock().now();
-    if record.lease_owner.as_deref() != Some(worker.owner()) {
-        actions
-            .store()
-            .claim_action(worker.owner(), now, now + chrono::Duration::seconds(30))
-            .await?
-            .filter(|claimed| claimed.id == id)
-            .context("could not take the bulk action's lease (finished, cancelled, or claimed by another runner)")?;
     }
     let bar = progress_bar(record.total);
-    let runner = {
-        let stopping = stopping.clone();
-        tokio::spawn(async move { worker.run_action(record, stopping).await })
-    };
+    let runner = tokio::spawn(async move { worker.run(id, stopping).await });
     let mut runner = std::pin::pin!(runner);
     let end = loop {
         tokio::select! {
-            end = &mut runner => break end.context("the bulk runner panicked")??,
+            end = &mut runner => break end
+                .context("the bulk runner panicked")?
+                .map_err(|err| anyhow::anyhow!("{err}"))?,
             () = tokio::time::sleep(Duration::from_millis(250)) => {
                 if let Ok(view) = actions.status(id).await {
                     update(&bar, &view);

@@ -12,6 +12,7 @@ use common::*;
 use fake_spotify::{FakeSpotify, Options};
 use secrecy::SecretString;
 use serde_json::{Value, json};
+use tokenvault::bulk::{BulkError, BulkSettings, BulkSpecInput, BulkWorker, ItemState, RunEnd};
 use tokenvault::domain::{AccessToken, IntegrationKey, RefreshToken, TokenSet, TokenType, UserId};
 use tokenvault::integrations::IntegrationConfig;
 use tokenvault_server::config::Config;
@@ -342,6 +343,19 @@ async fn serve(config: &std::path::Path, dir: &std::path::Path) -> (Process, Str
     (process, base)
 }
 
+/// The service's state as `serve` builds it from `config` (no workers).
+async fn library_state(
+    config: &std::path::Path,
+    data_dir: &std::path::Path,
+) -> tokenvault_server::http::AppState {
+    let mut settings = Config::load(Some(config)).unwrap();
+    settings.data_dir = data_dir.to_path_buf();
+    settings.master_keys = Some(SecretString::from(MASTER_KEYS));
+    tokenvault_server::wiring::build_state(&settings)
+        .await
+        .unwrap()
+}
+
 struct Campaign {
     fake: FakeSpotify,
     dir: tempfile::TempDir,
@@ -374,12 +388,7 @@ async fn campaign(fans: usize) -> Campaign {
     )
     .unwrap();
     // Seed through the library on the database the processes will use.
-    let mut settings = Config::load(Some(&config)).unwrap();
-    settings.data_dir = dir.path().to_path_buf();
-    settings.master_keys = Some(SecretString::from(MASTER_KEYS));
-    let state = tokenvault_server::wiring::build_state(&settings)
-        .await
-        .unwrap();
+    let state = library_state(&config, dir.path()).await;
     let fans: Vec<String> = (0..fans).map(|i| format!("fan-{i:05}")).collect();
     futures::future::join_all(fans.chunks(fans.len().div_ceil(8)).map(|chunk| {
         let vault = state.vault.clone();
@@ -429,13 +438,22 @@ impl Campaign {
 
     /// Every item of the action, through the paged API.
     async fn items(&self, base: &str, id: &str) -> Vec<Value> {
+        self.paged(base, id, "").await
+    }
+
+    /// The action's items in one state.
+    async fn items_in(&self, base: &str, id: &str, state: &str) -> Vec<Value> {
+        self.paged(base, id, &format!("&state={state}")).await
+    }
+
+    async fn paged(&self, base: &str, id: &str, filter: &str) -> Vec<Value> {
         let mut items = Vec::new();
         let mut after = String::new();
         loop {
             let page: Value = self
                 .http
                 .get(format!(
-                    "{base}/v1/bulk-actions/{id}/items?limit=1000{after}"
+                    "{base}/v1/bulk-actions/{id}/items?limit=1000{filter}{after}"
                 ))
                 .bearer_auth(API_KEY)
                 .send()
@@ -468,6 +486,182 @@ impl Campaign {
             assert_eq!(self.fake.refreshes(&fan), expected, "refreshes of {fan}");
         }
     }
+}
+
+#[tokio::test]
+async fn the_library_runs_the_action_it_is_asked_to_and_only_once() {
+    const FANS: usize = 40;
+    const OTHER_TRACK: &str = "0000000000000000000000";
+    let campaign = campaign(FANS).await;
+    let state = library_state(&campaign.config, campaign.dir.path()).await;
+    let spec = |track: &str| {
+        let input: BulkSpecInput = serde_json::from_value(json!({
+            "integration": "spotify",
+            "users": {"status": "connected"},
+            "request": {"method": "PUT", "path": "me/tracks", "query": {"ids": track}},
+            "rate_per_second": 1000,
+        }))
+        .unwrap();
+        state.bulk.parse(&input).unwrap()
+    };
+    // An older runnable action that nobody asked this worker to run.
+    let older = state.bulk.create(spec(OTHER_TRACK), None).await.unwrap();
+    let worker = BulkWorker::new(state.bulk.clone(), BulkSettings::default());
+    let asked = worker.create(spec(TRACK)).await.unwrap();
+    let (_stop, stopping) = tokio::sync::watch::channel(false);
+
+    let end = worker.run(asked.id, stopping.clone()).await.unwrap();
+    assert_eq!(end, RunEnd::Completed);
+    let done = state.bulk.status(asked.id).await.unwrap();
+    assert_eq!(done.counts[&ItemState::Succeeded], FANS as u64);
+    let started = done.started_at.expect("marked started");
+    assert!(
+        started >= asked.created_at && started <= Utc::now(),
+        "started_at {started} is not when the run started"
+    );
+    let untouched = state.bulk.status(older.id).await.unwrap();
+    assert_eq!(untouched.counts[&ItemState::Pending], FANS as u64);
+    assert_eq!(untouched.started_at, None);
+    for n in 0..FANS {
+        let fan = format!("fan-{n:05}");
+        assert!(campaign.fake.has_saved(&fan, TRACK), "{fan}");
+        assert!(!campaign.fake.has_saved(&fan, OTHER_TRACK), "{fan}");
+    }
+
+    // Asked again: it is finished, nothing is sent twice.
+    let again = worker.run(asked.id, stopping.clone()).await.unwrap();
+    assert_eq!(again, RunEnd::Completed);
+    assert!(campaign.fake.save_calls().values().all(|n| *n == 1));
+    assert!(matches!(
+        worker.run(uuid::Uuid::now_v7(), stopping).await,
+        Err(BulkError::NotFound)
+    ));
+}
+
+/// Runs `tokenvault --config … <args>` to the end, off this runtime (the
+/// fake provider the command talks to runs on it).
+async fn cli(campaign: &Campaign, args: &[&str]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tokenvault"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TOKENVAULT_DATA_DIR", campaign.dir.path())
+        .env("TOKENVAULT_MASTER_KEYS", MASTER_KEYS)
+        .env("TOKENVAULT_METRICS_BIND", "off")
+        .arg("--config")
+        .arg(&campaign.config)
+        .args(args);
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_cli_runs_a_spec_file_and_reports_per_state() {
+    const FANS: usize = 25;
+    let campaign = campaign(FANS).await;
+    let spec = campaign.dir.path().join("presave.json");
+    let mut users: Vec<String> = (0..FANS).map(|n| format!("fan-{n:05}")).collect();
+    users.push("never-connected".into());
+    std::fs::write(
+        &spec,
+        json!({
+            "integration": "spotify",
+            "users": users,
+            "request": {"method": "PUT", "path": "me/tracks", "query": {"ids": TRACK}},
+            "rate_per_second": 500,
+        })
+        .to_string(),
+    )
+    .unwrap();
+
+    let run = cli(&campaign, &["bulk", "run", spec.to_str().unwrap()]).await;
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    // One user has no connection: skipped, so not every item succeeded.
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("0 item(s) failed and 1 were skipped"),
+        "{stderr}"
+    );
+    let summary = String::from_utf8_lossy(&run.stdout);
+    assert!(summary.contains("26 of 26 done"), "{summary}");
+    assert!(summary.contains("succeeded 25"), "{summary}");
+    let id = stderr
+        .split_whitespace()
+        .skip_while(|word| *word != "action")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no action id in {stderr}"))
+        .to_owned();
+    for n in 0..FANS {
+        assert!(campaign.fake.has_saved(&format!("fan-{n:05}"), TRACK));
+    }
+
+    let status = cli(&campaign, &["bulk", "status", &id, "--json"]).await;
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let view: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(view["state"], "completed");
+    assert_eq!(view["counts"]["succeeded"], FANS);
+    assert_eq!(view["counts"]["skipped"], 1);
+
+    // Resuming a finished action sends nothing and reports it again.
+    let calls = campaign.fake.statuses().values().sum::<u64>();
+    let resumed = cli(&campaign, &["bulk", "resume", &id]).await;
+    assert_eq!(resumed.status.code(), Some(2));
+    assert_eq!(campaign.fake.statuses().values().sum::<u64>(), calls);
+
+    let unknown = cli(&campaign, &["bulk", "status", "not-an-id"]).await;
+    assert!(!unknown.status.success());
+}
+
+#[tokio::test]
+async fn ten_thousand_fans_are_each_saved_exactly_once_across_a_restart() {
+    const FANS: usize = 10_000;
+    const RATE: usize = 400;
+    let campaign = campaign(FANS).await;
+    let (mut first, base) = serve(&campaign.config, campaign.dir.path()).await;
+    let id = campaign.start(&base, RATE as u32).await;
+    let halfway = wait_until(&campaign.http, &base, &id, Duration::from_secs(300), |s| {
+        s["counts"]["succeeded"].as_u64().unwrap() >= FANS as u64 / 2
+    })
+    .await;
+    assert!(halfway["eta_seconds"].as_u64().is_some(), "{halfway}");
+    // Stopped halfway (SIGTERM): requests in flight finish and are
+    // recorded, the lease is released, the rest waits. Waited for off this
+    // runtime: the fake provider the drain needs runs on it.
+    let stopped = tokio::task::spawn_blocking(move || first.terminate());
+    assert!(stopped.await.unwrap().success());
+    let saved_before_restart = campaign.fake.save_calls().len();
+    assert!(
+        saved_before_restart < FANS,
+        "the first process finished everything before it was stopped"
+    );
+
+    let (_second, base) = serve(&campaign.config, campaign.dir.path()).await;
+    let done = wait_until(&campaign.http, &base, &id, Duration::from_secs(300), |s| {
+        s["state"] == "completed"
+    })
+    .await;
+    let failed = campaign.items_in(&base, &id, "failed").await;
+    assert!(failed.is_empty(), "failed items: {failed:?}");
+    assert_eq!(done["counts"]["succeeded"], FANS, "{done}");
+
+    let saves = campaign.fake.save_calls();
+    assert_eq!(saves.len(), FANS);
+    let duplicated: Vec<_> = saves.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(
+        duplicated.is_empty(),
+        "saved more than once: {duplicated:?}"
+    );
+    campaign.check_provider_side(FANS, RATE);
+    // A graceful stop leaves nothing in flight for the next run to resend.
+    let items = campaign.items(&base, &id).await;
+    assert_eq!(items.len(), FANS);
+    let interrupted: Vec<_> = items.iter().filter(|i| i["interrupted"] != 0).collect();
+    assert!(interrupted.is_empty(), "{interrupted:?}");
 }
 
 #[tokio::test]

@@ -331,6 +331,48 @@ async fn requests_and_answers_are_relayed_without_hop_headers_or_our_key() {
 }
 
 #[tokio::test]
+async fn a_401_that_no_refresh_can_fix_yet_is_retryable_not_relayed() {
+    let server = MockServer::start().await;
+    Mock::given(path("/api/v2/me"))
+        .respond_with(ResponseTemplate::new(401).set_body_string("token expired"))
+        .mount(&server)
+        .await;
+    // The token endpoint is down: the refused token cannot be replaced.
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(503).insert_header("retry-after", "7"))
+        .mount(&server)
+        .await;
+    let (service, _dir) = mock_service(&server).await;
+    let response = service
+        .http
+        .get(service.url("/v1/proxy/mock/u-1/me"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    // Not the provider's 401, which would tell the caller the user must
+    // reconnect: the refresh that fixes it is only delayed.
+    assert_eq!(response.status(), 503);
+    // When to come back: the connection's backoff, at least the
+    // token endpoint's Retry-After.
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 7, "{retry_after}");
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["error"],
+        "provider_unavailable"
+    );
+    let received = server.received_requests().await.unwrap();
+    let calls = |p: &str| received.iter().filter(|r| r.url.path() == p).count();
+    assert_eq!(calls("/api/v2/me"), 1, "no retry without a new token");
+    assert!(calls("/token") >= 1, "the refused token was not refreshed");
+}
+
+#[tokio::test]
 async fn a_short_retry_after_is_waited_out_and_a_long_one_is_relayed() {
     let server = MockServer::start().await;
     Mock::given(path("/api/v2/short"))

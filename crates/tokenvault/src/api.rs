@@ -525,9 +525,8 @@ impl Vault {
                 retried_unauthorized = true;
                 let again = self.refresh_rejected(&issued).await?;
                 if again.connection.access_token == issued.connection.access_token {
-                    // Nothing newer to offer (no refresh token, or the
-                    // provider is down and the old token is still valid):
-                    // the 401 is the answer.
+                    // Nothing newer to offer (the connection has no
+                    // refresh token): the 401 is the answer.
                     return Ok(ApiResponse {
                         response,
                         refreshed,

@@ -329,25 +329,13 @@ impl Campaign {
             concurrency: release.concurrency.max(1),
             ..BulkSettings::default()
         };
-        let lease_ttl = settings.lease_ttl;
         let worker = BulkWorker::new(self.bulk.clone(), settings);
         // Created already leased to us, so a tokenvault server on the same
         // database does not pick it up and run it alongside this process.
-        let lease_until = self.vault.clock().now()
-            + chrono::Duration::from_std(lease_ttl).expect("a short duration");
-        let view = self
-            .bulk
-            .create(spec, Some((worker.owner().to_owned(), lease_until)))
-            .await?;
+        let view = worker.create(spec).await?;
         let id = view.id;
         tracing::info!(action = %id, fans = view.total, "pre-save bulk action created");
-        let action = self
-            .bulk
-            .store()
-            .get(id)
-            .await?
-            .context("the bulk action vanished right after it was created")?;
-        match worker.run_action(action, shutdown).await? {
+        match worker.run(id, shutdown).await? {
             RunEnd::Completed => Ok(id),
             RunEnd::Stopped => bail!(
                 "stopped before every fan was done; `tokenvault bulk resume {id}` (or a running `tokenvault serve` on this database) finishes bulk action {id}"

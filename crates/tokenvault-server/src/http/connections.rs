@@ -60,7 +60,7 @@ pub(super) fn token_error(err: TokenError, integration: &str) -> ApiError {
             let error = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "provider_unavailable",
-                format!("the token has expired and could not be refreshed: {reason}"),
+                format!("no usable token: the refresh it needs failed: {reason}"),
             );
             match retry_after {
                 Some(delay) => error.with_retry_after(delay),

@@ -12,7 +12,8 @@ use tokio::sync::{Mutex, Semaphore, watch};
 use tokio::time::Instant;
 
 use super::{
-    ActionState, BulkActionRecord, BulkActions, BulkItem, ItemOutcome, ItemState, retry_delay,
+    ActionState, BulkActionRecord, BulkActionView, BulkActions, BulkError, BulkItem, BulkSpec,
+    ItemOutcome, ItemState, retry_delay,
 };
 use crate::api::{ApiRequest, RequestError, RequestOptions, SendGate};
 use crate::domain::UserId;
@@ -57,7 +58,7 @@ impl Default for BulkSettings {
     }
 }
 
-/// Why [`BulkWorker::run_action`] returned.
+/// Why [`BulkWorker::run`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunEnd {
     /// Every item reached a final state.
@@ -164,7 +165,7 @@ impl BulkWorker {
                             let stop = shutdown.clone();
                             running.spawn(async move {
                                 let id = action.id;
-                                match worker.run_action(action, stop).await {
+                                match worker.run_leased(action, stop).await {
                                     Ok(end) => tracing::info!(action = %id, end = ?end, "bulk action run ended"),
                                     Err(err) => tracing::error!(action = %id, error = %err, "bulk action run failed"),
                                 }
@@ -195,9 +196,57 @@ impl BulkWorker {
             .await
     }
 
+    /// Persists an action already leased to this worker, so that no other
+    /// runner (a `serve` instance on the same database) starts it before
+    /// [`BulkWorker::run`] does here.
+    pub async fn create(&self, spec: BulkSpec) -> Result<BulkActionView, BulkError> {
+        let until = self.actions.vault().clock().now() + chrono(self.settings.lease_ttl);
+        self.actions
+            .create(spec, Some((self.owner().to_owned(), until)))
+            .await
+    }
+
+    /// Runs action `id` here until it completes, is cancelled, another
+    /// runner takes it over, or `shutdown` turns true. While a live runner
+    /// elsewhere holds it, waits for that lease to end (and returns how the
+    /// action ended if it ends there). An action already finished returns
+    /// its end at once. Leases belong to the process (its vault's owner id),
+    /// so within one process run an action from one place: here, or the
+    /// [`BulkWorker::spawn`] loop.
+    pub async fn run(
+        &self,
+        id: uuid::Uuid,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<RunEnd, BulkError> {
+        let store = self.actions.store();
+        loop {
+            let now = self.actions.vault().clock().now();
+            let until = now + chrono(self.settings.lease_ttl);
+            if let Some(action) = store.take_action(id, self.owner(), now, until).await? {
+                return Ok(self.run_leased(action, shutdown).await?);
+            }
+            let action = store.get(id).await?.ok_or(BulkError::NotFound)?;
+            let wait = match action.state {
+                ActionState::Completed => return Ok(RunEnd::Completed),
+                ActionState::Cancelled => return Ok(RunEnd::Cancelled),
+                // Held by a live runner: look again when its lease would
+                // run out (it is renewed while that runner lives).
+                ActionState::Active => action
+                    .lease_until
+                    .and_then(|until| (until - now).to_std().ok())
+                    .unwrap_or_default()
+                    .clamp(self.settings.poll, self.settings.lease_ttl),
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = stop_requested(&mut shutdown) => return Ok(RunEnd::Stopped),
+            }
+        }
+    }
+
     /// Runs one action we hold the lease of until it completes, is
     /// cancelled, the lease is lost, or `shutdown` turns true.
-    pub async fn run_action(
+    async fn run_leased(
         &self,
         action: BulkActionRecord,
         mut shutdown: watch::Receiver<bool>,

@@ -82,6 +82,16 @@ pub trait BulkStore: Send + Sync + 'static {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Option<BulkActionRecord>, StoreError>;
+    /// Leases action `id` to `owner` when it is active and its lease is free,
+    /// expired, or already `owner`'s (whatever its `not_before`); `None`
+    /// otherwise. Marks the action started.
+    async fn take_action(
+        &self,
+        id: uuid::Uuid,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<BulkActionRecord>, StoreError>;
     /// Extends our lease; false when it was lost or the action is no longer
     /// active (cancelled).
     async fn renew_action(
@@ -529,6 +539,31 @@ impl BulkStore for SqlBulkStore {
         row.map(action).transpose()
     }
 
+    async fn take_action(
+        &self,
+        id: uuid::Uuid,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Option<BulkActionRecord>, StoreError> {
+        let row: Option<ActionRow> = with_pool!(self, |pool, _d| {
+            sqlx::query_as(concat!(
+                "UPDATE bulk_actions SET lease_owner = $2, lease_until = $3, started_at = COALESCE(started_at, $4) \
+                 WHERE id = $1 AND state = 'active' \
+                   AND (lease_until IS NULL OR lease_until < $4 OR lease_owner = $2) \
+                 RETURNING ",
+                action_columns!()
+            ))
+            .bind(id.to_string())
+            .bind(owner)
+            .bind(to_millis(lease_until))
+            .bind(to_millis(now))
+            .fetch_optional(pool)
+            .await?
+        });
+        row.map(action).transpose()
+    }
+
     async fn renew_action(
         &self,
         id: uuid::Uuid,
@@ -537,7 +572,7 @@ impl BulkStore for SqlBulkStore {
     ) -> Result<bool, StoreError> {
         let changed = with_pool!(self, |pool, _d| {
             sqlx::query(
-            "UPDATE bulk_actions SET lease_until = $3, started_at = COALESCE(started_at, $3) WHERE id = $1 AND lease_owner = $2 AND state = 'active'"
+            "UPDATE bulk_actions SET lease_until = $3 WHERE id = $1 AND lease_owner = $2 AND state = 'active'"
         )
         .bind(id.to_string())
         .bind(owner)

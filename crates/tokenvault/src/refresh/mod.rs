@@ -401,8 +401,11 @@ impl Vault {
 
     /// The provider's API refused `rejected`'s access token (401): refresh
     /// now, unless another caller already replaced that token, whose newer
-    /// token is then returned. Same fallbacks as [`Vault::valid_token`]: when
-    /// nothing newer can be had, the result carries the same token.
+    /// token is then returned. Unlike [`Vault::valid_token`] there is no
+    /// fallback to the stored token when the provider cannot be reached: it
+    /// was just refused, so the caller gets the error (a retryable
+    /// `ProviderUnavailable`) instead of a 401 that a refresh would fix.
+    /// Without a refresh token the result carries the same token.
     pub(crate) async fn refresh_rejected(
         &self,
         rejected: &IssuedToken,
@@ -416,7 +419,7 @@ impl Vault {
         let mode = Mode::Forced {
             seen: rejected.connection.access_token.clone(),
         };
-        self.refresh_or_fallback(record, tokens, mode).await
+        self.refresh_now(&record, &tokens, mode).await
     }
 
     /// Waits for the integration's per-second budget, which API calls share
@@ -427,34 +430,45 @@ impl Vault {
         }
     }
 
+    /// [`Vault::refresh_now`], but when the provider cannot be reached (or
+    /// the integration is broken) a stored token that has not expired yet
+    /// is handed out instead of the error.
     async fn refresh_or_fallback(
         &self,
         record: ConnectionRecord,
         tokens: TokenSet,
         mode: Mode,
     ) -> Result<IssuedToken, TokenError> {
-        let now = self.clock().now();
-        let fallback = |err: TokenError| match err {
-            TokenError::ProviderUnavailable { .. }
-            | TokenError::IntegrationMisconfigured { .. }
-            | TokenError::UnknownIntegration(_)
-                if !tokens.is_expired(self.clock().now()) =>
-            {
+        match self.refresh_now(&record, &tokens, mode).await {
+            Err(
+                err @ (TokenError::ProviderUnavailable { .. }
+                | TokenError::IntegrationMisconfigured { .. }
+                | TokenError::UnknownIntegration(_)),
+            ) if !tokens.is_expired(self.clock().now()) => {
                 tracing::debug!(error = %err, "handing out the stored token, still valid");
                 Ok(IssuedToken {
-                    tokens: tokens.clone(),
-                    connection: record.clone(),
+                    tokens,
+                    connection: record,
                     outcome: TokenOutcome::Stale,
                 })
             }
-            other => Err(other),
-        };
+            other => other,
+        }
+    }
+
+    async fn refresh_now(
+        &self,
+        record: &ConnectionRecord,
+        tokens: &TokenSet,
+        mode: Mode,
+    ) -> Result<IssuedToken, TokenError> {
+        let now = self.clock().now();
         let Some(integration) = self.integrations().get(&record.integration).cloned() else {
-            return fallback(TokenError::UnknownIntegration(record.integration.clone()));
+            return Err(TokenError::UnknownIntegration(record.integration.clone()));
         };
         if !tokens.can_refresh() {
             if tokens.is_expired(now) {
-                self.mark_expired(&record).await;
+                self.mark_expired(record).await;
                 return Err(TokenError::NeedsReauth {
                     status: ConnectionStatus::Expired,
                     last_error: None,
@@ -462,8 +476,8 @@ impl Vault {
             }
             // Nothing better to offer than the token we have.
             return Ok(IssuedToken {
-                tokens,
-                connection: record,
+                tokens: tokens.clone(),
+                connection: record.clone(),
                 outcome: TokenOutcome::Fresh,
             });
         }
@@ -479,11 +493,11 @@ impl Vault {
                 .unwrap_or_else(|join| Err(TokenError::Vault(VaultError::Task(join.to_string()))));
         match refreshed {
             Ok(Some(issued)) => Ok(issued),
-            Ok(None) => fallback(TokenError::ProviderUnavailable {
+            Ok(None) => Err(TokenError::ProviderUnavailable {
                 reason: "another instance is still refreshing this connection".into(),
                 retry_after: Some(Duration::from_secs(1)),
             }),
-            Err(err) => fallback(err),
+            Err(err) => Err(err),
         }
     }
 
