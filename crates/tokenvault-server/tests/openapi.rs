@@ -84,16 +84,21 @@ fn router_operations() -> Operations {
             .replace("{*path}", "{path}");
         let path = path.as_str();
         let handlers = &args[args.find(',').expect("a route handler")..];
+        // `any(handler)` serves every method OpenAPI can describe.
+        let routes_any = handlers
+            .trim_start_matches([',', ' ', '\n'])
+            .starts_with("any(");
         let methods: Vec<String> = METHODS
             .iter()
             .filter(|method| {
-                handlers.match_indices(&format!("{method}(")).any(|(i, _)| {
-                    // A method router call, not a name ending in `get`.
-                    !handlers[..i]
-                        .chars()
-                        .next_back()
-                        .is_some_and(|c| c.is_alphanumeric() || c == '_')
-                })
+                routes_any
+                    || handlers.match_indices(&format!("{method}(")).any(|(i, _)| {
+                        // A method router call, not a name ending in `get`.
+                        !handlers[..i]
+                            .chars()
+                            .next_back()
+                            .is_some_and(|c| c.is_alphanumeric() || c == '_')
+                    })
             })
             .map(|method| method.to_uppercase())
             .collect();

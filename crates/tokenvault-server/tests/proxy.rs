@@ -373,6 +373,56 @@ async fn a_401_that_no_refresh_can_fix_yet_is_retryable_not_relayed() {
 }
 
 #[tokio::test]
+async fn any_api_method_is_forwarded_but_tunnels_and_echoes_are_not() {
+    let server = MockServer::start().await;
+    Mock::given(path("/api/v2/calendars/c1"))
+        .respond_with(ResponseTemplate::new(204).insert_header("allow", "GET, OPTIONS"))
+        .mount(&server)
+        .await;
+    let (service, _dir) = mock_service(&server).await;
+    let url = service.url("/v1/proxy/mock/u-1/calendars/c1");
+    for method in ["OPTIONS", "HEAD", "REPORT"] {
+        let response = service
+            .http
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                &url,
+            )
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 204, "{method}");
+        assert_eq!(response.headers()["allow"], "GET, OPTIONS", "{method}");
+    }
+    for method in ["TRACE", "CONNECT"] {
+        let response = service
+            .http
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                &url,
+            )
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap();
+        // hyper does not route an HTTP/1 CONNECT at all (404); TRACE
+        // reaches the proxy, which refuses it.
+        assert!(response.status().is_client_error(), "{method}");
+        if method == "TRACE" {
+            assert_eq!(response.status(), 405);
+            assert_eq!(
+                response.json::<Value>().await.unwrap()["error"],
+                "method_not_allowed"
+            );
+        }
+    }
+    let received = server.received_requests().await.unwrap();
+    let methods: Vec<_> = received.iter().map(|r| r.method.to_string()).collect();
+    assert_eq!(methods, ["OPTIONS", "HEAD", "REPORT"]);
+}
+
+#[tokio::test]
 async fn a_short_retry_after_is_waited_out_and_a_long_one_is_relayed() {
     let server = MockServer::start().await;
     Mock::given(path("/api/v2/short"))

@@ -20,7 +20,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use tokenvault::device::DeviceFlow;
 use tokenvault::domain::{IntegrationKey, TokenSet};
 use tokenvault::integrations::Integrations;
@@ -141,14 +141,7 @@ pub fn router(state: AppState) -> Router {
             "/users/{user_id}/connections/{integration}/profile",
             get(proxy::profile),
         )
-        .route(
-            "/proxy/{integration}/{user_id}/{*path}",
-            get(proxy::proxy)
-                .post(proxy::proxy)
-                .put(proxy::proxy)
-                .patch(proxy::proxy)
-                .delete(proxy::proxy),
-        )
+        .route("/proxy/{integration}/{user_id}/{*path}", any(proxy::proxy))
         .route("/bulk-actions", post(bulk::create))
         .route("/bulk-actions/{id}", get(bulk::show))
         .route("/bulk-actions/{id}/items", get(bulk::items))

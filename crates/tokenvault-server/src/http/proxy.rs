@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{OriginalUri, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tokenvault::api::{self, ApiPath as ProviderPath, ApiRequest, RequestError, RequestOptions};
@@ -64,7 +64,7 @@ pub(super) fn request_error(err: RequestError, integration: &str) -> ApiError {
 
 /// `ANY /v1/proxy/{integration}/{user_id}/{path}`
 #[utoipa::path(
-    method(get, post, put, patch, delete),
+    method(get, post, put, patch, delete, head, options),
     path = "/v1/proxy/{integration}/{user_id}/{path}",
     tag = "proxy",
     summary = "Call the provider's API as the user",
@@ -78,6 +78,7 @@ pub(super) fn request_error(err: RequestError, integration: &str) -> ApiError {
         (status = 200, description = "The provider's answer (any status the provider sends is relayed)"),
         (status = 400, description = "`invalid_proxy_path`, `no_api_base_url`, `invalid_user_id`, `invalid_header`, `invalid_path`", body = ErrorBody),
         (status = 404, description = "`unknown_integration`, `connection_not_found`", body = ErrorBody),
+        (status = 405, description = "`method_not_allowed`: CONNECT and TRACE are not forwarded", body = ErrorBody),
         (status = 409, description = "`needs_reauth`", body = ErrorBody),
         (status = 502, description = "`provider_unreachable`: no answer from the provider", body = ErrorBody),
         (status = 503, description = "`provider_unavailable` (with `Retry-After`), `integration_misconfigured`", body = ErrorBody),
@@ -90,6 +91,15 @@ pub async fn proxy(
     OriginalUri(original): OriginalUri,
     request: Request,
 ) -> Result<Response, ApiError> {
+    // CONNECT would ask the provider for a tunnel and TRACE to echo the
+    // request back, our bearer token included: neither is an API call.
+    if request.method() == Method::CONNECT || request.method() == Method::TRACE {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} is not forwarded to providers", request.method()),
+        ));
+    }
     let user = user_id(&user)?;
     let integration = integration(&state, &key)?.key().clone();
     let (parts, body) = request.into_parts();
