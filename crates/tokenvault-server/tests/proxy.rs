@@ -319,13 +319,7 @@ async fn requests_and_answers_are_relayed_without_hop_headers_or_our_key() {
         .respond_with(ResponseTemplate::new(404).set_body_string("no such thing"))
         .mount(&server)
         .await;
-    let missing = service
-        .http
-        .get(service.url("/v1/proxy/mock/u-1/missing"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap();
+    let missing = get(&service, "/v1/proxy/mock/u-1/missing").await;
     assert_eq!(missing.status(), 404);
     assert_eq!(missing.text().await.unwrap(), "no such thing");
 }
@@ -344,13 +338,7 @@ async fn a_401_that_no_refresh_can_fix_yet_is_retryable_not_relayed() {
         .mount(&server)
         .await;
     let (service, _dir) = mock_service(&server).await;
-    let response = service
-        .http
-        .get(service.url("/v1/proxy/mock/u-1/me"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap();
+    let response = get(&service, "/v1/proxy/mock/u-1/me").await;
     // Not the provider's 401, which would tell the caller the user must
     // reconnect: the refresh that fixes it is only delayed.
     assert_eq!(response.status(), 503);
@@ -440,23 +428,11 @@ async fn a_short_retry_after_is_waited_out_and_a_long_one_is_relayed() {
         .await;
     let (service, _dir) = mock_service(&server).await;
     let started = std::time::Instant::now();
-    let short = service
-        .http
-        .get(service.url("/v1/proxy/mock/u-1/short"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap();
+    let short = get(&service, "/v1/proxy/mock/u-1/short").await;
     assert_eq!(short.status(), 200);
     assert!(started.elapsed() >= Duration::from_secs(1));
 
-    let long = service
-        .http
-        .get(service.url("/v1/proxy/mock/u-1/long"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap();
+    let long = get(&service, "/v1/proxy/mock/u-1/long").await;
     assert_eq!(long.status(), 429);
     assert_eq!(long.headers()["retry-after"], "60");
     let received = server.received_requests().await.unwrap();
@@ -465,13 +441,7 @@ async fn a_short_retry_after_is_waited_out_and_a_long_one_is_relayed() {
     assert_eq!(calls("/api/v2/long"), 1);
 
     // No userinfo_url in this catalog entry: no profile to read.
-    let profile = service
-        .http
-        .get(service.url("/v1/users/u-1/connections/mock/profile"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap();
+    let profile = get(&service, "/v1/users/u-1/connections/mock/profile").await;
     assert_eq!(profile.status(), 404);
     assert_eq!(
         profile.json::<Value>().await.unwrap()["error"],
