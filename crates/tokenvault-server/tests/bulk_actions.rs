@@ -89,7 +89,17 @@ async fn wait_until(
 }
 
 #[tokio::test]
-async fn the_api_validates_runs_reports_and_cancels_actions() {
+async fn the_api_validates_runs_reports_and_cancels_actions_on_sqlite() {
+    the_api_validates_runs_reports_and_cancels_actions(None).await;
+}
+
+#[tokio::test]
+async fn the_api_validates_runs_reports_and_cancels_actions_on_postgres() {
+    let database = tokenvault::testing::fresh_postgres_url().await;
+    the_api_validates_runs_reports_and_cancels_actions(Some(database)).await;
+}
+
+async fn the_api_validates_runs_reports_and_cancels_actions(database: Option<String>) {
     let fake = FakeSpotify::start(Options::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let providers = dir.path().join("providers.toml");
@@ -98,6 +108,7 @@ async fn the_api_validates_runs_reports_and_cancels_actions() {
     let webhook_url = receiver.url.clone();
     let service = start_service_with_workers(|config: &mut Config, base| {
         config.providers_file = Some(providers.clone());
+        config.database_url = database;
         config.scheduler_enabled = false;
         config.webhook_url = Some(url::Url::parse(&webhook_url).unwrap());
         config.webhook_secret = Some(SecretString::from(WEBHOOK_SECRET));
@@ -367,6 +378,11 @@ struct Campaign {
 /// expired token, every 33rd stale at the provider; the fake answers every
 /// 20th API call with 429 (Retry-After: 1).
 async fn campaign(fans: usize) -> Campaign {
+    campaign_on(fans, None).await
+}
+
+/// [`campaign`] on PostgreSQL at `database` instead of SQLite.
+async fn campaign_on(fans: usize, database: Option<&str>) -> Campaign {
     let fake = FakeSpotify::start(Options {
         rate_limit_every: Some(20),
         ..Options::default()
@@ -379,9 +395,10 @@ async fn campaign(fans: usize) -> Campaign {
     std::fs::write(
         &config,
         format!(
-            "providers_file = {providers:?}\npublic_url = \"http://127.0.0.1:9\"\nscheduler_enabled = false\nrefresh_rate_limit_per_second = 0\n\n\
+            "{}providers_file = {providers:?}\npublic_url = \"http://127.0.0.1:9\"\nscheduler_enabled = false\nrefresh_rate_limit_per_second = 0\n\n\
              [integrations.spotify]\nprovider = \"spotify\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\n\
              redirect_uri = \"http://127.0.0.1:9/oauth/callback\"\n",
+            database.map_or(String::new(), |url| format!("database_url = {url:?}\n")),
             fake.options().client_id,
             fake.options().client_secret
         ),
@@ -489,10 +506,20 @@ impl Campaign {
 }
 
 #[tokio::test]
-async fn the_library_runs_the_action_it_is_asked_to_and_only_once() {
+async fn the_library_runs_the_action_it_is_asked_to_and_only_once_on_sqlite() {
+    the_library_runs_the_action_it_is_asked_to_and_only_once(None).await;
+}
+
+#[tokio::test]
+async fn the_library_runs_the_action_it_is_asked_to_and_only_once_on_postgres() {
+    let database = tokenvault::testing::fresh_postgres_url().await;
+    the_library_runs_the_action_it_is_asked_to_and_only_once(Some(&database)).await;
+}
+
+async fn the_library_runs_the_action_it_is_asked_to_and_only_once(database: Option<&str>) {
     const FANS: usize = 40;
     const OTHER_TRACK: &str = "0000000000000000000000";
-    let campaign = campaign(FANS).await;
+    let campaign = campaign_on(FANS, database).await;
     let state = library_state(&campaign.config, campaign.dir.path()).await;
     let spec = |track: &str| {
         let input: BulkSpecInput = serde_json::from_value(json!({
@@ -665,10 +692,20 @@ async fn ten_thousand_fans_are_each_saved_exactly_once_across_a_restart() {
 }
 
 #[tokio::test]
-async fn a_crash_mid_run_resends_only_the_requests_that_were_in_flight() {
+async fn a_crash_mid_run_resends_only_the_requests_that_were_in_flight_on_sqlite() {
+    a_crash_mid_run_resends_only_the_requests_that_were_in_flight(None).await;
+}
+
+#[tokio::test]
+async fn a_crash_mid_run_resends_only_the_requests_that_were_in_flight_on_postgres() {
+    let database = tokenvault::testing::fresh_postgres_url().await;
+    a_crash_mid_run_resends_only_the_requests_that_were_in_flight(Some(&database)).await;
+}
+
+async fn a_crash_mid_run_resends_only_the_requests_that_were_in_flight(database: Option<&str>) {
     const FANS: usize = 1_000;
     const RATE: usize = 200;
-    let campaign = campaign(FANS).await;
+    let campaign = campaign_on(FANS, database).await;
     let (mut first, base) = serve(&campaign.config, campaign.dir.path()).await;
     let id = campaign.start(&base, RATE as u32).await;
     wait_until(&campaign.http, &base, &id, Duration::from_secs(120), |s| {

@@ -336,7 +336,22 @@ impl ApiRequest {
 /// included.
 #[async_trait::async_trait]
 pub trait SendGate: Send + Sync {
+    /// Returns when the next request may go out.
     async fn ready(&self);
+    /// The request `ready` let through got its answer (or failed, or was
+    /// abandoned): the provider has seen it by now, if ever. Called exactly
+    /// once per `ready`.
+    fn answered(&self) {}
+}
+
+/// Tells the gate when the request it let through is over, however the
+/// call ends (a dropped future included).
+struct GateTicket<'a>(&'a dyn SendGate);
+
+impl Drop for GateTicket<'_> {
+    fn drop(&mut self) {
+        self.0.answered();
+    }
 }
 
 /// Per-call knobs of [`Vault::request_with`].
@@ -506,11 +521,17 @@ impl Vault {
         loop {
             self.spend_rate_budget(key).await;
             // Last, so nothing between the gate and the send delays it.
-            if let Some(gate) = &options.gate {
-                gate.ready().await;
-            }
+            let ticket = match &options.gate {
+                Some(gate) => {
+                    gate.ready().await;
+                    Some(GateTicket(gate.as_ref()))
+                }
+                None => None,
+            };
             attempts += 1;
             let response = send(&integration, &url, &request, &issued).await;
+            // The answer's head is here: the provider has seen the request.
+            drop(ticket);
             let response = match response {
                 Ok(response) => response,
                 Err(err) => {

@@ -120,6 +120,8 @@ pub trait BulkStore: Send + Sync + 'static {
     ) -> Result<Vec<BulkItem>, StoreError>;
     /// When the next pending item falls due.
     async fn next_due(&self, id: uuid::Uuid) -> Result<Option<DateTime<Utc>>, StoreError>;
+    /// When an item of the action last changed after a send (any runner).
+    async fn last_sent(&self, id: uuid::Uuid) -> Result<Option<DateTime<Utc>>, StoreError>;
     /// `pending` → `running` with `attempts` raised to `attempt`; false
     /// when the item is no longer pending (cancelled).
     async fn start_item(
@@ -664,6 +666,18 @@ impl BulkStore for SqlBulkStore {
         .bind(id.to_string())
         .fetch_one(pool)
         .await?
+        });
+        at.map(from_millis).transpose()
+    }
+
+    async fn last_sent(&self, id: uuid::Uuid) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let (at,): (Option<i64>,) = with_pool!(self, |pool, _d| {
+            sqlx::query_as(
+                "SELECT MAX(updated_at) FROM bulk_items WHERE action_id = $1 AND attempts > 0",
+            )
+            .bind(id.to_string())
+            .fetch_one(pool)
+            .await?
         });
         at.map(from_millis).transpose()
     }
