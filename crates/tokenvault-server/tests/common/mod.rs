@@ -23,6 +23,18 @@ impl Peer {
     /// Starts `tests/peer/server.mjs`; fails (never skips) without Node or
     /// its packages.
     pub fn start() -> Peer {
+        // Node very rarely hangs while starting (seen once in CI: the main
+        // thread parked on a futex before listening). A peer that is not
+        // ready in time is killed and started again; three misses fail.
+        for _ in 0..3 {
+            if let Some(peer) = Self::try_start(std::time::Duration::from_secs(30)) {
+                return peer;
+            }
+        }
+        panic!("the OAuth test peer did not become ready three times in a row");
+    }
+
+    fn try_start(ready_within: std::time::Duration) -> Option<Peer> {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/peer/server.mjs");
         let mut child = Command::new("node")
             .arg(script)
@@ -34,17 +46,25 @@ impl Peer {
             .expect(
                 "node is required for the OAuth test peer; run scripts/test.sh, which installs it",
             );
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = sender.send(line);
+        });
+        let Ok(line) = receiver.recv_timeout(ready_within) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        };
         let ready: Value = serde_json::from_str(&line)
             .unwrap_or_else(|_| panic!("the OAuth test peer did not start (run `npm ci` in tests/peer, or scripts/test.sh): {line:?}"));
-        Peer {
+        Some(Peer {
             child,
             issuer: ready["issuer"].as_str().unwrap().to_owned(),
             http: reqwest::Client::new(),
-        }
+        })
     }
 
     pub async fn hook(&self, path: &str, body: Value) -> Value {
