@@ -174,15 +174,28 @@ enum Handled {
     Skipped,
 }
 
+/// Ticks a spawned scheduler runs at once: while one claims its batch or
+/// waits for its slowest refresh and last write-back, the other keeps the
+/// refresh slots busy. They share the slots, so at most
+/// `concurrency` refreshes are in flight in all.
+const TICKS_IN_FLIGHT: usize = 2;
+
 #[derive(Clone)]
 pub struct Scheduler {
     vault: Vault,
     settings: SchedulerSettings,
+    /// Refreshes between claim and write-back, across concurrent ticks.
+    slots: Arc<Semaphore>,
 }
 
 impl Scheduler {
     pub fn new(vault: Vault, settings: SchedulerSettings) -> Self {
-        Self { vault, settings }
+        let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+        Self {
+            vault,
+            settings,
+            slots,
+        }
     }
 
     /// Claims one batch of due connections and handles it.
@@ -205,12 +218,11 @@ impl Scheduler {
         let (writer, requests) = WriteBack::channel();
         let handling = async {
             let writer = writer;
-            // Bounds the refreshes between claim and write-back; a refresh
-            // waiting for its batched write no longer counts.
-            let slots = Semaphore::new(self.settings.concurrency.max(1));
+            // The slots bound the refreshes between claim and write-back; a
+            // refresh waiting for its batched write no longer holds one.
             let mut handled: FuturesUnordered<_> = claimed
                 .into_iter()
-                .map(|record| self.handle(record, seq, leased_at, &slots, &writer))
+                .map(|record| self.handle(record, seq, leased_at, &self.slots, &writer))
                 .collect();
             while let Some(outcome) = handled.next().await {
                 match outcome {
@@ -316,52 +328,64 @@ impl Scheduler {
             .await
     }
 
-    /// Runs ticks until `shutdown` turns true; the tick in progress finishes
-    /// (its refreshes complete and release their leases) before it returns.
-    pub fn spawn(self, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    /// Runs ticks until `shutdown` turns true; the ticks in progress finish
+    /// (their refreshes complete and release their leases) before it
+    /// returns. [`TICKS_IN_FLIGHT`] ticks run at once, sharing the refresh
+    /// slots; the first also applies retention and reloads integration
+    /// health.
+    pub fn spawn(self, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let mut last_purge: Option<Instant> = None;
-            let mut last_sync: Option<Instant> = None;
-            loop {
-                if *shutdown.borrow() {
-                    return;
+            let loops = (0..TICKS_IN_FLIGHT).map(|n| self.run(n == 0, shutdown.clone()));
+            futures::future::join_all(loops).await;
+        })
+    }
+
+    async fn run(&self, maintains: bool, mut shutdown: watch::Receiver<bool>) {
+        let mut last_purge: Option<Instant> = None;
+        let mut last_sync: Option<Instant> = None;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            if maintains
+                && last_sync.is_none_or(|at| at.elapsed() >= self.settings.health_sync_every)
+            {
+                if let Err(err) = self.vault.sync_integration_health().await {
+                    tracing::warn!(error = %err, "reloading integration health failed");
                 }
-                if last_sync.is_none_or(|at| at.elapsed() >= self.settings.health_sync_every) {
-                    if let Err(err) = self.vault.sync_integration_health().await {
-                        tracing::warn!(error = %err, "reloading integration health failed");
-                    }
-                    last_sync = Some(Instant::now());
+                last_sync = Some(Instant::now());
+            }
+            if maintains
+                && last_purge.is_none_or(|at| at.elapsed() >= self.settings.retention_every)
+            {
+                match self.purge().await {
+                    Ok(0) => {}
+                    Ok(purged) => tracing::info!(
+                        purged,
+                        "retention: deleted old disconnected/expired connections"
+                    ),
+                    Err(err) => tracing::warn!(error = %err, "retention purge failed"),
                 }
-                if last_purge.is_none_or(|at| at.elapsed() >= self.settings.retention_every) {
-                    match self.purge().await {
-                        Ok(0) => {}
-                        Ok(purged) => tracing::info!(
-                            purged,
-                            "retention: deleted old disconnected/expired connections"
-                        ),
-                        Err(err) => tracing::warn!(error = %err, "retention purge failed"),
+                last_purge = Some(Instant::now());
+            }
+            let full = match self.tick().await {
+                Ok(report) => {
+                    if report.claimed > 0 {
+                        tracing::debug!(?report, "refresh tick");
                     }
-                    last_purge = Some(Instant::now());
+                    report.claimed as u32 >= self.settings.batch
                 }
-                let full = match self.tick().await {
-                    Ok(report) => {
-                        if report.claimed > 0 {
-                            tracing::debug!(?report, "refresh tick");
-                        }
-                        report.claimed as u32 >= self.settings.batch
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "refresh tick failed");
-                        false
-                    }
-                };
-                if !full {
-                    tokio::select! {
-                        _ = tokio::time::sleep(self.settings.tick) => {}
-                        _ = shutdown.changed() => return,
-                    }
+                Err(err) => {
+                    tracing::warn!(error = %err, "refresh tick failed");
+                    false
+                }
+            };
+            if !full {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.settings.tick) => {}
+                    _ = shutdown.changed() => return,
                 }
             }
-        })
+        }
     }
 }
