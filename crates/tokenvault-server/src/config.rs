@@ -86,6 +86,10 @@ pub struct Config {
     pub scheduler_batch: u32,
     /// Refreshes in flight at once, per instance.
     pub scheduler_concurrency: usize,
+    /// Milliseconds a fresh token read from the database may be served from
+    /// this instance's memory; 0 disables the cache. Another instance's
+    /// refresh or disconnect is seen here up to this much later.
+    pub token_cache_ms: u64,
     /// Token-endpoint calls per second per integration and instance
     /// (an integration's `rate_limit_per_second` overrides it); 0 = unlimited.
     pub refresh_rate_limit_per_second: u32,
@@ -189,6 +193,7 @@ impl Default for Config {
             scheduler_tick_ms: 1000,
             scheduler_batch: 100,
             scheduler_concurrency: 16,
+            token_cache_ms: 1000,
             refresh_rate_limit_per_second: 50,
             retention_days: 30,
             breaker_failure_threshold: 5,

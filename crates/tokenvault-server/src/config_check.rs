@@ -69,6 +69,12 @@ pub fn check(config: &Config, env: impl Fn(&str) -> Option<String>) -> (Table, R
             config.request_timeout_secs
         ));
     }
+    if config.token_cache_ms > 60_000 {
+        report.warnings.push(format!(
+            "token_cache_ms = {}: another instance's refresh or disconnect is seen here only that much later; keep it to a few seconds",
+            config.token_cache_ms
+        ));
+    }
     if config.is_production() {
         if config
             .public_url
@@ -258,6 +264,7 @@ fn render(
     put("scheduler_tick_ms", int(config.scheduler_tick_ms));
     put("scheduler_batch", int(config.scheduler_batch));
     put("scheduler_concurrency", int(config.scheduler_concurrency));
+    put("token_cache_ms", int(config.token_cache_ms));
     put(
         "refresh_rate_limit_per_second",
         int(config.refresh_rate_limit_per_second),

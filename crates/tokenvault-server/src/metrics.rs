@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
-use axum::http::{Method, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::get;
@@ -279,12 +279,18 @@ pub async fn track_http(request: Request, next: Next) -> Response {
     let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
-    let elapsed = started.elapsed().as_secs_f64();
+    record_http(method, route, response.status(), started.elapsed());
+    response
+}
+
+/// Counts one answered request and its latency (what [`track_http`] does;
+/// the API router records through its single per-request layer).
+pub fn record_http(method: &'static str, route: String, status: StatusCode, elapsed: Duration) {
     metrics::counter!(
         "tokenvault_http_requests_total",
         "method" => method,
         "route" => route.clone(),
-        "status" => response.status().as_str().to_owned()
+        "status" => status.as_str().to_owned()
     )
     .increment(1);
     metrics::histogram!(
@@ -292,13 +298,12 @@ pub async fn track_http(request: Request, next: Next) -> Response {
         "method" => method,
         "route" => route
     )
-    .record(elapsed);
-    response
+    .record(elapsed.as_secs_f64());
 }
 
 /// Standard methods by name; anything else is `other` (a client must not be
 /// able to mint label values).
-fn method_label(method: &Method) -> &'static str {
+pub fn method_label(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
         Method::POST => "POST",

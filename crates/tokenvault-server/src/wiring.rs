@@ -245,6 +245,7 @@ pub fn spawn_state_purger(
 pub fn refresh_settings(config: &Config) -> RefreshSettings {
     RefreshSettings {
         rate_limit_per_second: Some(config.refresh_rate_limit_per_second).filter(|r| *r > 0),
+        token_cache: Duration::from_millis(config.token_cache_ms),
         ..RefreshSettings::default()
     }
 }

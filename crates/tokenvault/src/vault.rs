@@ -17,6 +17,7 @@ use crate::domain::{
 };
 use crate::events::{EventType, Events};
 use crate::integrations::Integrations;
+use crate::refresh::local::LocalStore;
 use crate::refresh::{BreakerSettings, IntegrationHealth, RefreshSettings};
 use crate::store::{
     ConnectionRecord, ConnectionStore, LastError, NewConnection, OutboxEvent, StoreError,
@@ -40,7 +41,9 @@ pub struct Vault {
 }
 
 pub(crate) struct Inner {
+    /// `local`, as the trait object every caller writes through.
     pub store: Arc<dyn ConnectionStore>,
+    pub local: Arc<LocalStore>,
     pub envelope: Envelope,
     pub clock: Arc<dyn Clock>,
     pub integrations: Arc<Integrations>,
@@ -111,9 +114,11 @@ impl VaultBuilder {
                 )),
             );
         }
+        let local = Arc::new(LocalStore::new(self.store, self.settings.token_cache));
         Vault {
             inner: Arc::new(Inner {
-                store: self.store,
+                store: Arc::clone(&local) as Arc<dyn ConnectionStore>,
+                local,
                 envelope: self.envelope,
                 clock: self.clock,
                 integrations: self.integrations,
@@ -180,8 +185,14 @@ impl Vault {
         }
     }
 
+    /// The store every write goes through (this process's
+    /// [`LocalStore`] around the database).
     pub fn store(&self) -> &Arc<dyn ConnectionStore> {
         &self.inner.store
+    }
+
+    pub fn local(&self) -> &Arc<LocalStore> {
+        &self.inner.local
     }
 
     pub fn envelope(&self) -> &Envelope {

@@ -260,3 +260,178 @@ async fn dead_ends_expire_and_non_expiring_tokens_are_never_scheduled() {
         "{err}"
     );
 }
+
+/// The scheduler refreshes straight from the rows it claimed (no re-read)
+/// and writes them back in batches; on-demand reads of the same process
+/// refreshing the same connections meanwhile must never make it present a
+/// refresh token a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_and_on_demand_refreshes_in_one_process_spend_each_token_once() {
+    let url = tokenvault::testing::fresh_postgres_url().await;
+    let keys = key_spec("k1", 7);
+    let endpoint = TokenEndpoint::default();
+    let integrations = integrations(&endpoint.start().await);
+    let vault = instance(&url, &integrations, &keys).await;
+    vault.store().migrate().await.unwrap();
+    const N: usize = 300;
+    for i in 0..N {
+        insert(
+            vault.store().as_ref(),
+            vault.envelope(),
+            &format!("user-{i:04}"),
+            Some(&format!("RT-{i:04}")),
+            // Expiring within the readers' min_ttl: every read refreshes
+            // unless the scheduler got there first.
+            Some(chrono::Duration::seconds(30)),
+            Some(chrono::Duration::seconds(-1)),
+        )
+        .await;
+    }
+    let scheduler = Scheduler::new(
+        vault.clone(),
+        SchedulerSettings {
+            batch: 100,
+            concurrency: 8,
+            ..SchedulerSettings::default()
+        },
+    );
+    let readers = {
+        let vault = vault.clone();
+        tokio::spawn(async move {
+            // Odd users, read in reverse, so both sides meet in the middle.
+            for i in (0..N).rev().filter(|i| i % 2 == 1) {
+                vault
+                    .valid_token(
+                        &user(&format!("user-{i:04}")),
+                        &integration("spotify"),
+                        Duration::from_secs(60),
+                    )
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut refreshed = 0;
+    for _ in 0..10 {
+        let report = scheduler.tick().await.unwrap();
+        assert_eq!(report.failed, 0, "{report:?}");
+        refreshed += report.refreshed;
+        if report.claimed == 0 {
+            break;
+        }
+    }
+    readers.await.unwrap();
+    let uses = endpoint.uses.lock().unwrap().clone();
+    assert_eq!(uses.len(), N, "every refresh token was presented");
+    assert!(
+        uses.values().all(|count| *count == 1),
+        "no refresh token presented twice: {:?}",
+        uses.iter().filter(|(_, c)| **c > 1).collect::<Vec<_>>()
+    );
+    assert!(refreshed > 0 && refreshed <= N, "{refreshed}");
+    let page = vault
+        .store()
+        .list(&Default::default(), None, 1000)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), N);
+    for record in &page {
+        assert!(record.lease.is_none(), "lease released");
+        let tokens = vault.open(record).await.unwrap().unwrap();
+        assert!(tokens.refresh_token.unwrap().expose().ends_with("-rotated"));
+    }
+}
+
+/// Fresh tokens are served from memory for `token_cache`: this process's
+/// own writes are seen at once, another instance's within the TTL, and a
+/// cached token that is not valid for the caller's `min_ttl` is never
+/// handed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_cache_is_bounded_in_staleness_and_never_serves_a_token_too_short_lived() {
+    let url = tokenvault::testing::fresh_postgres_url().await;
+    let keys = key_spec("k1", 7);
+    let endpoint = TokenEndpoint::default();
+    let integrations = integrations(&endpoint.start().await);
+    let ttl = Duration::from_millis(500);
+    let cached = |vault: Vault| {
+        Vault::builder(Arc::clone(vault.local().inner()), envelope(&keys))
+            .integrations(Arc::clone(&integrations))
+            .refresh_settings(RefreshSettings {
+                rate_limit_per_second: None,
+                token_cache: ttl,
+                ..RefreshSettings::default()
+            })
+            .build()
+    };
+    let a = cached(instance(&url, &integrations, &keys).await);
+    let b = instance(&url, &integrations, &keys).await;
+    a.store().migrate().await.unwrap();
+    insert(
+        a.store().as_ref(),
+        a.envelope(),
+        "alice",
+        Some("RT-alice"),
+        Some(chrono::Duration::seconds(90)),
+        None,
+    )
+    .await;
+    let (alice, spotify) = (user("alice"), integration("spotify"));
+    let read = |vault: &Vault, min_ttl: u64| {
+        let vault = vault.clone();
+        let (alice, spotify) = (alice.clone(), spotify.clone());
+        async move {
+            vault
+                .valid_token(&alice, &spotify, Duration::from_secs(min_ttl))
+                .await
+        }
+    };
+    let first = read(&a, 60).await.unwrap();
+    assert_eq!(first.tokens.access_token.expose(), "AT-alice");
+    assert_eq!(a.local().cached_tokens(), 1);
+
+    // Another instance refreshes: `a` may serve the old (still valid) token
+    // for at most the TTL, then sees the new one.
+    let refreshed = b.force_refresh(&alice, &spotify).await.unwrap();
+    assert_eq!(refreshed.tokens.access_token.expose(), "AT-after-RT-alice");
+    let started = Instant::now();
+    loop {
+        let token = read(&a, 60).await.unwrap();
+        if token.tokens.access_token.expose() == "AT-after-RT-alice" {
+            break;
+        }
+        assert_eq!(token.tokens.access_token.expose(), "AT-alice");
+        assert!(
+            started.elapsed() < ttl + Duration::from_millis(200),
+            "another instance's refresh must show within the cache TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A caller needing more than the cached token has left refreshes
+    // instead (the new token lives an hour: served, then cached).
+    let long = read(&a, 7200).await.unwrap();
+    assert_eq!(long.outcome, tokenvault::refresh::TokenOutcome::Refreshed);
+    assert_eq!(
+        long.tokens.access_token.expose(),
+        "AT-after-RT-alice-rotated"
+    );
+    // This process's own write (the refresh) is seen at once.
+    let again = read(&a, 60).await.unwrap();
+    assert_eq!(
+        again.tokens.access_token.expose(),
+        "AT-after-RT-alice-rotated"
+    );
+
+    // This process's disconnect is seen at once.
+    a.disconnect(&alice, &spotify).await.unwrap();
+    let err = read(&a, 60).await.unwrap_err();
+    assert!(
+        matches!(err, tokenvault::refresh::TokenError::NotConnected),
+        "{err}"
+    );
+    assert_eq!(
+        endpoint.uses.lock().unwrap().values().sum::<u32>(),
+        2,
+        "two refreshes, each token presented once"
+    );
+}

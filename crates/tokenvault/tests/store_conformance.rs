@@ -10,7 +10,7 @@ use chrono::{DateTime, Duration, Utc};
 use common::*;
 use tokenvault::domain::{ConnectionId, ConnectionStatus};
 use tokenvault::store::{
-    LastError, Lease, ListFilter, MisconfiguredIntegration, OutboxEvent, StoreError,
+    BatchUpdate, LastError, Lease, ListFilter, MisconfiguredIntegration, OutboxEvent, StoreError,
 };
 use uuid::Uuid;
 
@@ -46,6 +46,7 @@ conformance!(
     connection_writes_emit_events_in_the_same_transaction,
     misconfigured_is_marked_once_per_fingerprint,
     failing_since_round_trips_through_update,
+    update_batch_compares_and_swaps_each_row,
 );
 
 async fn upsert_then_get_round_trips_every_field(b: Backend) {
@@ -1323,5 +1324,151 @@ mod vault {
     #[tokio::test]
     async fn postgres_save_and_read_round_trip() {
         save_and_read_round_trip(postgres().await).await
+    }
+}
+
+async fn update_batch_compares_and_swaps_each_row(b: Backend) {
+    let env = envelope(&key_spec("k1", 1));
+    let mut records = Vec::new();
+    for (i, user) in ["a", "b", "c"].into_iter().enumerate() {
+        let new = new_connection(
+            &env,
+            user,
+            "spotify",
+            &format!("AT-{i}"),
+            Some(&format!("RT-{i}")),
+            Some(now()),
+        )
+        .await;
+        records.push(b.store.upsert(new).await.unwrap());
+    }
+    // The scheduler's lease on every row, as a claim leaves it.
+    let lease_until = now() + Duration::seconds(30);
+    let claimed = b
+        .store
+        .claim_due(now() + Duration::seconds(1), 10, "me", lease_until)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+    let current = |i: usize| {
+        claimed
+            .iter()
+            .find(|r| r.id == records[i].id)
+            .unwrap()
+            .clone()
+    };
+    // Row 1 moves on behind the batch's back: its entry must lose.
+    let moved = b
+        .store
+        .update(
+            current(1).id,
+            current(1).version,
+            &current(1).to_update(now()),
+        )
+        .await
+        .unwrap();
+
+    let refreshed = event("connection.refreshed", now());
+    let lost = event("connection.refreshed", now());
+    let entry = |record: &tokenvault::store::ConnectionRecord, n: u8| {
+        let mut update = record.to_update(now());
+        update.access_token = Some(vec![n; 40]);
+        update.refresh_token = (n != 2).then(|| vec![n + 100; 40]);
+        update.next_refresh_at = Some(now() + Duration::minutes(55));
+        update.last_refreshed_at = Some(now());
+        update.refresh_attempts = u32::from(n);
+        update.last_error = (n == 2).then(|| LastError {
+            code: "x".into(),
+            message: "y".into(),
+        });
+        update.lease = None;
+        BatchUpdate {
+            id: record.id,
+            expected_version: record.version,
+            update,
+        }
+    };
+    let mut batch = vec![
+        entry(&current(0), 1),
+        entry(&current(1), 9),
+        entry(&current(2), 2),
+    ];
+    batch[0].update.emit = vec![refreshed.clone()];
+    batch[1].update.emit = vec![lost.clone()];
+    let mut gone = entry(&current(0), 7);
+    gone.id = ConnectionId::new();
+    batch.push(gone);
+    let pending_before = b.store.count_pending_events().await.unwrap();
+
+    let answers = b.store.update_batch(&batch).await.unwrap();
+    assert_eq!(answers.len(), 4);
+    assert_eq!(*answers[0].as_ref().unwrap(), current(0).version + 1);
+    assert!(
+        matches!(&answers[1], Err(StoreError::Conflict { id, expected }) if *id == records[1].id && *expected == current(1).version),
+        "{:?}",
+        answers[1]
+    );
+    assert_eq!(*answers[2].as_ref().unwrap(), current(2).version + 1);
+    assert!(
+        matches!(answers[3], Err(StoreError::NotFound)),
+        "{:?}",
+        answers[3]
+    );
+
+    for (i, n) in [(0usize, 1u8), (2, 2)] {
+        let stored = b.store.get_by_id(records[i].id).await.unwrap().unwrap();
+        assert_eq!(stored.version, current(i).version + 1);
+        assert_eq!(stored.access_token, Some(vec![n; 40]));
+        assert_eq!(stored.refresh_token, (n != 2).then(|| vec![n + 100; 40]));
+        assert_eq!(stored.refresh_attempts, u32::from(n));
+        assert_eq!(stored.lease, None, "the write-back releases the lease");
+        assert_eq!(
+            stored.next_refresh_at.map(|t| t.timestamp_millis()),
+            batch[if i == 0 { 0 } else { 2 }]
+                .update
+                .next_refresh_at
+                .map(|t| t.timestamp_millis())
+        );
+        assert_eq!(stored.last_error.is_some(), n == 2);
+        assert_eq!(stored.user_id, records[i].user_id);
+        assert_eq!(stored.metadata, records[i].metadata);
+    }
+    let untouched = b.store.get_by_id(records[1].id).await.unwrap().unwrap();
+    assert_eq!(untouched.version, moved.version);
+    assert_eq!(untouched.access_token, moved.access_token);
+    // Only the written row's event was stored.
+    assert_eq!(
+        b.store.count_pending_events().await.unwrap(),
+        pending_before + 1
+    );
+    assert!(b.store.update_batch(&[]).await.unwrap().is_empty());
+
+    // A few hundred rows in one call (larger than one network packet).
+    let mut many = Vec::new();
+    for i in 0..300 {
+        let new = new_connection(
+            &env,
+            &format!("many-{i}"),
+            "spotify",
+            "AT",
+            Some("RT"),
+            None,
+        )
+        .await;
+        let record = b.store.upsert(new).await.unwrap();
+        let mut update = record.to_update(now());
+        update.access_token = Some(vec![(i % 250) as u8; 200]);
+        many.push(BatchUpdate {
+            id: record.id,
+            expected_version: record.version,
+            update,
+        });
+    }
+    let answers = b.store.update_batch(&many).await.unwrap();
+    assert!(answers.iter().all(Result::is_ok));
+    for entry in many.iter().step_by(37) {
+        let stored = b.store.get_by_id(entry.id).await.unwrap().unwrap();
+        assert_eq!(stored.access_token, entry.update.access_token);
+        assert_eq!(stored.version, entry.expected_version + 1);
     }
 }

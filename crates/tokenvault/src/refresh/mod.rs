@@ -16,6 +16,7 @@
 
 mod breaker;
 mod classify;
+pub mod local;
 mod scheduler;
 
 use std::num::NonZeroU32;
@@ -28,13 +29,16 @@ use serde::Serialize;
 
 pub use breaker::{BreakerSettings, CircuitBreaker, CircuitState};
 pub use classify::{FailureClass, backoff, classify};
+use scheduler::{Batch, applied};
 pub use scheduler::{Scheduler, SchedulerSettings, TickReport};
 
 use crate::domain::{ConnectionId, ConnectionStatus, IntegrationKey, TokenSet, UserId};
 use crate::events::EventType;
 use crate::integrations::{Grant, Integration};
 use crate::oauth::OAuthError;
-use crate::store::{ConnectionRecord, LastError, MisconfiguredIntegration, StoreError};
+use crate::store::{
+    BatchUpdate, ConnectionRecord, LastError, MisconfiguredIntegration, StoreError,
+};
 use crate::vault::{Vault, VaultError, jittered_refresh_at};
 
 /// Knobs of the refresh engine. The defaults follow the policy.
@@ -65,6 +69,11 @@ pub struct RefreshSettings {
     /// Default per-integration limit on token-endpoint calls per second
     /// (per instance); `None` = unlimited.
     pub rate_limit_per_second: Option<u32>,
+    /// How long a fresh token read from the database may be served from
+    /// this process's memory ([`local::LocalStore`]); zero disables it.
+    /// Another instance's refresh or disconnect is seen here up to this
+    /// much later; this process's own writes are seen at once.
+    pub token_cache: Duration,
 }
 
 impl Default for RefreshSettings {
@@ -82,6 +91,7 @@ impl Default for RefreshSettings {
             cooldown_cap: Duration::from_secs(3600),
             error_after: Duration::from_secs(24 * 3600),
             rate_limit_per_second: Some(50),
+            token_cache: Duration::ZERO,
         }
     }
 }
@@ -358,6 +368,19 @@ impl Vault {
         key: &IntegrationKey,
         min_ttl: Duration,
     ) -> Result<IssuedToken, TokenError> {
+        let local = self.local();
+        if let Some(hit) = local.cached_token(user, key)
+            && !hit
+                .tokens
+                .needs_refresh(self.clock().now(), chrono(min_ttl))
+        {
+            return Ok(IssuedToken {
+                tokens: hit.tokens.clone(),
+                connection: hit.record.clone(),
+                outcome: TokenOutcome::Fresh,
+            });
+        }
+        let seq = local.seq();
         let record = self
             .store()
             .get(user, key)
@@ -366,6 +389,7 @@ impl Vault {
         let tokens = usable(self, &record).await?;
         let now = self.clock().now();
         if !tokens.needs_refresh(now, chrono(min_ttl)) {
+            local.cache_token(seq, &record, &tokens);
             return Ok(IssuedToken {
                 tokens,
                 connection: record,
@@ -563,31 +587,7 @@ impl Vault {
                     outcome,
                 }));
             }
-            match health.gate(now) {
-                Gate::Open => {}
-                // Only the scheduler moves the schedule (and drops its
-                // claim); a caller just gets the answer.
-                Gate::Misconfigured(error) => {
-                    if matches!(mode, Mode::Scheduled) {
-                        self.postpone(&record, now + chrono::Duration::minutes(1))
-                            .await;
-                    }
-                    return Err(TokenError::IntegrationMisconfigured { error });
-                }
-                Gate::Unavailable {
-                    reason,
-                    retry_after,
-                } => {
-                    if matches!(mode, Mode::Scheduled) {
-                        let until = now + chrono(retry_after.unwrap_or(Duration::from_secs(60)));
-                        self.postpone(&record, until).await;
-                    }
-                    return Err(TokenError::ProviderUnavailable {
-                        reason: reason.into(),
-                        retry_after,
-                    });
-                }
-            }
+            self.check_gate(&health, &record, &mode, now).await?;
             let now = self.clock().now();
             let lease_until = now + chrono(self.settings().lease_ttl);
             match self
@@ -607,7 +607,15 @@ impl Vault {
                 }
                 Some(leased) => {
                     return self
-                        .run_refresh(leased, tokens, integration, &health, &mode)
+                        .run_refresh(
+                            leased,
+                            tokens,
+                            integration,
+                            &health,
+                            &mode,
+                            Instant::now(),
+                            None,
+                        )
                         .await
                         .map(Some);
                 }
@@ -619,8 +627,90 @@ impl Vault {
         }
     }
 
-    /// Calls the provider under the lease, retrying per the classification,
-    /// and writes the outcome (which releases the lease).
+    /// Whether the integration lets a refresh through now. Only the
+    /// scheduler moves the schedule (and drops its claim) when it does not;
+    /// a caller just gets the answer.
+    async fn check_gate(
+        &self,
+        health: &IntegrationHealth,
+        record: &ConnectionRecord,
+        mode: &Mode,
+        now: DateTime<Utc>,
+    ) -> Result<(), TokenError> {
+        match health.gate(now) {
+            Gate::Open => Ok(()),
+            Gate::Misconfigured(error) => {
+                if matches!(mode, Mode::Scheduled) {
+                    self.postpone(record, now + chrono::Duration::minutes(1))
+                        .await;
+                }
+                Err(TokenError::IntegrationMisconfigured { error })
+            }
+            Gate::Unavailable {
+                reason,
+                retry_after,
+            } => {
+                if matches!(mode, Mode::Scheduled) {
+                    let until = now + chrono(retry_after.unwrap_or(Duration::from_secs(60)));
+                    self.postpone(record, until).await;
+                }
+                Err(TokenError::ProviderUnavailable {
+                    reason: reason.into(),
+                    retry_after,
+                })
+            }
+        }
+    }
+
+    /// A scheduled refresh straight from the row the scheduler claimed
+    /// (`record`, opened as `tokens`), without reading it again: the claim
+    /// gave this process the lease at that version, so no other instance
+    /// can refresh it meanwhile, and under the in-process lock the only
+    /// writer left is this process itself, which [`local::LocalStore`]
+    /// tracks: when it wrote the row after the claim (`seq`), the claimed
+    /// copy may be stale and the refresh takes the re-reading path.
+    /// `leased_at` is when the claim was made.
+    pub(super) async fn refresh_claimed(
+        &self,
+        record: ConnectionRecord,
+        tokens: TokenSet,
+        integration: &Arc<Integration>,
+        seq: u64,
+        leased_at: Instant,
+        batch: Batch<'_>,
+    ) -> Result<Option<IssuedToken>, TokenError> {
+        let id = record.id;
+        let Some(inflight) = self.inflight(id, self.settings().wait_timeout).await else {
+            return Ok(None);
+        };
+        if self.local().written_since(id, seq) {
+            drop(inflight);
+            return self
+                .refresh_connection(id, integration, Mode::Scheduled)
+                .await;
+        }
+        let health = self
+            .health(integration.key())
+            .ok_or_else(|| TokenError::UnknownIntegration(integration.key().clone()))?;
+        self.check_gate(&health, &record, &Mode::Scheduled, self.clock().now())
+            .await?;
+        self.run_refresh(
+            record,
+            tokens,
+            integration,
+            &health,
+            &Mode::Scheduled,
+            leased_at,
+            Some(batch),
+        )
+        .await
+        .map(Some)
+    }
+
+    /// Calls the provider under the lease (taken at `leased_at`), retrying
+    /// per the classification, and writes the outcome (which releases the
+    /// lease); through `batch` when the scheduler gave one.
+    #[allow(clippy::too_many_arguments)]
     async fn run_refresh(
         &self,
         mut record: ConnectionRecord,
@@ -628,6 +718,8 @@ impl Vault {
         integration: &Arc<Integration>,
         health: &IntegrationHealth,
         mode: &Mode,
+        mut leased_at: Instant,
+        batch: Option<Batch<'_>>,
     ) -> Result<IssuedToken, TokenError> {
         let key = integration.key().clone();
         let refresh_token = tokens
@@ -636,7 +728,6 @@ impl Vault {
             .expect("refresh_connection is only called for refreshable tokens");
         let mut attempts = 0u32;
         let mut inline_waits = 0u32;
-        let mut leased_at = Instant::now();
         loop {
             // Only the lease holder spends the integration's rate budget.
             health.until_ready().await;
@@ -675,7 +766,9 @@ impl Vault {
                 Ok(grant) => {
                     metrics::counter!("tokenvault_refresh_total", "integration" => key.to_string(), "outcome" => "success").increment(1);
                     health.record(&key, now, false);
-                    return self.store_refreshed(record, grant, integration).await;
+                    return self
+                        .store_refreshed(record, grant, integration, batch)
+                        .await;
                 }
                 Err(err) => err,
             };
@@ -738,6 +831,7 @@ impl Vault {
         record: ConnectionRecord,
         grant: Grant,
         integration: &Arc<Integration>,
+        mut batch: Option<Batch<'_>>,
     ) -> Result<IssuedToken, TokenError> {
         let now = self.clock().now();
         let tokens = grant.tokens;
@@ -783,6 +877,36 @@ impl Vault {
         ));
         let mut delay = Duration::from_millis(100);
         for attempt in 1.. {
+            // The first write of a scheduled refresh joins the tick's batch,
+            // after giving back the refresh slot; retries go alone.
+            if let Some(Batch { writer, permit }) = batch.take() {
+                drop(permit);
+                let entry = BatchUpdate {
+                    id: record.id,
+                    expected_version: record.version,
+                    update,
+                };
+                let written = writer.write(entry).await;
+                update = written.1;
+                match written.0 {
+                    Ok(version) => {
+                        return Ok(IssuedToken {
+                            connection: applied(&record, &update, version),
+                            tokens,
+                            outcome: TokenOutcome::Refreshed,
+                        });
+                    }
+                    Err(StoreError::Conflict { .. } | StoreError::NotFound) => {
+                        return self.after_lost_write(record.id, &tokens, integration).await;
+                    }
+                    Err(err) => {
+                        tracing::error!(connection = %record.id, attempt, error = %err, "storing refreshed tokens failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                        continue;
+                    }
+                }
+            }
             match self
                 .store()
                 .update(record.id, record.version, &update)

@@ -15,8 +15,8 @@ use chrono::{DateTime, Utc};
 
 pub use postgres::PostgresStore;
 pub use record::{
-    ConnectionRecord, ConnectionUpdate, LastError, Lease, MisconfiguredIntegration, NewConnection,
-    OutboxEvent, PendingEvent,
+    BatchUpdate, ConnectionRecord, ConnectionUpdate, LastError, Lease, MisconfiguredIntegration,
+    NewConnection, OutboxEvent, PendingEvent,
 };
 pub(crate) use sql::insert_event;
 pub use sqlite::SqliteStore;
@@ -122,6 +122,18 @@ pub trait ConnectionStore: Send + Sync + 'static {
         expected_version: i64,
         update: &ConnectionUpdate,
     ) -> Result<ConnectionRecord, StoreError>;
+
+    /// Many compare-and-swap updates in one round trip (one transaction):
+    /// each row is written only if it is still at its `expected_version`.
+    /// The answer has one entry per input, in order: the row's new version,
+    /// or [`StoreError::Conflict`] / [`StoreError::NotFound`] as
+    /// [`ConnectionStore::update`] would answer. Outbox events of the rows
+    /// written are stored in the same transaction. The outer error means
+    /// nothing was written.
+    async fn update_batch(
+        &self,
+        updates: &[BatchUpdate],
+    ) -> Result<Vec<Result<i64, StoreError>>, StoreError>;
 
     /// Leases up to `limit` refreshable rows whose `next_refresh_at` has come,
     /// skipping rows another owner holds. Costs O(due), not O(rows).

@@ -121,6 +121,14 @@ pub struct ConnectionUpdate {
     pub emit: Vec<OutboxEvent>,
 }
 
+/// One entry of [`super::ConnectionStore::update_batch`].
+#[derive(Debug, Clone)]
+pub struct BatchUpdate {
+    pub id: ConnectionId,
+    pub expected_version: i64,
+    pub update: ConnectionUpdate,
+}
+
 impl ConnectionRecord {
     pub fn to_update(&self, now: DateTime<Utc>) -> ConnectionUpdate {
         ConnectionUpdate {

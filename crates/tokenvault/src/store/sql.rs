@@ -14,6 +14,8 @@ pub(super) struct Dialect {
     pub select_by_user: &'static str,
     pub upsert: &'static str,
     pub update: &'static str,
+    /// `update` answering only the new version (batched write-backs).
+    pub update_version: &'static str,
     pub claim_due: &'static str,
     pub acquire_lease: &'static str,
     pub release_lease: &'static str,
@@ -179,6 +181,24 @@ macro_rules! sql_store {
                     None if self.get_by_id(id).await?.is_some() => Err(StoreError::Conflict { id, expected: expected_version }),
                     None => Err(StoreError::NotFound),
                 }
+            }
+
+            async fn update_batch(&self, updates: &[BatchUpdate]) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
+                if updates.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let written = self.write_batch(updates).await?;
+                let mut answers = Vec::with_capacity(updates.len());
+                for (entry, version) in updates.iter().zip(written) {
+                    answers.push(match version {
+                        Some(version) => Ok(version),
+                        None if self.get_by_id(entry.id).await?.is_some() => {
+                            Err(StoreError::Conflict { id: entry.id, expected: entry.expected_version })
+                        }
+                        None => Err(StoreError::NotFound),
+                    });
+                }
+                Ok(answers)
             }
 
             async fn claim_due(&self, now: DateTime<Utc>, limit: u32, owner: &str, lease_until: DateTime<Utc>) -> Result<Vec<ConnectionRecord>, StoreError> {
@@ -472,6 +492,13 @@ macro_rules! dialect {
                  last_refreshed_at = $9, access_token = $10, refresh_token = $11, metadata = $12", $json, ", \
                  lease_owner = $13, lease_expires_at = $14, updated_at = $15, failing_since = $18, version = version + 1 \
                  WHERE id = $16", $id, " AND version = $17 RETURNING ", $crate::store::sql::returning_columns!($cols)
+            ),
+            update_version: concat!(
+                "UPDATE connections SET status = $1, scopes = $2, token_type = $3, expires_at = $4, \
+                 next_refresh_at = $5, refresh_attempts = $6, last_error_code = $7, last_error_message = $8, \
+                 last_refreshed_at = $9, access_token = $10, refresh_token = $11, metadata = $12", $json, ", \
+                 lease_owner = $13, lease_expires_at = $14, updated_at = $15, failing_since = $18, version = version + 1 \
+                 WHERE id = $16", $id, " AND version = $17 RETURNING version"
             ),
             claim_due: concat!(
                 "UPDATE connections SET lease_owner = $1, lease_expires_at = $2, version = version + 1 \

@@ -8,8 +8,9 @@ use sqlx::{Sqlite, SqlitePool};
 use super::record::{RawRow, UpdateColumns};
 use super::sql::{Dialect, dialect, insert_event, sql_store};
 use super::{
-    ConnectionRecord, ConnectionUpdate, LastError, ListFilter, MisconfiguredIntegration,
-    NewConnection, OutboxEvent, PendingEvent, PoolOptions, StoreError, to_millis,
+    BatchUpdate, ConnectionRecord, ConnectionUpdate, LastError, ListFilter,
+    MisconfiguredIntegration, NewConnection, OutboxEvent, PendingEvent, PoolOptions, StoreError,
+    to_millis,
 };
 use crate::crypto::WrappedKey;
 use crate::domain::{ConnectionId, ConnectionStatus, IntegrationKey, UserId};
@@ -59,6 +60,48 @@ impl SqliteStore {
 
     fn migrator() -> sqlx::migrate::Migrator {
         sqlx::migrate!("./migrations/sqlite")
+    }
+
+    /// One transaction of compare-and-swap updates (SQLite runs in-process:
+    /// one commit is what batching saves, statements are cheap). `None` for
+    /// a row not at its expected version.
+    async fn write_batch(&self, updates: &[BatchUpdate]) -> Result<Vec<Option<i64>>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut written = Vec::with_capacity(updates.len());
+        for entry in updates {
+            let c = UpdateColumns::new(&entry.update);
+            let version: Option<i64> = sqlx::query_scalar(DIALECT.update_version)
+                .bind(c.status)
+                .bind(c.scopes)
+                .bind(c.token_type)
+                .bind(c.expires_at)
+                .bind(c.next_refresh_at)
+                .bind(c.refresh_attempts)
+                .bind(c.last_error_code)
+                .bind(c.last_error_message)
+                .bind(c.last_refreshed_at)
+                .bind(c.access_token)
+                .bind(c.refresh_token)
+                .bind(c.metadata)
+                .bind(c.lease_owner)
+                .bind(c.lease_expires_at)
+                .bind(c.updated_at)
+                .bind(entry.id.to_string())
+                .bind(entry.expected_version)
+                .bind(c.failing_since)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if version.is_some() {
+                for event in &entry.update.emit {
+                    insert_event::<Sqlite>(DIALECT.insert_event, event)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            written.push(version);
+        }
+        tx.commit().await?;
+        Ok(written)
     }
 }
 
