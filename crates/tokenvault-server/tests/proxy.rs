@@ -360,6 +360,16 @@ async fn a_401_that_no_refresh_can_fix_yet_is_retryable_not_relayed() {
     assert!(calls("/token") >= 1, "the refused token was not refreshed");
 }
 
+async fn request(service: &Service, method: &str, url: &str) -> reqwest::Response {
+    service
+        .http
+        .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url)
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn any_api_method_is_forwarded_but_tunnels_and_echoes_are_not() {
     let server = MockServer::start().await;
@@ -370,30 +380,12 @@ async fn any_api_method_is_forwarded_but_tunnels_and_echoes_are_not() {
     let (service, _dir) = mock_service(&server).await;
     let url = service.url("/v1/proxy/mock/u-1/calendars/c1");
     for method in ["OPTIONS", "HEAD", "REPORT"] {
-        let response = service
-            .http
-            .request(
-                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
-                &url,
-            )
-            .bearer_auth(API_KEY)
-            .send()
-            .await
-            .unwrap();
+        let response = request(&service, method, &url).await;
         assert_eq!(response.status(), 204, "{method}");
         assert_eq!(response.headers()["allow"], "GET, OPTIONS", "{method}");
     }
     for method in ["TRACE", "CONNECT"] {
-        let response = service
-            .http
-            .request(
-                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
-                &url,
-            )
-            .bearer_auth(API_KEY)
-            .send()
-            .await
-            .unwrap();
+        let response = request(&service, method, &url).await;
         // hyper does not route an HTTP/1 CONNECT at all (404); TRACE
         // reaches the proxy, which refuses it.
         assert!(response.status().is_client_error(), "{method}");

@@ -27,6 +27,33 @@ pub(super) struct Dialect {
     pub event_failed: &'static str,
 }
 
+/// Binds an update's columns, then the row's id and expected version, in the
+/// order of the dialects' `update` and `update_version` statements.
+macro_rules! bind_update {
+    ($query:expr, $c:expr, $id:expr, $version:expr) => {
+        $query
+            .bind($c.status)
+            .bind($c.scopes)
+            .bind($c.token_type)
+            .bind($c.expires_at)
+            .bind($c.next_refresh_at)
+            .bind($c.refresh_attempts)
+            .bind($c.last_error_code)
+            .bind($c.last_error_message)
+            .bind($c.last_refreshed_at)
+            .bind($c.access_token)
+            .bind($c.refresh_token)
+            .bind($c.metadata)
+            .bind($c.lease_owner)
+            .bind($c.lease_expires_at)
+            .bind($c.updated_at)
+            .bind($id.to_string())
+            .bind($version)
+            .bind($c.failing_since)
+    };
+}
+pub(crate) use bind_update;
+
 /// Column list of `RETURNING`/`SELECT` for a dialect; a macro so that the
 /// dialect's statements can be `concat!`ed at compile time.
 macro_rules! returning_columns {
@@ -144,25 +171,12 @@ macro_rules! sql_store {
 
             async fn update(&self, id: ConnectionId, expected_version: i64, update: &ConnectionUpdate) -> Result<ConnectionRecord, StoreError> {
                 let c = UpdateColumns::new(update);
-                let query = sqlx::query_as::<_, RawRow>($dialect.update)
-                    .bind(c.status)
-                    .bind(c.scopes)
-                    .bind(c.token_type)
-                    .bind(c.expires_at)
-                    .bind(c.next_refresh_at)
-                    .bind(c.refresh_attempts)
-                    .bind(c.last_error_code)
-                    .bind(c.last_error_message)
-                    .bind(c.last_refreshed_at)
-                    .bind(c.access_token)
-                    .bind(c.refresh_token)
-                    .bind(c.metadata)
-                    .bind(c.lease_owner)
-                    .bind(c.lease_expires_at)
-                    .bind(c.updated_at)
-                    .bind(id.to_string())
-                    .bind(expected_version)
-                    .bind(c.failing_since);
+                let query = $crate::store::sql::bind_update!(
+                    sqlx::query_as::<_, RawRow>($dialect.update),
+                    c,
+                    id,
+                    expected_version
+                );
                 let row: Option<RawRow> = if update.emit.is_empty() {
                     query.fetch_optional(&self.pool).await?
                 } else {

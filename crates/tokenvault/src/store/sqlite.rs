@@ -70,27 +70,14 @@ impl SqliteStore {
         let mut written = Vec::with_capacity(updates.len());
         for entry in updates {
             let c = UpdateColumns::new(&entry.update);
-            let version: Option<i64> = sqlx::query_scalar(DIALECT.update_version)
-                .bind(c.status)
-                .bind(c.scopes)
-                .bind(c.token_type)
-                .bind(c.expires_at)
-                .bind(c.next_refresh_at)
-                .bind(c.refresh_attempts)
-                .bind(c.last_error_code)
-                .bind(c.last_error_message)
-                .bind(c.last_refreshed_at)
-                .bind(c.access_token)
-                .bind(c.refresh_token)
-                .bind(c.metadata)
-                .bind(c.lease_owner)
-                .bind(c.lease_expires_at)
-                .bind(c.updated_at)
-                .bind(entry.id.to_string())
-                .bind(entry.expected_version)
-                .bind(c.failing_since)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let version: Option<i64> = crate::store::sql::bind_update!(
+                sqlx::query_scalar(DIALECT.update_version),
+                c,
+                entry.id,
+                entry.expected_version
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
             if version.is_some() {
                 for event in &entry.update.emit {
                     insert_event::<Sqlite>(DIALECT.insert_event, event)
