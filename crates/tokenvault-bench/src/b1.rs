@@ -17,6 +17,8 @@ use crate::setup;
 
 pub const CONNECTIONS: usize = 64;
 pub const CONCURRENCY: usize = 64;
+/// The floor and the service are loaded in turns, this many slices each.
+const ROUNDS: u32 = 5;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Backend {
@@ -145,16 +147,6 @@ pub async fn run(
     let service = listen(tokenvault_server::http::router(state)).await?;
     let floor = listen(floor_router()).await?;
 
-    let floor = Load {
-        addr: floor,
-        paths: Arc::new(vec!["/floor".to_owned()]),
-        bearer: None,
-        concurrency: CONCURRENCY,
-        warmup,
-        duration,
-    }
-    .run()
-    .await?;
     let paths = (0..CONNECTIONS)
         .map(|i| {
             format!(
@@ -164,16 +156,31 @@ pub async fn run(
             )
         })
         .collect();
+    let floor = Load {
+        addr: floor,
+        paths: Arc::new(vec!["/floor".to_owned()]),
+        bearer: None,
+        concurrency: CONCURRENCY,
+        warmup: warmup / ROUNDS,
+        duration: duration / ROUNDS,
+    };
     let service = Load {
         addr: service,
         paths: Arc::new(paths),
         bearer: Some(setup::API_KEY.to_owned()),
         concurrency: CONCURRENCY,
-        warmup,
-        duration,
+        warmup: warmup / ROUNDS,
+        duration: duration / ROUNDS,
+    };
+    // Alternating slices: the machine's speed drifts over seconds (other
+    // tenants), and both sides should see the same drift.
+    let (mut floor_latencies, mut service_latencies) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        floor_latencies.extend(floor.latencies().await?);
+        service_latencies.extend(service.latencies().await?);
     }
-    .run()
-    .await?;
+    let floor = LoadResult::of(floor_latencies, duration)?;
+    let service = LoadResult::of(service_latencies, duration)?;
     Ok(Backend {
         ratio: service.rps / floor.rps,
         breakdown,

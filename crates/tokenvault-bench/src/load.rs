@@ -33,8 +33,32 @@ pub struct Load {
     pub duration: Duration,
 }
 
+impl LoadResult {
+    /// The figures of requests whose latencies (µs) are `latencies`,
+    /// measured over `duration` in all.
+    pub fn of(mut latencies: Vec<u32>, duration: Duration) -> anyhow::Result<Self> {
+        if latencies.is_empty() {
+            bail!("no request completed inside the measurement window");
+        }
+        latencies.sort_unstable();
+        let at = |q: f64| {
+            let index = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len());
+            f64::from(latencies[index - 1]) / 1000.0
+        };
+        Ok(Self {
+            requests: latencies.len() as u64,
+            rps: latencies.len() as f64 / duration.as_secs_f64(),
+            p50_ms: at(0.50),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        })
+    }
+}
+
 impl Load {
-    pub async fn run(&self) -> anyhow::Result<LoadResult> {
+    /// The latencies (µs) of the requests completed in the measurement
+    /// window.
+    pub async fn latencies(&self) -> anyhow::Result<Vec<u32>> {
         let start = Instant::now();
         let window = (start + self.warmup, start + self.warmup + self.duration);
         let mut workers = Vec::with_capacity(self.concurrency);
@@ -59,21 +83,7 @@ impl Load {
         for worker in workers {
             latencies.extend(worker.await??);
         }
-        if latencies.is_empty() {
-            bail!("no request completed inside the measurement window");
-        }
-        latencies.sort_unstable();
-        let at = |q: f64| {
-            let index = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len());
-            f64::from(latencies[index - 1]) / 1000.0
-        };
-        Ok(LoadResult {
-            requests: latencies.len() as u64,
-            rps: latencies.len() as f64 / self.duration.as_secs_f64(),
-            p50_ms: at(0.50),
-            p99_ms: at(0.99),
-            max_ms: at(1.0),
-        })
+        Ok(latencies)
     }
 }
 

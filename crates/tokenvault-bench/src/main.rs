@@ -12,6 +12,10 @@ mod setup;
 
 use std::time::Duration;
 
+/// The allocator `tokenvault serve` runs with (see its `main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 

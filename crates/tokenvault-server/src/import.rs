@@ -586,7 +586,7 @@ pub async fn run(config: &Config, args: ImportArgs) -> anyhow::Result<Summary> {
     let mut config = config.clone();
     // A dry run writes nothing, not even migrations.
     config.migrate_on_start &= !args.dry_run;
-    let vault = crate::wiring::build_state(&config).await?.vault;
+    let vault = crate::wiring::build_state(&config).await?.vault.clone();
     let options = ImportOptions {
         dry_run: args.dry_run,
         force: args.force,

@@ -23,7 +23,7 @@ use tokenvault::vault::Vault;
 use tokio::sync::watch;
 
 use crate::config::{Config, Environment};
-use crate::http::{ApiKeys, AppState, FlowSettings};
+use crate::http::{ApiKeys, AppParts, AppState, FlowSettings};
 
 /// Where the master keys came from; `keys retire` edits a key file but can
 /// only advise on an environment variable.
@@ -137,7 +137,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     );
     let bulk = BulkActions::new(vault.clone(), SqlBulkStore::on(&database))
         .with_max_items(config.bulk_max_items);
-    Ok(AppState {
+    Ok(AppState::new(AppParts {
         bulk,
         vault,
         api_keys: ApiKeys::new(&config.api_keys, Some(SqlApiKeyStore::on(&database))),
@@ -149,7 +149,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         app_tokens: Default::default(),
         device,
         limits: crate::http::Limits::from_config(config),
-    })
+    }))
 }
 
 /// Starts the background task that polls providers for pending device

@@ -380,6 +380,20 @@ impl Vault {
                 outcome: TokenOutcome::Fresh,
             });
         }
+        // Boxed: the read-and-maybe-refresh future is many kilobytes, and
+        // inline it would be moved on every call, cache hits included.
+        Box::pin(self.read_token(user, key, min_ttl)).await
+    }
+
+    /// [`Vault::valid_token`] past the token cache: from the store, then
+    /// refreshed if needed.
+    async fn read_token(
+        &self,
+        user: &UserId,
+        key: &IntegrationKey,
+        min_ttl: Duration,
+    ) -> Result<IssuedToken, TokenError> {
+        let local = self.local();
         let seq = local.seq();
         let record = self
             .store()
