@@ -343,3 +343,66 @@ async fn keys_are_stored_hashed_listed_without_secrets_and_revocable() {
     let (ok, _, err) = api_keys(&service, &["create", "--name", "x", "--scope", "root"]);
     assert!(!ok && err.contains("read-tokens, manage or admin"), "{err}");
 }
+
+/// The key check sits in the router's per-request layer: every routed
+/// `/v1` operation (also one reached with a method it does not serve, so
+/// a keyless caller learns nothing about the route) needs a key; an unknown
+/// path is a 404 with or without one, and the routes outside `/v1` need
+/// none.
+#[tokio::test]
+async fn every_routed_v1_request_needs_a_key_and_nothing_else_does() {
+    let service = service().await;
+    let key = create(&service, "backend", "admin");
+    let keyless = |method: reqwest::Method, path: &'static str| {
+        let service = &service;
+        async move { call(service, method, path, None, None).await }
+    };
+    for (method, path) in [
+        (reqwest::Method::GET, "/v1/ping"),
+        (
+            reqwest::Method::GET,
+            "/v1/users/u1/connections/github/token",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/users/u1/connections/github/token",
+        ),
+        (reqwest::Method::GET, "/v1/proxy/github/u1/user"),
+        (reqwest::Method::GET, "/v1/bulk-actions/some-id"),
+    ] {
+        let (status, body) = keyless(method.clone(), path).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("unauthorized")),
+            "{method} {path}"
+        );
+    }
+    for key in [None, Some(key.as_str())] {
+        let (status, body) = call(
+            &service,
+            reqwest::Method::GET,
+            "/v1/no-such-thing",
+            key,
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::NOT_FOUND, Some("not_found"))
+        );
+    }
+    // With a key, the method the route does not serve is what is wrong.
+    let (status, _) = call(
+        &service,
+        reqwest::Method::POST,
+        "/v1/users/u1/connections/github/token",
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    for path in ["/healthz", "/openapi.json"] {
+        let (status, _) = keyless(reqwest::Method::GET, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+}

@@ -133,10 +133,6 @@ impl FlowSettings {
 }
 
 pub fn router(state: AppState) -> Router {
-    let gate = RequestGate {
-        limits: state.limits,
-        api_keys: state.api_keys.clone(),
-    };
     // `/v1` routes carry their prefix instead of being nested: a nested
     // router costs every request a prefix strip and a second route lookup.
     Router::new()
@@ -188,16 +184,9 @@ pub fn router(state: AppState) -> Router {
             get(flows::integration_callback),
         )
         .fallback(|| async { error::ApiError::not_found("not_found", "no such endpoint") })
-        .with_state(state)
-        .layer(DefaultBodyLimit::max(gate.limits.max_body_bytes))
-        .layer(middleware::from_fn_with_state(gate, per_request))
-}
-
-/// What [`per_request`] needs.
-#[derive(Clone)]
-struct RequestGate {
-    limits: Limits,
-    api_keys: ApiKeys,
+        .with_state(state.clone())
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state, per_request))
 }
 
 /// What every request gets, in one layer (one boxed future and one clone of
@@ -208,7 +197,7 @@ struct RequestGate {
 /// log span, the request timeout, and on a `/v1` route the API key check
 /// ([`auth::authorize`]).
 async fn per_request(
-    axum::extract::State(gate): axum::extract::State<RequestGate>,
+    axum::extract::State(state): axum::extract::State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -227,7 +216,7 @@ async fn per_request(
         // Only routed `/v1` requests need a key: an unknown path stays a
         // 404 rather than turning into a 401.
         if route.starts_with("/v1/")
-            && let Err(refused) = auth::authorize(&gate.api_keys, &route, &mut request).await
+            && let Err(refused) = auth::authorize(&state.api_keys, &route, &mut request).await
         {
             return refused.into_response();
         }
@@ -236,7 +225,7 @@ async fn per_request(
     let mut response = REQUEST_ID
         .scope(
             id,
-            tracing::Instrument::instrument(request_timeout(gate.limits, handled), span),
+            tracing::Instrument::instrument(request_timeout(state.limits, handled), span),
         )
         .await;
     if let Some(value) = header {
