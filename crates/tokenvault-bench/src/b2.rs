@@ -118,7 +118,7 @@ pub async fn run(
     let _ = stop.send(true);
     scheduler.await?;
     // The floor again after the run: the machine's speed drifts over
-    // seconds, and the mean of both sides the run is the fairer floor.
+    // seconds, and the mean of both sides of the run is the fairer floor.
     let floor_after = mock_floor(concurrency, floor_for).await?;
     let mock_rps = (floor_before + floor_after) / 2.0;
     ensure!(
