@@ -151,6 +151,7 @@ pub async fn child(database_url: String, batch: u32) -> anyhow::Result<Tick> {
                 now,
                 batch,
                 vault.owner(),
+                now,
                 now + chrono::Duration::minutes(1),
             )
             .await?;

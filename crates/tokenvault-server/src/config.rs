@@ -113,6 +113,25 @@ pub struct Config {
     /// The longest provider `Retry-After` the API proxy waits out before
     /// retrying; a longer one is relayed to the caller as the 429 it is.
     pub proxy_max_retry_after_secs: u64,
+    /// Seconds an instance that presented a refresh token keeps every other
+    /// instance off that connection while the provider call is unresolved
+    /// (it stalled, was paused, or lost the database). Must exceed the
+    /// provider HTTP timeout (20 s) by far. docs/refresh-protocol.md, R3.
+    pub refresh_in_flight_lease_secs: u64,
+    /// Seconds after start-up, or after the database comes back, during
+    /// which this instance takes over no other instance's expired lease
+    /// (R6: a live holder stores its journaled answers first).
+    pub refresh_takeover_grace_secs: u64,
+    /// Where provider answers are journaled before they are stored
+    /// (default `<data_dir>/refresh-journal`); give each instance its own
+    /// persistent directory, or a shared one (each process locks its file).
+    pub refresh_journal_dir: Option<PathBuf>,
+    /// On SIGTERM: seconds to finish provider calls and requests in flight
+    /// before exiting anyway.
+    pub shutdown_grace_secs: u64,
+    /// Test only: milliseconds added to this instance's clock (simulates
+    /// clock skew between instances).
+    pub test_clock_offset_ms: i64,
     /// Run bulk actions on this instance (every instance may; an action runs
     /// on one instance at a time, under a lease).
     pub bulk_enabled: bool,
@@ -203,6 +222,11 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             request_timeout_secs: 30,
             proxy_max_retry_after_secs: 10,
+            refresh_in_flight_lease_secs: 300,
+            refresh_takeover_grace_secs: 10,
+            refresh_journal_dir: None,
+            shutdown_grace_secs: 20,
+            test_clock_offset_ms: 0,
             bulk_enabled: true,
             bulk_concurrency: 16,
             bulk_max_items: 1_000_000,
@@ -212,6 +236,13 @@ impl Default for Config {
 }
 
 impl Config {
+    /// `refresh_journal_dir`, or `<data_dir>/refresh-journal`.
+    pub fn refresh_journal_dir(&self) -> PathBuf {
+        self.refresh_journal_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("refresh-journal"))
+    }
+
     /// Loads the layered configuration. An explicit `path` must exist; the
     /// default `tokenvault.toml` is optional.
     pub fn load(path: Option<&Path>) -> Result<Self, Box<figment::Error>> {

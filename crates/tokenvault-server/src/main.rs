@@ -4,6 +4,7 @@ use tokenvault_server::{
     api_keys, bulk, config, config_check, http, import, keys, metrics, wiring,
 };
 
+use std::future::IntoFuture;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -295,22 +296,54 @@ async fn serve(config: Config, bind: Option<SocketAddr>) -> anyhow::Result<()> {
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let scheduler = wiring::spawn_scheduler(&state, &config, stopping.clone());
     let bulk = wiring::spawn_bulk_worker(&state, &config, stopping.clone());
-    let webhooks = wiring::spawn_webhooks(&state, &config, stopping)?;
-    let served = axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
-    // Work in flight (polls, refreshes, deliveries) finishes, records its
-    // outcome and releases its leases.
+    let webhooks = wiring::spawn_webhooks(&state, &config, stopping.clone())?;
+    let vault = state.vault.clone();
+    let mut http_stopping = stopping.clone();
+    let mut served = tokio::spawn(
+        axum::serve(listener, http::router(state))
+            .with_graceful_shutdown(async move {
+                let _ = http_stopping.wait_for(|stop| *stop).await;
+            })
+            .into_future(),
+    );
+    // Until a signal, or the server failing on its own.
+    let early_exit = tokio::select! {
+        () = shutdown_signal() => None,
+        result = &mut served => Some(result),
+    };
+    // From here on the shutdown is bounded: background work stops taking
+    // new work at once (claimed rows not yet at a provider are given back),
+    // requests and provider calls in flight get `shutdown_grace_secs` to
+    // finish and store their outcome, and then the process exits anyway.
+    let grace = std::time::Duration::from_secs(config.shutdown_grace_secs);
+    tracing::info!(grace_secs = grace.as_secs(), "stopping");
     let _ = stop.send(true);
-    poller.shutdown().await;
-    for task in scheduler.into_iter().chain(bulk).chain(webhooks) {
-        let _ = task.await;
+    let finishing = async {
+        poller.shutdown().await;
+        for task in scheduler.into_iter().chain(bulk).chain(webhooks) {
+            let _ = task.await;
+        }
+        if early_exit.is_none() {
+            let _ = (&mut served).await;
+        }
+    };
+    if tokio::time::timeout(grace, finishing).await.is_err() {
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "shutdown grace over; exiting with work still in flight (leases of unresolved provider calls stay until they expire, journaled answers are stored at the next start)"
+        );
+    }
+    // Answers the database refused are kept on disk in the journal (R5).
+    if !vault.drain_journal().await {
+        tracing::warn!("exiting with refreshed tokens not yet stored; the refresh journal keeps them for the next start");
     }
     purger.abort();
     if let Some(metrics) = metrics {
         metrics.shutdown().await;
     }
-    served?;
+    if let Some(result) = early_exit {
+        result??;
+    }
     tracing::info!("stopped");
     Ok(())
 }

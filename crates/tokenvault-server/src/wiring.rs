@@ -16,6 +16,7 @@ use tokenvault::events::{EventType, Events, WebhookDeliverer, WebhookSettings};
 use tokenvault::integrations::{IntegrationConfig, Integrations, IntegrationsConfig};
 use tokenvault::oauth::{OAuthClient, OAuthClientConfig};
 use tokenvault::providers::Catalog;
+use tokenvault::refresh::journal::Journal;
 use tokenvault::refresh::{BreakerSettings, RefreshSettings, Scheduler, SchedulerSettings};
 use tokenvault::state::{RedisOptions, RedisStateStore, SqlStateStore, StateStore};
 use tokenvault::store::{ConnectionStore, Database, PoolOptions};
@@ -86,6 +87,15 @@ pub fn envelope(ring: KeyRing) -> Envelope {
     Envelope::new(Arc::new(ring))
 }
 
+/// The system clock moved by a fixed offset (test-only clock skew).
+struct OffsetClock(chrono::Duration);
+
+impl Clock for OffsetClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now() + self.0
+    }
+}
+
 /// Everything `serve` needs, built once. Tests call this too, so the service
 /// under test is wired exactly as in production.
 pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
@@ -106,12 +116,28 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     let integrations = Integrations::resolve(&integrations_config, &catalog, &oauth)
         .await
         .context("resolving integrations")?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let clock: Arc<dyn Clock> = if config.test_clock_offset_ms == 0 {
+        Arc::new(SystemClock)
+    } else {
+        Arc::new(OffsetClock(chrono::Duration::milliseconds(
+            config.test_clock_offset_ms,
+        )))
+    };
     let states = state_store(config, &database, Arc::clone(&clock))?;
     // Timed whatever the backend.
     let states = crate::metrics::TimedStateStore::wrap(states);
     let integrations = Arc::new(integrations);
+    let owner = format!("instance-{}", uuid::Uuid::new_v4());
+    let journal_dir = config.refresh_journal_dir();
+    let journal = Journal::open(&journal_dir, &owner).with_context(|| {
+        format!(
+            "cannot open the refresh journal in {}",
+            journal_dir.display()
+        )
+    })?;
     let vault = Vault::builder(store, envelope(ring))
+        .owner(owner)
+        .journal(journal)
         .clock(clock)
         .integrations(Arc::clone(&integrations))
         .events(events(config)?)
@@ -126,6 +152,9 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         .sync_integration_health()
         .await
         .context("loading integration health")?;
+    // A stopped process's journal found at start-up is stored (or kept
+    // trying) before the scheduler claims anything.
+    vault.spawn_journal_drainer();
     let device_sessions = match &database {
         Database::Sqlite(db) => SqlDeviceSessionStore::sqlite(db.pool().clone()),
         Database::Postgres(db) => SqlDeviceSessionStore::postgres(db.pool().clone()),
@@ -246,6 +275,8 @@ pub fn refresh_settings(config: &Config) -> RefreshSettings {
     RefreshSettings {
         rate_limit_per_second: Some(config.refresh_rate_limit_per_second).filter(|r| *r > 0),
         token_cache: Duration::from_millis(config.token_cache_ms),
+        in_flight_lease: Duration::from_secs(config.refresh_in_flight_lease_secs.max(1)),
+        takeover_grace: Duration::from_secs(config.refresh_takeover_grace_secs),
         ..RefreshSettings::default()
     }
 }

@@ -17,6 +17,7 @@ use crate::domain::{
 };
 use crate::events::{EventType, Events};
 use crate::integrations::Integrations;
+use crate::refresh::journal::Journal;
 use crate::refresh::local::LocalStore;
 use crate::refresh::{BreakerSettings, IntegrationHealth, RefreshSettings};
 use crate::store::{
@@ -54,6 +55,14 @@ pub(crate) struct Inner {
     pub inflight: DashMap<ConnectionId, Arc<tokio::sync::Mutex<()>>>,
     /// Lease owner name of this process.
     pub owner: String,
+    /// Provider answers (and calls under way) the database may not know.
+    pub journal: Journal,
+    /// Since when the database has answered without an outage (`None`:
+    /// not yet, or failing now); gates lease takeovers (R6).
+    pub db_reachable_since: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Held while the journal is drained.
+    pub draining: tokio::sync::Mutex<()>,
+    pub drainer_running: std::sync::atomic::AtomicBool,
 }
 
 /// Builds a [`Vault`]; everything but the store and envelope has a default.
@@ -66,6 +75,7 @@ pub struct VaultBuilder {
     settings: RefreshSettings,
     breaker: BreakerSettings,
     owner: Option<String>,
+    journal: Option<Journal>,
 }
 
 impl VaultBuilder {
@@ -102,6 +112,14 @@ impl VaultBuilder {
         self
     }
 
+    /// Where provider answers are journaled before they are stored
+    /// (default: in memory, which survives database outages but not a
+    /// crash; see [`Journal::open`] for the durable one).
+    pub fn journal(mut self, journal: Journal) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
     pub fn build(self) -> Vault {
         let health = DashMap::new();
         for (key, integration) in self.integrations.iter() {
@@ -115,6 +133,12 @@ impl VaultBuilder {
             );
         }
         let local = Arc::new(LocalStore::new(self.store, self.settings.token_cache));
+        let owner = self
+            .owner
+            .unwrap_or_else(|| format!("instance-{}", uuid::Uuid::new_v4()));
+        let journal = self
+            .journal
+            .unwrap_or_else(|| Journal::in_memory(&owner));
         Vault {
             inner: Arc::new(Inner {
                 store: Arc::clone(&local) as Arc<dyn ConnectionStore>,
@@ -126,9 +150,11 @@ impl VaultBuilder {
                 settings: self.settings,
                 health,
                 inflight: DashMap::new(),
-                owner: self
-                    .owner
-                    .unwrap_or_else(|| format!("instance-{}", uuid::Uuid::new_v4())),
+                owner,
+                journal,
+                db_reachable_since: std::sync::Mutex::new(None),
+                draining: tokio::sync::Mutex::new(()),
+                drainer_running: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -182,6 +208,7 @@ impl Vault {
             settings: RefreshSettings::default(),
             breaker: BreakerSettings::default(),
             owner: None,
+            journal: None,
         }
     }
 
@@ -395,8 +422,10 @@ pub fn next_refresh_at(
     Some(expires_at - buffer)
 }
 
-/// [`next_refresh_at`] moved earlier by up to 10 % of the buffer, at random,
-/// so connections granted together do not all come due in the same tick.
+/// [`next_refresh_at`] moved earlier by up to 10 % of the *effective*
+/// buffer (clamped to half the token's remaining life, as there), at
+/// random, so connections granted together do not all come due in the
+/// same tick, and a short-lived token is not due again at once.
 pub fn jittered_refresh_at(
     tokens: &TokenSet,
     buffer: Duration,
@@ -406,7 +435,10 @@ pub fn jittered_refresh_at(
     if !tokens.can_refresh() {
         return Some(at);
     }
-    let spread_ms = (buffer.num_milliseconds() / 10).max(0);
+    let effective = tokens
+        .expires_at
+        .map_or(buffer, |expires_at| expires_at - at);
+    let spread_ms = (effective.num_milliseconds() / 10).max(0);
     let earlier = if spread_ms > 0 {
         rand::random_range(0..=spread_ms)
     } else {
@@ -474,5 +506,21 @@ mod tests {
             seen.insert(at);
         }
         assert!(seen.len() > 50, "jitter spreads refreshes");
+    }
+
+    #[test]
+    fn a_short_lived_token_is_next_due_about_half_a_lifetime_later_never_at_once() {
+        // 20 s tokens with the default 5 min buffer: the buffer is clamped to
+        // 10 s, and so is the jitter's base (at most 1 s earlier).
+        let now = Utc::now();
+        let t = tokens(now, Some(20), true);
+        for _ in 0..500 {
+            let at = jittered_refresh_at(&t, Duration::minutes(5), now).unwrap();
+            assert!(
+                at >= now + Duration::seconds(9) && at <= now + Duration::seconds(10),
+                "due {} ms after the refresh",
+                (at - now).num_milliseconds()
+            );
+        }
     }
 }

@@ -337,7 +337,7 @@ async fn imported_tokens_are_refreshed_and_refreshed_tokens_win_over_an_older_ex
     assert!(created.connection.next_refresh_at.unwrap() <= now());
     let due = vault
         .store()
-        .claim_due(now(), 10, "scheduler", now() + Duration::seconds(30))
+        .claim_due(now(), 10, "scheduler", now(), now() + Duration::seconds(30))
         .await
         .unwrap();
     assert_eq!(due.len(), 1, "the scheduler picks it up at once");
@@ -426,6 +426,7 @@ async fn an_import_waits_for_a_refresh_in_flight_and_decides_against_its_result(
         .acquire_lease(
             record.id,
             "other-instance",
+            record.version,
             now(),
             now() + Duration::seconds(10),
         )

@@ -382,7 +382,7 @@ async fn claim_due_takes_only_due_unleased_refreshable_rows(b: Backend) {
     let lease_until = now + Duration::seconds(30);
     let claimed = b
         .store
-        .claim_due(now, 10, "node-a", lease_until)
+        .claim_due(now, 10, "node-a", now, lease_until)
         .await
         .unwrap();
     let ids: Vec<_> = claimed.iter().map(|c| c.id).collect();
@@ -401,15 +401,23 @@ async fn claim_due_takes_only_due_unleased_refreshable_rows(b: Backend) {
     // Held leases are skipped; a limit takes the most overdue first.
     assert!(
         b.store
-            .claim_due(now, 10, "node-b", lease_until)
+            .claim_due(now, 10, "node-b", now, lease_until)
             .await
             .unwrap()
             .is_empty()
     );
     let later = lease_until + Duration::seconds(1);
+    assert!(
+        b.store
+            .claim_due(later, 1, "node-b", now, later + Duration::seconds(30))
+            .await
+            .unwrap()
+            .is_empty(),
+        "expired leases are not taken over before takeover_before"
+    );
     let reclaimed = b
         .store
-        .claim_due(later, 1, "node-b", later + Duration::seconds(30))
+        .claim_due(later, 1, "node-b", later, later + Duration::seconds(30))
         .await
         .unwrap();
     assert_eq!(
@@ -441,7 +449,7 @@ async fn concurrent_claims_never_overlap(b: Backend) {
             let mut mine = Vec::new();
             loop {
                 let batch = store
-                    .claim_due(now, 7, &format!("node-{n}"), now + Duration::minutes(1))
+                    .claim_due(now, 7, &format!("node-{n}"), now, now + Duration::minutes(1))
                     .await
                     .unwrap();
                 if batch.is_empty() {
@@ -471,14 +479,15 @@ async fn leases_belong_to_their_owner(b: Backend) {
     let until = now + Duration::seconds(20);
     let held = b
         .store
-        .acquire_lease(record.id, "a", now, until)
+        .acquire_lease(record.id, "a", record.version, now, until)
         .await
         .unwrap()
         .unwrap();
     assert!(held.lease_allows("a", now) && !held.lease_allows("b", now));
+    assert_eq!(held.version, record.version + 1, "taking a lease is a write");
     assert!(
         b.store
-            .acquire_lease(record.id, "b", now, until)
+            .acquire_lease(record.id, "b", held.version, now, until)
             .await
             .unwrap()
             .is_none()
@@ -487,25 +496,69 @@ async fn leases_belong_to_their_owner(b: Backend) {
         !b.store.release_lease(record.id, "b").await.unwrap(),
         "only the owner releases"
     );
+    let again = b
+        .store
+        .acquire_lease(record.id, "a", held.version, now, until)
+        .await
+        .unwrap()
+        .expect("re-entrant for its owner");
     assert!(
         b.store
-            .acquire_lease(record.id, "a", now, until)
+            .acquire_lease(record.id, "a", held.version, now, until)
             .await
             .unwrap()
-            .is_some(),
-        "re-entrant for its owner"
+            .is_none(),
+        "a lease is only taken on the row as the caller read it"
     );
     assert!(
         b.store
-            .acquire_lease(record.id, "b", until, until + Duration::seconds(20))
+            .acquire_lease(record.id, "b", again.version, now, until)
             .await
             .unwrap()
-            .is_some(),
-        "expired lease is taken over"
+            .is_none(),
+        "an expired lease is not taken over before takeover_before"
+    );
+    let taken = b
+        .store
+        .acquire_lease(
+            record.id,
+            "b",
+            again.version,
+            until,
+            until + Duration::seconds(20),
+        )
+        .await
+        .unwrap()
+        .expect("expired lease is taken over");
+    assert!(
+        !b.store
+            .renew_lease(record.id, "a", again.version, until + Duration::seconds(60))
+            .await
+            .unwrap(),
+        "the lease a was taken over: a cannot renew it"
     );
     assert!(
         !b.store.release_lease(record.id, "a").await.unwrap(),
         "a's lease was taken over"
+    );
+    assert!(
+        b.store
+            .renew_lease(record.id, "b", taken.version, until + Duration::seconds(60))
+            .await
+            .unwrap()
+    );
+    let renewed = b.store.get_by_id(record.id).await.unwrap().unwrap();
+    assert_eq!(renewed.version, taken.version, "a renewal keeps the version");
+    assert_eq!(
+        renewed.lease.unwrap().expires_at,
+        until + Duration::seconds(60)
+    );
+    assert!(
+        !b.store
+            .renew_lease(record.id, "b", taken.version - 1, until)
+            .await
+            .unwrap(),
+        "a renewal compares the version"
     );
     assert!(b.store.release_lease(record.id, "b").await.unwrap());
     assert!(
@@ -1346,7 +1399,7 @@ async fn update_batch_compares_and_swaps_each_row(b: Backend) {
     let lease_until = now() + Duration::seconds(30);
     let claimed = b
         .store
-        .claim_due(now() + Duration::seconds(1), 10, "me", lease_until)
+        .claim_due(now() + Duration::seconds(1), 10, "me", now(), lease_until)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 3);

@@ -48,8 +48,15 @@ impl ApiError {
 }
 
 impl ApiError {
-    /// Internal failures: logged in full, answered without detail.
-    pub fn internal(err: impl std::fmt::Display) -> Self {
+    /// Failures the caller cannot fix: 503 `database_unavailable` (with a
+    /// `Retry-After`) when the database cannot be reached, which heals by
+    /// itself; otherwise a bug or corrupt data, logged in full and
+    /// answered 500 `internal` without detail.
+    pub fn internal(err: impl Failure) -> Self {
+        if err.database_unavailable() {
+            tracing::warn!(error = %err, "database unavailable");
+            return Self::database_unavailable();
+        }
         tracing::error!(error = %err, "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -57,7 +64,39 @@ impl ApiError {
             "internal error; see the service log for this request id",
         )
     }
+
+    pub fn database_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "the database is unavailable; try again shortly",
+        )
+        .with_retry_after(std::time::Duration::from_secs(1))
+    }
 }
+
+/// An error an endpoint cannot turn into a client error: does it mean the
+/// database is unreachable (a 503 that heals by itself) rather than a bug?
+pub trait Failure: std::fmt::Display {
+    fn database_unavailable(&self) -> bool {
+        false
+    }
+}
+
+impl Failure for tokenvault::store::StoreError {
+    fn database_unavailable(&self) -> bool {
+        self.is_unavailable()
+    }
+}
+
+impl Failure for tokenvault::vault::VaultError {
+    fn database_unavailable(&self) -> bool {
+        matches!(self, Self::Store(err) if err.is_unavailable())
+    }
+}
+
+impl Failure for String {}
+impl Failure for url::ParseError {}
 
 /// Malformed or mistyped bodies all answer 400 `invalid_json`; serde's
 /// message names the offending field. A body over the size limit is the
@@ -152,3 +191,13 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+impl Failure for tokenvault::device::DeviceFlowError {
+    fn database_unavailable(&self) -> bool {
+        matches!(self, Self::Store(err) if err.is_unavailable())
+    }
+}
+
+/// The state store has its own 503 (`state_store_unavailable`); what reaches
+/// here is corrupt data.
+impl Failure for tokenvault::state::StateError {}

@@ -422,11 +422,20 @@ async fn complete(
         )
         .await
         .map_err(|err| {
-            tracing::error!(error = %err, "storing the grant failed");
-            FlowFailure {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                code: "internal".into(),
-                message: "storing the connection failed".into(),
+            if super::error::Failure::database_unavailable(&err) {
+                tracing::warn!(error = %err, "storing the grant failed: the database is unavailable");
+                FlowFailure {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "database_unavailable".into(),
+                    message: "storing the connection failed: the database is unavailable; start again shortly".into(),
+                }
+            } else {
+                tracing::error!(error = %err, "storing the grant failed");
+                FlowFailure {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    code: "internal".into(),
+                    message: "storing the connection failed".into(),
+                }
             }
         })?;
     Ok(())
@@ -439,6 +448,7 @@ fn static_code(code: &str) -> &'static str {
         "missing_code" => "missing_code",
         "token_exchange_failed" => "token_exchange_failed",
         "internal" => "internal",
+        "database_unavailable" => "database_unavailable",
         "access_denied" => "access_denied",
         _ => "provider_error",
     }

@@ -282,9 +282,13 @@ impl ConnectionStore for LocalStore {
         now: DateTime<Utc>,
         limit: u32,
         owner: &str,
+        takeover_before: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Vec<ConnectionRecord>, StoreError> {
-        let claimed = self.inner.claim_due(now, limit, owner, lease_until).await?;
+        let claimed = self
+            .inner
+            .claim_due(now, limit, owner, takeover_before, lease_until)
+            .await?;
         // The claim only moves the lease and version; the claimer holds the
         // claimed rows, so they are not "written" for its purposes.
         let ids: Vec<ConnectionId> = claimed.iter().map(|record| record.id).collect();
@@ -296,13 +300,30 @@ impl ConnectionStore for LocalStore {
         &self,
         id: ConnectionId,
         owner: &str,
-        now: DateTime<Utc>,
+        expected_version: i64,
+        takeover_before: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Option<ConnectionRecord>, StoreError> {
         self.wrote(&[id], &[], true);
-        let result = self.inner.acquire_lease(id, owner, now, lease_until).await;
+        let result = self
+            .inner
+            .acquire_lease(id, owner, expected_version, takeover_before, lease_until)
+            .await;
         self.wrote(&[id], &[], true);
         result
+    }
+
+    async fn renew_lease(
+        &self,
+        id: ConnectionId,
+        owner: &str,
+        expected_version: i64,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        // Only the lease's expiry moves: tokens and version stay as cached.
+        self.inner
+            .renew_lease(id, owner, expected_version, lease_until)
+            .await
     }
 
     async fn release_lease(&self, id: ConnectionId, owner: &str) -> Result<bool, StoreError> {

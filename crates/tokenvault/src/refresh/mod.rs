@@ -16,6 +16,7 @@
 
 mod breaker;
 mod classify;
+pub mod journal;
 pub mod local;
 mod scheduler;
 
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::Serialize;
+use tokio::sync::watch;
 
 pub use breaker::{BreakerSettings, CircuitBreaker, CircuitState};
 pub use classify::{FailureClass, backoff, classify};
@@ -44,9 +46,19 @@ use crate::vault::{Vault, VaultError, jittered_refresh_at};
 /// Knobs of the refresh engine. The defaults follow the policy.
 #[derive(Debug, Clone)]
 pub struct RefreshSettings {
-    /// How long a refresh lease lasts; renewed before every attempt. Must
-    /// exceed the provider HTTP timeout (20 s by default) with margin.
+    /// How long a refresh lease lasts while the holder waits (for a refresh
+    /// slot, the rate budget, a backoff); renewed while it waits.
     pub lease_ttl: Duration,
+    /// The lease a holder takes right before it presents a refresh token:
+    /// while the provider call is unresolved, no other instance may take
+    /// the row over for this long, even if the holder stalls (a pause, a
+    /// lost answer, a database outage). Must exceed the provider HTTP
+    /// timeout by far. See docs/refresh-protocol.md (R3).
+    pub in_flight_lease: Duration,
+    /// After this process starts or its database comes back, it takes over
+    /// no other instance's expired lease for this long: a live holder with
+    /// journaled answers gets the time to store them first (R6).
+    pub takeover_grace: Duration,
     /// How long a caller waits for a refresh another instance is running.
     pub wait_timeout: Duration,
     /// Interval at which such a caller re-reads the row.
@@ -80,6 +92,8 @@ impl Default for RefreshSettings {
     fn default() -> Self {
         Self {
             lease_ttl: Duration::from_secs(30),
+            in_flight_lease: Duration::from_secs(300),
+            takeover_grace: Duration::from_secs(10),
             wait_timeout: Duration::from_secs(25),
             wait_poll: Duration::from_millis(50),
             attempts: 3,
@@ -190,6 +204,8 @@ pub struct IntegrationHealth {
     throttled_until: Mutex<Option<DateTime<Utc>>>,
     misconfigured: Mutex<Option<MisconfiguredIntegration>>,
     limiter: Option<DefaultDirectRateLimiter>,
+    /// Token-endpoint calls per second this instance may make, if limited.
+    rate: Option<u32>,
 }
 
 enum Gate {
@@ -216,6 +232,7 @@ impl IntegrationHealth {
             limiter: rate
                 .and_then(NonZeroU32::new)
                 .map(|rate| RateLimiter::direct(Quota::per_second(rate))),
+            rate: rate.filter(|rate| *rate > 0),
         }
     }
 
@@ -250,6 +267,27 @@ impl IntegrationHealth {
         if let Some(limiter) = &self.limiter {
             limiter.until_ready().await;
         }
+    }
+
+    /// Waits for the rate budget unless `stopping` turns true first
+    /// (then false).
+    async fn until_ready_or_stopping(&self, stopping: Option<&watch::Receiver<bool>>) -> bool {
+        let Some(stopping) = stopping else {
+            self.until_ready().await;
+            return true;
+        };
+        let mut watching = stopping.clone();
+        tokio::select! {
+            () = self.until_ready() => !*stopping.borrow(),
+            () = stopped(&mut watching) => false,
+        }
+    }
+
+    /// How many refreshes of this integration one instance can make within
+    /// `window` at its rate budget; `None` when unlimited.
+    pub(crate) fn refreshes_within(&self, window: Duration) -> Option<usize> {
+        self.rate
+            .map(|rate| ((f64::from(rate) * window.as_secs_f64()) as usize).max(1))
     }
 
     fn record(&self, key: &IntegrationKey, now: DateTime<Utc>, failure: bool) {
@@ -301,7 +339,7 @@ impl Mode {
     fn satisfied(&self, record: &ConnectionRecord, tokens: &TokenSet, now: DateTime<Utc>) -> bool {
         match self {
             Mode::OnDemand { min_ttl, seen } => {
-                !tokens.needs_refresh(now, *min_ttl) || record.access_token != *seen
+                !needs_refresh_for(record, tokens, now, *min_ttl) || record.access_token != *seen
             }
             Mode::Forced { seen } => record.access_token != *seen,
             Mode::Scheduled => record.next_refresh_at.is_none_or(|at| at > now),
@@ -329,6 +367,31 @@ impl Drop for InflightGuard<'_> {
             .inflight
             .remove_if(&self.id, |_, lock| Arc::strong_count(lock) == 1);
     }
+}
+
+/// Whether a token read asking for `min_ttl` should refresh: only when a
+/// refresh can improve the answer. A `min_ttl` the provider's tokens can
+/// meet (no longer than the lifetime the last refresh got) is honoured as
+/// asked. One they cannot meet is capped at half that lifetime: the fresh
+/// token is served with its true `expires_at`, and the next refresh comes
+/// once less than half a lifetime is left, not on every read. Before the
+/// first refresh the lifetime is unknown and `min_ttl` applies as asked
+/// (so at most one refresh learns it).
+pub(crate) fn needs_refresh_for(
+    record: &ConnectionRecord,
+    tokens: &TokenSet,
+    now: DateTime<Utc>,
+    min_ttl: chrono::Duration,
+) -> bool {
+    let lifetime = match (record.last_refreshed_at, tokens.expires_at) {
+        (Some(issued), Some(expires)) if expires > issued => Some(expires - issued),
+        _ => None,
+    };
+    let attainable = match lifetime {
+        Some(lifetime) if min_ttl > lifetime => lifetime / 2,
+        _ => min_ttl,
+    };
+    tokens.needs_refresh(now, attainable)
 }
 
 /// A std duration as chrono's, saturating.
@@ -370,9 +433,7 @@ impl Vault {
     ) -> Result<IssuedToken, TokenError> {
         let local = self.local();
         if let Some(hit) = local.cached_token(user, key)
-            && !hit
-                .tokens
-                .needs_refresh(self.clock().now(), chrono(min_ttl))
+            && !needs_refresh_for(&hit.record, &hit.tokens, self.clock().now(), chrono(min_ttl))
         {
             return Ok(IssuedToken {
                 tokens: hit.tokens.clone(),
@@ -402,7 +463,7 @@ impl Vault {
             .ok_or(TokenError::NotConnected)?;
         let tokens = usable(self, &record).await?;
         let now = self.clock().now();
-        if !tokens.needs_refresh(now, chrono(min_ttl)) {
+        if !needs_refresh_for(&record, &tokens, now, chrono(min_ttl)) {
             local.cache_token(seq, &record, &tokens);
             return Ok(IssuedToken {
                 tokens,
@@ -578,11 +639,9 @@ impl Vault {
             .ok_or_else(|| TokenError::UnknownIntegration(integration.key().clone()))?;
         let deadline = Instant::now() + self.settings().wait_timeout;
         loop {
-            let record = self
-                .store()
-                .get_by_id(id)
-                .await?
-                .ok_or(TokenError::NotConnected)?;
+            let read = self.store().get_by_id(id).await;
+            self.observe_db(&read);
+            let record = read?.ok_or(TokenError::NotConnected)?;
             let tokens = usable(self, &record).await?;
             let now = self.clock().now();
             if mode.satisfied(&record, &tokens, now) {
@@ -602,41 +661,55 @@ impl Vault {
                 }));
             }
             self.check_gate(&health, &record, &mode, now).await?;
-            let now = self.clock().now();
-            let lease_until = now + chrono(self.settings().lease_ttl);
-            match self
-                .store()
-                .acquire_lease(id, self.owner(), now, lease_until)
-                .await?
-            {
-                // The row changed between our read and the lease: another
-                // instance refreshed and released it. Its refresh token is
-                // the live one; ours is consumed. Start over.
-                Some(leased)
-                    if leased.refresh_token != record.refresh_token
-                        || leased.access_token != record.access_token
-                        || leased.status != record.status =>
-                {
-                    self.release(&leased).await;
+            if self.journal().has_pending(id) {
+                // This process holds the provider's newer answer for this
+                // row: it must be stored before anything else happens here.
+                if !self.drain_journal().await && self.journal().has_pending(id) {
+                    return Err(StoreError::Unavailable {
+                        backend: "database",
+                        target: "the refresh journal".into(),
+                        reason: "a refreshed token is waiting to be stored".into(),
+                    }
+                    .into());
                 }
-                Some(leased) => {
+                continue;
+            }
+            let takeover_before = self.takeover_before(now);
+            let held_elsewhere = record
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.owner != self.owner() && l.expires_at > takeover_before);
+            if !held_elsewhere {
+                // R1: the lease is taken on the row as read, so the refresh
+                // token opened above is the current one.
+                let acquired = self
+                    .store()
+                    .acquire_lease(
+                        id,
+                        self.owner(),
+                        record.version,
+                        takeover_before,
+                        now + chrono(self.settings().lease_ttl),
+                    )
+                    .await;
+                self.observe_db(&acquired);
+                if let Some(leased) = acquired? {
                     return self
-                        .run_refresh(
-                            leased,
-                            tokens,
-                            integration,
-                            &health,
-                            &mode,
-                            Instant::now(),
-                            None,
-                        )
+                        .run_refresh(leased, tokens, integration, &health, &mode, None)
                         .await
                         .map(Some);
                 }
-                // Another instance is refreshing: wait for its result.
-                None if matches!(mode, Mode::Scheduled) => return Ok(None),
-                None if Instant::now() >= deadline => return Ok(None),
-                None => tokio::time::sleep(self.settings().wait_poll).await,
+                // The row moved between our read and the lease: read again.
+                if Instant::now() < deadline {
+                    continue;
+                }
+                return Ok(None);
+            }
+            // Another instance is refreshing: wait for its result.
+            match mode {
+                Mode::Scheduled => return Ok(None),
+                _ if Instant::now() >= deadline => return Ok(None),
+                _ => tokio::time::sleep(self.settings().wait_poll).await,
             }
         }
     }
@@ -678,26 +751,25 @@ impl Vault {
 
     /// A scheduled refresh straight from the row the scheduler claimed
     /// (`record`, opened as `tokens`), without reading it again: the claim
-    /// gave this process the lease at that version, so no other instance
-    /// can refresh it meanwhile, and under the in-process lock the only
-    /// writer left is this process itself, which [`local::LocalStore`]
-    /// tracks: when it wrote the row after the claim (`seq`), the claimed
-    /// copy may be stale and the refresh takes the re-reading path.
-    /// `leased_at` is when the claim was made.
+    /// gave this process the lease at that version, and the lease is
+    /// renewed by compare-and-swap on that version right before the
+    /// provider call ([`Vault::run_refresh`]), so a row that moved since is
+    /// never refreshed from this copy. When this process itself wrote the
+    /// row after the claim (`seq`), the refresh takes the re-reading path
+    /// at once.
     pub(super) async fn refresh_claimed(
         &self,
         record: ConnectionRecord,
         tokens: TokenSet,
         integration: &Arc<Integration>,
         seq: u64,
-        leased_at: Instant,
         batch: Batch<'_>,
     ) -> Result<Option<IssuedToken>, TokenError> {
         let id = record.id;
         let Some(inflight) = self.inflight(id, self.settings().wait_timeout).await else {
             return Ok(None);
         };
-        if self.local().written_since(id, seq) {
+        if self.local().written_since(id, seq) || self.journal().has_pending(id) {
             drop(inflight);
             return self
                 .refresh_connection(id, integration, Mode::Scheduled)
@@ -714,25 +786,23 @@ impl Vault {
             integration,
             &health,
             &Mode::Scheduled,
-            leased_at,
             Some(batch),
         )
         .await
         .map(Some)
     }
 
-    /// Calls the provider under the lease (taken at `leased_at`), retrying
-    /// per the classification, and writes the outcome (which releases the
-    /// lease); through `batch` when the scheduler gave one.
-    #[allow(clippy::too_many_arguments)]
+    /// Calls the provider under the lease `record` holds (taken at
+    /// `record.version`), retrying per the classification, and writes the
+    /// outcome (which releases the lease); through `batch` when the
+    /// scheduler gave one.
     async fn run_refresh(
         &self,
-        mut record: ConnectionRecord,
+        record: ConnectionRecord,
         tokens: TokenSet,
         integration: &Arc<Integration>,
         health: &IntegrationHealth,
         mode: &Mode,
-        mut leased_at: Instant,
         batch: Option<Batch<'_>>,
     ) -> Result<IssuedToken, TokenError> {
         let key = integration.key().clone();
@@ -740,35 +810,43 @@ impl Vault {
             .refresh_token
             .clone()
             .expect("refresh_connection is only called for refreshable tokens");
+        let stopping = batch.as_ref().map(|b| b.stopping.clone());
         let mut attempts = 0u32;
         let mut inline_waits = 0u32;
         loop {
-            // Only the lease holder spends the integration's rate budget.
-            health.until_ready().await;
-            // Renew right before the call when time has passed since the
-            // lease was taken, so it covers a whole provider call (whose
-            // timeout is shorter than the lease) however long the rate
-            // limiter or a backoff made us wait.
-            if leased_at.elapsed() < Duration::from_secs(1) {
-                // Fresh enough: skip the extra write.
-            } else if let Some(renewed) = self
-                .store()
-                .acquire_lease(
-                    record.id,
-                    self.owner(),
-                    self.clock().now(),
-                    self.clock().now() + chrono(self.settings().lease_ttl),
-                )
-                .await?
-            {
-                record = renewed;
-                leased_at = Instant::now();
-            } else {
+            // Only the lease holder spends the integration's rate budget; a
+            // scheduled refresh still waiting for it when the process stops
+            // gives its row back instead of starting a provider call.
+            if !health.until_ready_or_stopping(stopping.as_ref()).await {
+                self.postpone(&record, self.clock().now()).await;
                 return Err(TokenError::ProviderUnavailable {
-                    reason: "lost the refresh lease while waiting to call the provider".into(),
+                    reason: "shutting down".into(),
                     retry_after: None,
                 });
             }
+            // R2/R3: present only under a lease validated against the row
+            // as it is now (same version, still ours), extended to cover the
+            // unresolved call however long this process stalls.
+            let now = self.clock().now();
+            let renewed = self
+                .store()
+                .renew_lease(
+                    record.id,
+                    self.owner(),
+                    record.version,
+                    now + chrono(self.settings().in_flight_lease),
+                )
+                .await;
+            self.observe_db(&renewed);
+            if !renewed? {
+                metrics::counter!("tokenvault_refresh_lease_lost_total").increment(1);
+                tracing::info!(connection = %record.id, "the connection changed while it waited to be refreshed; its old refresh token is not presented");
+                return Err(TokenError::ProviderUnavailable {
+                    reason: "the connection changed while it waited to be refreshed".into(),
+                    retry_after: Some(Duration::from_secs(1)),
+                });
+            }
+            self.journal().intent(record.id, record.version);
             let started = Instant::now();
             let result = integration
                 .refresh(&refresh_token, &record.scopes, self.clock().now())
@@ -786,6 +864,14 @@ impl Vault {
                 }
                 Err(err) => err,
             };
+            // This process is alive to handle the failure itself.
+            self.journal().settle(record.id);
+            if outcome_unknown(&err) {
+                // The provider may have rotated the token and the answer
+                // was lost: unknowable from here (docs/refresh-protocol.md).
+                metrics::counter!("tokenvault_refresh_outcome_unknown_total", "reason" => "transport").increment(1);
+                tracing::warn!(connection = %record.id, integration = %key, error = %err, "refresh outcome unknown: the request may have reached the provider");
+            }
             let class = classify(&err, self.settings().default_retry_after);
             metrics::counter!("tokenvault_refresh_total", "integration" => key.to_string(), "outcome" => class.as_str()).increment(1);
             tracing::warn!(integration = %key, connection = %record.id, class = class.as_str(), error = %err, "refresh failed");
@@ -833,23 +919,31 @@ impl Vault {
                     }
                 }
             };
-            tokio::time::sleep(delay).await;
+            if !sleep_unless_stopping(delay, stopping.as_ref()).await {
+                self.postpone(&record, now + chrono(delay)).await;
+                return Err(TokenError::ProviderUnavailable {
+                    reason: "shutting down".into(),
+                    retry_after: Some(delay),
+                });
+            }
         }
     }
 
     /// Persists a successful refresh, releasing the lease in the same write.
-    /// The provider may have rotated the refresh token, so the write is
-    /// retried through database hiccups: losing it would lose the grant.
+    /// The provider may have rotated the refresh token, so the answer is
+    /// journaled first (R5): a write the database refuses is kept and
+    /// retried until it lands, and the row's in-flight lease keeps every
+    /// other instance from presenting the old token meanwhile.
     async fn store_refreshed(
         &self,
         record: ConnectionRecord,
         grant: Grant,
         integration: &Arc<Integration>,
-        mut batch: Option<Batch<'_>>,
+        batch: Option<Batch<'_>>,
     ) -> Result<IssuedToken, TokenError> {
         let now = self.clock().now();
         let tokens = grant.tokens;
-        let (access, refresh) = self
+        let sealed = self
             .envelope()
             .reseal(
                 record.id,
@@ -857,8 +951,16 @@ impl Vault {
                 &tokens.access_token,
                 tokens.refresh_token.as_ref(),
             )
-            .await
-            .map_err(VaultError::from)?;
+            .await;
+        let (access, refresh) = match sealed {
+            Ok(sealed) => sealed,
+            Err(err) => {
+                // Nothing stored and nothing journaled: the answer is lost.
+                self.journal().settle(record.id);
+                tracing::error!(connection = %record.id, error = %err, "cannot seal refreshed tokens; the provider's answer is lost");
+                return Err(VaultError::from(err).into());
+            }
+        };
         let mut update = record.to_update(now);
         update.status = ConnectionStatus::Connected;
         update.scopes = tokens.scopes.clone();
@@ -889,65 +991,58 @@ impl Vault {
             None,
             now,
         ));
-        let mut delay = Duration::from_millis(100);
-        for attempt in 1.. {
-            // The first write of a scheduled refresh joins the tick's batch,
-            // after giving back the refresh slot; retries go alone.
-            if let Some(Batch { writer, permit }) = batch.take() {
+        self.journal().answer(record.id, record.version, &update);
+        // A scheduled refresh's write joins the tick's batch, after giving
+        // back the refresh slot.
+        let written = match batch {
+            Some(Batch {
+                writer, permit, ..
+            }) => {
                 drop(permit);
                 let entry = BatchUpdate {
                     id: record.id,
                     expected_version: record.version,
                     update,
                 };
-                let written = writer.write(entry).await;
-                update = written.1;
-                match written.0 {
-                    Ok(version) => {
-                        return Ok(IssuedToken {
-                            connection: applied(&record, &update, version),
-                            tokens,
-                            outcome: TokenOutcome::Refreshed,
-                        });
-                    }
-                    Err(StoreError::Conflict { .. } | StoreError::NotFound) => {
-                        return self.after_lost_write(record.id, &tokens, integration).await;
-                    }
-                    Err(err) => {
-                        tracing::error!(connection = %record.id, attempt, error = %err, "storing refreshed tokens failed; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay *= 2;
-                        continue;
-                    }
-                }
+                let (result, returned) = writer.write(entry).await;
+                update = returned;
+                result.map(|version| applied(&record, &update, version))
             }
-            match self
-                .store()
-                .update(record.id, record.version, &update)
-                .await
-            {
-                Ok(stored) => {
-                    return Ok(IssuedToken {
-                        tokens,
-                        connection: stored,
-                        outcome: TokenOutcome::Refreshed,
-                    });
-                }
-                Err(StoreError::Conflict { .. } | StoreError::NotFound) => {
-                    return self.after_lost_write(record.id, &tokens, integration).await;
-                }
-                Err(err) if attempt < 6 => {
-                    tracing::error!(connection = %record.id, attempt, error = %err, "storing refreshed tokens failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                Err(err) => {
-                    tracing::error!(connection = %record.id, error = %err, "storing refreshed tokens failed; the new grant is lost");
-                    return Err(err.into());
-                }
+            None => {
+                self.store()
+                    .update(record.id, record.version, &update)
+                    .await
+            }
+        };
+        match written {
+            Ok(stored) => {
+                self.journal().stored(record.id);
+                self.db_reachable();
+                Ok(IssuedToken {
+                    tokens,
+                    connection: stored,
+                    outcome: TokenOutcome::Refreshed,
+                })
+            }
+            Err(StoreError::Conflict { .. } | StoreError::NotFound) => {
+                self.journal().stored(record.id);
+                self.after_lost_write(record.id, &tokens, integration).await
+            }
+            Err(err) => {
+                self.journal().sync();
+                self.db_failed(&err);
+                metrics::counter!("tokenvault_refresh_journaled_total").increment(1);
+                tracing::error!(connection = %record.id, error = %err, "storing refreshed tokens failed; kept in the refresh journal until the database takes them");
+                self.spawn_journal_drainer();
+                // The caller still gets the fresh token: it is valid, and
+                // the row stays leased to us until it is stored.
+                Ok(IssuedToken {
+                    connection: applied(&record, &update, record.version),
+                    tokens,
+                    outcome: TokenOutcome::Refreshed,
+                })
             }
         }
-        unreachable!("the loop returns")
     }
 
     /// Our write lost the compare-and-swap after the provider issued new
@@ -1320,6 +1415,179 @@ impl Vault {
         if let Err(err) = self.store().update(record.id, record.version, update).await {
             tracing::warn!(connection = %record.id, error = %err, "{what}");
         }
+    }
+}
+
+/// Whether a failed provider call may still have been processed: the
+/// request may have reached the provider and its answer been lost (a
+/// timeout, a reset, an unreadable answer).
+fn outcome_unknown(err: &OAuthError) -> bool {
+    matches!(
+        err,
+        OAuthError::Timeout | OAuthError::Connect(_) | OAuthError::InvalidResponse(_)
+    )
+}
+
+/// Resolves once `stopping` turns true (or its sender is gone).
+pub(crate) async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+/// Sleeps `delay` unless `stopping` turns true first (then false).
+async fn sleep_unless_stopping(delay: Duration, stopping: Option<&watch::Receiver<bool>>) -> bool {
+    let Some(stopping) = stopping else {
+        tokio::time::sleep(delay).await;
+        return true;
+    };
+    let mut stopping = stopping.clone();
+    if *stopping.borrow() {
+        return false;
+    }
+    tokio::select! {
+        () = tokio::time::sleep(delay) => true,
+        () = stopped(&mut stopping) => false,
+    }
+}
+
+/// The refresh journal's side of the vault: draining answers the database
+/// refused, and the takeover grace that protects them (R5, R6).
+impl Vault {
+    pub(crate) fn journal(&self) -> &journal::Journal {
+        &self.inner.journal
+    }
+
+    /// The instant before which another owner's expired lease may be taken
+    /// over: `now`, unless the database became reachable (or this process
+    /// started) less than [`RefreshSettings::takeover_grace`] ago.
+    pub(crate) fn takeover_before(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        match *self.inner.db_reachable_since.lock().unwrap() {
+            Some(at) if at.elapsed() >= self.settings().takeover_grace => now,
+            _ => DateTime::UNIX_EPOCH,
+        }
+    }
+
+    pub(crate) fn observe_db<T>(&self, result: &Result<T, StoreError>) {
+        match result {
+            Ok(_) => self.db_reachable(),
+            Err(err) => self.db_failed(err),
+        }
+    }
+
+    pub(crate) fn db_reachable(&self) {
+        self.inner
+            .db_reachable_since
+            .lock()
+            .unwrap()
+            .get_or_insert_with(Instant::now);
+    }
+
+    pub(crate) fn db_failed(&self, err: &StoreError) {
+        if err.is_unavailable() {
+            *self.inner.db_reachable_since.lock().unwrap() = None;
+        }
+    }
+
+    /// Stores the answers the refresh journal holds (this process's that
+    /// the database refused, and those a dead process left), and settles
+    /// the calls a dead process left unanswered. True when nothing is left.
+    pub async fn drain_journal(&self) -> bool {
+        let journal = self.journal();
+        if journal.is_drained() {
+            return true;
+        }
+        let Ok(_draining) = self.inner.draining.try_lock() else {
+            return false;
+        };
+        for answered in journal.pending() {
+            let (id, update) = match (answered.id(), answered.to_update()) {
+                (Ok(id), Ok(update)) => (id, update),
+                (Err(err), _) | (_, Err(err)) => {
+                    tracing::error!(error = %err, "an unreadable refresh journal entry is skipped");
+                    if let Ok(id) = answered.id() {
+                        journal.stored(id);
+                    }
+                    continue;
+                }
+            };
+            let written = self.store().update(id, answered.version(), &update).await;
+            self.observe_db(&written);
+            match written {
+                Ok(_) => {
+                    journal.stored(id);
+                    metrics::counter!("tokenvault_refresh_journal_replayed_total", "outcome" => "stored").increment(1);
+                    tracing::info!(connection = %id, "stored a refreshed token from the refresh journal");
+                }
+                Err(StoreError::Conflict { .. } | StoreError::NotFound) => {
+                    // Reconnected, disconnected or taken over meanwhile: the
+                    // row's newer state wins, as for any lost write.
+                    journal.stored(id);
+                    metrics::counter!("tokenvault_refresh_journal_replayed_total", "outcome" => "conflict").increment(1);
+                    tracing::warn!(connection = %id, "a journaled refresh could not be stored: the connection changed meanwhile");
+                }
+                Err(err) => {
+                    tracing::warn!(connection = %id, error = %err, "the refresh journal cannot be stored yet");
+                    return false;
+                }
+            }
+        }
+        for unsettled in journal.unsettled() {
+            let read = self.store().get_by_id(unsettled.id).await;
+            self.observe_db(&read);
+            let Ok(current) = read else {
+                return false;
+            };
+            if let Some(record) = current
+                && record.version == unsettled.version
+                && record
+                    .lease
+                    .as_ref()
+                    .is_some_and(|l| l.owner == unsettled.owner)
+            {
+                // The dead holder's call has no answer anywhere: release
+                // its in-flight lease so the connection is refreshed again
+                // now rather than when that lease runs out.
+                let mut update = record.to_update(self.clock().now());
+                update.lease = None;
+                let written = self.store().update(record.id, record.version, &update).await;
+                self.observe_db(&written);
+                if let Err(err) = written
+                    && err.is_unavailable()
+                {
+                    return false;
+                }
+            }
+            journal.resolve_unsettled(unsettled.id);
+            metrics::counter!("tokenvault_refresh_outcome_unknown_total", "reason" => "crash").increment(1);
+            tracing::warn!(connection = %unsettled.id, owner = %unsettled.owner, "refresh outcome unknown: a stopped process presented this connection's refresh token and left no answer");
+        }
+        journal.is_drained()
+    }
+
+    /// Keeps draining the journal in the background until it is empty
+    /// (one such task at a time).
+    pub fn spawn_journal_drainer(&self) {
+        use std::sync::atomic::Ordering;
+        if self.journal().is_drained()
+            || self.inner.drainer_running.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let vault = self.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(200);
+            loop {
+                if vault.drain_journal().await {
+                    break;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            vault.inner.drainer_running.store(false, Ordering::Release);
+            // An answer journaled after the last look starts a new drainer.
+            if !vault.journal().is_drained() {
+                vault.spawn_journal_drainer();
+            }
+        });
     }
 }
 

@@ -4,15 +4,18 @@
 //! on-demand reads, and reschedules them with jitter. It also applies the
 //! retention policy and reloads shared integration health.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{Semaphore, SemaphorePermit, mpsc, oneshot, watch};
 
 use super::{TokenError, TokenOutcome, chrono};
-use crate::domain::ConnectionStatus;
+use crate::domain::{ConnectionId, ConnectionStatus, IntegrationKey};
 use crate::store::{BatchUpdate, ConnectionRecord, ConnectionStore, ConnectionUpdate, StoreError};
 use crate::vault::Vault;
 
@@ -99,6 +102,9 @@ impl WriteBack {
 pub(crate) struct Batch<'a> {
     pub writer: &'a WriteBack,
     pub permit: Option<SemaphorePermit<'a>>,
+    /// Turns true when the process stops: a refresh not yet at the
+    /// provider gives its row back instead.
+    pub stopping: watch::Receiver<bool>,
 }
 
 /// `record` after `update` was written at `version`.
@@ -186,43 +192,150 @@ pub struct Scheduler {
     settings: SchedulerSettings,
     /// Refreshes between claim and write-back, across concurrent ticks.
     slots: Arc<Semaphore>,
+    /// Claimed rows not yet handled, per integration, across ticks: what
+    /// the rate budget still has to get through within the lease.
+    queued: Arc<DashMap<IntegrationKey, usize>>,
+    /// Turns true when the process stops (never, for a scheduler that was
+    /// not spawned).
+    stopping: watch::Receiver<bool>,
+    _never_stops: Arc<watch::Sender<bool>>,
+}
+
+/// Counts a claimed row in [`Scheduler::queued`] until dropped.
+struct Queued<'a> {
+    queued: &'a DashMap<IntegrationKey, usize>,
+    key: IntegrationKey,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if let Some(mut count) = self.queued.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+        }
+    }
 }
 
 impl Scheduler {
     pub fn new(vault: Vault, settings: SchedulerSettings) -> Self {
         let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+        let (never, stopping) = watch::channel(false);
         Self {
             vault,
             settings,
             slots,
+            queued: Arc::new(DashMap::new()),
+            stopping,
+            _never_stops: Arc::new(never),
         }
+    }
+
+    /// How many more rows this instance may claim: what the rate budgets
+    /// of the configured integrations get through within half a lease,
+    /// less what is already queued (R4). Unlimited integrations leave the
+    /// batch size as the bound.
+    fn claim_budget(&self) -> u32 {
+        let window = self.vault.settings().lease_ttl / 2;
+        let mut budget = 0usize;
+        for (key, _) in self.vault.integrations().iter() {
+            let Some(health) = self.vault.health(key) else {
+                continue;
+            };
+            let Some(per_window) = health.refreshes_within(window) else {
+                return self.settings.batch;
+            };
+            let queued = self.queued.get(key).map_or(0, |q| *q);
+            budget = budget.saturating_add(per_window.saturating_sub(queued));
+        }
+        u32::try_from(budget)
+            .unwrap_or(u32::MAX)
+            .min(self.settings.batch)
+    }
+
+    /// Admits a claimed row into the queue of its integration if the rate
+    /// budget can reach it within half a lease; `None` when it cannot.
+    fn admit(&self, record: &ConnectionRecord) -> Option<Queued<'_>> {
+        let window = self.vault.settings().lease_ttl / 2;
+        let limit = self
+            .vault
+            .health(&record.integration)
+            .and_then(|health| health.refreshes_within(window))
+            .unwrap_or(usize::MAX);
+        let mut count = self.queued.entry(record.integration.clone()).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(Queued {
+            queued: &self.queued,
+            key: record.integration.clone(),
+        })
     }
 
     /// Claims one batch of due connections and handles it.
     pub async fn tick(&self) -> Result<TickReport, StoreError> {
+        // R5: answers this process (or a dead one) journaled go first; no
+        // new claims until they are stored.
+        if !self.vault.drain_journal().await {
+            return Ok(TickReport::default());
+        }
+        if *self.stopping.borrow() {
+            return Ok(TickReport::default());
+        }
+        let limit = self.claim_budget();
+        if limit == 0 {
+            return Ok(TickReport::default());
+        }
         let now = self.vault.clock().now();
         let lease_until = now + chrono(self.vault.settings().lease_ttl);
         // Before the claim: a write of this process after this point may
         // not be in the claimed copy.
         let seq = self.vault.local().seq();
-        let leased_at = Instant::now();
         let claimed = self
             .vault
             .store()
-            .claim_due(now, self.settings.batch, self.vault.owner(), lease_until)
-            .await?;
+            .claim_due(
+                now,
+                limit,
+                self.vault.owner(),
+                self.vault.takeover_before(now),
+                lease_until,
+            )
+            .await;
+        self.vault.observe_db(&claimed);
+        let claimed = claimed?;
         let mut report = TickReport {
             claimed: claimed.len(),
             ..TickReport::default()
         };
+        let mut admitted = Vec::with_capacity(claimed.len());
+        for record in claimed {
+            match self.admit(&record) {
+                Some(queued) => admitted.push((record, queued)),
+                None => {
+                    // More than the rate budget reaches within the lease:
+                    // give it back for another instance (or a later tick).
+                    self.vault.release(&record).await;
+                    report.skipped += 1;
+                }
+            }
+        }
+        let waiting: Mutex<HashMap<ConnectionId, i64>> = Mutex::new(
+            admitted
+                .iter()
+                .map(|(record, _)| (record.id, record.version))
+                .collect(),
+        );
         let (writer, requests) = WriteBack::channel();
+        let handled_all = tokio::sync::Notify::new();
         let handling = async {
             let writer = writer;
             // The slots bound the refreshes between claim and write-back; a
             // refresh waiting for its batched write no longer holds one.
-            let mut handled: FuturesUnordered<_> = claimed
+            let mut handled: FuturesUnordered<_> = admitted
                 .into_iter()
-                .map(|record| self.handle(record, seq, leased_at, &self.slots, &writer))
+                .map(|(record, queued)| {
+                    self.handle(record, queued, seq, &self.slots, &writer, &waiting)
+                })
                 .collect();
             while let Some(outcome) = handled.next().await {
                 match outcome {
@@ -232,27 +345,74 @@ impl Scheduler {
                     Handled::Skipped => report.skipped += 1,
                 }
             }
+            handled_all.notify_one();
         };
         tokio::join!(
             handling,
+            self.renew_waiting(&waiting, &handled_all),
             WriteBack::run(Arc::clone(self.vault.store()), requests)
         );
         Ok(report)
     }
 
+    /// Renews the leases of claimed rows still waiting for a refresh slot,
+    /// every third of a lease, until the tick has handled them all (R4). A
+    /// row whose renewal fails moved meanwhile: it is dropped from the
+    /// waiting set, and its refresh will find that out before presenting.
+    async fn renew_waiting(
+        &self,
+        waiting: &Mutex<HashMap<ConnectionId, i64>>,
+        handled_all: &tokio::sync::Notify,
+    ) {
+        let period = (self.vault.settings().lease_ttl / 3).max(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                () = handled_all.notified() => return,
+                () = tokio::time::sleep(period) => {}
+            }
+            let rows: Vec<(ConnectionId, i64)> = waiting
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(id, version)| (*id, *version))
+                .collect();
+            let until = self.vault.clock().now() + chrono(self.vault.settings().lease_ttl);
+            for (id, version) in rows {
+                let renewed = self
+                    .vault
+                    .store()
+                    .renew_lease(id, self.vault.owner(), version, until)
+                    .await;
+                self.vault.observe_db(&renewed);
+                if !matches!(renewed, Ok(true)) {
+                    waiting.lock().unwrap().remove(&id);
+                }
+            }
+        }
+    }
+
     async fn handle(
         &self,
         record: ConnectionRecord,
+        _queued: Queued<'_>,
         seq: u64,
-        leased_at: Instant,
         slots: &Semaphore,
         writer: &WriteBack,
+        waiting: &Mutex<HashMap<ConnectionId, i64>>,
     ) -> Handled {
-        let permit = slots
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
         let vault = &self.vault;
+        let mut stopping = self.stopping.clone();
+        let permit = tokio::select! {
+            permit = slots.acquire() => Some(permit.expect("the semaphore is never closed")),
+            () = super::stopped(&mut stopping) => None,
+        };
+        let Some(permit) = permit else {
+            // Stopping: rows not started go back at once.
+            waiting.lock().unwrap().remove(&record.id);
+            vault.release(&record).await;
+            return Handled::Skipped;
+        };
+        waiting.lock().unwrap().remove(&record.id);
         let now = vault.clock().now();
         let Some(integration) = vault.integrations().get(&record.integration).cloned() else {
             // Removed from the configuration: look again in an hour.
@@ -295,9 +455,10 @@ impl Scheduler {
         let batch = Batch {
             writer,
             permit: Some(permit),
+            stopping: self.stopping.clone(),
         };
         match vault
-            .refresh_claimed(record, tokens, &integration, seq, leased_at, batch)
+            .refresh_claimed(record, tokens, &integration, seq, batch)
             .await
         {
             Ok(Some(issued)) if issued.outcome == TokenOutcome::Refreshed => Handled::Refreshed,
@@ -328,12 +489,14 @@ impl Scheduler {
             .await
     }
 
-    /// Runs ticks until `shutdown` turns true; the ticks in progress finish
-    /// (their refreshes complete and release their leases) before it
-    /// returns. [`TICKS_IN_FLIGHT`] ticks run at once, sharing the refresh
+    /// Runs ticks until `shutdown` turns true. Then no tick claims again,
+    /// claimed rows not yet at the provider are given back at once, and
+    /// only the provider calls already in flight finish (and store their
+    /// outcome) before it returns. [`TICKS_IN_FLIGHT`] ticks run at once, sharing the refresh
     /// slots; the first also applies retention and reloads integration
     /// health.
-    pub fn spawn(self, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    pub fn spawn(mut self, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        self.stopping = shutdown.clone();
         tokio::spawn(async move {
             let loops = (0..TICKS_IN_FLIGHT).map(|n| self.run(n == 0, shutdown.clone()));
             futures::future::join_all(loops).await;

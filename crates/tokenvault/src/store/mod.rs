@@ -54,6 +54,42 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
 }
 
+impl StoreError {
+    /// Whether the database could not be reached or is going away (connection
+    /// refused or broken, pool exhausted, server shutting down or not yet
+    /// accepting connections): the caller should answer 503 and try again,
+    /// nothing is wrong with the data.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Unavailable { .. } => true,
+            Self::Database(err) => sqlx_unavailable(err),
+            _ => false,
+        }
+    }
+}
+
+fn sqlx_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // PostgreSQL: connection exceptions (08…), operator intervention
+            // (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot
+            // connect now), insufficient resources (53…). SQLite: busy (5)
+            // and locked (6), with their extended codes.
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+                || matches!(code.as_ref(), "5" | "6" | "261" | "517" | "262")
+        }),
+        _ => false,
+    }
+}
+
 /// Which rows to list; `None` matches everything.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
@@ -135,24 +171,45 @@ pub trait ConnectionStore: Send + Sync + 'static {
         updates: &[BatchUpdate],
     ) -> Result<Vec<Result<i64, StoreError>>, StoreError>;
 
-    /// Leases up to `limit` refreshable rows whose `next_refresh_at` has come,
-    /// skipping rows another owner holds. Costs O(due), not O(rows).
+    /// Leases up to `limit` refreshable rows whose `next_refresh_at` has come
+    /// and that hold no lease, or one that expired at or before
+    /// `takeover_before` (normally `now`; an earlier instant defers
+    /// taking over other instances' expired leases). Costs O(due), not
+    /// O(rows). Bumps each claimed row's version.
     async fn claim_due(
         &self,
         now: DateTime<Utc>,
         limit: u32,
         owner: &str,
+        takeover_before: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Vec<ConnectionRecord>, StoreError>;
 
-    /// Takes the lease on one row unless another owner holds an unexpired one.
+    /// Takes the lease on one row *as the caller read it*: only while the
+    /// row is still at `expected_version`, and unless another owner holds a
+    /// lease expiring after `takeover_before`. Bumps the version; the
+    /// returned row is the caller's new copy. `None` when the row moved or
+    /// is held.
     async fn acquire_lease(
         &self,
         id: ConnectionId,
         owner: &str,
-        now: DateTime<Utc>,
+        expected_version: i64,
+        takeover_before: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Option<ConnectionRecord>, StoreError>;
+
+    /// Moves the expiry of `owner`'s lease to `lease_until` if the row is
+    /// still at `expected_version` and still leased to `owner` (an expired
+    /// lease nobody took over counts). The version is left alone: the
+    /// holder's copy stays current. False when the row moved.
+    async fn renew_lease(
+        &self,
+        id: ConnectionId,
+        owner: &str,
+        expected_version: i64,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
 
     /// Releases a lease this owner holds; another owner's lease is untouched.
     async fn release_lease(&self, id: ConnectionId, owner: &str) -> Result<bool, StoreError>;

@@ -18,6 +18,7 @@ pub(super) struct Dialect {
     pub update_version: &'static str,
     pub claim_due: &'static str,
     pub acquire_lease: &'static str,
+    pub renew_lease: &'static str,
     pub release_lease: &'static str,
     pub replace_wrapped_key: &'static str,
     pub list_keys_to_rotate: &'static str,
@@ -215,12 +216,13 @@ macro_rules! sql_store {
                 Ok(answers)
             }
 
-            async fn claim_due(&self, now: DateTime<Utc>, limit: u32, owner: &str, lease_until: DateTime<Utc>) -> Result<Vec<ConnectionRecord>, StoreError> {
+            async fn claim_due(&self, now: DateTime<Utc>, limit: u32, owner: &str, takeover_before: DateTime<Utc>, lease_until: DateTime<Utc>) -> Result<Vec<ConnectionRecord>, StoreError> {
                 sqlx::query_as::<_, RawRow>($dialect.claim_due)
                     .bind(owner)
                     .bind(to_millis(lease_until))
                     .bind(to_millis(now))
                     .bind(i64::from(limit))
+                    .bind(to_millis(takeover_before))
                     .fetch_all(&self.pool)
                     .await?
                     .into_iter()
@@ -228,16 +230,28 @@ macro_rules! sql_store {
                     .collect()
             }
 
-            async fn acquire_lease(&self, id: ConnectionId, owner: &str, now: DateTime<Utc>, lease_until: DateTime<Utc>) -> Result<Option<ConnectionRecord>, StoreError> {
+            async fn acquire_lease(&self, id: ConnectionId, owner: &str, expected_version: i64, takeover_before: DateTime<Utc>, lease_until: DateTime<Utc>) -> Result<Option<ConnectionRecord>, StoreError> {
                 sqlx::query_as::<_, RawRow>($dialect.acquire_lease)
                     .bind(owner)
                     .bind(to_millis(lease_until))
                     .bind(id.to_string())
-                    .bind(to_millis(now))
+                    .bind(to_millis(takeover_before))
+                    .bind(expected_version)
                     .fetch_optional(&self.pool)
                     .await?
                     .map(TryInto::try_into)
                     .transpose()
+            }
+
+            async fn renew_lease(&self, id: ConnectionId, owner: &str, expected_version: i64, lease_until: DateTime<Utc>) -> Result<bool, StoreError> {
+                let done = sqlx::query($dialect.renew_lease)
+                    .bind(to_millis(lease_until))
+                    .bind(id.to_string())
+                    .bind(owner)
+                    .bind(expected_version)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
             }
 
             async fn release_lease(&self, id: ConnectionId, owner: &str) -> Result<bool, StoreError> {
@@ -518,13 +532,20 @@ macro_rules! dialect {
                 "UPDATE connections SET lease_owner = $1, lease_expires_at = $2, version = version + 1 \
                  WHERE id IN (SELECT id FROM connections \
                  WHERE next_refresh_at IS NOT NULL AND next_refresh_at <= $3 AND status IN ('connected', 'error') \
-                 AND (lease_expires_at IS NULL OR lease_expires_at <= $3) \
+                 AND (lease_expires_at IS NULL OR lease_expires_at <= $5) \
                  ORDER BY next_refresh_at LIMIT $4", $lock, ") RETURNING ", $crate::store::sql::returning_columns!($cols)
             ),
             acquire_lease: concat!(
                 "UPDATE connections SET lease_owner = $1, lease_expires_at = $2, version = version + 1 \
-                 WHERE id = $3", $id, " AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires_at <= $4) \
+                 WHERE id = $3", $id, " AND version = $5 \
+                 AND (lease_owner IS NULL OR lease_owner = $1 OR lease_expires_at <= $4) \
                  RETURNING ", $crate::store::sql::returning_columns!($cols)
+            ),
+            // Not a version bump: the holder keeps the version its copy of
+            // the row (and its refresh token) was validated at.
+            renew_lease: concat!(
+                "UPDATE connections SET lease_expires_at = $1 \
+                 WHERE id = $2", $id, " AND lease_owner = $3 AND version = $4"
             ),
             release_lease: concat!(
                 "UPDATE connections SET lease_owner = NULL, lease_expires_at = NULL, version = version + 1 \
