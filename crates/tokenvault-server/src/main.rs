@@ -335,7 +335,9 @@ async fn serve(config: Config, bind: Option<SocketAddr>) -> anyhow::Result<()> {
     }
     // Answers the database refused are kept on disk in the journal (R5).
     if !vault.drain_journal().await {
-        tracing::warn!("exiting with refreshed tokens not yet stored; the refresh journal keeps them for the next start");
+        tracing::warn!(
+            "exiting with refreshed tokens not yet stored; the refresh journal keeps them for the next start"
+        );
     }
     purger.abort();
     if let Some(metrics) = metrics {

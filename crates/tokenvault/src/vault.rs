@@ -136,9 +136,7 @@ impl VaultBuilder {
         let owner = self
             .owner
             .unwrap_or_else(|| format!("instance-{}", uuid::Uuid::new_v4()));
-        let journal = self
-            .journal
-            .unwrap_or_else(|| Journal::in_memory(&owner));
+        let journal = self.journal.unwrap_or_else(|| Journal::in_memory(&owner));
         Vault {
             inner: Arc::new(Inner {
                 store: Arc::clone(&local) as Arc<dyn ConnectionStore>,

@@ -449,7 +449,13 @@ async fn concurrent_claims_never_overlap(b: Backend) {
             let mut mine = Vec::new();
             loop {
                 let batch = store
-                    .claim_due(now, 7, &format!("node-{n}"), now, now + Duration::minutes(1))
+                    .claim_due(
+                        now,
+                        7,
+                        &format!("node-{n}"),
+                        now,
+                        now + Duration::minutes(1),
+                    )
                     .await
                     .unwrap();
                 if batch.is_empty() {
@@ -484,7 +490,11 @@ async fn leases_belong_to_their_owner(b: Backend) {
         .unwrap()
         .unwrap();
     assert!(held.lease_allows("a", now) && !held.lease_allows("b", now));
-    assert_eq!(held.version, record.version + 1, "taking a lease is a write");
+    assert_eq!(
+        held.version,
+        record.version + 1,
+        "taking a lease is a write"
+    );
     assert!(
         b.store
             .acquire_lease(record.id, "b", held.version, now, until)
@@ -548,7 +558,10 @@ async fn leases_belong_to_their_owner(b: Backend) {
             .unwrap()
     );
     let renewed = b.store.get_by_id(record.id).await.unwrap().unwrap();
-    assert_eq!(renewed.version, taken.version, "a renewal keeps the version");
+    assert_eq!(
+        renewed.version, taken.version,
+        "a renewal keeps the version"
+    );
     assert_eq!(
         renewed.lease.unwrap().expires_at,
         until + Duration::seconds(60)

@@ -63,9 +63,16 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             Some((key.to_string(), entry))
         })
         .collect();
-    let ready = database["status"] == "ok" && state_store["status"] == "ok";
+    // Only the database decides readiness: without it nothing works, and
+    // every instance shares it. A state-store (Redis) outage stops new
+    // connect flows but not token reads, refreshes or the proxy, and it
+    // hits every instance alike: taking them all out of the load balancer
+    // would turn a partial outage into a total one. It is reported as
+    // `degraded` instead.
+    let ready = database["status"] == "ok";
+    let degraded = ready && state_store["status"] != "ok";
     let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
+        "status": if degraded { "degraded" } else if ready { "ready" } else { "not_ready" },
         "checks": {
             "database": database,
             "state_store": state_store,

@@ -299,9 +299,7 @@ impl Journal {
         if was_open {
             append_locked(&mut state, &Line::Done { id: id.to_string() });
         }
-        if state.pending.is_empty()
-            && state.intents.is_empty()
-            && state.bytes > COMPACT_AFTER_BYTES
+        if state.pending.is_empty() && state.intents.is_empty() && state.bytes > COMPACT_AFTER_BYTES
         {
             compact_locked(&mut state, &self.owner);
         }

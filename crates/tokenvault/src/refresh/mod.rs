@@ -433,7 +433,12 @@ impl Vault {
     ) -> Result<IssuedToken, TokenError> {
         let local = self.local();
         if let Some(hit) = local.cached_token(user, key)
-            && !needs_refresh_for(&hit.record, &hit.tokens, self.clock().now(), chrono(min_ttl))
+            && !needs_refresh_for(
+                &hit.record,
+                &hit.tokens,
+                self.clock().now(),
+                chrono(min_ttl),
+            )
         {
             return Ok(IssuedToken {
                 tokens: hit.tokens.clone(),
@@ -995,9 +1000,7 @@ impl Vault {
         // A scheduled refresh's write joins the tick's batch, after giving
         // back the refresh slot.
         let written = match batch {
-            Some(Batch {
-                writer, permit, ..
-            }) => {
+            Some(Batch { writer, permit, .. }) => {
                 drop(permit);
                 let entry = BatchUpdate {
                     id: record.id,
@@ -1548,7 +1551,10 @@ impl Vault {
                 // now rather than when that lease runs out.
                 let mut update = record.to_update(self.clock().now());
                 update.lease = None;
-                let written = self.store().update(record.id, record.version, &update).await;
+                let written = self
+                    .store()
+                    .update(record.id, record.version, &update)
+                    .await;
                 self.observe_db(&written);
                 if let Err(err) = written
                     && err.is_unavailable()
@@ -1557,7 +1563,8 @@ impl Vault {
                 }
             }
             journal.resolve_unsettled(unsettled.id);
-            metrics::counter!("tokenvault_refresh_outcome_unknown_total", "reason" => "crash").increment(1);
+            metrics::counter!("tokenvault_refresh_outcome_unknown_total", "reason" => "crash")
+                .increment(1);
             tracing::warn!(connection = %unsettled.id, owner = %unsettled.owner, "refresh outcome unknown: a stopped process presented this connection's refresh token and left no answer");
         }
         journal.is_drained()
@@ -1567,9 +1574,7 @@ impl Vault {
     /// (one such task at a time).
     pub fn spawn_journal_drainer(&self) {
         use std::sync::atomic::Ordering;
-        if self.journal().is_drained()
-            || self.inner.drainer_running.swap(true, Ordering::AcqRel)
-        {
+        if self.journal().is_drained() || self.inner.drainer_running.swap(true, Ordering::AcqRel) {
             return;
         }
         let vault = self.clone();
