@@ -89,9 +89,23 @@ ensure_peer
 export TOKENVAULT_TEST_DATABASE_URL="${TOKENVAULT_TEST_DATABASE_URL:-postgres://postgres@$PG_HOST:$PG_PORT/test}"
 export TOKENVAULT_TEST_REDIS_URL="${TOKENVAULT_TEST_REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}"
 
+# The chaos suite starts PostgreSQL clusters of its own (initdb) as the
+# postgres user.
+command -v runuser >/dev/null || apt_install util-linux
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || apt_install postgresql
+command -v redis-server >/dev/null || apt_install redis-server
+
 if [ -f tests/peer/selftest.mjs ]; then
   log "OAuth test peer self-test"
   node tests/peer/selftest.mjs
+fi
+if [ -f tests/peer/faultproxy-selftest.mjs ]; then
+  log "fault proxy self-test"
+  node tests/peer/faultproxy-selftest.mjs
+fi
+
+if [ "${SKIP_CARGO_TEST:-0}" = 1 ]; then
+  exit 0
 fi
 
 log "cargo test"

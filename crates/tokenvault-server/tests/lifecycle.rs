@@ -691,3 +691,65 @@ async fn a_request_that_times_out_mid_refresh_still_stores_the_rotated_token() {
     );
     assert_eq!(stats["grants_revoked"], 0);
 }
+
+/// `min_ttl` above what the provider issues (1-hour tokens, a day asked):
+/// at most one refresh, and every answer tells the truth about expiry.
+#[tokio::test]
+async fn min_ttl_above_the_token_lifetime_refreshes_at_most_once() {
+    let peer = Peer::start();
+    let service = setup(&peer, SECRET, |_| {}).await;
+    connect(&peer, &service, "dora", 3600).await;
+    let client = reqwest::Client::new();
+    for _ in 0..5 {
+        let response = client
+            .get(service.url(&format!("{}?min_ttl=86400", token_path("dora"))))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        let expires_at: chrono::DateTime<chrono::Utc> =
+            body["expires_at"].as_str().unwrap().parse().unwrap();
+        let left = expires_at - chrono::Utc::now();
+        assert!(
+            left > chrono::Duration::minutes(55) && left <= chrono::Duration::hours(1),
+            "the answer's expires_at is the token's own: {left}"
+        );
+    }
+    assert!(
+        refreshes(&peer.stats().await) <= 1,
+        "{}",
+        peer.stats().await
+    );
+}
+
+/// Two idle connections whose provider issues 20-second tokens: the
+/// scheduler refreshes each about once per half-life (8–14 grants a
+/// minute for both), never again right after a refresh.
+#[tokio::test]
+async fn short_lived_tokens_are_refreshed_about_once_per_half_life() {
+    let peer = Peer::start();
+    let service = setup(&peer, SECRET, |config| {
+        config.scheduler_enabled = true;
+    })
+    .await;
+    peer.hook("config", json!({"access_token_ttl": 20})).await;
+    for user in ["idle-1", "idle-2"] {
+        let page = browser(None)
+            .get(service.connect_url(user, CLIENT, None).await)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200);
+    }
+    // The service's own scheduler (enabled above) runs meanwhile.
+    peer.hook("reset", json!({})).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let grants = refreshes(&peer.stats().await);
+    assert!(
+        (8..=14).contains(&grants),
+        "{grants} refresh grants in a minute for two 20-second tokens"
+    );
+    assert_eq!(stored(&service, "idle-1").await.status, ConnectionStatus::Connected);
+}

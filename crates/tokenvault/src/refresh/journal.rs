@@ -445,3 +445,90 @@ fn read_orphan(file: &File, state: &mut State) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::TokenType;
+
+    fn update(token: &str) -> ConnectionUpdate {
+        let now = chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
+        ConnectionUpdate {
+            status: ConnectionStatus::Connected,
+            scopes: Scopes::parse("a b", " "),
+            token_type: TokenType::Bearer,
+            expires_at: Some(now),
+            next_refresh_at: Some(now),
+            refresh_attempts: 0,
+            last_error: None,
+            last_refreshed_at: Some(now),
+            failing_since: None,
+            access_token: Some(b"sealed-access".to_vec()),
+            refresh_token: Some(token.as_bytes().to_vec()),
+            metadata: serde_json::json!({"k": 1}),
+            lease: None,
+            updated_at: now,
+            emit: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_dead_process_journal_is_taken_over_with_its_answers_and_unsettled_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let (answered, unanswered, settled) =
+            (ConnectionId::new(), ConnectionId::new(), ConnectionId::new());
+        {
+            let dead = Journal::open(dir.path(), "instance-dead").unwrap();
+            dead.intent(answered, 7);
+            dead.answer(answered, 7, &update("rt-new"));
+            dead.intent(unanswered, 3);
+            dead.intent(settled, 5);
+            dead.answer(settled, 5, &update("rt-stored"));
+            dead.stored(settled);
+            // A live process's journal is locked: nobody else takes it.
+            let live = Journal::open(dir.path(), "instance-live").unwrap();
+            assert!(live.is_drained(), "a locked journal is not an orphan");
+        } // both processes die (their locks go with them)
+        let heir = Journal::open(dir.path(), "instance-heir").unwrap();
+        let pending = heir.pending();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].id().unwrap(), answered);
+        assert_eq!(pending[0].version(), 7);
+        let replayed = pending[0].to_update().unwrap();
+        assert_eq!(replayed.refresh_token.as_deref(), Some(&b"rt-new"[..]));
+        assert_eq!(replayed.scopes, Scopes::parse("a b", " "));
+        let unsettled = heir.unsettled();
+        assert_eq!(unsettled.len(), 1);
+        assert_eq!(unsettled[0].id, unanswered);
+        assert_eq!(unsettled[0].version, 3);
+        assert_eq!(unsettled[0].owner, "instance-dead");
+        heir.stored(answered);
+        heir.resolve_unsettled(unanswered);
+        assert!(heir.is_drained());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            !left.iter().any(|name| name.starts_with("instance-dead")),
+            "the drained orphan is deleted: {left:?}"
+        );
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = ConnectionId::new();
+        {
+            let dead = Journal::open(dir.path(), "instance-torn").unwrap();
+            dead.intent(id, 1);
+        }
+        let path = dir.path().join("instance-torn.journal");
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("{\"op\":\"answer\",\"id\":\"trunc");
+        std::fs::write(&path, text).unwrap();
+        let heir = Journal::open(dir.path(), "instance-heir").unwrap();
+        assert!(heir.pending().is_empty());
+        assert_eq!(heir.unsettled().len(), 1, "the intent before the torn line counts");
+    }
+}

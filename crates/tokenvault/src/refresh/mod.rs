@@ -1527,9 +1527,16 @@ impl Vault {
                     metrics::counter!("tokenvault_refresh_journal_replayed_total", "outcome" => "conflict").increment(1);
                     tracing::warn!(connection = %id, "a journaled refresh could not be stored: the connection changed meanwhile");
                 }
-                Err(err) => {
+                Err(err) if err.is_unavailable() => {
                     tracing::warn!(connection = %id, error = %err, "the refresh journal cannot be stored yet");
                     return false;
+                }
+                Err(err) => {
+                    // Not an outage: retrying would block this instance's
+                    // scheduler forever on one entry.
+                    journal.stored(id);
+                    metrics::counter!("tokenvault_refresh_journal_replayed_total", "outcome" => "failed").increment(1);
+                    tracing::error!(connection = %id, error = %err, "a journaled refresh cannot be stored; the provider's answer is lost");
                 }
             }
         }
