@@ -145,15 +145,27 @@ async fn a_near_expiry_token_is_refreshed_once_for_many_concurrent_callers() {
         .await
         .unwrap();
     assert_eq!(again["access_token"], new.as_str());
-    // A caller asking for more than the token has left forces a refresh,
-    // and the rotated refresh token still works (the grant is alive).
+    // A caller asking for more than the provider's tokens ever live is
+    // served the fresh token as it is (a refresh could not improve it)…
     let long: Value = service
         .get_json(&format!("{}?min_ttl=7200", token_path("alice")))
         .await
         .json()
         .await
         .unwrap();
-    assert_ne!(long["access_token"], new.as_str());
+    assert_eq!(long["access_token"], new.as_str());
+    assert_eq!(refreshes(&peer.stats().await), 1);
+    // …and a forced refresh shows the rotated refresh token still works
+    // (the grant is alive).
+    let forced = service
+        .post_json(
+            &format!("/v1/users/alice/connections/{CLIENT}/refresh"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(forced.status(), 200);
+    let forced: Value = forced.json().await.unwrap();
+    assert_ne!(forced["access_token"], new.as_str());
     assert_eq!(refreshes(&peer.stats().await), 2);
     let record = stored(&service, "alice").await;
     assert_eq!(record.status, ConnectionStatus::Connected);
@@ -751,5 +763,8 @@ async fn short_lived_tokens_are_refreshed_about_once_per_half_life() {
         (8..=14).contains(&grants),
         "{grants} refresh grants in a minute for two 20-second tokens"
     );
-    assert_eq!(stored(&service, "idle-1").await.status, ConnectionStatus::Connected);
+    assert_eq!(
+        stored(&service, "idle-1").await.status,
+        ConnectionStatus::Connected
+    );
 }

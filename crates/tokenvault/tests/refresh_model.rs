@@ -487,11 +487,7 @@ impl World {
             }
             7 if !self.db_down => self.db_down = true,
             8..=9 if self.db_down => self.db_down = false,
-            10 => {
-                if !paused && !self.db_down {
-                    self.crash_and_restart(i).await;
-                }
-            }
+            10 if !paused && !self.db_down => self.crash_and_restart(i).await,
             11..=30 if !paused => self.claim(i).await,
             31..=45 if !paused => {
                 let id = ids[self.rng.random_range(0..ids.len())];

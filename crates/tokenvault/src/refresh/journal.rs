@@ -475,8 +475,11 @@ mod tests {
     #[test]
     fn a_dead_process_journal_is_taken_over_with_its_answers_and_unsettled_calls() {
         let dir = tempfile::tempdir().unwrap();
-        let (answered, unanswered, settled) =
-            (ConnectionId::new(), ConnectionId::new(), ConnectionId::new());
+        let (answered, unanswered, settled) = (
+            ConnectionId::new(),
+            ConnectionId::new(),
+            ConnectionId::new(),
+        );
         {
             let dead = Journal::open(dir.path(), "instance-dead").unwrap();
             dead.intent(answered, 7);
@@ -529,6 +532,10 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let heir = Journal::open(dir.path(), "instance-heir").unwrap();
         assert!(heir.pending().is_empty());
-        assert_eq!(heir.unsettled().len(), 1, "the intent before the torn line counts");
+        assert_eq!(
+            heir.unsettled().len(),
+            1,
+            "the intent before the torn line counts"
+        );
     }
 }
