@@ -135,6 +135,7 @@ struct World {
     unknowable: HashSet<ConnectionId>,
     violations: Vec<String>,
     rng: StdRng,
+    start: DateTime<Utc>,
     log: Vec<String>,
     refreshes: u64,
 }
@@ -335,7 +336,7 @@ impl World {
                 let owner = self.instances[i].owner.clone();
                 match self.provider.present(id, &token) {
                     Presented::Rotated(next) => {
-                        if self.rng.random_bool(0.08) {
+                        if self.rng.random_bool(0.02) {
                             // The answer is lost on the wire (U1): the live
                             // holder retries with the token it has.
                             self.unknowable.insert(id);
@@ -437,6 +438,15 @@ impl World {
     }
 
     async fn step(&mut self, ids: &[ConnectionId]) {
+        self.log.push(format!(
+            "t={} db_down={} paused={:?}",
+            (self.now - self.start).num_seconds(),
+            self.db_down,
+            self.instances
+                .iter()
+                .map(|i| i.paused_until.map(|p| (p - self.start).num_seconds()))
+                .collect::<Vec<_>>()
+        ));
         // Background work of every running instance: its journal drainer
         // keeps trying (R5), and a provider call in flight ends within the
         // HTTP timeout, long before a lease could run out.
@@ -465,14 +475,22 @@ impl World {
                     {
                         continue;
                     }
-                    let presenting: Vec<_> = self.instances[i]
-                        .tasks
-                        .iter()
-                        .filter(|(_, phase)| matches!(phase, Phase::Presenting { .. }))
-                        .map(|(id, _)| *id)
-                        .collect();
-                    for id in presenting {
-                        self.advance(i, id).await;
+                    // A running holder settles a call it started (the
+                    // provider's answer, then its write) within the HTTP
+                    // timeout, before much time passes.
+                    for _ in 0..2 {
+                        let mut settling: Vec<_> = self.instances[i]
+                            .tasks
+                            .iter()
+                            .filter(|(_, phase)| {
+                                matches!(phase, Phase::Presenting { .. } | Phase::Answered { .. })
+                            })
+                            .map(|(id, _)| *id)
+                            .collect();
+                        settling.sort();
+                        for id in settling {
+                            self.advance(i, id).await;
+                        }
                     }
                 }
                 let by = Duration::seconds(self.rng.random_range(1..40));
@@ -480,7 +498,7 @@ impl World {
             }
             // Assumption (docs/refresh-protocol.md, U2): an instance holding
             // answers the database refused is running when it returns.
-            5..=6 if self.instances[i].pending.is_empty() => {
+            5..=6 if !paused && self.instances[i].pending.is_empty() => {
                 // A pause longer than the lease (SIGSTOP, GC, a suspended VM).
                 let secs = self.rng.random_range(LEASE..LEASE * 4);
                 self.instances[i].paused_until = Some(self.now + Duration::seconds(secs));
@@ -550,6 +568,7 @@ async fn run(seed: u64) -> (u64, usize, usize) {
         unknowable: HashSet::new(),
         violations: Vec::new(),
         rng: StdRng::seed_from_u64(seed),
+        start,
         log: Vec::new(),
         refreshes: 0,
     };
