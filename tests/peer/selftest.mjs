@@ -476,6 +476,140 @@ try {
     expectTokens((await codeFlow({ clientId: 'public-app', exchange: (f) => token({ ...f, client_id: 'public-app' }) })).res);
   });
 
+  const sha256 = (value) => createHash('sha256').update(value).digest('hex');
+  /** [grantId, record] of the grant whose newest refresh token is `rt`. */
+  async function grantOf(rt) {
+    const { grants } = await hookOk('GET', 'grants');
+    const found = Object.entries(grants).filter(([, g]) => g.last_refresh_token_sha256 === sha256(rt));
+    assert.equal(found.length, 1, `no single grant with that refresh token in ${JSON.stringify(grants)}`);
+    return found[0];
+  }
+
+  await check('grants hook: code + 2 refreshes -> issued 3, last hash; survives reset; reuse -> revoked "reuse"', async () => {
+    const cleared = await hookOk('DELETE', 'grants');
+    assert.equal(typeof cleared.cleared, 'number');
+    assert.deepEqual(await hookOk('GET', 'grants'), { grants: {} });
+    const started = Date.now();
+    const { res } = await codeFlow({ clientId: 'public-app', exchange: (f) => token({ ...f, client_id: 'public-app' }) });
+    const t0 = expectTokens(res);
+    const refresh = (rt) => token({ grant_type: 'refresh_token', refresh_token: rt, client_id: 'public-app' });
+    const t1 = expectTokens(await refresh(t0.refresh_token));
+    const t2 = expectTokens(await refresh(t1.refresh_token));
+
+    await hookOk('POST', 'reset'); // must not clear the grants record
+    const { grants } = await hookOk('GET', 'grants');
+    const ids = Object.keys(grants);
+    assert.equal(ids.length, 1, JSON.stringify(grants));
+    const grantId = ids[0];
+    const g = grants[grantId];
+    assert.deepEqual(Object.keys(g).sort(), [
+      'account', 'client_id', 'issued', 'last_issued_at', 'last_refresh_token_sha256', 'revoked', 'revoked_at',
+      'revoked_reason', 'reused_refresh_token_sha256', 'reused_token_consumed_at', 'reused_token_issued_at',
+    ].sort());
+    assert.equal(g.client_id, 'public-app');
+    assert.equal(g.account, 'test-user');
+    assert.equal(g.issued, 3);
+    assert.equal(g.last_refresh_token_sha256, sha256(t2.refresh_token));
+    assert.ok(g.last_issued_at >= started && g.last_issued_at <= Date.now(), String(g.last_issued_at));
+    assert.equal(g.revoked, false);
+    assert.equal(g.revoked_at, null);
+    assert.equal(g.revoked_reason, null);
+    assert.equal(g.reused_refresh_token_sha256, null);
+
+    // grantId is oidc-provider's: the same key as stats.refresh_by_grant
+    expectTokens(await refresh(t2.refresh_token)).refresh_token;
+    assert.deepEqual(Object.keys((await hookOk('GET', 'stats')).refresh_by_grant), [grantId]);
+
+    const beforeReuse = Date.now();
+    expectError(await refresh(t1.refresh_token), 400, 'invalid_grant'); // t1 was rotated: reuse
+    const r = (await hookOk('GET', 'grants')).grants[grantId];
+    assert.equal(r.revoked, true);
+    assert.equal(r.revoked_reason, 'reuse');
+    assert.ok(r.revoked_at >= beforeReuse, String(r.revoked_at));
+    assert.equal(r.reused_refresh_token_sha256, sha256(t1.refresh_token));
+    assert.ok(r.reused_token_issued_at >= started && r.reused_token_issued_at <= r.reused_token_consumed_at,
+      JSON.stringify(r));
+    assert.ok(r.reused_token_consumed_at < beforeReuse, JSON.stringify(r));
+    assert.equal(r.issued, 4);
+    // a later failure on the revoked grant does not overwrite the first revocation
+    expectError(await refresh(t0.refresh_token), 400, 'invalid_grant');
+    assert.deepEqual((await hookOk('GET', 'grants')).grants[grantId], r);
+  });
+
+  await check('grants hook: concurrent reuse, device flow, code reuse, revocation endpoint, revoke-grants, DELETE', async () => {
+    const refresh = (rt, clientId = 'public-app') => token({ grant_type: 'refresh_token', refresh_token: rt, client_id: clientId });
+
+    // 20 concurrent uses of one RT: one rotation, one revocation by reuse of that RT
+    const t0 = expectTokens((await codeFlow({ clientId: 'public-app', exchange: (f) => token({ ...f, client_id: 'public-app' }) })).res);
+    const [gid] = await grantOf(t0.refresh_token);
+    const results = await Promise.all(Array.from({ length: 20 }, () => refresh(t0.refresh_token)));
+    assert.equal(results.filter((x) => x.status === 200).length, 1);
+    let g = (await hookOk('GET', 'grants')).grants[gid];
+    assert.equal(g.issued, 2);
+    assert.equal(g.revoked_reason, 'reuse');
+    assert.equal(g.reused_refresh_token_sha256, sha256(t0.refresh_token));
+    assert.equal(typeof g.reused_token_consumed_at, 'number');
+
+    // device_code grant issues (and refreshes) into the record too
+    const da = await postForm(DISCOVERY.device_authorization_endpoint, { client_id: 'device-app', scope: 'openid' });
+    await hookOk('POST', 'device/approve', { user_code: da.json.user_code });
+    const poll = () => token({ grant_type: DEVICE_GRANT, device_code: da.json.device_code, client_id: 'device-app' });
+    const d0 = expectTokens(await poll());
+    const [did, d] = await grantOf(d0.refresh_token);
+    assert.equal(d.issued, 1);
+    assert.equal(d.client_id, 'device-app');
+    const d1 = expectTokens(await refresh(d0.refresh_token, 'device-app'));
+    assert.equal((await grantOf(d1.refresh_token))[0], did);
+    expectError(await poll(), 400, 'invalid_grant'); // device code reuse: reason "reuse", no RT involved
+    g = (await hookOk('GET', 'grants')).grants[did];
+    assert.equal(g.issued, 2);
+    assert.equal(g.revoked_reason, 'reuse');
+    assert.equal(g.reused_refresh_token_sha256, null);
+
+    // authorization code reuse
+    const flow = await codeFlow({ clientId: 'public-app' });
+    const exchange = () => token({
+      grant_type: 'authorization_code', code: flow.q.code, redirect_uri: REDIRECT, client_id: 'public-app', code_verifier: flow.verifier,
+    });
+    const c0 = expectTokens(await exchange());
+    const [cid] = await grantOf(c0.refresh_token);
+    expectError(await exchange(), 400, 'invalid_grant');
+    g = (await hookOk('GET', 'grants')).grants[cid];
+    assert.equal(g.revoked, true, 'code reuse should revoke the grant');
+    assert.equal(g.revoked_reason, 'reuse');
+    assert.equal(g.reused_refresh_token_sha256, null);
+
+    // RFC 7009 revocation of a refresh token
+    const creds = { client_id: 'conf-post', client_secret: 'post-secret' };
+    const p0 = expectTokens((await codeFlow({ clientId: 'conf-post', exchange: (f) => token({ ...f, ...creds }) })).res);
+    const [pid] = await grantOf(p0.refresh_token);
+    assert.equal((await postForm(DISCOVERY.revocation_endpoint, { ...creds, token: p0.refresh_token })).status, 200);
+    g = (await hookOk('GET', 'grants')).grants[pid];
+    assert.equal(g.revoked_reason, 'revocation');
+    assert.equal(g.client_id, 'conf-post');
+    assert.equal(g.reused_refresh_token_sha256, null);
+
+    // the revoke-grants hook
+    await hookOk('POST', 'config', { account: 'grant-hook-user' });
+    let h0;
+    try {
+      h0 = expectTokens((await codeFlow({ clientId: 'public-app', exchange: (f) => token({ ...f, client_id: 'public-app' }) })).res);
+    } finally {
+      await hookOk('POST', 'config', { account: 'test-user' });
+    }
+    const [hid, h] = await grantOf(h0.refresh_token);
+    assert.equal(h.account, 'grant-hook-user');
+    assert.equal((await hookOk('POST', 'revoke-grants', { account: 'grant-hook-user' })).revoked, 1);
+    g = (await hookOk('GET', 'grants')).grants[hid];
+    assert.equal(g.revoked_reason, 'hook');
+    assert.equal(typeof g.revoked_at, 'number');
+
+    // DELETE clears the record
+    const { grants } = await hookOk('GET', 'grants');
+    assert.deepEqual(await hookOk('DELETE', 'grants'), { cleared: Object.keys(grants).length });
+    assert.deepEqual(await hookOk('GET', 'grants'), { grants: {} });
+  });
+
   await check('faults: 429 + Retry-After, 503, then success; grant_type filter; delay; stats', async () => {
     await hookOk('POST', 'reset');
     const { res } = await codeFlow({ clientId: 'public-app', exchange: (f) => token({ ...f, client_id: 'public-app' }) });

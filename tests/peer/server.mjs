@@ -9,7 +9,7 @@
 // Everything else (oidc-provider notices, warnings, errors) goes to stderr.
 // See README.md for the hooks.
 
-import { randomBytes, generateKeyPairSync } from 'node:crypto';
+import { createHash, randomBytes, generateKeyPairSync } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 
@@ -80,6 +80,83 @@ function noteClientAuth(ctx, params) {
 }
 
 const bump = (map, key) => { map[key] = (map[key] ?? 0) + 1; };
+
+// ---------------------------------------------------------------------------
+// Grants record (GET /__test/grants): every refresh token issued, per grant,
+// and how each grant was revoked. Survives POST /__test/reset; cleared only by
+// DELETE /__test/grants. Tokens are kept as hex SHA-256 digests only.
+// ---------------------------------------------------------------------------
+
+const sha256 = (value) => createHash('sha256').update(value, 'utf8').digest('hex');
+
+/** grantId -> record (the JSON shape of GET /__test/grants) */
+let grantRecords = new Map();
+/** sha256(refresh token) -> { grantId, issued_at, consumed_at } (ms epoch | null) */
+let refreshTokenIndex = new Map();
+
+function grantRecord(grantId, { clientId, accountId } = {}) {
+  let record = grantRecords.get(grantId);
+  if (!record) {
+    record = {
+      client_id: null,
+      account: null,
+      issued: 0,
+      last_refresh_token_sha256: null,
+      last_issued_at: null,
+      revoked: false,
+      revoked_at: null,
+      revoked_reason: null,
+      reused_refresh_token_sha256: null,
+      reused_token_issued_at: null,
+      reused_token_consumed_at: null,
+    };
+    grantRecords.set(grantId, record);
+  }
+  record.client_id ??= clientId ?? null;
+  record.account ??= accountId ?? null;
+  return record;
+}
+
+function refreshTokenEntry(hash, grantId) {
+  let entry = refreshTokenIndex.get(hash);
+  if (!entry) {
+    entry = { grantId: grantId ?? null, issued_at: null, consumed_at: null };
+    refreshTokenIndex.set(hash, entry);
+  }
+  return entry;
+}
+
+/** A refresh token reached a token response (authorization_code, device_code or refresh_token grant). */
+function noteRefreshTokenIssued(grantId, value, { clientId, accountId }) {
+  const now = Date.now();
+  const hash = sha256(value);
+  const record = grantRecord(grantId, { clientId, accountId });
+  record.issued += 1;
+  record.last_refresh_token_sha256 = hash;
+  record.last_issued_at = now;
+  const entry = refreshTokenEntry(hash, grantId);
+  entry.grantId = grantId;
+  entry.issued_at = now;
+}
+
+/**
+ * A grant was revoked. Only the first revocation of a grant is recorded.
+ * `reusedToken` is the consumed refresh token whose presentation revoked it.
+ */
+function noteGrantRevoked(grantId, reason, { clientId, accountId, reusedToken } = {}) {
+  const record = grantRecord(grantId, { clientId, accountId });
+  if (record.revoked) return;
+  record.revoked = true;
+  record.revoked_at = Date.now();
+  record.revoked_reason = reason;
+  if (typeof reusedToken === 'string' && reusedToken) {
+    const hash = sha256(reusedToken);
+    const entry = refreshTokenIndex.get(hash);
+    record.reused_refresh_token_sha256 = hash;
+    record.reused_token_issued_at = entry?.issued_at ?? null;
+    record.reused_token_consumed_at = entry?.consumed_at ?? null;
+  }
+}
 
 // ---------------------------------------------------------------------------
 // Provider configuration
@@ -302,11 +379,51 @@ provider.on('grant.success', (ctx) => {
     bump(stats.refresh_by_grant, ctx.oidc.entities.RefreshToken?.grantId ?? 'unknown');
     bump(stats.refresh_by_client, ctx.oidc.client.clientId);
   }
+  // grant.success is emitted after the grant handler has built the response
+  // body, so body.refresh_token is exactly the string the client receives.
+  // For all three grants that issue refresh tokens, the RefreshToken entity is
+  // the newly issued token (opaque format: its jti *is* the token value); the
+  // adapter lookup is a fallback that does not depend on that detail.
+  const value = ctx.body?.refresh_token;
+  if (typeof value !== 'string') return;
+  const rt = ctx.oidc.entities.RefreshToken;
+  const stored = store.get(`RefreshToken:${value}`);
+  const grantId = (rt?.jti === value ? rt.grantId : undefined) ?? stored?.grantId ?? ctx.oidc.entities.Grant?.jti;
+  if (!grantId) {
+    console.error(`peer: issued a refresh token (${gt}) without a known grantId`);
+    return;
+  }
+  noteRefreshTokenIssued(grantId, value, {
+    clientId: ctx.oidc.client.clientId,
+    accountId: rt?.accountId ?? stored?.accountId ?? ctx.oidc.entities.Account?.accountId,
+  });
 });
 provider.on('grant.error', (ctx) => {
   bump(stats.token_errors, ctx.oidc?.params?.grant_type ?? ctx.oidc?.body?.grant_type ?? 'unknown');
 });
-provider.on('grant.revoked', () => { stats.grants_revoked += 1; });
+// Model events receive the token instance; an opaque token's jti is its value.
+// Emitted when a refresh token is rotated (marked consumed), before the new one is saved.
+provider.on('refresh_token.consumed', (token) => {
+  const entry = refreshTokenEntry(sha256(token.jti), token.grantId);
+  entry.consumed_at ??= Date.now();
+});
+// oidc-provider revokes a grant (and emits this) on the token endpoint when a
+// consumed refresh token, authorization code or device code is presented again,
+// and on the revocation endpoint when a refresh token is revoked. The
+// revoke-grants hook bypasses oidc-provider and records its revocations itself.
+provider.on('grant.revoked', (ctx, grantId) => {
+  stats.grants_revoked += 1;
+  const { oidc } = ctx;
+  const entities = oidc?.entities ?? {};
+  const atToken = oidc?.route === 'token';
+  noteGrantRevoked(grantId, atToken ? 'reuse' : 'revocation', {
+    clientId: oidc?.client?.clientId,
+    accountId: entities.Account?.accountId ?? entities.RefreshToken?.accountId,
+    // the refresh_token form field, read by the token front door (handleToken)
+    reusedToken: atToken && oidc.params?.grant_type === 'refresh_token'
+      ? (ctx.state.peerRefreshToken ?? oidc.params.refresh_token) : undefined,
+  });
+});
 provider.on('authorization.success', () => { stats.authorizations += 1; });
 provider.on('device_authorization.success', (_ctx, body) => {
   stats.device_authorizations += 1;
@@ -421,6 +538,7 @@ function revokeGrants(body) {
   for (const { id, payload } of store.all('Grant')) {
     if (body.account !== undefined && payload.accountId !== body.account) continue;
     store.revokeGrant(id);
+    noteGrantRevoked(id, 'hook', { clientId: payload.clientId, accountId: payload.accountId });
     revoked += 1;
   }
   stats.grants_revoked += revoked;
@@ -458,6 +576,14 @@ async function handleHook(ctx) {
       secretsSeen = new Set();
       faults = [];
       return sendJson(ctx, 200, { reset: true });
+    case 'GET /__test/grants':
+      return sendJson(ctx, 200, { grants: Object.fromEntries(grantRecords) });
+    case 'DELETE /__test/grants': {
+      const cleared = grantRecords.size;
+      grantRecords = new Map();
+      refreshTokenIndex = new Map();
+      return sendJson(ctx, 200, { cleared });
+    }
     case 'POST /__test/revoke-grants':
       return sendJson(ctx, 200, revokeGrants(await readJson(ctx)));
     default:
@@ -531,6 +657,8 @@ async function handleToken(ctx, next) {
   const params = new URLSearchParams(raw.toString('utf8'));
   const grantType = params.get('grant_type') ?? 'unknown';
   bump(stats.token_requests, grantType);
+  // The presented refresh token, for the grants record when its reuse revokes the grant.
+  if (grantType === 'refresh_token') ctx.state.peerRefreshToken = params.get('refresh_token') ?? undefined;
 
   const fault = takeFault(grantType);
   if (fault?.delay_ms) await sleep(fault.delay_ms);
