@@ -99,10 +99,6 @@ if [ -f tests/peer/selftest.mjs ]; then
   log "OAuth test peer self-test"
   node tests/peer/selftest.mjs
 fi
-if [ -f tests/peer/faultproxy-selftest.mjs ]; then
-  log "fault proxy self-test"
-  node tests/peer/faultproxy-selftest.mjs
-fi
 
 if [ "${SKIP_CARGO_TEST:-0}" = 1 ]; then
   exit 0

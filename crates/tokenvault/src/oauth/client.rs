@@ -212,21 +212,31 @@ impl Default for OAuthClientConfig {
 #[derive(Debug, Clone)]
 pub struct OAuthClient {
     http: reqwest::Client,
+    request_timeout: Duration,
 }
+
+/// How long an answer may still be taken after [`OAuthClientConfig::request_timeout`]
+/// ran out (at most a quarter of it).
+const LATE_ANSWER_GRACE: Duration = Duration::from_secs(1);
 
 impl OAuthClient {
     pub fn new(config: OAuthClientConfig) -> Result<Self, OAuthError> {
         let mut headers = HeaderMap::new();
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        // reqwest's own timeout is only a backstop: `execute` enforces
+        // `request_timeout` itself (see there).
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
-            .timeout(config.request_timeout)
+            .timeout(config.request_timeout + LATE_ANSWER_GRACE + Duration::from_secs(1))
             .user_agent(config.user_agent)
             .default_headers(headers)
             .build()
             .map_err(|e| OAuthError::Config(format!("building HTTP client: {e}")))?;
-        Ok(Self { http })
+        Ok(Self {
+            http,
+            request_timeout: config.request_timeout,
+        })
     }
 
     /// The underlying HTTP client (no redirects, `Accept: application/json`,
@@ -496,7 +506,31 @@ impl OAuthClient {
         self.execute(req).await
     }
 
+    /// Sends `req` and reads the answer within `request_timeout`. When the
+    /// time runs out, the answer still gets a short last chance: if this
+    /// process was stopped meanwhile (SIGSTOP, a paused VM, a long stall),
+    /// the provider's answer may be sitting unread in the socket, and
+    /// dropping it would lose a rotated refresh token for good. reqwest's
+    /// own timeout would win that race (it checks the clock before the
+    /// connection); this one polls the call first.
     async fn execute(&self, req: reqwest::RequestBuilder) -> Result<RawResponse, OAuthError> {
+        let call = self.execute_unbounded(req);
+        tokio::pin!(call);
+        match tokio::time::timeout(self.request_timeout, &mut call).await {
+            Ok(result) => result,
+            Err(_) => {
+                let grace = LATE_ANSWER_GRACE.min(self.request_timeout / 4);
+                tokio::time::timeout(grace, &mut call)
+                    .await
+                    .unwrap_or(Err(OAuthError::Timeout))
+            }
+        }
+    }
+
+    async fn execute_unbounded(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<RawResponse, OAuthError> {
         let mut resp = req.send().await.map_err(OAuthError::from_reqwest)?;
         let status = resp.status().as_u16();
         let headers = resp.headers();
