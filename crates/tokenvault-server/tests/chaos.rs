@@ -258,6 +258,8 @@ struct ProxyState {
     reused: Vec<String>,
     applied: BTreeMap<String, u64>,
     requests: u64,
+    /// Refresh requests received and not yet answered.
+    in_flight: u64,
 }
 
 /// A TCP fault proxy of our own between the service and the peer's token
@@ -347,6 +349,15 @@ fn json_field(body: &[u8], field: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&body[start..end]).into_owned())
 }
 
+/// Counts a refresh request in [`ProxyState::in_flight`] until dropped.
+struct InFlight<'a>(&'a Mutex<ProxyState>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().in_flight -= 1;
+    }
+}
+
 /// Makes dropping `stream` send a TCP RST instead of a FIN.
 #[allow(deprecated)] // A zero linger never blocks on drop; it only resets.
 fn reset(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
@@ -396,6 +407,7 @@ async fn proxy_one(
         Some(_) => {
             let mut state = state.lock().unwrap();
             state.requests += 1;
+            state.in_flight += 1;
             let mut chosen = None;
             for index in 0..state.rules.len() {
                 state.rng ^= state.rng << 13;
@@ -424,6 +436,7 @@ async fn proxy_one(
             chosen
         }
     };
+    let in_flight = presented.as_ref().map(|_| InFlight(state));
     match action {
         Some(Action::ResetBefore) => {
             reset(&client)?;
@@ -480,6 +493,7 @@ async fn proxy_one(
     server.write_all(&body).await?;
     let mut answer = Vec::new();
     server.read_to_end(&mut answer).await?;
+    drop(in_flight);
     let issued = json_field(&answer, "refresh_token");
     if let (Some(presented), Some(issued)) = (&presented, &issued) {
         state
@@ -1187,8 +1201,13 @@ async fn an_instance_paused_past_the_lease_revokes_nothing() {
         assert!(Instant::now() < deadline, "no refresh started");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // …and is frozen mid-work for longer than its 30 s lease, while node 1
-    // takes over what it can.
+    // …and is frozen mid-work — with a refresh at the provider, whose answer
+    // arrives while it is stopped — for longer than its 30 s lease, while
+    // node 1 takes over what it can.
+    while chaos.proxy.state.lock().unwrap().in_flight == 0 {
+        assert!(Instant::now() < deadline, "no refresh in flight");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     chaos.nodes[0].signal("-STOP");
     chaos.start(1).await;
     tokio::time::sleep(Duration::from_secs(35)).await;

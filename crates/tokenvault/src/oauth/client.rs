@@ -211,6 +211,10 @@ impl Default for OAuthClientConfig {
 /// us re-send credentials or lose the POST body).
 #[derive(Debug, Clone)]
 pub struct OAuthClient {
+    /// For the OAuth calls themselves: no whole-request timeout of its own
+    /// (`execute` enforces it, see there).
+    oauth: reqwest::Client,
+    /// For auxiliary calls (discovery, the API proxy): reqwest's timeouts.
     http: reqwest::Client,
     request_timeout: Duration,
 }
@@ -223,17 +227,25 @@ impl OAuthClient {
     pub fn new(config: OAuthClientConfig) -> Result<Self, OAuthError> {
         let mut headers = HeaderMap::new();
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-        // reqwest's own timeout is only a backstop: `execute` enforces
-        // `request_timeout` itself (see there).
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.request_timeout + LATE_ANSWER_GRACE + Duration::from_secs(1))
-            .user_agent(config.user_agent)
-            .default_headers(headers)
+        let builder = || {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(config.connect_timeout)
+                .user_agent(config.user_agent.clone())
+                .default_headers(headers.clone())
+        };
+        let build_error =
+            |e: reqwest::Error| OAuthError::Config(format!("building HTTP client: {e}"));
+        // No reqwest timeout here: it checks its clock before the
+        // connection, so after a pause it would drop an answer already
+        // received. `execute` bounds every call instead.
+        let oauth = builder().build().map_err(build_error)?;
+        let http = builder()
+            .timeout(config.request_timeout)
             .build()
-            .map_err(|e| OAuthError::Config(format!("building HTTP client: {e}")))?;
+            .map_err(build_error)?;
         Ok(Self {
+            oauth,
             http,
             request_timeout: config.request_timeout,
         })
@@ -443,7 +455,7 @@ impl OAuthClient {
             .map_err(|_| OAuthError::Config("unencodable Authorization header".into()))?;
         value.set_sensitive(true);
         let req = self
-            .http
+            .oauth
             .get(url.clone())
             .header(header::AUTHORIZATION, value);
         let raw = self.execute(req).await?;
@@ -487,7 +499,7 @@ impl OAuthClient {
         extra_params: &[(String, String)],
         format: TokenRequestFormat,
     ) -> Result<RawResponse, OAuthError> {
-        let req = self.http.post(url.clone());
+        let req = self.oauth.post(url.clone());
         let req = auth.apply(req, &mut params)?;
         let mut pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
         pairs.extend(extra_params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
