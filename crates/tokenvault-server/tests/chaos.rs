@@ -766,11 +766,19 @@ impl Chaos {
     }
 
     fn unknown_outcomes(&self) -> usize {
-        self.nodes
-            .iter()
-            .flat_map(Node::logs)
-            .filter(|line| line.contains("refresh outcome unknown"))
-            .count()
+        let (transport, crash) = self.unknown_outcomes_by_reason();
+        transport + crash
+    }
+
+    /// Outcomes tokenvault logged as unknown: answers lost on the wire (or
+    /// late), and calls of a killed process found unanswered in its journal.
+    fn unknown_outcomes_by_reason(&self) -> (usize, usize) {
+        let lines: Vec<String> = self.nodes.iter().flat_map(Node::logs).collect();
+        let count = |what: &str| lines.iter().filter(|l| l.contains(what)).count();
+        (
+            count("refresh outcome unknown: the request may have reached the provider"),
+            count("refresh outcome unknown: a stopped process presented"),
+        )
     }
 
     /// Every stored connection, tokens opened.
@@ -953,8 +961,9 @@ impl Chaos {
         }
         let counts = self.counts().await;
         let unknown = self.unknown_outcomes();
+        let (lost_on_the_wire, lost_in_a_crash) = self.unknown_outcomes_by_reason();
         report(format!(
-            "{scenario}: connections={} refreshes={} revoked={} (unexplained {}, peer says {}) lost={} (unexplained {}, peer says {}) wrongly_needs_reauth={} unknown_outcomes={} statuses={:?} reads={} reads_5xx_with_valid_token={} reads_500={} reads_5xx={:?}",
+            "{scenario}: connections={} refreshes={} revoked={} (unexplained {}, peer says {}) lost={} (unexplained {}, peer says {}) wrongly_needs_reauth={} unknown_outcomes={} (on the wire {}, in a crash {}) statuses={:?} reads={} reads_5xx_with_valid_token={} reads_500={} reads_5xx={:?}",
             self.initial.len(),
             counts.refreshed,
             counts.revoked,
@@ -965,6 +974,8 @@ impl Chaos {
             counts.peer_lost,
             counts.wrongly_needs_reauth,
             unknown,
+            lost_on_the_wire,
+            lost_in_a_crash,
             counts.statuses,
             readers.total.load(Ordering::Relaxed),
             readers.unexpected.load(Ordering::Relaxed),
@@ -1054,6 +1065,25 @@ struct ReaderStats {
     last_ok: Mutex<Option<Instant>>,
 }
 
+/// Whether the connection's stored access token is valid for a few more
+/// seconds (by the status API, which reads the database).
+async fn valid_token_stored(client: &reqwest::Client, base: &str, user: &str) -> bool {
+    let Ok(response) = client
+        .get(format!("{base}/v1/users/{user}/connections/{CLIENT}"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+    else {
+        return false;
+    };
+    let body: Value = response.json().await.unwrap_or_default();
+    body["expires_at"]
+        .as_str()
+        .and_then(|at| at.parse::<chrono::DateTime<chrono::Utc>>().ok())
+        .is_some_and(|at| at > chrono::Utc::now() + chrono::Duration::seconds(2))
+        && body["status"] == "connected"
+}
+
 /// Reads tokens of random users from random running nodes until `stop`.
 fn spawn_readers(
     bases: Vec<String>,
@@ -1088,19 +1118,19 @@ fn spawn_readers(
             } else if status >= 500 {
                 let body: Value = response.json().await.unwrap_or_default();
                 let code = body["error"].as_str().unwrap_or("?").to_owned();
+                let mut label = format!("{status} {code}");
                 if status == 500 {
                     stats.internal.fetch_add(1, Ordering::Relaxed);
                 } else if code == "database_unavailable" {
                     *stats.last_db_error.lock().unwrap() = Some(Instant::now());
-                } else {
+                } else if valid_token_stored(&client, base, user).await {
+                    // The stored token was still valid: it should have been
+                    // handed out.
                     stats.unexpected.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    label.push_str(" (no valid token stored)");
                 }
-                *stats
-                    .unavailable
-                    .lock()
-                    .unwrap()
-                    .entry(format!("{status} {code}"))
-                    .or_default() += 1;
+                *stats.unavailable.lock().unwrap().entry(label).or_default() += 1;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -1290,7 +1320,7 @@ async fn postgres_outages_lose_nothing_and_heal_within_five_seconds() {
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let bases = chaos.nodes.iter().map(Node::base).collect();
     let readers = spawn_readers(bases, chaos.users.clone(), Arc::clone(&stats), stopping);
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     for outage in [20, size(60, 2) as u64] {
         pg.down();
         let stopped_at = Instant::now();
@@ -1340,8 +1370,8 @@ async fn postgres_outages_lose_nothing_and_heal_within_five_seconds() {
                 .unwrap();
             assert_eq!(ready.status(), 200);
         }
-        // A while of normal work after the outage.
-        tokio::time::sleep(Duration::from_secs(12)).await;
+        // A while of normal work after the outage (a round of refreshes).
+        tokio::time::sleep(Duration::from_secs(size(6, 2) as u64)).await;
     }
     let _ = stop.send(true);
     readers.await.unwrap();
@@ -1464,15 +1494,11 @@ async fn lost_answers_are_counted_as_unknown_and_nothing_else_is_lost() {
     ]);
     let stats = Arc::new(ReaderStats::default());
     let all = chaos
-        .wait_refreshed(2, Duration::from_secs(size(120, 2) as u64))
+        .wait_refreshed(1, Duration::from_secs(size(90, 2) as u64))
         .await;
     let proxy = chaos.proxy.stats();
     report(format!("lost answers: proxy {proxy}"));
-    assert!(
-        all,
-        "not every connection was refreshed twice\n{}",
-        chaos.logs()
-    );
+    assert!(all, "not every connection was refreshed\n{}", chaos.logs());
     chaos
         .check(
             "lost answers and a provider slower than the timeout",

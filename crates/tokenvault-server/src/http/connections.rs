@@ -87,7 +87,9 @@ pub(super) fn key_of(raw: &str) -> Result<IntegrationKey, ApiError> {
 #[into_params(parameter_in = Query)]
 pub struct TokenQuery {
     /// The token must stay valid at least this many seconds; a token that
-    /// would not is refreshed first.
+    /// would not is refreshed first (unless the provider's tokens live
+    /// shorter than this: then the freshest one is returned, see the
+    /// operation's description).
     #[param(value_type = u64, required = false, minimum = 0, maximum = 86400, default = 60)]
     min_ttl: Option<String>,
 }
@@ -165,14 +167,14 @@ pub struct IntegrationReset {
     path = "/v1/users/{user_id}/connections/{integration}/token",
     tag = "connections",
     summary = "A valid access token for the user's connection",
-    description = "Refreshed first when it would expire within `min_ttl` (once across all instances). While the provider is down or the circuit is open, a still-valid token is returned.",
+    description = "Refreshed first when it would expire within `min_ttl` (once across all instances), and only when a refresh can improve the answer: a `min_ttl` longer than the lifetime the provider gives its tokens (measured at the last refresh) is not met by refreshing on every call — the fresh token is returned with its true `expires_at`, and refreshed again once less than half a lifetime is left. While the provider is down or the circuit is open, a still-valid token is returned.",
     params(
         ("user_id" = UserId, Path, description = "The application's id for its user"),
         ("integration" = IntegrationKey, Path, description = "A configured integration"),
         TokenQuery,
     ),
     responses(
-        (status = 200, description = "A token valid for at least `min_ttl` seconds", body = AccessTokenBody),
+        (status = 200, description = "A token valid for at least `min_ttl` seconds, or the freshest the provider issues when its tokens live shorter (see `expires_at`)", body = AccessTokenBody),
         (status = 400, description = "`invalid_user_id`, `invalid_min_ttl`, `invalid_query` (e.g. a repeated parameter), `invalid_path` (a path segment that is not UTF-8)", body = ErrorBody),
         (status = 404, description = "`unknown_integration`, `connection_not_found`", body = ErrorBody),
         (status = 409, description = "`needs_reauth`: the grant was revoked or expired; send the user through a connect session again", body = ErrorBody),

@@ -24,7 +24,7 @@ const FORBIDDEN: &str = "Forbidden";
 const TOO_LARGE: &str = "PayloadTooLarge";
 const UNAVAILABLE: &str = "ServiceUnavailable";
 /// What the router's own layers may answer with 503, on any operation.
-const LAYER_503: &str = "`request_timeout` (the request ran longer than `request_timeout_secs`), `database_unavailable` (the API key could not be checked)";
+const LAYER_503: &str = "`request_timeout` (the request ran longer than `request_timeout_secs`), `database_unavailable` (the database is unreachable: the API key could not be checked, or the operation needs the database; retry after `Retry-After`)";
 
 #[derive(OpenApi)]
 #[openapi(

@@ -831,7 +831,11 @@ impl Vault {
             }
             // R2/R3: present only under a lease validated against the row
             // as it is now (same version, still ours), extended to cover the
-            // unresolved call however long this process stalls.
+            // unresolved call however long this process stalls. The intent
+            // is journaled first: a process killed between the two leaves
+            // an intent its successor settles, never an in-flight lease
+            // nobody knows about.
+            self.journal().intent(record.id, record.version);
             let now = self.clock().now();
             let renewed = self
                 .store()
@@ -843,7 +847,9 @@ impl Vault {
                 )
                 .await;
             self.observe_db(&renewed);
-            if !renewed? {
+            let renewed = renewed.inspect_err(|_| self.journal().settle(record.id))?;
+            if !renewed {
+                self.journal().settle(record.id);
                 metrics::counter!("tokenvault_refresh_lease_lost_total").increment(1);
                 tracing::info!(connection = %record.id, "the connection changed while it waited to be refreshed; its old refresh token is not presented");
                 return Err(TokenError::ProviderUnavailable {
@@ -851,7 +857,6 @@ impl Vault {
                     retry_after: Some(Duration::from_secs(1)),
                 });
             }
-            self.journal().intent(record.id, record.version);
             let started = Instant::now();
             let result = integration
                 .refresh(&refresh_token, &record.scopes, self.clock().now())
