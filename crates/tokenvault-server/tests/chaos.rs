@@ -1376,7 +1376,11 @@ async fn postgres_outages_lose_nothing_and_heal_within_five_seconds() {
     let _ = stop.send(true);
     readers.await.unwrap();
     chaos
-        .check("postgres stopped 20 s and 60 s", &stats, false)
+        .check(
+            &format!("postgres stopped 20 s and {} s", size(60, 2)),
+            &stats,
+            false,
+        )
         .await;
 }
 
