@@ -223,6 +223,9 @@ impl Journal {
             read_orphan(&file, &mut state)?;
             state.orphans.push((path, file));
         }
+        // Journals of processes that stopped with nothing left to do go at
+        // once (every restart leaves one).
+        delete_drained_orphans(&mut state);
         let name = format!(
             "{}.journal",
             owner.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
@@ -516,6 +519,24 @@ mod tests {
             !left.iter().any(|name| name.starts_with("instance-dead")),
             "the drained orphan is deleted: {left:?}"
         );
+    }
+
+    #[test]
+    fn journals_of_processes_that_stopped_clean_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in 0..3 {
+            let stopped = Journal::open(dir.path(), &format!("instance-{n}")).unwrap();
+            let id = ConnectionId::new();
+            stopped.intent(id, 1);
+            stopped.answer(id, 1, &update("rt"));
+            stopped.stored(id);
+        }
+        let _current = Journal::open(dir.path(), "instance-current").unwrap();
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, vec!["instance-current.journal".to_owned()]);
     }
 
     #[test]
