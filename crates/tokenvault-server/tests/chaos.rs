@@ -753,9 +753,6 @@ impl Chaos {
         use futures::StreamExt;
         flows.buffer_unordered(8).collect::<Vec<()>>().await;
         self.users.extend(users);
-        self.peer
-            .hook("config", json!({"access_token_ttl": ttl}))
-            .await;
         self.initial = self
             .stored()
             .await
@@ -1065,6 +1062,35 @@ struct ReaderStats {
     last_ok: Mutex<Option<Instant>>,
 }
 
+/// Token readers running against every node until stopped.
+struct Readers {
+    stats: Arc<ReaderStats>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Readers {
+    fn stats(&self) -> &ReaderStats {
+        &self.stats
+    }
+
+    async fn stop(self) -> Arc<ReaderStats> {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap();
+        self.stats
+    }
+}
+
+impl Chaos {
+    fn start_readers(&self) -> Readers {
+        let stats = Arc::new(ReaderStats::default());
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let bases = self.nodes.iter().map(Node::base).collect();
+        let task = spawn_readers(bases, self.users.clone(), Arc::clone(&stats), stopping);
+        Readers { stats, stop, task }
+    }
+}
+
 /// Whether the connection's stored access token is valid for a few more
 /// seconds (by the status API, which reads the database).
 async fn valid_token_stored(client: &reqwest::Client, base: &str, user: &str) -> bool {
@@ -1166,13 +1192,9 @@ async fn a_backlog_with_unequal_rate_limits_and_skewed_clocks_revokes_nothing() 
     chaos.peer.hook("reset", json!({})).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     chaos.start(1).await;
-    let stats = Arc::new(ReaderStats::default());
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let bases = chaos.nodes.iter().map(Node::base).collect();
-    let readers = spawn_readers(bases, chaos.users.clone(), Arc::clone(&stats), stopping);
+    let readers = chaos.start_readers();
     let all = chaos.wait_refreshed(1, Duration::from_secs(90)).await;
-    let _ = stop.send(true);
-    readers.await.unwrap();
+    let stats = readers.stop().await;
     assert!(all, "not every connection was refreshed\n{}", chaos.logs());
     chaos
         .check("backlog 1/s vs 50/s, skewed clock", &stats, false)
@@ -1272,10 +1294,7 @@ async fn kill_nine_at_random_moments_loses_no_token() {
             150,
         )))]);
     chaos.connect(size(60, 3), setup.access_ttl).await;
-    let stats = Arc::new(ReaderStats::default());
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let bases = chaos.nodes.iter().map(Node::base).collect();
-    let readers = spawn_readers(bases, chaos.users.clone(), Arc::clone(&stats), stopping);
+    let readers = chaos.start_readers();
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
     let mut next = move || {
         seed ^= seed << 13;
@@ -1293,8 +1312,7 @@ async fn kill_nine_at_random_moments_loses_no_token() {
     }
     // Everything due gets refreshed by the survivors and the restarted.
     tokio::time::sleep(Duration::from_secs(12)).await;
-    let _ = stop.send(true);
-    readers.await.unwrap();
+    let stats = readers.stop().await;
     report(format!("kill -9: {kills} kills"));
     // A kill can land between the provider's answer and its journaling:
     // that is the unknowable case, counted by the restarted instance.
@@ -1316,10 +1334,7 @@ async fn postgres_outages_lose_nothing_and_heal_within_five_seconds() {
     chaos.start(0).await;
     chaos.start(1).await;
     chaos.connect(40, setup.access_ttl).await;
-    let stats = Arc::new(ReaderStats::default());
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let bases = chaos.nodes.iter().map(Node::base).collect();
-    let readers = spawn_readers(bases, chaos.users.clone(), Arc::clone(&stats), stopping);
+    let readers = chaos.start_readers();
     tokio::time::sleep(Duration::from_secs(5)).await;
     for outage in [20, size(60, 2) as u64] {
         pg.down();
@@ -1347,8 +1362,8 @@ async fn postgres_outages_lose_nothing_and_heal_within_five_seconds() {
         let back = Instant::now();
         // Reads heal within 5 s of the database returning.
         loop {
-            let healed = (*stats.last_ok.lock().unwrap()).is_some_and(|ok| ok > back)
-                && (*stats.last_db_error.lock().unwrap())
+            let healed = (*readers.stats().last_ok.lock().unwrap()).is_some_and(|ok| ok > back)
+                && (*readers.stats().last_db_error.lock().unwrap())
                     .is_none_or(|err| err < back + Duration::from_secs(5));
             if healed {
                 break;
@@ -1373,8 +1388,7 @@ async fn postgres_outages_lose_nothing_and_heal_within_five_seconds() {
         // A while of normal work after the outage (a round of refreshes).
         tokio::time::sleep(Duration::from_secs(size(6, 2) as u64)).await;
     }
-    let _ = stop.send(true);
-    readers.await.unwrap();
+    let stats = readers.stop().await;
     chaos
         .check(
             &format!("postgres stopped 20 s and {} s", size(60, 2)),
@@ -1399,10 +1413,7 @@ async fn a_redis_outage_degrades_flows_only() {
     chaos.start(0).await;
     chaos.start(1).await;
     chaos.connect(20, setup.access_ttl).await;
-    let stats = Arc::new(ReaderStats::default());
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let bases = chaos.nodes.iter().map(Node::base).collect();
-    let readers = spawn_readers(bases, chaos.users.clone(), Arc::clone(&stats), stopping);
+    let readers = chaos.start_readers();
     redis.down();
     let down_at = Instant::now();
     let response = reqwest::Client::new()
@@ -1446,8 +1457,7 @@ async fn a_redis_outage_degrades_flows_only() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let _ = stop.send(true);
-    readers.await.unwrap();
+    let stats = readers.stop().await;
     assert!(stats.total.load(Ordering::Relaxed) > 100);
     chaos.check("redis stopped 20 s", &stats, false).await;
 }
