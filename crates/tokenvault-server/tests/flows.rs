@@ -80,14 +80,22 @@ async fn setup(peer: &Peer, tweak: impl FnOnce(&mut Config)) -> Service {
     service
 }
 
-/// Runs the browser flow up to (not into) our callback; returns its URL.
-async fn callback_url(service: &Service, user: &str, integration: &str) -> String {
+/// A browser (it keeps cookies) that stops before our callback.
+fn stopping_browser(service: &Service) -> reqwest::Client {
+    browser(Some(service.url("/oauth/")))
+}
+
+/// Runs the flow in `browser` up to (not into) our callback; returns its
+/// URL. The callback must be opened in the same browser: the flow is bound
+/// to it by a cookie.
+async fn callback_url(
+    service: &Service,
+    browser: &reqwest::Client,
+    user: &str,
+    integration: &str,
+) -> String {
     let connect = service.connect_url(user, integration, None).await;
-    let response = browser(Some(service.url("/oauth/")))
-        .get(connect)
-        .send()
-        .await
-        .unwrap();
+    let response = browser.get(connect).send().await.unwrap();
     assert!(response.status().is_redirection(), "{}", response.status());
     location(&response)
 }
@@ -189,7 +197,7 @@ async fn redirect_to_gets_the_outcome_and_must_be_an_allowed_origin() {
 async fn bad_callbacks_get_their_documented_errors_and_create_nothing() {
     let peer = Peer::start();
     let service = setup(&peer, |_| {}).await;
-    let http = reqwest::Client::new();
+    let http = stopping_browser(&service);
     let error_of = |response: reqwest::Response| async move {
         let status = response.status().as_u16();
         let body: Value = response.json().await.unwrap();
@@ -197,7 +205,7 @@ async fn bad_callbacks_get_their_documented_errors_and_create_nothing() {
     };
 
     // Replay: the first use connects, the second is refused.
-    let callback = callback_url(&service, "replay", "pkce-app").await;
+    let callback = callback_url(&service, &http, "replay", "pkce-app").await;
     assert_eq!(http.get(&callback).send().await.unwrap().status(), 200);
     assert_eq!(
         error_of(http.get(&callback).send().await.unwrap()).await,
@@ -205,7 +213,7 @@ async fn bad_callbacks_get_their_documented_errors_and_create_nothing() {
     );
 
     // A state issued for pkce-app presented on basic-app's callback.
-    let callback = callback_url(&service, "mismatch", "pkce-app").await;
+    let callback = callback_url(&service, &http, "mismatch", "pkce-app").await;
     let other = callback.replace("/oauth/callback", "/oauth/basic-app/callback");
     assert_eq!(
         error_of(http.get(&other).send().await.unwrap()).await,
@@ -215,7 +223,7 @@ async fn bad_callbacks_get_their_documented_errors_and_create_nothing() {
     assert!(!connection_exists(&service, "mismatch", "basic-app").await);
 
     // No code.
-    let callback = callback_url(&service, "nocode", "pkce-app").await;
+    let callback = callback_url(&service, &http, "nocode", "pkce-app").await;
     let mut url = url::Url::parse(&callback).unwrap();
     let param = |name: &str| {
         url.query_pairs()
@@ -237,7 +245,7 @@ async fn bad_callbacks_get_their_documented_errors_and_create_nothing() {
 
     // The peer advertises RFC 9207: a callback without (or with a wrong) iss is refused.
     for iss in [None, Some("http://attacker.test")] {
-        let callback = callback_url(&service, "mixup", "pkce-app").await;
+        let callback = callback_url(&service, &http, "mixup", "pkce-app").await;
         let mut url = url::Url::parse(&callback).unwrap();
         let kept: Vec<(String, String)> = url
             .query_pairs()
@@ -279,7 +287,7 @@ async fn bad_callbacks_get_their_documented_errors_and_create_nothing() {
 
     // access_denied without redirect_to: a JSON error.
     peer.hook("config", json!({"interaction": "deny"})).await;
-    let callback = callback_url(&service, "denied", "pkce-app").await;
+    let callback = callback_url(&service, &http, "denied", "pkce-app").await;
     assert_eq!(
         error_of(http.get(&callback).send().await.unwrap()).await,
         (400, "access_denied".into())
@@ -303,7 +311,8 @@ async fn bad_callbacks_get_their_documented_errors_and_create_nothing() {
 async fn expired_state_is_refused() {
     let peer = Peer::start();
     let service = setup(&peer, |config| config.state_ttl_secs = 1).await;
-    let callback = callback_url(&service, "late", "pkce-app").await;
+    let http = stopping_browser(&service);
+    let callback = callback_url(&service, &http, "late", "pkce-app").await;
     tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
     let response = reqwest::get(&callback).await.unwrap();
     assert_eq!(response.status(), 400);
@@ -523,5 +532,326 @@ async fn wix_installer_receives_the_token_the_app_passes_on() {
     assert_eq!(
         refused.json::<Value>().await.unwrap()["error"],
         "invalid_provider_params"
+    );
+}
+
+/// A second browser with its own cookies, as a page load sends it
+/// (`Accept: text/html`), following every redirect.
+fn html_browser(stop_at: Option<String>) -> reqwest::Client {
+    let policy = reqwest::redirect::Policy::custom(move |attempt| {
+        if stop_at
+            .as_deref()
+            .is_some_and(|prefix| attempt.url().as_str().starts_with(prefix))
+        {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
+    });
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::ACCEPT,
+        "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"
+            .parse()
+            .unwrap(),
+    );
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .default_headers(headers)
+        .redirect(policy)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_flow_started_in_one_browser_cannot_be_finished_in_another() {
+    let peer = Peer::start();
+    let service = setup(&peer, |_| {}).await;
+
+    // The attacker opens her own connect link and stops at the provider's
+    // consent screen; the binding cookie stays in her browser.
+    let attacker = browser(Some(peer.issuer.clone()));
+    let connect = service.connect_url("attacker", "basic-app", None).await;
+    let at_provider = attacker.get(&connect).send().await.unwrap();
+    assert_eq!(at_provider.status(), 302);
+    let set_cookie = at_provider.headers()[reqwest::header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for attribute in [
+        "HttpOnly",
+        "SameSite=Lax",
+        "Path=/oauth/callback",
+        "Max-Age=",
+    ] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    let authorize = location(&at_provider);
+    assert!(authorize.starts_with(&peer.issuer), "{authorize}");
+
+    // The victim, logged in at the provider, opens that URL: the provider
+    // sends her browser to our callback, which refuses it.
+    let victim = html_browser(None);
+    let page = victim.get(&authorize).send().await.unwrap();
+    assert_eq!(page.status(), 400);
+    assert!(
+        page.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let text = page.text().await.unwrap();
+    assert!(
+        text.contains("finish the connection in the browser that started it")
+            && text.contains("browser_mismatch"),
+        "{text}"
+    );
+    assert!(!connection_exists(&service, "attacker", "basic-app").await);
+    let stats = peer.stats().await;
+    assert_eq!(
+        stats["token_successes"].get("authorization_code"),
+        None,
+        "the victim's code was never exchanged: {stats}"
+    );
+
+    // The same refusal for a program (JSON), and with redirect_to the app
+    // hears about it.
+    let connect = service.connect_url("attacker", "basic-app", None).await;
+    let authorize = location(&attacker.get(&connect).send().await.unwrap());
+    let refused = browser(None).get(&authorize).send().await.unwrap();
+    assert_eq!(refused.status(), 400);
+    assert_eq!(
+        refused.json::<Value>().await.unwrap()["error"],
+        "browser_mismatch"
+    );
+    let connect = service
+        .connect_url("attacker", "basic-app", Some("http://app.test/done"))
+        .await;
+    let authorize = location(&attacker.get(&connect).send().await.unwrap());
+    let back_at_app = browser(Some(APP_ORIGIN.into()))
+        .get(&authorize)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        location(&back_at_app),
+        "http://app.test/done?connection=basic-app&status=error&error=browser_mismatch"
+    );
+    assert!(!connection_exists(&service, "attacker", "basic-app").await);
+
+    // A forged cookie of the right name does not help either.
+    let connect = service.connect_url("attacker", "basic-app", None).await;
+    let at_provider = attacker.get(&connect).send().await.unwrap();
+    let name = at_provider.headers()[reqwest::header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split('=')
+        .next()
+        .unwrap()
+        .to_owned();
+    let callback = browser(Some(service.url("/oauth/")))
+        .get(location(&at_provider))
+        .send()
+        .await
+        .unwrap();
+    let forged = reqwest::Client::new()
+        .get(location(&callback))
+        .header(reqwest::header::COOKIE, format!("{name}=forged-nonce"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+    assert!(!connection_exists(&service, "attacker", "basic-app").await);
+
+    // The whole flow in one browser still connects, and the callback
+    // clears the cookie.
+    let user_browser = browser(Some(service.url("/oauth/")));
+    let connect = service.connect_url("honest", "basic-app", None).await;
+    let at_callback = user_browser.get(&connect).send().await.unwrap();
+    let done = user_browser
+        .get(location(&at_callback))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    let cleared = done.headers()[reqwest::header::SET_COOKIE]
+        .to_str()
+        .unwrap();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    assert!(connection_exists(&service, "honest", "basic-app").await);
+}
+
+/// The app's side of confirm mode: the query of the redirect it received.
+fn redirect_params(response: &reqwest::Response) -> std::collections::HashMap<String, String> {
+    url::Url::parse(&location(response))
+        .unwrap()
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// A confirm-mode flow for `user`, started in `desktop` and finished in
+/// `phone`; returns the session id and the query the app's redirect got.
+async fn confirm_flow(
+    service: &Service,
+    desktop: &reqwest::Client,
+    phone: &reqwest::Client,
+    user: &str,
+) -> (String, std::collections::HashMap<String, String>) {
+    let created = service
+        .post_json(
+            "/v1/connect-sessions",
+            json!({"user_id": user, "integration": "basic-app", "confirm": true, "redirect_to": "http://app.test/done"}),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    let at_provider = desktop
+        .get(created["connect_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let at_app = phone.get(location(&at_provider)).send().await.unwrap();
+    (
+        created["id"].as_str().unwrap().to_owned(),
+        redirect_params(&at_app),
+    )
+}
+
+#[tokio::test]
+async fn confirm_mode_stores_the_connection_only_when_the_app_confirms_it_for_its_user() {
+    let peer = Peer::start();
+    let service = setup(&peer, |_| {}).await;
+    // Confirm mode sends the code to the app: redirect_to is required.
+    let refused = service
+        .post_json(
+            "/v1/connect-sessions",
+            json!({"user_id": "alice", "integration": "basic-app", "confirm": true}),
+        )
+        .await;
+    assert_eq!(refused.status(), 400);
+    assert_eq!(
+        refused.json::<Value>().await.unwrap()["error"],
+        "invalid_redirect_to"
+    );
+
+    // Started on one device, finished on another (no shared cookie): the
+    // browser reaches the app with a confirmation code, nothing is stored.
+    let desktop = browser(Some(peer.issuer.clone()));
+    let phone = browser(Some(APP_ORIGIN.into()));
+    let (session, params) = confirm_flow(&service, &desktop, &phone, "alice").await;
+    assert_eq!(params["status"], "confirmation_required", "{params:?}");
+    assert_eq!(params["connection"], "basic-app");
+    assert_eq!(params["connect_session"], session);
+    assert!(!connection_exists(&service, "alice", "basic-app").await);
+    assert_eq!(
+        peer.stats().await["token_successes"].get("authorization_code"),
+        None,
+        "the authorization code waits for the confirmation"
+    );
+
+    let confirm = |session: &str, body: Value| {
+        let path = format!("/v1/connect-sessions/{session}/confirm");
+        let service = &service;
+        async move { service.post_json(&path, body).await }
+    };
+    // A code presented for another session is refused (and used up).
+    let wrong_session = confirm(
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        json!({"confirm_code": params["confirm_code"], "user_id": "alice"}),
+    )
+    .await;
+    assert_eq!(wrong_session.status(), 404);
+
+    // The app's backend confirms for its logged-in user: stored.
+    let (session, params) = confirm_flow(&service, &desktop, &phone, "alice").await;
+    let code = &params["confirm_code"];
+    let confirmed = confirm(&session, json!({"confirm_code": code, "user_id": "alice"})).await;
+    assert_eq!(confirmed.status(), 200);
+    let confirmed: Value = confirmed.json().await.unwrap();
+    assert_eq!(confirmed["status"], "connected");
+    assert_eq!(confirmed["user_id"], "alice");
+    assert!(connection_exists(&service, "alice", "basic-app").await);
+    let token = service
+        .get_json("/v1/users/alice/connections/basic-app/token")
+        .await;
+    assert_eq!(token.status(), 200);
+    // One-time.
+    let again = confirm(&session, json!({"confirm_code": code, "user_id": "alice"})).await;
+    assert_eq!(again.status(), 404);
+    assert_eq!(
+        again.json::<Value>().await.unwrap()["error"],
+        "confirmation_not_found"
+    );
+
+    // The account-linking attack in confirm mode: the victim's browser
+    // brings the code to the app, whose logged-in user is the victim; the
+    // app confirms for her, and the flow is discarded, never exchanged.
+    let (session, params) = confirm_flow(&service, &desktop, &phone, "mallory").await;
+    let code = &params["confirm_code"];
+    let exchanged_before = peer.stats().await["token_successes"]["authorization_code"].clone();
+    let mismatch = confirm(&session, json!({"confirm_code": code, "user_id": "victim"})).await;
+    assert_eq!(mismatch.status(), 403);
+    assert_eq!(
+        mismatch.json::<Value>().await.unwrap()["error"],
+        "user_mismatch"
+    );
+    let retried = confirm(
+        &session,
+        json!({"confirm_code": code, "user_id": "mallory"}),
+    )
+    .await;
+    assert_eq!(retried.status(), 404, "a refused confirmation is used up");
+    assert!(!connection_exists(&service, "mallory", "basic-app").await);
+    assert!(!connection_exists(&service, "victim", "basic-app").await);
+    assert_eq!(
+        peer.stats().await["token_successes"]["authorization_code"],
+        exchanged_before
+    );
+
+    // Bad input is a 4xx with its code.
+    for (body, status, error) in [
+        (
+            json!({"confirm_code": "x", "user_id": "alice"}),
+            404,
+            "confirmation_not_found",
+        ),
+        (
+            json!({"confirm_code": code, "user_id": "a b"}),
+            400,
+            "invalid_user_id",
+        ),
+        (json!({"user_id": "alice"}), 400, "invalid_json"),
+    ] {
+        let response = confirm(&session, body).await;
+        assert_eq!(response.status(), status);
+        assert_eq!(response.json::<Value>().await.unwrap()["error"], error);
+    }
+}
+
+#[tokio::test]
+async fn a_grant_whose_save_fails_is_revoked_at_the_provider() {
+    let peer = Peer::start();
+    let service = setup(&peer, |_| {}).await;
+    let user_browser = browser(Some(service.url("/oauth/")));
+    let connect = service.connect_url("orphan", "basic-app", None).await;
+    let at_callback = location(&user_browser.get(&connect).send().await.unwrap());
+    // The connections table disappears between consent and callback.
+    let database = sqlx::SqlitePool::connect(&service.config.database_url())
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE connections RENAME TO connections_elsewhere")
+        .execute(&database)
+        .await
+        .unwrap();
+    peer.hook("reset", json!({})).await;
+    let failed = user_browser.get(&at_callback).send().await.unwrap();
+    assert_eq!(failed.status(), 500);
+    let stats = peer.stats().await;
+    assert_eq!(stats["token_successes"]["authorization_code"], 1, "{stats}");
+    // Its refresh token and its access token.
+    assert_eq!(
+        stats["revocations"], 2,
+        "the orphaned grant is revoked: {stats}"
     );
 }

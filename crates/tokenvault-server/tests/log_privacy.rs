@@ -76,11 +76,8 @@ async fn trace_logs_of_a_whole_connection_life_hold_no_secret() {
         .unwrap()
         .to_owned();
     let connect_id = connect_url.rsplit('/').next().unwrap().to_owned();
-    let at_callback = browser(Some(callback.clone()))
-        .get(&connect_url)
-        .send()
-        .await
-        .unwrap();
+    let user_browser = browser(Some(callback.clone()));
+    let at_callback = user_browser.get(&connect_url).send().await.unwrap();
     let callback_url = url::Url::parse(&location(&at_callback)).unwrap();
     let param = |name: &str| {
         callback_url
@@ -90,7 +87,11 @@ async fn trace_logs_of_a_whole_connection_life_hold_no_secret() {
             .unwrap_or_else(|| panic!("no {name} in {callback_url}"))
     };
     let (code, state) = (param("code"), param("state"));
-    let finished = reqwest::get(callback_url.as_str()).await.unwrap();
+    let finished = user_browser
+        .get(callback_url.as_str())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(finished.status(), 200);
 
     // Token reads, a forced refresh, a read of the new token.

@@ -128,11 +128,8 @@ async fn a_flow_started_on_one_process_completes_on_another() {
         .to_owned();
     // …whose link, on the public URL, is opened on instance A, which creates the state…
     assert!(connect_url.starts_with(&a.base), "{connect_url}");
-    let at_callback = browser(Some(callback.clone()))
-        .get(&connect_url)
-        .send()
-        .await
-        .unwrap();
+    let user_browser = browser(Some(callback.clone()));
+    let at_callback = user_browser.get(&connect_url).send().await.unwrap();
     let callback_with_code = location(&at_callback);
     assert!(
         callback_with_code.starts_with(&callback),
@@ -140,7 +137,9 @@ async fn a_flow_started_on_one_process_completes_on_another() {
     );
     // …and the provider's callback is routed to instance B, which consumes it.
     let on_b = callback_with_code.replacen(&a.base, &b.base, 1);
-    let done = reqwest::get(&on_b).await.unwrap();
+    // (Cookies are per host, not per port: the binding cookie set by A
+    // goes to B, as it would behind one public host name.)
+    let done = user_browser.get(&on_b).send().await.unwrap();
     assert_eq!(done.status(), 200, "{}", done.text().await.unwrap());
 
     let store = tokenvault::store::connect(&database_url, &Default::default())

@@ -225,6 +225,13 @@ async fn paths_that_could_leave_the_api_are_refused_before_anything_is_sent() {
 /// An integration whose token and API endpoints are `server`, with one
 /// connection (imported) holding access token `at-1`.
 async fn mock_service(server: &MockServer) -> (Service, tempfile::TempDir) {
+    api_service(&server.uri()).await
+}
+
+/// An integration `mock` whose token and API endpoints are at `origin`
+/// (API base `{origin}/api/v2`), with one connection (imported) for user
+/// `u-1` holding access token `at-1`.
+async fn api_service(origin: &str) -> (Service, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let providers = dir.path().join("providers.toml");
     std::fs::write(
@@ -232,7 +239,7 @@ async fn mock_service(server: &MockServer) -> (Service, tempfile::TempDir) {
         format!(
             "[providers.mockapi]\ndisplay_name = \"Mock API\"\n\
              authorization_url = \"{0}/authorize\"\ntoken_url = \"{0}/token\"\napi_base_url = \"{0}/api/v2\"\n",
-            server.uri()
+            origin
         ),
     )
     .unwrap();
@@ -439,4 +446,197 @@ async fn a_short_retry_after_is_waited_out_and_a_long_one_is_relayed() {
         profile.json::<Value>().await.unwrap()["error"],
         "profile_not_supported"
     );
+}
+
+/// An API that records the raw path of every request it gets, the way the
+/// provider's server would see it, and answers 200.
+async fn recording_api() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let sink = seen.clone();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let sink = sink.clone();
+        async move {
+            sink.lock().unwrap().push(uri.path().to_owned());
+            "{}"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, seen)
+}
+
+/// How the most lenient server on the way could read a path: each segment
+/// percent-decoded until it stops changing, `;params` dropped, NFKC
+/// normalised, decoded separators split on, and dot segments resolved.
+/// `None` when the path climbs above the root.
+fn lenient_reading(path: &str) -> Option<Vec<String>> {
+    use unicode_normalization::UnicodeNormalization as _;
+    let mut out: Vec<String> = Vec::new();
+    for raw in path.split('/') {
+        let mut text = raw.to_owned();
+        for _ in 0..8 {
+            let next = String::from_utf8_lossy(&percent_decode(text.as_bytes())).into_owned();
+            if next == text {
+                break;
+            }
+            text = next;
+        }
+        let text: String = text.nfkc().collect();
+        for part in text.split(['/', '\\']) {
+            let part = part.split(';').next().unwrap_or_default().trim();
+            match part {
+                "" | "." => {}
+                ".." => {
+                    out.pop()?;
+                }
+                other => out.push(other.to_owned()),
+            }
+        }
+    }
+    Some(out)
+}
+
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match (
+            bytes[i],
+            bytes.get(i + 1).and_then(|b| hex(*b)),
+            bytes.get(i + 2).and_then(|b| hex(*b)),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(hi << 4 | lo);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn no_path_variant_reaches_the_provider_outside_the_api_base() {
+    let (api, seen) = recording_api().await;
+    let (service, _dir) = api_service(&api).await;
+
+    // Each of these reads as `.`/`..` or holds a separator to some server:
+    // `;` parameters (Tomcat, Jetty), one to three extra rounds of
+    // percent-encoding, Unicode look-alikes (NFKC), overlong UTF-8,
+    // backslashes, whitespace, mixed case.
+    let refused = [
+        "..;/admin",
+        ".;/admin",
+        "x/..;/..;/admin",
+        "..;foo=bar/admin",
+        ".;x=1/admin",
+        "%2e%2e;/admin",
+        "%2e.;/admin",
+        "..%3b/admin",
+        "..%3B/admin",
+        "x/..;jsessionid=abc/admin",
+        "%2e%2e%3bjsessionid=1/admin",
+        "x/.;/admin",
+        "x/%2e;/admin",
+        "x/..;",
+        "%252e%252e%252fadmin",
+        "%252e%252e/admin",
+        "%25252e%25252e/admin",
+        "x/%252E%252E/%252E%252E/admin",
+        "%252E%252e/admin",
+        "%2e%2e%252fadmin",
+        "..%252fadmin",
+        "..%255cadmin",
+        "%252fadmin",
+        "%255c..%255cadmin",
+        "%252E%252E%253B/admin",
+        "%252e%252e;/admin",
+        "%2525252e%2525252e/admin",
+        "%ef%bc%8e%ef%bc%8e/admin",
+        "%EF%BC%8E/admin",
+        "%e2%80%a5/admin",
+        "%e2%80%a4/admin",
+        "%e2%80%a4%e2%80%a4/admin",
+        "%ef%b9%92%ef%b9%92/admin",
+        "%ef%bc%8f..%ef%bc%8fadmin",
+        "a%ef%bc%8fb",
+        "%ef%bc%bcadmin",
+        "x/%E2%80%A5",
+        "%ef%bc%8e%2e/admin",
+        "%25ef%25bc%258e%25ef%25bc%258e/admin",
+        "%c0%ae%c0%ae/admin",
+        "%c0%af",
+        "%e0%80%ae%e0%80%ae/admin",
+        "%c1%9c",
+        "..%5cadmin",
+        "%5c..%5cadmin",
+        "%2E%2E/admin",
+        "%2e%2E/admin",
+        ".%2E/admin",
+        "%2E./admin",
+        "..%00/admin",
+        "..%20/admin",
+        "%20../admin",
+        "..%09/admin",
+        "x/../admin",
+        "./admin",
+        "x/./admin",
+        "..;%2fadmin",
+        "%2e%2e%3b%2fadmin",
+        "%2e",
+        "x/%2e%2e",
+        "%u002e%u002e/admin",
+        "%%32%65%%32%65/admin",
+        "..",
+        ".",
+        "a/..",
+    ];
+    // Ordinary paths that merely look odd go through.
+    let forwarded = [
+        "me",
+        ".../x",
+        "a..b/c",
+        "%2e%2e%2e/x",
+        "v1;x=y/me",
+        "caf%C3%A9",
+        "..a/b",
+        "x/%25/y",
+        "a.b/c..d",
+        "%7euser/files",
+    ];
+    assert!(refused.len() + forwarded.len() >= 60);
+    for path in refused {
+        let (status, body) = raw_get(&service.base, &format!("/v1/proxy/mock/u-1/{path}")).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        // Bytes that are not UTF-8 are refused by the path extractor first.
+        assert!(
+            body["error"] == "invalid_proxy_path" || body["error"] == "invalid_path",
+            "{path}: {body}"
+        );
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    for path in forwarded {
+        let (status, body) = raw_get(&service.base, &format!("/v1/proxy/mock/u-1/{path}")).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), forwarded.len(), "{seen:?}");
+    for path in &seen {
+        let reading =
+            lenient_reading(path).unwrap_or_else(|| panic!("{path} climbs above the root"));
+        assert!(
+            path.starts_with("/api/v2/") && reading.len() > 2 && reading[..2] == ["api", "v2"],
+            "{path} leaves /api/v2 when read leniently: {reading:?}"
+        );
+    }
 }

@@ -29,7 +29,7 @@ use crate::domain::{IntegrationKey, UserId};
 use crate::integrations::{Integration, Profile};
 use crate::oauth::{OAuthError, RetryAfter};
 use crate::privacy::UserTag;
-use crate::refresh::{IssuedToken, TokenError, TokenOutcome};
+use crate::refresh::{TokenError, TokenOutcome};
 use crate::vault::Vault;
 
 /// Longest accepted path, in bytes (percent-encoded).
@@ -44,13 +44,17 @@ pub enum ApiPathError {
     AbsoluteUrl,
     #[error("the path starts with `//` or has an empty segment, which could name another host")]
     EmptySegment,
-    #[error("the path has a `.` or `..` segment (plain or percent-encoded)")]
+    #[error(
+        "the path has a segment that reads as `.` or `..` (plain, percent-encoded at any depth, with `;` parameters or in Unicode look-alikes)"
+    )]
     DotSegment,
-    #[error("the path has a percent-encoded `/`, `\\` or control character")]
+    #[error(
+        "the path has a percent-encoded `/`, `\\` or control character (at any depth of encoding)"
+    )]
     EncodedSeparator,
     #[error("the path has a character that is not allowed in a URL path: {0:?}")]
     InvalidCharacter(char),
-    #[error("the path has a malformed percent-escape")]
+    #[error("the path has a malformed percent-escape or escapes bytes that are not UTF-8")]
     BadEscape,
     #[error("the path is longer than {MAX_PATH_BYTES} bytes")]
     TooLong,
@@ -92,10 +96,7 @@ impl ApiPath {
             if first && segment.contains(':') {
                 return Err(ApiPathError::AbsoluteUrl);
             }
-            let decoded = decode_segment(segment)?;
-            if decoded == "." || decoded == ".." {
-                return Err(ApiPathError::DotSegment);
-            }
+            check_segment(segment)?;
             first = false;
         }
         Ok(Self(path.to_owned()))
@@ -162,8 +163,86 @@ fn hex_value(c: u8) -> Option<u8> {
     (c as char).to_digit(16).map(|d| d as u8)
 }
 
+/// How many rounds of percent-decoding a segment is checked through: a
+/// chain of proxies and frameworks each decoding once is how `%252e%252e`
+/// becomes `..` at the far end.
+const DECODE_ROUNDS: usize = 4;
+
+/// Refuses a segment that some server on the way could read as `.` or `..`
+/// or as a separator: as sent, after each of up to [`DECODE_ROUNDS`]
+/// percent-decodings, with any `;params` dropped (Tomcat and Jetty read
+/// `..;x` as `..`), trimmed, and in Unicode NFKC form (`．．` and `‥` are
+/// `..` there). Invalid UTF-8 after decoding is refused too: overlong forms
+/// such as `%c0%ae` are dots to some decoders.
+fn check_segment(segment: &str) -> Result<(), ApiPathError> {
+    let mut text = decode_segment(segment)?;
+    for round in 0..DECODE_ROUNDS {
+        if reads_as_dots(&text) {
+            return Err(ApiPathError::DotSegment);
+        }
+        use unicode_normalization::UnicodeNormalization as _;
+        let separator = |c: char| c == '/' || c == '\\' || c.is_control();
+        if (round > 0 && text.chars().any(separator)) || text.nfkc().any(separator) {
+            return Err(ApiPathError::EncodedSeparator);
+        }
+        if !text.contains('%') {
+            return Ok(());
+        }
+        text = match lenient_decode(&text) {
+            Some(next) if next != text => next,
+            _ => return Ok(()),
+        };
+    }
+    if reads_as_dots(&text) {
+        return Err(ApiPathError::DotSegment);
+    }
+    Ok(())
+}
+
+/// Whether a decoded segment is `.` or `..` to a lenient server.
+fn reads_as_dots(decoded: &str) -> bool {
+    use unicode_normalization::UnicodeNormalization as _;
+    let is_dots = |s: &str| {
+        let s = s.trim_matches(|c: char| c.is_whitespace() || c.is_control());
+        s == "." || s == ".."
+    };
+    let without_params = decoded.split(';').next().unwrap_or_default();
+    if is_dots(without_params) || is_dots(decoded) {
+        return true;
+    }
+    let normalized: String = decoded.nfkc().collect();
+    is_dots(&normalized) || is_dots(normalized.split(';').next().unwrap_or_default())
+}
+
+/// One more round of percent-decoding for [`check_segment`]; `None` when
+/// the text is not valid UTF-8 afterwards. Malformed escapes stay as they
+/// are, as most servers leave them.
+fn lenient_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex_value),
+            bytes.get(i + 2).copied().and_then(hex_value),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(hi << 4 | lo);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Percent-decodes one segment, refusing escapes that would change the
-/// path's structure or smuggle control characters.
+/// path's structure or smuggle control characters, and bytes that are not
+/// UTF-8.
 fn decode_segment(segment: &str) -> Result<String, ApiPathError> {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -191,7 +270,7 @@ fn decode_segment(segment: &str) -> Result<String, ApiPathError> {
             return Err(ApiPathError::InvalidCharacter(shown));
         }
     }
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    String::from_utf8(out).map_err(|_| ApiPathError::BadEscape)
 }
 
 pub(crate) fn check_query(query: &str) -> Result<(), ApiPathError> {
@@ -395,6 +474,9 @@ pub struct ApiResponse {
     /// Provider calls made for this answer (retries after a 401 or 429
     /// included).
     pub attempts: u32,
+    /// The access tokens the calls carried, for scrubbing any provider text
+    /// that is kept (bulk item excerpts).
+    secrets: crate::privacy::Scrubber,
 }
 
 impl ApiResponse {
@@ -411,6 +493,12 @@ impl ApiResponse {
     /// `Retry-After`.
     pub fn retry_after(&self) -> Option<Duration> {
         retry_after(self.headers())
+    }
+
+    /// The secrets this call sent (the access tokens, as sent): run any
+    /// text kept from the answer through it.
+    pub fn secrets(&self) -> &crate::privacy::Scrubber {
+        &self.secrets
     }
 
     /// Reads the whole body.
@@ -518,6 +606,7 @@ impl Vault {
         let mut retried_unauthorized = false;
         let mut waited = Duration::ZERO;
         let mut attempts = 0u32;
+        let mut secrets = crate::privacy::Scrubber::new();
         loop {
             self.spend_rate_budget(key).await;
             // Last, so nothing between the gate and the send delays it.
@@ -529,7 +618,10 @@ impl Vault {
                 None => None,
             };
             attempts += 1;
-            let response = send(&integration, &url, &request, &issued).await;
+            let authorization = integration.api_authorization(&issued.tokens);
+            secrets.add(issued.tokens.access_token.expose());
+            secrets.add(authorization.expose_secret());
+            let response = send(&integration, &url, &request, &authorization).await;
             // The answer's head is here: the provider has seen the request.
             drop(ticket);
             let response = match response {
@@ -552,6 +644,7 @@ impl Vault {
                         response,
                         refreshed,
                         attempts,
+                        secrets,
                     });
                 }
                 metrics::counter!("tokenvault_api_retries_total", "integration" => key.to_string(), "reason" => "unauthorized").increment(1);
@@ -573,6 +666,7 @@ impl Vault {
                 response,
                 refreshed,
                 attempts,
+                secrets,
             });
         }
     }
@@ -619,9 +713,8 @@ async fn send(
     integration: &Integration,
     url: &Url,
     request: &ApiRequest,
-    issued: &IssuedToken,
+    authorization: &secrecy::SecretString,
 ) -> Result<reqwest::Response, RequestError> {
-    let authorization = integration.api_authorization(&issued.tokens);
     let mut value = HeaderValue::from_str(authorization.expose_secret()).map_err(|_| {
         RequestError::InvalidHeader("the access token is not a valid header value".into())
     })?;
@@ -695,6 +788,15 @@ mod tests {
             ("a#frag", ApiPathError::InvalidCharacter('#')),
             ("%zz", ApiPathError::BadEscape),
             ("%4", ApiPathError::BadEscape),
+            ("..;/admin", ApiPathError::DotSegment),
+            ("x/.;jsessionid=1/admin", ApiPathError::DotSegment),
+            ("%252e%252e/admin", ApiPathError::DotSegment),
+            ("%252fadmin", ApiPathError::EncodedSeparator),
+            ("%ef%bc%8e%ef%bc%8e/admin", ApiPathError::DotSegment),
+            ("%e2%80%a5/admin", ApiPathError::DotSegment),
+            ("a%ef%bc%8fb", ApiPathError::EncodedSeparator),
+            ("%c0%ae%c0%ae/admin", ApiPathError::BadEscape),
+            ("..%20/admin", ApiPathError::DotSegment),
         ];
         for (path, expected) in cases {
             assert_eq!(ApiPath::parse(path).as_ref(), Err(expected), "{path:?}");

@@ -63,9 +63,166 @@ pub fn truncated(value: &str) -> &str {
     &value[..end]
 }
 
+/// Shortest value [`Scrubber`] removes: shorter "secrets" (test values,
+/// `"x"`) would blank out ordinary words.
+pub const MIN_SCRUBBED_LEN: usize = 4;
+
+/// What replaces a secret in provider text.
+pub const REDACTED: &str = "[redacted]";
+
+/// Removes the secrets a request carried from the text its answer brought
+/// back. Providers echo their inputs in error descriptions and bodies
+/// ("backend failed for refresh_token=…"); every path that keeps provider
+/// text (errors stored as `last_error`, API bodies, webhooks, logs, bulk
+/// item excerpts) runs it through the scrubber of the request that produced
+/// it, before cutting it short, so that no part of a secret survives.
+///
+/// Each secret is removed as sent and in the encodings a provider may echo
+/// it in: form/percent-encoded, JSON-escaped and base64 (HTTP Basic).
+#[derive(Clone, Default)]
+pub struct Scrubber {
+    // Longest first, so a secret that contains another is removed whole.
+    needles: Vec<zeroize::Zeroizing<String>>,
+}
+
+impl Scrubber {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one secret (and its encodings).
+    pub fn add(&mut self, secret: &str) {
+        if secret.len() < MIN_SCRUBBED_LEN {
+            return;
+        }
+        let form: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        let percent = form.replace('+', "%20");
+        let json = serde_json::to_string(secret).unwrap_or_default();
+        let json = json
+            .strip_prefix('"')
+            .and_then(|j| j.strip_suffix('"'))
+            .unwrap_or_default()
+            .to_owned();
+        let slash_escaped = json.replace('/', "\\/");
+        use base64::Engine as _;
+        let base64 = base64::engine::general_purpose::STANDARD.encode(secret);
+        for variant in [
+            secret.to_owned(),
+            form,
+            percent,
+            json,
+            slash_escaped,
+            base64,
+        ] {
+            if variant.len() >= MIN_SCRUBBED_LEN && !self.needles.iter().any(|n| **n == variant) {
+                self.needles.push(zeroize::Zeroizing::new(variant));
+            }
+        }
+        self.needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    }
+
+    /// [`Scrubber::add`], chained.
+    pub fn with(mut self, secret: &str) -> Self {
+        self.add(secret);
+        self
+    }
+
+    /// Adds every secret of `other`.
+    pub fn extend(&mut self, other: &Scrubber) {
+        for needle in &other.needles {
+            if !self.needles.iter().any(|n| **n == **needle) {
+                self.needles.push(needle.clone());
+            }
+        }
+        self.needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.needles.is_empty()
+    }
+
+    /// `text` with every secret replaced by [`REDACTED`].
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for needle in &self.needles {
+            if out.contains(needle.as_str()) {
+                out = out.replace(needle.as_str(), REDACTED);
+            }
+        }
+        out
+    }
+
+    /// [`Scrubber::scrub`] of raw bytes (a body that may not be UTF-8).
+    pub fn scrub_bytes(&self, bytes: &[u8]) -> Vec<u8> {
+        if self.needles.is_empty() {
+            return bytes.to_vec();
+        }
+        let mut out = bytes.to_vec();
+        for needle in &self.needles {
+            let needle = needle.as_bytes();
+            if out.windows(needle.len()).any(|w| w == needle) {
+                let mut next = Vec::with_capacity(out.len());
+                let mut i = 0;
+                while i < out.len() {
+                    if out[i..].starts_with(needle) {
+                        next.extend_from_slice(REDACTED.as_bytes());
+                        i += needle.len();
+                    } else {
+                        next.push(out[i]);
+                        i += 1;
+                    }
+                }
+                out = next;
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Debug for Scrubber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Scrubber({} needles)", self.needles.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_removed_in_every_encoding_a_provider_echoes() {
+        let secret = "rt/abc+def=ghi \"q\"";
+        let scrubber = Scrubber::new().with(secret);
+        use base64::Engine as _;
+        let encoded = [
+            secret.to_owned(),
+            url::form_urlencoded::byte_serialize(secret.as_bytes()).collect::<String>(),
+            "rt%2Fabc%2Bdef%3Dghi%20%22q%22".to_owned(),
+            "rt/abc+def=ghi \\\"q\\\"".to_owned(),
+            "rt\\/abc+def=ghi \\\"q\\\"".to_owned(),
+            base64::engine::general_purpose::STANDARD.encode(secret),
+        ];
+        for form in encoded {
+            let text = format!("backend failed for refresh_token={form}; retry");
+            let scrubbed = scrubber.scrub(&text);
+            assert_eq!(
+                scrubbed, "backend failed for refresh_token=[redacted]; retry",
+                "{form}"
+            );
+            let bytes = scrubber.scrub_bytes(text.as_bytes());
+            assert_eq!(bytes, scrubbed.as_bytes(), "{form}");
+        }
+    }
+
+    #[test]
+    fn a_secret_containing_another_is_removed_whole_and_short_values_are_kept() {
+        let scrubber = Scrubber::new().with("abcd").with("abcdefgh").with("xy");
+        assert_eq!(
+            scrubber.scrub("[abcdefgh] [abcd] xy"),
+            "[[redacted]] [[redacted]] xy"
+        );
+        assert!(Scrubber::new().with("abc").is_empty());
+    }
 
     #[test]
     fn tags_are_8_hex_stable_per_salt_and_differ_across_salts() {

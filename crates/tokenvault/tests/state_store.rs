@@ -230,6 +230,10 @@ fn record(user: &str, verifier: Option<&str>) -> StateRecord {
         scopes: vec!["user-read-email".into(), "user-library-modify".into()],
         created_at: now(),
         provider_params: Default::default(),
+        browser_binding: verifier.map(|_| "cd".repeat(32)),
+        confirm: verifier.is_some(),
+        authorization_code: verifier.map(|_| SecretString::from("code-0123456789")),
+        instance_id: verifier.map(|_| "instance-1".to_owned()),
     }
 }
 
@@ -249,6 +253,17 @@ fn same(a: &StateRecord, b: &StateRecord) {
     assert_eq!(a.redirect_to, b.redirect_to);
     assert_eq!(a.scopes, b.scopes);
     assert_eq!(a.created_at, b.created_at);
+    assert_eq!(a.browser_binding, b.browser_binding);
+    assert_eq!(a.confirm, b.confirm);
+    assert_eq!(
+        a.authorization_code
+            .as_ref()
+            .map(|v| v.expose_secret().to_owned()),
+        b.authorization_code
+            .as_ref()
+            .map(|v| v.expose_secret().to_owned())
+    );
+    assert_eq!(a.instance_id, b.instance_id);
 }
 
 async fn put_then_take_round_trips_every_field(b: StateBackend) {

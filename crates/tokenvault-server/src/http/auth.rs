@@ -185,6 +185,7 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 pub fn required_scope(method: &Method, route: &str) -> Scope {
     const MANAGE: &[(&str, &str)] = &[
         ("POST", "/v1/connect-sessions"),
+        ("POST", "/v1/connect-sessions/{id}/confirm"),
         ("POST", "/v1/device-sessions"),
         (
             "POST",

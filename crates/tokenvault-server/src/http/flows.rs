@@ -5,11 +5,13 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret as _;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sha2::{Digest as _, Sha256};
 use tokenvault::domain::{IntegrationKey, Scopes, UserId};
 use tokenvault::integrations::Integration;
 use tokenvault::oauth::Pkce;
@@ -95,6 +97,15 @@ pub struct ConnectSessionRequest {
     /// defines (Wix: the installer `token` Wix sent to the app URL).
     #[serde(default)]
     provider_params: std::collections::BTreeMap<String, String>,
+    /// Confirm mode, for flows that may finish on another device: the
+    /// callback stores nothing and sends the browser to `redirect_to`
+    /// (required) with `status=confirmation_required`, `connect_session`
+    /// and a one-time `confirm_code`; the connection is stored when the
+    /// app's backend calls `POST /v1/connect-sessions/{id}/confirm` for
+    /// its logged-in user. Without it, the flow must finish in the browser
+    /// that opened `connect_url`.
+    #[serde(default)]
+    confirm: bool,
 }
 
 /// A created connect session.
@@ -138,20 +149,28 @@ pub async fn create_connect_session(
         .map(|raw| allowed_redirect(&state, &raw))
         .transpose()?;
     check_provider_params(integration, &request.provider_params)?;
+    if request.confirm && redirect_to.is_none() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_redirect_to",
+            "confirm mode needs redirect_to: the confirmation code is sent there",
+        ));
+    }
 
     let id = StateKey::generate();
     let now = Utc::now();
+    // A connect session names no session; an OAuth state always does.
     let record = StateRecord {
-        integration: integration.key().clone(),
-        user_id,
-        code_verifier: None,
-        redirect_uri: integration.redirect_uri().to_string(),
-        // A connect session names no session; an OAuth state always does.
-        connect_session: None,
         redirect_to,
         scopes: scopes.to_vec(),
-        created_at: now,
         provider_params: request.provider_params,
+        confirm: request.confirm,
+        ..StateRecord::new(
+            integration.key().clone(),
+            user_id,
+            integration.redirect_uri().to_string(),
+            now,
+        )
     };
     state
         .states
@@ -226,11 +245,23 @@ fn allowed_redirect(state: &AppState, raw: &str) -> Result<String, ApiError> {
 /// `GET /connect/{id}`: consumes the connect session, creates the one-time
 /// OAuth state (with a PKCE verifier where the provider supports it) and
 /// sends the browser to the provider.
+/// Also binds the flow to this browser (unless the session is in confirm
+/// mode): a random nonce goes into an HttpOnly, SameSite=Lax cookie scoped
+/// to the callback path, its hash into the state, and the callback refuses
+/// the state without it.
 #[tracing::instrument(skip_all)]
 pub async fn start_connect(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
-) -> Result<Response, ApiError> {
+) -> Response {
+    match start(&state, id).await {
+        Ok(response) => response,
+        Err(err) => for_browser(&headers, err),
+    }
+}
+
+async fn start(state: &AppState, id: String) -> Result<Response, ApiError> {
     let expired =
         "this connect link has expired or was already used; ask the application for a new one";
     let session = state
@@ -242,15 +273,17 @@ pub async fn start_connect(
     if session.connect_session.is_some() {
         return Err(invalid_state(expired));
     }
-    let integration = integration(&state, session.integration.as_str())?;
+    let integration = integration(state, session.integration.as_str())?;
     let pkce = integration.wants_pkce().then(Pkce::generate);
     let key = StateKey::generate();
     let scopes: Option<Scopes> =
         (!session.scopes.is_empty()).then(|| session.scopes.iter().cloned().collect());
+    let nonce = (!session.confirm).then(StateKey::generate);
     let record = StateRecord {
         code_verifier: pkce.as_ref().map(|p| p.verifier().clone()),
         connect_session: Some(id),
         created_at: Utc::now(),
+        browser_binding: nonce.as_ref().map(|nonce| binding_digest(nonce.as_str())),
         ..session
     };
     state
@@ -265,7 +298,103 @@ pub async fn start_connect(
         .collect();
     let url = integration.authorize_url_with(key.as_str(), pkce.as_ref(), scopes.as_ref(), &extras);
     tracing::info!(integration = %integration.key(), state = %key, "redirecting to provider");
-    Ok((StatusCode::FOUND, [(header::LOCATION, url.to_string())]).into_response())
+    let mut response = (StatusCode::FOUND, [(header::LOCATION, url.to_string())]).into_response();
+    if let Some(nonce) = nonce {
+        let cookie = binding_cookie(
+            state,
+            integration,
+            key.as_str(),
+            nonce.as_str(),
+            state.settings.state_ttl.as_secs().max(1),
+        );
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    Ok(response)
+}
+
+/// The cookie that binds one flow to its browser. Its name comes from the
+/// state, so concurrent flows in one browser do not overwrite each other.
+fn binding_cookie_name(state_key: &str) -> String {
+    format!(
+        "tv_flow_{}",
+        hex::encode(&Sha256::digest(state_key.as_bytes())[..8])
+    )
+}
+
+/// What the state keeps of the cookie's nonce: a hash, so a leaked state
+/// store does not hand out the cookie.
+fn binding_digest(nonce: &str) -> String {
+    hex::encode(Sha256::digest(nonce.as_bytes()))
+}
+
+fn binding_cookie(
+    state: &AppState,
+    integration: &Integration,
+    state_key: &str,
+    value: &str,
+    max_age_secs: u64,
+) -> HeaderValue {
+    let secure = if state.settings.public_url.scheme() == "https" {
+        "; Secure"
+    } else {
+        ""
+    };
+    let path = integration.redirect_uri().path();
+    let cookie = format!(
+        "{}={value}; Path={path}; Max-Age={max_age_secs}; HttpOnly; SameSite=Lax{secure}",
+        binding_cookie_name(state_key)
+    );
+    // Every part is ASCII we made (the path is a parsed URL's).
+    HeaderValue::from_str(&cookie)
+        .unwrap_or_else(|_| HeaderValue::from_static("tv_flow=; Max-Age=0"))
+}
+
+/// The value of cookie `name` in the request, if sent.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find_map(|(key, value)| (key == name).then_some(value))
+}
+
+/// Whether the request came from a browser page load rather than a program.
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"))
+}
+
+/// An error on a browser route: a short page for a browser, the JSON
+/// envelope for anything else.
+fn for_browser(headers: &HeaderMap, err: ApiError) -> Response {
+    if !wants_html(headers) {
+        return err.into_response();
+    }
+    let request_id = super::error::REQUEST_ID
+        .try_with(Clone::clone)
+        .unwrap_or_default();
+    let page = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <title>Connection not completed</title></head>\
+         <body style=\"font-family:system-ui;margin:4rem auto;max-width:32rem;padding:0 1rem\">\
+         <h1>Connection not completed</h1><p>{}</p>\
+         <p style=\"color:#555;font-size:.875rem\">Error <code>{}</code>, request {}</p></body></html>",
+        html_escape(&err.message),
+        err.code,
+        html_escape(&request_id),
+    );
+    let mut response = (err.status, Html(page)).into_response();
+    if let Some(secs) = err.retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, secs.into());
+    }
+    response
 }
 
 #[derive(Deserialize)]
@@ -284,39 +413,107 @@ pub struct CallbackParams {
 #[tracing::instrument(skip_all)]
 pub async fn callback(
     State(state): State<AppState>,
-    ApiQuery(params): ApiQuery<CallbackParams>,
-) -> Result<Response, ApiError> {
-    finish(state, None, params).await
+    headers: HeaderMap,
+    params: Result<ApiQuery<CallbackParams>, ApiError>,
+) -> Response {
+    match params {
+        Ok(ApiQuery(params)) => finish(state, &headers, None, params).await,
+        Err(err) => for_browser(&headers, err),
+    }
 }
 
 /// `GET /oauth/{integration}/callback`: rejects a state issued for another integration.
 #[tracing::instrument(skip_all)]
 pub async fn integration_callback(
     State(state): State<AppState>,
-    ApiPath(integration): ApiPath<String>,
-    ApiQuery(params): ApiQuery<CallbackParams>,
-) -> Result<Response, ApiError> {
-    finish(state, Some(integration), params).await
+    headers: HeaderMap,
+    path: Result<ApiPath<String>, ApiError>,
+    params: Result<ApiQuery<CallbackParams>, ApiError>,
+) -> Response {
+    match (path, params) {
+        (Ok(ApiPath(integration)), Ok(ApiQuery(params))) => {
+            finish(state, &headers, Some(integration), params).await
+        }
+        (Err(err), _) | (_, Err(err)) => for_browser(&headers, err),
+    }
 }
 
 async fn finish(
     state: AppState,
+    headers: &HeaderMap,
     expected: Option<String>,
     params: CallbackParams,
-) -> Result<Response, ApiError> {
+) -> Response {
+    let Some(key) = params.state.as_deref() else {
+        return for_browser(
+            headers,
+            invalid_state("the callback has no state parameter"),
+        );
+    };
+    let (record, integration) = match consume_state(&state, key, expected).await {
+        Ok(found) => found,
+        Err(err) => return for_browser(headers, err),
+    };
+    let bound_here = record.browser_binding.as_deref().is_none_or(|expected| {
+        cookie(headers, &binding_cookie_name(key))
+            .is_some_and(|nonce| binding_digest(nonce) == expected)
+    });
+    let outcome = if !bound_here {
+        tracing::warn!(integration = %integration.key(), "callback from a browser that did not open the connect link; refused");
+        metrics::counter!("tokenvault_flow_browser_mismatch_total", "integration" => integration.key().to_string()).increment(1);
+        Err(FlowFailure {
+            status: StatusCode::BAD_REQUEST,
+            code: "browser_mismatch".into(),
+            message: "finish the connection in the browser that started it: this browser did not open the connect link (or does not keep cookies); start again from the application".into(),
+        })
+    } else if record.confirm {
+        await_confirmation(&state, integration, &record, &params).await
+    } else {
+        complete(&state, integration, &record, &params)
+            .await
+            .map(|()| None)
+    };
+    let mut response = match outcome {
+        Ok(Some(confirmation)) => confirmation,
+        Ok(None) => {
+            tracing::info!(integration = %integration.key(), "connection created");
+            finished(&record, None, integration)
+        }
+        Err(failure) => {
+            tracing::warn!(integration = %integration.key(), code = %failure.code, "flow failed");
+            match &record.redirect_to {
+                Some(_) => finished(&record, Some(&failure.code), integration),
+                None => for_browser(
+                    headers,
+                    ApiError::new(failure.status, static_code(&failure.code), failure.message),
+                ),
+            }
+        }
+    };
+    if record.browser_binding.is_some() {
+        let cleared = binding_cookie(&state, integration, key, "", 0);
+        response.headers_mut().append(header::SET_COOKIE, cleared);
+    }
+    response
+}
+
+/// Takes the callback's state (whatever happens next, it cannot be
+/// replayed) and finds its integration.
+async fn consume_state<'a>(
+    state: &'a AppState,
+    key: &str,
+    expected: Option<String>,
+) -> Result<(StateRecord, &'a Arc<Integration>), ApiError> {
     let unknown = "unknown, expired or already used state; start the connection again";
-    let key = params
-        .state
-        .as_deref()
-        .ok_or_else(|| invalid_state("the callback has no state parameter"))?;
-    // Consumed first: whatever happens next, this state cannot be replayed.
     let record = state
         .states
         .take(key)
         .await
         .map_err(state_store_error)?
         .ok_or_else(|| invalid_state(unknown))?;
-    if record.connect_session.is_none() {
+    // A connect session, or a confirm-mode record waiting for the app, is
+    // not a flow's state.
+    if record.connect_session.is_none() || record.authorization_code.is_some() {
         return Err(invalid_state(unknown));
     }
     if let Some(expected) = expected
@@ -331,32 +528,70 @@ async fn finish(
             ),
         ));
     }
-    let integration = integration(&state, record.integration.as_str())?;
-    match complete(&state, integration, &record, &params).await {
-        Ok(()) => {
-            tracing::info!(integration = %integration.key(), "connection created");
-            Ok(finished(&record, None, integration))
-        }
-        Err(failure) => {
-            tracing::warn!(integration = %integration.key(), code = %failure.code, "flow failed");
-            match &record.redirect_to {
-                Some(_) => Ok(finished(&record, Some(&failure.code), integration)),
-                None => Err(ApiError::new(
-                    failure.status,
-                    static_code(&failure.code),
-                    failure.message,
-                )),
-            }
-        }
-    }
+    let integration = integration(state, record.integration.as_str())?;
+    Ok((record, integration))
 }
 
-async fn complete(
+/// Confirm mode: keeps the authorization code (not yet exchanged) under a
+/// one-time confirmation code and sends the browser to the app with it.
+async fn await_confirmation(
     state: &AppState,
     integration: &Integration,
     record: &StateRecord,
     params: &CallbackParams,
-) -> Result<(), FlowFailure> {
+) -> Result<Option<Response>, FlowFailure> {
+    let code = authorization_code(integration, params)?;
+    let confirmation = StateKey::generate();
+    let pending = StateRecord {
+        authorization_code: Some(code.to_owned().into()),
+        instance_id: params.instance_id.clone(),
+        created_at: Utc::now(),
+        ..record.clone()
+    };
+    state
+        .states
+        .put(&confirmation, &pending, state.settings.state_ttl)
+        .await
+        .map_err(|err| {
+            let err = state_store_error(err);
+            FlowFailure {
+                status: err.status,
+                code: err.code.into(),
+                message: err.message,
+            }
+        })?;
+    let Some(mut target) = record
+        .redirect_to
+        .as_deref()
+        .and_then(|raw| url::Url::parse(raw).ok())
+    else {
+        return Err(FlowFailure {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal".into(),
+            message: "a confirm-mode session without redirect_to".into(),
+        });
+    };
+    target
+        .query_pairs_mut()
+        .append_pair("connection", integration.key().as_str())
+        .append_pair("status", "confirmation_required")
+        .append_pair(
+            "connect_session",
+            record.connect_session.as_deref().unwrap_or_default(),
+        )
+        .append_pair("confirm_code", confirmation.as_str());
+    tracing::info!(integration = %integration.key(), "flow waits for the application's confirmation");
+    Ok(Some(
+        (StatusCode::FOUND, [(header::LOCATION, target.to_string())]).into_response(),
+    ))
+}
+
+/// The callback's authorization code, or why there is none (the provider's
+/// error, an issuer mismatch).
+fn authorization_code<'a>(
+    integration: &Integration,
+    params: &'a CallbackParams,
+) -> Result<&'a str, FlowFailure> {
     if let Some(error) = &params.error {
         let code: String = error
             .chars()
@@ -383,7 +618,7 @@ async fn complete(
             code: "issuer_mismatch".into(),
             message: format!("the callback's iss parameter does not match the provider: {e}"),
         })?;
-    let code = params
+    params
         .code
         .as_deref()
         .filter(|c| !c.is_empty())
@@ -391,7 +626,36 @@ async fn complete(
             status: StatusCode::BAD_REQUEST,
             code: "missing_code".into(),
             message: "the callback has neither code nor error".into(),
-        })?;
+        })
+}
+
+async fn complete(
+    state: &AppState,
+    integration: &Integration,
+    record: &StateRecord,
+    params: &CallbackParams,
+) -> Result<(), FlowFailure> {
+    let code = authorization_code(integration, params)?;
+    exchange_and_save(
+        state,
+        integration,
+        record,
+        code,
+        params.instance_id.as_deref(),
+    )
+    .await
+}
+
+/// Exchanges the code and stores the connection. A grant whose save fails
+/// is revoked at the provider: nobody holds it, and it would otherwise stay
+/// valid there until it expires.
+async fn exchange_and_save(
+    state: &AppState,
+    integration: &Integration,
+    record: &StateRecord,
+    code: &str,
+    instance_id: Option<&str>,
+) -> Result<(), FlowFailure> {
     let requested: Option<Scopes> =
         (!record.scopes.is_empty()).then(|| record.scopes.iter().cloned().collect());
     let grant = integration
@@ -408,10 +672,10 @@ async fn complete(
             message: format!("exchanging the authorization code failed: {err}"),
         })?;
     let mut metadata = grant.metadata;
-    if let (Some(instance_id), Some(fields)) = (&params.instance_id, metadata.as_object_mut()) {
+    if let (Some(instance_id), Some(fields)) = (instance_id, metadata.as_object_mut()) {
         fields.insert("instance_id".into(), json!(instance_id));
     }
-    state
+    let saved = state
         .vault
         .save_grant(
             &record.user_id,
@@ -437,8 +701,125 @@ async fn complete(
                     message: "storing the connection failed".into(),
                 }
             }
-        })?;
-    Ok(())
+        });
+    if saved.is_err() {
+        match integration.revoke(&grant.tokens).await {
+            Ok(true) => {
+                tracing::info!(integration = %integration.key(), "revoked the grant whose save failed")
+            }
+            Ok(false) => {
+                tracing::warn!(integration = %integration.key(), "the grant whose save failed cannot be revoked: the provider has no revocation endpoint")
+            }
+            Err(err) => {
+                tracing::warn!(integration = %integration.key(), error = %err, "revoking the grant whose save failed did not succeed")
+            }
+        }
+        metrics::counter!("tokenvault_flow_orphaned_grants_total", "integration" => integration.key().to_string()).increment(1);
+    }
+    saved.map(|_| ())
+}
+
+/// Confirms a confirm-mode flow for the application's logged-in user.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmRequest {
+    /// The `confirm_code` the browser brought to `redirect_to`.
+    confirm_code: String,
+    /// The user the application has logged in (in the browser that
+    /// brought the code); must be the session's user.
+    #[schema(value_type = UserId)]
+    user_id: String,
+}
+
+/// A confirmed flow: the connection is stored.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConfirmedConnection {
+    pub user_id: UserId,
+    pub integration: IntegrationKey,
+    /// Always `connected`.
+    pub status: String,
+}
+
+/// `POST /v1/connect-sessions/{id}/confirm`: the application's backend
+/// confirms a confirm-mode flow for the user it has logged in; only now is
+/// the authorization code exchanged and the connection stored. A code
+/// brought for another user is discarded, never exchanged.
+#[utoipa::path(
+    post,
+    path = "/v1/connect-sessions/{id}/confirm",
+    tag = "flows",
+    summary = "Confirm a confirm-mode connect flow for the logged-in user",
+    params(("id" = String, Path, description = "The connect session's id (`connect_session` on the redirect)")),
+    request_body = ConfirmRequest,
+    responses(
+        (status = 200, description = "The connection is stored", body = ConfirmedConnection),
+        (status = 400, description = "`invalid_json`, `invalid_user_id`", body = ErrorBody),
+        (status = 403, description = "`user_mismatch`: the flow was started for another user; it is discarded", body = ErrorBody),
+        (status = 404, description = "`confirmation_not_found`: unknown, expired or already used code, or another session's", body = ErrorBody),
+        (status = 502, description = "`token_exchange_failed`", body = ErrorBody),
+        (status = 503, description = "`state_store_unavailable`, `database_unavailable`", body = ErrorBody),
+    ),
+)]
+#[tracing::instrument(skip_all)]
+pub async fn confirm_connect_session(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(request): ApiJson<ConfirmRequest>,
+) -> Result<Json<ConfirmedConnection>, ApiError> {
+    let user = user_id(&request.user_id)?;
+    let not_found = || {
+        ApiError::not_found(
+            "confirmation_not_found",
+            "unknown, expired or already used confirmation code for this connect session",
+        )
+    };
+    if !StateKey::is_well_formed(&request.confirm_code) {
+        return Err(not_found());
+    }
+    let record = state
+        .states
+        .take(&request.confirm_code)
+        .await
+        .map_err(state_store_error)?
+        .ok_or_else(not_found)?;
+    let Some(code) = record
+        .authorization_code
+        .as_ref()
+        .filter(|_| record.connect_session.as_deref() == Some(id.as_str()))
+    else {
+        return Err(not_found());
+    };
+    if record.user_id != user {
+        tracing::warn!(integration = %record.integration, "confirmation for another user than the session's; the flow is discarded");
+        metrics::counter!("tokenvault_flow_confirm_mismatch_total", "integration" => record.integration.to_string()).increment(1);
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "user_mismatch",
+            "this flow was started for another user; it is discarded. Start a new connect session for the logged-in user",
+        ));
+    }
+    let integration = integration(&state, record.integration.as_str())?;
+    exchange_and_save(
+        &state,
+        integration,
+        &record,
+        code.expose_secret(),
+        record.instance_id.as_deref(),
+    )
+    .await
+    .map_err(|failure| {
+        let mut err = ApiError::new(failure.status, static_code(&failure.code), failure.message);
+        if err.status == StatusCode::SERVICE_UNAVAILABLE {
+            err = err.with_retry_after(std::time::Duration::from_secs(1));
+        }
+        err
+    })?;
+    tracing::info!(integration = %integration.key(), "connection created (confirmed by the application)");
+    Ok(Json(ConfirmedConnection {
+        user_id: user,
+        integration: integration.key().clone(),
+        status: "connected".into(),
+    }))
 }
 
 /// Our stable codes are static; a provider's own code is reported as `provider_error`.
@@ -449,6 +830,8 @@ fn static_code(code: &str) -> &'static str {
         "token_exchange_failed" => "token_exchange_failed",
         "internal" => "internal",
         "database_unavailable" => "database_unavailable",
+        "state_store_unavailable" => "state_store_unavailable",
+        "browser_mismatch" => "browser_mismatch",
         "access_denied" => "access_denied",
         _ => "provider_error",
     }

@@ -172,6 +172,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/bulk-actions/{id}/items", get(bulk::items))
         .route("/v1/bulk-actions/{id}/cancel", post(bulk::cancel))
         .route("/v1/connect-sessions", post(flows::create_connect_session))
+        .route(
+            "/v1/connect-sessions/{id}/confirm",
+            post(flows::confirm_connect_session),
+        )
         .route("/v1/device-sessions", post(device::create_device_session))
         .route("/v1/device-sessions/{id}", get(device::get_device_session))
         .route("/healthz", get(health::healthz))

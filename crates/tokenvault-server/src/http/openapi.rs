@@ -48,6 +48,7 @@ const LAYER_503: &str = "`request_timeout` (the request ran longer than `request
         proxy::proxy,
         import::put_connection,
         flows::create_connect_session,
+        flows::confirm_connect_session,
         device::create_device_session,
         device::get_device_session,
         bulk::create,

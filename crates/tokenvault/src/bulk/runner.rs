@@ -500,12 +500,19 @@ impl BulkWorker {
             Ok(response) => {
                 let status = response.status();
                 let retry_after = response.retry_after();
+                let secrets = response.secrets().clone();
                 let body = if status.is_success() {
                     // Read to the end so the connection is reused.
                     let _ = response.bytes().await;
                     None
                 } else {
-                    response.bytes().await.ok()
+                    // Providers echo what they were sent: the token goes
+                    // before the excerpt is cut.
+                    response
+                        .bytes()
+                        .await
+                        .ok()
+                        .map(|body| secrets.scrub_bytes(&body))
                 };
                 self.answered(item, status, retry_after, body.as_deref(), now)
             }

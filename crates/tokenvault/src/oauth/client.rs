@@ -15,6 +15,7 @@ use super::error::{OAuthError, RetryAfter};
 use super::token::{
     DeviceAuthorization, DevicePoll, RawResponse, TokenResponse, device_authorization_from_object,
 };
+use crate::privacy::Scrubber;
 
 /// Upper bound on any response body we read; larger bodies are an error.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -116,6 +117,19 @@ impl ClientAuth {
             OAuthError::Config("HTTP Basic client authentication requires a client_secret".into())
         })?;
         self.basic_header(secret)
+    }
+
+    /// Adds the client secret, as sent (in the body or in a Basic header),
+    /// to `secrets`.
+    fn add_secrets(&self, secrets: &mut Scrubber) {
+        if let Some(secret) = &self.client_secret {
+            secrets.add(secret.expose_secret());
+            if let Ok(basic) = self.basic_header(secret)
+                && let Ok(value) = basic.to_str()
+            {
+                secrets.add(value.trim_start_matches("Basic "));
+            }
+        }
     }
 
     /// Adds client authentication to a request: either a header or body params.
@@ -421,7 +435,9 @@ impl OAuthClient {
             )
             .header("X-GitHub-Api-Version", "2022-11-28")
             .json(&body);
-        let raw = self.execute(req).await?;
+        let mut secrets = Scrubber::new().with(access_token.expose_secret());
+        auth.add_secrets(&mut secrets);
+        let raw = self.execute(req, secrets).await?;
         if raw.is_success() {
             return Ok(());
         }
@@ -458,7 +474,12 @@ impl OAuthClient {
             .oauth
             .get(url.clone())
             .header(header::AUTHORIZATION, value);
-        let raw = self.execute(req).await?;
+        let value = authorization.expose_secret();
+        let mut secrets = Scrubber::new().with(value);
+        if let Some((_scheme, token)) = value.split_once(' ') {
+            secrets.add(token.trim());
+        }
+        let raw = self.execute(req, secrets).await?;
         if raw.is_success() {
             return serde_json::from_slice::<Value>(&raw.body).map_err(|e| {
                 OAuthError::InvalidResponse(format!("userinfo body is not JSON: {e}"))
@@ -503,6 +524,13 @@ impl OAuthClient {
         let req = auth.apply(req, &mut params)?;
         let mut pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
         pairs.extend(extra_params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let mut secrets = Scrubber::new();
+        auth.add_secrets(&mut secrets);
+        for (name, value) in &pairs {
+            if !NOT_SECRET_PARAMS.contains(name) {
+                secrets.add(value);
+            }
+        }
         let req = match format {
             TokenRequestFormat::Form => req.form(&pairs),
             TokenRequestFormat::Json => {
@@ -515,7 +543,7 @@ impl OAuthClient {
                 req.json(&object)
             }
         };
-        self.execute(req).await
+        self.execute(req, secrets).await
     }
 
     /// Sends `req` and reads the answer within `request_timeout`. When the
@@ -525,8 +553,12 @@ impl OAuthClient {
     /// dropping it would lose a rotated refresh token for good. reqwest's
     /// own timeout would win that race (it checks the clock before the
     /// connection); this one polls the call first.
-    async fn execute(&self, req: reqwest::RequestBuilder) -> Result<RawResponse, OAuthError> {
-        let call = self.execute_unbounded(req);
+    async fn execute(
+        &self,
+        req: reqwest::RequestBuilder,
+        secrets: Scrubber,
+    ) -> Result<RawResponse, OAuthError> {
+        let call = self.execute_unbounded(req, secrets);
         tokio::pin!(call);
         match tokio::time::timeout(self.request_timeout, &mut call).await {
             Ok(result) => result,
@@ -542,6 +574,7 @@ impl OAuthClient {
     async fn execute_unbounded(
         &self,
         req: reqwest::RequestBuilder,
+        secrets: Scrubber,
     ) -> Result<RawResponse, OAuthError> {
         let mut resp = req.send().await.map_err(OAuthError::from_reqwest)?;
         let status = resp.status().as_u16();
@@ -573,9 +606,23 @@ impl OAuthClient {
             retry_after,
             www_authenticate,
             body,
+            secrets,
         })
     }
 }
+
+/// Request parameters whose values are not secrets; every other value a
+/// request carries (code, verifier, refresh token, device code, client
+/// secret, token, provider-specific extras) is scrubbed from its answer.
+const NOT_SECRET_PARAMS: &[&str] = &[
+    "grant_type",
+    "scope",
+    "redirect_uri",
+    "client_id",
+    "token_type_hint",
+    "audience",
+    "resource",
+];
 
 fn push_scope(form: &mut Vec<(&'static str, String)>, scopes: &[String], separator: &str) {
     if !scopes.is_empty() {

@@ -104,6 +104,9 @@ pub(crate) struct RawResponse {
     pub retry_after: Option<RetryAfter>,
     pub www_authenticate: Option<String>,
     pub body: Vec<u8>,
+    /// The secrets the request carried: removed from any error text taken
+    /// from this answer.
+    pub secrets: crate::privacy::Scrubber,
 }
 
 impl RawResponse {
@@ -115,11 +118,16 @@ impl RawResponse {
     /// non-2xx): an OAuth error from the body or the `WWW-Authenticate`
     /// challenge, else a plain HTTP error with a short body excerpt.
     pub fn failure(&self) -> OAuthError {
-        let from_body = parse_body(self.content_type.as_deref(), &self.body)
+        // Scrubbed before anything is parsed or cut short, so no part of a
+        // secret the provider echoed survives in the error.
+        let body = self.secrets.scrub_bytes(&self.body);
+        let from_body = parse_body(self.content_type.as_deref(), &body)
             .as_ref()
             .and_then(oauth_error_of);
         let from_header = || {
             self.www_authenticate
+                .as_deref()
+                .map(|header| self.secrets.scrub(header))
                 .as_deref()
                 .and_then(parse_www_authenticate_error)
         };
@@ -134,7 +142,7 @@ impl RawResponse {
                 status: self.status,
                 retry_after: self.retry_after,
                 body_excerpt: truncate_chars(
-                    &String::from_utf8_lossy(&self.body),
+                    &String::from_utf8_lossy(&body),
                     BODY_EXCERPT_MAX_CHARS,
                 ),
             },
@@ -149,13 +157,9 @@ impl RawResponse {
             return Err(self.failure());
         }
         let object = parse_body(self.content_type.as_deref(), &self.body);
-        if let Some((error, description)) = object.as_ref().and_then(oauth_error_of) {
-            return Err(OAuthError::Provider {
-                status: self.status,
-                error,
-                description,
-                retry_after: self.retry_after,
-            });
+        if object.as_ref().and_then(oauth_error_of).is_some() {
+            // An error inside a 2xx (GitHub, Slack): read again, scrubbed.
+            return Err(self.failure());
         }
         Ok(object)
     }
@@ -195,6 +199,7 @@ pub fn parse_token_response(
         retry_after: None,
         www_authenticate: None,
         body: body.to_vec(),
+        secrets: crate::privacy::Scrubber::new(),
     }
     .into_token_response(token_path)
 }

@@ -120,6 +120,54 @@ pub struct StateRecord {
     /// (Wix's installer `token`); omitted from storage when empty.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub provider_params: std::collections::BTreeMap<String, String>,
+    /// SHA-256 (hex) of the nonce in the cookie set on the browser that
+    /// opened the connect link; the callback needs the same cookie, so a
+    /// flow cannot be finished by another browser (account-linking CSRF).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub browser_binding: Option<String>,
+    /// Confirm mode: the callback does not store the connection; it sends
+    /// the browser to the app with a one-time confirmation code, and the
+    /// app's backend confirms the flow for its logged-in user.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub confirm: bool,
+    /// Only in the record a confirm-mode callback leaves behind (kept under
+    /// the confirmation code): the authorization code, exchanged when the
+    /// app confirms.
+    #[serde(
+        default,
+        with = "verifier_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub authorization_code: Option<SecretString>,
+    /// Callback parameters kept for the confirmation (Wix's `instanceId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+}
+
+impl StateRecord {
+    /// A record at the start of a flow (a connect session).
+    pub fn new(
+        integration: IntegrationKey,
+        user_id: UserId,
+        redirect_uri: String,
+        created_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            integration,
+            user_id,
+            code_verifier: None,
+            redirect_uri,
+            connect_session: None,
+            redirect_to: None,
+            scopes: Vec::new(),
+            created_at,
+            provider_params: Default::default(),
+            browser_binding: None,
+            confirm: false,
+            authorization_code: None,
+            instance_id: None,
+        }
+    }
 }
 
 impl StateRecord {
@@ -151,6 +199,12 @@ impl fmt::Debug for StateRecord {
             .field(
                 "provider_params",
                 &self.provider_params.keys().collect::<Vec<_>>(),
+            )
+            .field("browser_bound", &self.browser_binding.is_some())
+            .field("confirm", &self.confirm)
+            .field(
+                "authorization_code",
+                &self.authorization_code.as_ref().map(|_| "[redacted]"),
             )
             .finish()
     }
@@ -225,6 +279,10 @@ mod tests {
             scopes: vec!["user-read-email".into()],
             created_at: DateTime::from_timestamp_millis(1_700_000_000_123).unwrap(),
             provider_params: Default::default(),
+            browser_binding: Some("ab".repeat(32)),
+            confirm: true,
+            authorization_code: Some(SecretString::from("code-abcdefghijklmnop")),
+            instance_id: None,
         }
     }
 
@@ -270,6 +328,8 @@ mod tests {
     fn record_debug_hides_the_verifier() {
         let shown = format!("{:?}", record());
         assert!(!shown.contains("verifier-abc"), "{shown}");
+        assert!(!shown.contains("code-abc"), "{shown}");
+        assert!(!shown.contains(&"ab".repeat(32)), "{shown}");
         assert!(
             shown.contains("[redacted]") && shown.contains("spotify"),
             "{shown}"
@@ -290,7 +350,10 @@ mod tests {
         assert_eq!(
             keys,
             [
+                "authorization_code",
+                "browser_binding",
                 "code_verifier",
+                "confirm",
                 "connect_session",
                 "created_at",
                 "integration",
