@@ -110,6 +110,19 @@ pub struct Config {
     /// A request still running after this many seconds is answered 503
     /// `request_timeout` (must exceed the refresh wait, 25 s).
     pub request_timeout_secs: u64,
+    /// A client that has not sent a whole request head this many seconds
+    /// after connecting (or after its previous request) is disconnected:
+    /// slow-header clients cannot hold connections.
+    pub header_read_timeout_secs: u64,
+    /// A keep-alive connection with no request for this many seconds is
+    /// closed.
+    pub keep_alive_idle_secs: u64,
+    /// Most client connections open at once; 0 = as many as the file
+    /// descriptor limit leaves room for (it minus 128 and the database
+    /// pool). At the cap, a new connection replaces the oldest one that
+    /// has no request in progress; with none, it gets 503
+    /// `too_many_connections`.
+    pub max_connections: usize,
     /// The longest provider `Retry-After` the API proxy waits out before
     /// retrying; a longer one is relayed to the caller as the 429 it is.
     pub proxy_max_retry_after_secs: u64,
@@ -221,6 +234,9 @@ impl Default for Config {
             log_salt: None,
             max_body_bytes: 1024 * 1024,
             request_timeout_secs: 30,
+            header_read_timeout_secs: 10,
+            keep_alive_idle_secs: 60,
+            max_connections: 0,
             proxy_max_retry_after_secs: 10,
             refresh_in_flight_lease_secs: 300,
             refresh_takeover_grace_secs: 10,

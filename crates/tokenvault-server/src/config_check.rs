@@ -282,6 +282,12 @@ fn render(
     put("max_body_bytes", int(config.max_body_bytes));
     put("request_timeout_secs", int(config.request_timeout_secs));
     put(
+        "header_read_timeout_secs",
+        int(config.header_read_timeout_secs),
+    );
+    put("keep_alive_idle_secs", int(config.keep_alive_idle_secs));
+    put("max_connections", int(config.max_connections));
+    put(
         "proxy_max_retry_after_secs",
         int(config.proxy_max_retry_after_secs),
     );

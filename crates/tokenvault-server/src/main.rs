@@ -4,7 +4,6 @@ use tokenvault_server::{
     api_keys, bulk, config, config_check, http, import, keys, metrics, wiring,
 };
 
-use std::future::IntoFuture;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -299,13 +298,14 @@ async fn serve(config: Config, bind: Option<SocketAddr>) -> anyhow::Result<()> {
     let webhooks = wiring::spawn_webhooks(&state, &config, stopping.clone())?;
     let vault = state.vault.clone();
     let mut http_stopping = stopping.clone();
-    let mut served = tokio::spawn(
-        axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(async move {
-                let _ = http_stopping.wait_for(|stop| *stop).await;
-            })
-            .into_future(),
-    );
+    let mut served = tokio::spawn(http::server::serve(
+        listener,
+        http::router(state),
+        http::server::ConnectionLimits::from_config(&config),
+        async move {
+            let _ = http_stopping.wait_for(|stop| *stop).await;
+        },
+    ));
     // Until a signal, or the server failing on its own.
     let early_exit = tokio::select! {
         () = shutdown_signal() => None,

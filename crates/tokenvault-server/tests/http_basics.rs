@@ -157,3 +157,174 @@ async fn unreadable_queries_and_paths_answer_the_error_envelope() {
         assert_eq!(body["request_id"], request_id.as_str());
     }
 }
+
+/// A `tokenvault serve` limited to 1,024 file descriptors, on `port`.
+fn limited_service(dir: &std::path::Path, port: u16, env: &[(&str, &str)]) -> Process {
+    let config = dir.join("tokenvault.toml");
+    std::fs::write(&config, "").unwrap();
+    let mut vars = vec![
+        ("TOKENVAULT_BIND", format!("127.0.0.1:{port}")),
+        ("TOKENVAULT_METRICS_BIND", "off".into()),
+        ("TOKENVAULT_MASTER_KEYS", MASTER_KEYS.into()),
+        ("TOKENVAULT_API_KEYS", API_KEY.into()),
+    ];
+    vars.extend(env.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    Process::spawn_wrapped(
+        &["prlimit", "--nofile=1024:1024", "--"],
+        &config,
+        &dir.join("data"),
+        &vars,
+    )
+}
+
+/// Opens a connection and sends the start of a request head, then one more
+/// byte every half second; reconnects whenever the server closes it, until
+/// `stop`.
+async fn slow_header_client(addr: String, stop: tokio::sync::watch::Receiver<bool>) {
+    use tokio::io::AsyncWriteExt as _;
+    while !*stop.borrow() {
+        let Ok(mut stream) = tokio::net::TcpStream::connect(&addr).await else {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            continue;
+        };
+        if stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: slow\r\nX-Slow: ")
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        while !*stop.borrow() {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            if stream.write_all(b"x").await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn more_slow_header_clients_than_descriptors_do_not_stop_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // The header-read timeout is long here, so that only the connection
+    // cap (and replacing slow clients at the cap) keeps service going.
+    let service = limited_service(
+        dir.path(),
+        port,
+        &[("TOKENVAULT_HEADER_READ_TIMEOUT_SECS", "300")],
+    );
+    service.line_after("tokenvault listening on ").await;
+    let addr = format!("127.0.0.1:{port}");
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    // 1,100 of them, more than the process has descriptors: without a cap
+    // `accept` fails with EMFILE and the backlog fills with slow clients.
+    let slow: Vec<_> = (0..1100)
+        .map(|_| tokio::spawn(slow_header_client(addr.clone(), stopping.clone())))
+        .collect();
+    // Let them all connect and settle.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut served = 0;
+    for i in 0..100 {
+        let path = if i % 2 == 0 {
+            "/healthz"
+        } else {
+            "/v1/integrations"
+        };
+        let response = http
+            .get(format!("http://{addr}{path}"))
+            .bearer_auth(API_KEY)
+            .send()
+            .await;
+        match response {
+            Ok(response) if response.status() == 200 => served += 1,
+            other => panic!("request {i} to {path} was not served: {other:?}"),
+        }
+    }
+    assert_eq!(served, 100);
+    let _ = stop.send(true);
+    for client in slow {
+        client.abort();
+    }
+    assert!(
+        !service.has_line("accepting a connection failed"),
+        "the process ran out of descriptors"
+    );
+}
+
+#[tokio::test]
+async fn slow_headers_and_idle_keep_alive_connections_are_closed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let service = limited_service(
+        dir.path(),
+        port,
+        &[
+            ("TOKENVAULT_HEADER_READ_TIMEOUT_SECS", "2"),
+            ("TOKENVAULT_KEEP_ALIVE_IDLE_SECS", "3"),
+        ],
+    );
+    service.line_after("tokenvault listening on ").await;
+    let addr = format!("127.0.0.1:{port}");
+
+    // A head that never ends: closed after the header-read timeout even
+    // though bytes keep coming.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let closed = async {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            if slow.write_all(b"x").await.is_err() {
+                return;
+            }
+            let mut buf = [0u8; 512];
+            if let Ok(Ok(0)) =
+                tokio::time::timeout(std::time::Duration::from_millis(1), slow.read(&mut buf)).await
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(15), closed)
+        .await
+        .expect("a slow-header connection stays open");
+    let elapsed = started.elapsed();
+    assert!(elapsed >= std::time::Duration::from_secs(2), "{elapsed:?}");
+
+    // One request, then silence: the keep-alive connection is closed.
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let n = idle.read(&mut buf).await.unwrap();
+    answer.extend_from_slice(&buf[..n]);
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    let started = std::time::Instant::now();
+    let end = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        loop {
+            match idle.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "an idle keep-alive connection stays open");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+}

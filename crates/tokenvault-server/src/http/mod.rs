@@ -10,6 +10,7 @@ mod health;
 mod import;
 pub mod openapi;
 mod proxy;
+pub mod server;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -162,7 +162,12 @@ pub async fn start_service(configure: impl FnOnce(&mut Config, &str)) -> Service
         .await
         .expect("service starts");
     let app = router(state.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let limits = tokenvault_server::http::server::ConnectionLimits::from_config(&config);
+    tokio::spawn(async move {
+        tokenvault_server::http::server::serve(listener, app, limits, std::future::pending())
+            .await
+            .unwrap()
+    });
     Service {
         base,
         state,
@@ -396,7 +401,25 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(config: &std::path::Path, dir: &std::path::Path, env: &[(&str, String)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenvault"));
+        Self::spawn_wrapped(&[], config, dir, env)
+    }
+
+    /// [`Process::spawn`] under a wrapper command (`prlimit --nofile=…`).
+    pub fn spawn_wrapped(
+        wrapper: &[&str],
+        config: &std::path::Path,
+        dir: &std::path::Path,
+        env: &[(&str, String)],
+    ) -> Self {
+        let binary = env!("CARGO_BIN_EXE_tokenvault");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(binary);
+                cmd
+            }
+            None => Command::new(binary),
+        };
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("TOKENVAULT_DATA_DIR", dir)
