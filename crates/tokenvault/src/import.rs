@@ -225,7 +225,13 @@ fn validate(grant: ImportedGrant, now: DateTime<Utc>) -> Result<(TokenSet, Value
     if !grant.metadata.is_object() {
         return Err(InvalidGrant::Metadata("must be a JSON object".into()));
     }
-    let size = grant.metadata.to_string().len();
+    let serialized = grant.metadata.to_string();
+    if serialized.contains("\\u0000") && holds_nul(&grant.metadata) {
+        return Err(InvalidGrant::Metadata(
+            "holds a NUL character (\\u0000), which cannot be stored".into(),
+        ));
+    }
+    let size = serialized.len();
     if size > MAX_METADATA_BYTES {
         return Err(InvalidGrant::Metadata(format!(
             "is {size} bytes of JSON; at most {MAX_METADATA_BYTES} are allowed"
@@ -239,6 +245,15 @@ fn validate(grant: ImportedGrant, now: DateTime<Utc>) -> Result<(TokenSet, Value
         expires_at,
     };
     Ok((tokens, grant.metadata))
+}
+
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(fields) => fields.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
 }
 
 /// Whether the stored connection holds tokens newer than `imported`: it is
@@ -549,6 +564,18 @@ mod tests {
                 invalid(bad, now).to_string(),
                 "metadata must be a JSON object"
             );
+        }
+        // PostgreSQL cannot store NUL: refused on every backend alike.
+        for metadata in [
+            serde_json::json!({"k": "a\u{0}b"}),
+            serde_json::json!({"a\u{0}": 1}),
+            serde_json::json!({"deep": [{"x": "\u{0}"}]}),
+        ] {
+            let mut bad = grant(None, true);
+            bad.metadata = metadata;
+            let err = invalid(bad, now);
+            assert_eq!(err.code(), "invalid_metadata");
+            assert!(err.to_string().contains("NUL"), "{err}");
         }
         let mut big = grant(None, true);
         big.metadata = serde_json::json!({"blob": "x".repeat(MAX_METADATA_BYTES)});

@@ -134,15 +134,15 @@ impl RawResponse {
         match from_body.or_else(from_header) {
             Some((error, description)) => OAuthError::Provider {
                 status: self.status,
-                error,
-                description,
+                error: printable(&error),
+                description: description.as_deref().map(printable),
                 retry_after: self.retry_after,
             },
             None => OAuthError::Http {
                 status: self.status,
                 retry_after: self.retry_after,
                 body_excerpt: truncate_chars(
-                    &String::from_utf8_lossy(&body),
+                    &printable(&String::from_utf8_lossy(&body)),
                     BODY_EXCERPT_MAX_CHARS,
                 ),
             },
@@ -175,6 +175,15 @@ impl RawResponse {
             )),
         }
     }
+}
+
+/// Provider text as kept in errors: one line, control characters (NUL,
+/// which PostgreSQL cannot store, and line breaks, which forge log lines)
+/// turned into spaces.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// Parses a successful (HTTP 2xx) token-endpoint body.

@@ -276,10 +276,49 @@ impl<'a> UpdateColumns<'a> {
             failing_since: update.failing_since.map(to_millis),
             access_token: update.access_token.as_deref(),
             refresh_token: update.refresh_token.as_deref(),
-            metadata: update.metadata.to_string(),
+            metadata: storable_json(&update.metadata),
             lease_owner: update.lease.as_ref().map(|l| l.owner.as_str()),
             lease_expires_at: update.lease.as_ref().map(|l| to_millis(l.expires_at)),
             updated_at: to_millis(update.updated_at),
         }
+    }
+}
+
+/// A JSON value as stored. PostgreSQL's `jsonb` (and `text`) cannot hold
+/// the NUL character; provider data that carries one (in a value or a key)
+/// loses it instead of failing the write. SQLite stores the same text, so
+/// both backends keep the same metadata.
+pub(crate) fn storable_json(value: &Value) -> String {
+    let text = value.to_string();
+    if !text.contains("\\u0000") {
+        return text;
+    }
+    fn without_nul(value: &Value) -> Value {
+        match value {
+            Value::String(s) => Value::String(s.replace('\0', "")),
+            Value::Array(items) => Value::Array(items.iter().map(without_nul).collect()),
+            Value::Object(fields) => Value::Object(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.replace('\0', ""), without_nul(v)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+    without_nul(value).to_string()
+}
+
+#[cfg(test)]
+mod storable_tests {
+    #[test]
+    fn nul_characters_are_dropped_from_stored_json() {
+        let value = serde_json::json!({"a\u{0}b": ["x\u{0}y", {"k": "\u{0}"}], "n": 1});
+        assert_eq!(
+            super::storable_json(&value),
+            r#"{"ab":["xy",{"k":""}],"n":1}"#
+        );
+        let plain = serde_json::json!({"path": "C:\\u0000"});
+        assert_eq!(super::storable_json(&plain), plain.to_string());
     }
 }

@@ -104,7 +104,7 @@ macro_rules! sql_store {
                     .bind(c.sealed.refresh_token.as_deref())
                     .bind(c.sealed.data_key.blob())
                     .bind(c.sealed.data_key.key_id().as_str())
-                    .bind(c.metadata.to_string())
+                    .bind(super::record::storable_json(&c.metadata))
                     .bind(now);
                 let row: RawRow = if c.emit.is_empty() {
                     query.fetch_one(&self.pool).await?
