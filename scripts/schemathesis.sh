@@ -107,10 +107,20 @@ client_secret = "demo-secret"
 redirect_uri = "$base/oauth/callback"
 EOF
 
-log "starting tokenvault on $base"
+# SCHEMATHESIS_DATABASE=postgres runs against a fresh PostgreSQL database
+# on TOKENVAULT_TEST_DATABASE_URL's server instead of SQLite.
+database_url="sqlite://$work/data/tokenvault.db"
+if [ "${SCHEMATHESIS_DATABASE:-sqlite}" = postgres ]; then
+  admin=${TOKENVAULT_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
+  name="tv_schemathesis_$$_$RANDOM"
+  psql -q "$admin" -c "CREATE DATABASE $name" >/dev/null
+  database_url="${admin%/*}/$name"
+fi
+
+log "starting tokenvault on $base (${database_url%%:*})"
 mkdir -p "$work/data"
 TOKENVAULT_DATA_DIR="$work/data" \
-  TOKENVAULT_DATABASE_URL="sqlite://$work/data/tokenvault.db" \
+  TOKENVAULT_DATABASE_URL="$database_url" \
   TOKENVAULT_MASTER_KEYS="k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" \
   TOKENVAULT_API_KEYS="$API_KEY" \
   TOKENVAULT_PUBLIC_URL="$base" \

@@ -107,8 +107,10 @@ fi
 log "cargo test"
 cargo test --workspace "$@"
 
-log "schemathesis against a local instance"
+log "schemathesis against a local instance on SQLite"
 scripts/schemathesis.sh
+log "schemathesis against a local instance on PostgreSQL"
+SCHEMATHESIS_DATABASE=postgres SCHEMATHESIS_MAX_EXAMPLES=${SCHEMATHESIS_PG_MAX_EXAMPLES:-50} scripts/schemathesis.sh
 
 # Benchmarks are not tests: CI only checks that a smoke-size run completes
 # and reports every headline figure (docs/benchmarks.md).
