@@ -1336,9 +1336,22 @@ async fn postgres_outages_lose_nothing_and_heal_within_five_seconds() {
     chaos.connect(40, setup.access_ttl).await;
     let readers = chaos.start_readers();
     tokio::time::sleep(Duration::from_secs(5)).await;
+    // A key kept in the database, its verdict cached by a first use.
+    let stored_key = stored_api_key(&pg.url());
+    let checked = reqwest::Client::new()
+        .get(format!("{}/v1/ping", chaos.nodes[1].base()))
+        .bearer_auth(&stored_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(checked.status(), 200);
     for outage in [20, size(60, 2) as u64] {
         pg.down();
         let stopped_at = Instant::now();
+        if outage == 20 {
+            every_route_answers_without_a_500(&chaos.nodes[1].base(), &[&stored_key, API_KEY])
+                .await;
+        }
         // The API during the outage: a clear 503 with a stable code, never
         // a 500 (connect sessions live in Redis here and keep working).
         let response = reqwest::Client::new()
@@ -1396,6 +1409,138 @@ async fn postgres_outages_lose_nothing_and_heal_within_five_seconds() {
             false,
         )
         .await;
+}
+
+/// `tokenvault api-keys create` against `database_url`: a key whose
+/// verdict the service must look up (and then caches).
+fn stored_api_key(database_url: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_tokenvault"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TOKENVAULT_DATABASE_URL", database_url)
+        .args([
+            "api-keys",
+            "create",
+            "--name",
+            "outage-sweep",
+            "--scope",
+            "admin",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// Every route, with each key, while the database is down: an answer
+/// that needs the database is 503 `database_unavailable` (flows, whose
+/// state is in Redis here, keep working), never a 500.
+async fn every_route_answers_without_a_500(base: &str, keys: &[&str]) {
+    let in_an_hour = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let action = "01a24188-9329-72c7-827d-388826b0e927";
+    let routes: Vec<(&str, String, Option<Value>)> = vec![
+        ("GET", "/v1/ping".into(), None),
+        ("GET", "/v1/integrations".into(), None),
+        ("GET", format!("/v1/integrations/{CLIENT}/token"), None),
+        ("POST", format!("/v1/integrations/{CLIENT}/reset"), None),
+        ("GET", "/v1/users/nobody/connections".into(), None),
+        (
+            "GET",
+            format!("/v1/users/nobody/connections/{CLIENT}"),
+            None,
+        ),
+        (
+            "GET",
+            format!("/v1/users/nobody/connections/{CLIENT}/token"),
+            None,
+        ),
+        (
+            "POST",
+            format!("/v1/users/nobody/connections/{CLIENT}/refresh"),
+            None,
+        ),
+        (
+            "GET",
+            format!("/v1/users/nobody/connections/{CLIENT}/profile"),
+            None,
+        ),
+        (
+            "DELETE",
+            format!("/v1/users/nobody/connections/{CLIENT}"),
+            None,
+        ),
+        (
+            "PUT",
+            format!("/v1/users/nobody/connections/{CLIENT}"),
+            Some(json!({"access_token": "at", "refresh_token": "rt", "expires_at": in_an_hour})),
+        ),
+        ("GET", format!("/v1/proxy/{CLIENT}/nobody/me"), None),
+        (
+            "POST",
+            "/v1/bulk-actions".into(),
+            Some(
+                json!({"integration": CLIENT, "users": ["nobody"], "request": {"method": "GET", "path": "me"}}),
+            ),
+        ),
+        ("GET", format!("/v1/bulk-actions/{action}"), None),
+        ("GET", format!("/v1/bulk-actions/{action}/items"), None),
+        ("POST", format!("/v1/bulk-actions/{action}/cancel"), None),
+        (
+            "POST",
+            "/v1/connect-sessions".into(),
+            Some(json!({"user_id": "nobody", "integration": CLIENT})),
+        ),
+        (
+            "POST",
+            "/v1/connect-sessions/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA/confirm".into(),
+            Some(
+                json!({"confirm_code": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "user_id": "nobody"}),
+            ),
+        ),
+        (
+            "POST",
+            "/v1/device-sessions".into(),
+            Some(json!({"user_id": "nobody", "integration": CLIENT})),
+        ),
+        ("GET", format!("/v1/device-sessions/{action}"), None),
+    ];
+    let http = reqwest::Client::new();
+    let mut unavailable = 0;
+    for key in keys {
+        for (method, path, body) in &routes {
+            let mut request = http
+                .request(method.parse().unwrap(), format!("{base}{path}"))
+                .bearer_auth(key);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            let code = serde_json::from_str::<Value>(&text).unwrap_or_default()["error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            // (The app token needs no database; the peer refuses this
+            // client the client-credentials grant: its 502 is relayed.)
+            assert!(
+                status < 500
+                    || code == "database_unavailable"
+                    || (status == 502 && code == "provider_error"),
+                "{method} {path} during a PostgreSQL outage: {status} {text}"
+            );
+            unavailable += usize::from(code == "database_unavailable");
+        }
+    }
+    assert!(
+        unavailable >= 10,
+        "only {unavailable} answers said the database is unavailable"
+    );
 }
 
 /// Redis (the state store) stopped for 20 s: flows answer 503
