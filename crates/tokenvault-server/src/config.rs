@@ -110,12 +110,13 @@ pub struct Config {
     /// A request still running after this many seconds is answered 503
     /// `request_timeout` (must exceed the refresh wait, 25 s).
     pub request_timeout_secs: u64,
-    /// A client that has not sent a whole request head this many seconds
-    /// after connecting (or after its previous request) is disconnected:
-    /// slow-header clients cannot hold connections.
+    /// An HTTP/1.1 client that has not sent a whole request head this many
+    /// seconds after connecting (or after its previous answer: this also
+    /// ends idle keep-alive connections) is disconnected: slow-header
+    /// clients cannot hold connections.
     pub header_read_timeout_secs: u64,
-    /// A keep-alive connection with no request for this many seconds is
-    /// closed.
+    /// Any connection (HTTP/2 too) without a request in progress for this
+    /// many seconds is closed.
     pub keep_alive_idle_secs: u64,
     /// Most client connections open at once; 0 = as many as the file
     /// descriptor limit leaves room for (it minus 128 and the database

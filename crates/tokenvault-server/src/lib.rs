@@ -8,5 +8,6 @@ pub mod config_check;
 pub mod http;
 pub mod import;
 pub mod keys;
+pub mod listener;
 pub mod metrics;
 pub mod wiring;

@@ -298,10 +298,10 @@ async fn serve(config: Config, bind: Option<SocketAddr>) -> anyhow::Result<()> {
     let webhooks = wiring::spawn_webhooks(&state, &config, stopping.clone())?;
     let vault = state.vault.clone();
     let mut http_stopping = stopping.clone();
-    let mut served = tokio::spawn(http::server::serve(
+    let mut served = tokio::spawn(tokenvault_server::listener::serve(
         listener,
         http::router(state),
-        http::server::ConnectionLimits::from_config(&config),
+        tokenvault_server::listener::ConnectionLimits::from_config(&config),
         async move {
             let _ = http_stopping.wait_for(|stop| *stop).await;
         },

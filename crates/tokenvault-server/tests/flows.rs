@@ -678,6 +678,15 @@ async fn a_flow_started_in_one_browser_cannot_be_finished_in_another() {
         .to_str()
         .unwrap();
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    // The page carries the code in its URL: nothing cached, no Referer.
+    assert_eq!(done.headers()["cache-control"], "no-store");
+    assert_eq!(done.headers()["referrer-policy"], "no-referrer");
+    assert!(
+        done.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .starts_with("default-src 'none'")
+    );
     assert!(connection_exists(&service, "honest", "basic-app").await);
 }
 

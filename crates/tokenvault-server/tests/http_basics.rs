@@ -266,10 +266,7 @@ async fn slow_headers_and_idle_keep_alive_connections_are_closed() {
     let service = limited_service(
         dir.path(),
         port,
-        &[
-            ("TOKENVAULT_HEADER_READ_TIMEOUT_SECS", "2"),
-            ("TOKENVAULT_KEEP_ALIVE_IDLE_SECS", "3"),
-        ],
+        &[("TOKENVAULT_HEADER_READ_TIMEOUT_SECS", "2")],
     );
     service.line_after("tokenvault listening on ").await;
     let addr = format!("127.0.0.1:{port}");
@@ -301,8 +298,22 @@ async fn slow_headers_and_idle_keep_alive_connections_are_closed() {
     let elapsed = started.elapsed();
     assert!(elapsed >= std::time::Duration::from_secs(2), "{elapsed:?}");
 
-    // One request, then silence: the keep-alive connection is closed.
-    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // One request, then silence: the keep-alive connection is closed by
+    // the idle timeout (the header-read timeout is longer here).
+    let idle_dir = tempfile::tempdir().unwrap();
+    let idle_port = free_port();
+    let idle_service = limited_service(
+        idle_dir.path(),
+        idle_port,
+        &[
+            ("TOKENVAULT_HEADER_READ_TIMEOUT_SECS", "300"),
+            ("TOKENVAULT_KEEP_ALIVE_IDLE_SECS", "2"),
+        ],
+    );
+    idle_service.line_after("tokenvault listening on ").await;
+    let mut idle = tokio::net::TcpStream::connect(format!("127.0.0.1:{idle_port}"))
+        .await
+        .unwrap();
     idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();

@@ -406,9 +406,13 @@ async fn stored_json_holds_no_client_secret(b: StateBackend) {
     assert_eq!(
         keys,
         BTreeSet::from([
+            "authorization_code",
+            "browser_binding",
             "code_verifier",
+            "confirm",
             "connect_session",
             "created_at",
+            "instance_id",
             "integration",
             "redirect_to",
             "redirect_uri",

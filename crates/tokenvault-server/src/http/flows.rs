@@ -255,9 +255,29 @@ pub async fn start_connect(
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
 ) -> Response {
-    match start(&state, id).await {
+    let mut response = match start(&state, id).await {
         Ok(response) => response,
         Err(err) => for_browser(&headers, err),
+    };
+    harden_browser_response(&mut response);
+    response
+}
+
+/// Headers of every answer a browser gets on the flow routes: nothing is
+/// cached (the callback URL carries a code), no `Referer` leaves (it would
+/// carry the code and state), the pages load nothing and cannot be framed.
+fn harden_browser_response(response: &mut Response) {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CACHE_CONTROL, "no-store"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
     }
 }
 
@@ -416,10 +436,12 @@ pub async fn callback(
     headers: HeaderMap,
     params: Result<ApiQuery<CallbackParams>, ApiError>,
 ) -> Response {
-    match params {
+    let mut response = match params {
         Ok(ApiQuery(params)) => finish(state, &headers, None, params).await,
         Err(err) => for_browser(&headers, err),
-    }
+    };
+    harden_browser_response(&mut response);
+    response
 }
 
 /// `GET /oauth/{integration}/callback`: rejects a state issued for another integration.
@@ -430,12 +452,14 @@ pub async fn integration_callback(
     path: Result<ApiPath<String>, ApiError>,
     params: Result<ApiQuery<CallbackParams>, ApiError>,
 ) -> Response {
-    match (path, params) {
+    let mut response = match (path, params) {
         (Ok(ApiPath(integration)), Ok(ApiQuery(params))) => {
             finish(state, &headers, Some(integration), params).await
         }
         (Err(err), _) | (_, Err(err)) => for_browser(&headers, err),
-    }
+    };
+    harden_browser_response(&mut response);
+    response
 }
 
 async fn finish(
@@ -723,7 +747,9 @@ async fn exchange_and_save(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfirmRequest {
-    /// The `confirm_code` the browser brought to `redirect_to`.
+    /// The `confirm_code` the browser brought to `redirect_to` (also
+    /// accepted as `code`).
+    #[serde(alias = "code")]
     confirm_code: String,
     /// The user the application has logged in (in the browser that
     /// brought the code); must be the session's user.

@@ -71,6 +71,10 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     // `degraded` instead.
     let ready = database["status"] == "ok";
     let degraded = ready && state_store["status"] != "ok";
+    for (dependency, check) in [("database", &database), ("state_store", &state_store)] {
+        let up = if check["status"] == "ok" { 1.0 } else { 0.0 };
+        metrics::gauge!("tokenvault_dependency_up", "dependency" => dependency).set(up);
+    }
     let body = json!({
         "status": if degraded { "degraded" } else if ready { "ready" } else { "not_ready" },
         "checks": {

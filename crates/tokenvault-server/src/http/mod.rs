@@ -10,7 +10,6 @@ mod health;
 mod import;
 pub mod openapi;
 mod proxy;
-pub mod server;
 
 use std::collections::HashMap;
 use std::sync::Arc;

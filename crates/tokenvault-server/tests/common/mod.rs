@@ -162,9 +162,9 @@ pub async fn start_service(configure: impl FnOnce(&mut Config, &str)) -> Service
         .await
         .expect("service starts");
     let app = router(state.clone());
-    let limits = tokenvault_server::http::server::ConnectionLimits::from_config(&config);
+    let limits = tokenvault_server::listener::ConnectionLimits::from_config(&config);
     tokio::spawn(async move {
-        tokenvault_server::http::server::serve(listener, app, limits, std::future::pending())
+        tokenvault_server::listener::serve(listener, app, limits, std::future::pending())
             .await
             .unwrap()
     });

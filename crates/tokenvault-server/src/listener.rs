@@ -1,12 +1,14 @@
-//! The listener: accepts client connections and serves the router on them,
-//! with limits that slow or idle clients cannot exhaust.
+//! The listener, beneath the HTTP API of [`crate::http`]: accepts client
+//! connections and serves the router on them, with limits that slow or
+//! idle clients cannot exhaust.
 //!
-//! - **Header-read timeout**: a connection that has not sent a whole
-//!   request head within `header_read_timeout` (after connecting, or after
-//!   its previous answer) is closed; clients that dribble their headers a
-//!   byte at a time cannot hold a connection.
-//! - **Idle timeout**: a keep-alive connection without a request for
-//!   `idle_timeout` is closed.
+//! - **Header-read timeout** (HTTP/1.1, hyper's): a connection that has not
+//!   sent a whole request head within `header_read_timeout` after
+//!   connecting, or after its previous answer, is closed; clients that
+//!   dribble their headers a byte at a time cannot hold a connection, and
+//!   idle keep-alive connections end after it too.
+//! - **Idle timeout**: any connection (HTTP/2 too) without a request in
+//!   progress for `idle_timeout` is closed.
 //! - **Connection cap**: at most `max_connections` are open. At the cap, a
 //!   new connection replaces the open one that has waited longest without a
 //!   request in progress (a slow or idle client); when every connection is
