@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The standing fault suite on its own (crates/tokenvault-server/tests/chaos.rs,
+# The standing fault suite on its own (crates/tokenvault-server/tests/it/chaos.rs,
 # docs/reliability.md). `scripts/test.sh` runs it at CI size with everything
 # else; this script runs it alone, at CI size or as a longer soak:
 #
@@ -35,9 +35,9 @@ mkdir -p "$(dirname "$report")"
 for i in $(seq 1 "$iterations"); do
   echo "==> chaos iteration $i of $iterations ($size)" >&2
   echo "iteration $i ($size)" >>"$report"
-  cargo test -p tokenvault-server --test chaos -- --test-threads 1
+  cargo test -p tokenvault-server --test it -- chaos:: --test-threads 1
   TOKENVAULT_MODEL_SEEDS=$([ "$size" = soak ] && echo 2000 || echo 150) \
-    cargo test -p tokenvault --test refresh_model -- --nocapture 2>&1 | grep -E '^model:|test result' | tee -a "$report"
+    cargo test -p tokenvault --test it -- refresh_model:: --nocapture 2>&1 | grep -E '^model:|test result' | tee -a "$report"
 done
 echo "==> report: $report" >&2
 cat "$report"

@@ -105,7 +105,11 @@ if [ "${SKIP_CARGO_TEST:-0}" = 1 ]; then
 fi
 
 log "cargo test"
-cargo test --workspace "$@"
+cargo test --workspace "$@" -- --skip chaos::
+# The fault suite runs alone: it starts clusters of its own and measures
+# recovery times that other tests competing for the 2 cores would skew.
+log "cargo test: the fault suite (chaos)"
+cargo test -p tokenvault-server --test it "$@" -- chaos:: --test-threads 1
 
 log "schemathesis against a local instance on SQLite"
 scripts/schemathesis.sh

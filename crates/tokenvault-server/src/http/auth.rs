@@ -2,15 +2,15 @@
 //!
 //! Keys come from the database (`tokenvault api-keys create`) or, as
 //! bootstrap keys with the admin scope, from `TOKENVAULT_API_KEYS`. Each
-//! route needs a scope ([`required_scope`]); scopes nest, so an admin key
-//! may do anything a manage key may.
+//! route needs the scope of the group it is declared in
+//! ([`super::api`]); scopes nest, so an admin key may do anything a manage
+//! key may.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::Request;
-use axum::http::Method;
 use axum::http::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -178,40 +178,6 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The scope a route needs. Reads need `read-tokens`; the state-changing
-/// routes listed here need `manage`; anything else — including routes added
-/// later and not listed — needs `admin`, so a new endpoint is never more
-/// open than intended.
-pub fn required_scope(method: &Method, route: &str) -> Scope {
-    const MANAGE: &[(&str, &str)] = &[
-        ("POST", "/v1/connect-sessions"),
-        ("POST", "/v1/connect-sessions/{id}/confirm"),
-        ("POST", "/v1/device-sessions"),
-        (
-            "POST",
-            "/v1/users/{user_id}/connections/{integration}/refresh",
-        ),
-        ("DELETE", "/v1/users/{user_id}/connections/{integration}"),
-        ("POST", "/v1/bulk-actions"),
-        ("POST", "/v1/bulk-actions/{id}/cancel"),
-    ];
-    if *method == Method::GET || *method == Method::HEAD {
-        return Scope::ReadTokens;
-    }
-    // A read-tokens key can fetch the user's token and call the provider
-    // itself; the proxy only saves it the trouble, whatever the method.
-    if route.starts_with("/v1/proxy/") {
-        return Scope::ReadTokens;
-    }
-    if MANAGE
-        .iter()
-        .any(|(m, r)| method.as_str() == *m && route == *r)
-    {
-        return Scope::Manage;
-    }
-    Scope::Admin
-}
-
 /// Refuses a request to `route` without a valid `Authorization: Bearer
 /// <key>` (401) or whose key lacks the route's scope (403); otherwise adds
 /// the [`Caller`] to the request's extensions.
@@ -238,7 +204,7 @@ pub async fn authorize(keys: &ApiKeys, route: &str, request: &mut Request) -> Re
         }
         other => ApiError::unauthorized(other.to_string()),
     })?;
-    let needed = required_scope(request.method(), route);
+    let needed = super::required_scope(request.method(), route);
     if !caller.scope.allows(needed) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -273,6 +239,9 @@ mod tests {
         }
         assert!(ApiKeys::default().verify("anything").await.is_err());
     }
+
+    use super::super::required_scope;
+    use axum::http::Method;
 
     #[test]
     fn reads_need_read_tokens_changes_need_manage_the_rest_admin() {

@@ -8,19 +8,21 @@ pub mod error;
 mod flows;
 mod health;
 mod import;
+mod integrations;
 pub mod openapi;
 mod proxy;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, get};
 use std::future::Future;
 use tokenvault::device::DeviceFlow;
 use tokenvault::domain::{IntegrationKey, TokenSet};
@@ -31,8 +33,11 @@ use tokenvault::state::StateStore;
 use tokenvault::vault::Vault;
 use url::Url;
 
-pub use auth::{ApiKeys, Caller, KEY_CACHE_TTL, required_scope};
+pub use auth::{ApiKeys, Caller, KEY_CACHE_TTL};
 use error::REQUEST_ID;
+use tokenvault::api_keys::Scope;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// One cached client-credentials token per integration; the inner lock makes
 /// concurrent callers share one fetch.
@@ -132,65 +137,98 @@ impl FlowSettings {
     }
 }
 
+/// Every `/v1` operation, declared once, in the group of the scope it
+/// needs: its method and path come from the handler's `#[utoipa::path]`.
+/// The router ([`router`]), the OpenAPI document ([`openapi::openapi`]) and
+/// the scope check ([`required_scope`]) are all derived from this list.
+pub fn api() -> Vec<(Scope, OpenApiRouter<AppState>)> {
+    let read_tokens = OpenApiRouter::new()
+        .routes(routes!(health::ping))
+        .routes(routes!(integrations::list_providers))
+        .routes(routes!(integrations::list_integrations))
+        .routes(routes!(integrations::app_token))
+        .routes(routes!(connections::list))
+        .routes(routes!(connections::show))
+        .routes(routes!(connections::token))
+        .routes(routes!(proxy::profile))
+        .routes(proxy_routes())
+        .routes(routes!(bulk::show))
+        .routes(routes!(bulk::items))
+        .routes(routes!(device::get_device_session));
+    let manage = OpenApiRouter::new()
+        .routes(routes!(flows::create_connect_session))
+        .routes(routes!(flows::callback::confirm_connect_session))
+        .routes(routes!(device::create_device_session))
+        .routes(routes!(connections::force_refresh))
+        .routes(routes!(connections::revoke))
+        .routes(routes!(bulk::create))
+        .routes(routes!(bulk::cancel));
+    let admin = OpenApiRouter::new()
+        .routes(routes!(connections::reset_integration))
+        .routes(routes!(import::put_connection));
+    vec![
+        (Scope::ReadTokens, read_tokens),
+        (Scope::Manage, manage),
+        (Scope::Admin, admin),
+    ]
+}
+
+/// The proxy: documented for the methods an API call uses, routed for
+/// every method so that CONNECT and TRACE get our own `405` envelope.
+fn proxy_routes() -> utoipa_axum::router::UtoipaMethodRouter<AppState> {
+    let (schemas, paths, _) = routes!(proxy::proxy);
+    (schemas, paths, any(proxy::proxy))
+}
+
 pub fn router(state: AppState) -> Router {
     // `/v1` routes carry their prefix instead of being nested: a nested
     // router costs every request a prefix strip and a second route lookup.
-    Router::new()
-        .route("/v1/ping", get(health::ping))
-        .route("/v1/providers", get(flows::list_providers))
-        .route("/v1/integrations", get(flows::list_integrations))
-        .route("/v1/integrations/{key}/token", get(flows::app_token))
-        .route(
-            "/v1/integrations/{key}/reset",
-            post(connections::reset_integration),
-        )
-        .route("/v1/users/{user_id}/connections", get(connections::list))
-        .route(
-            "/v1/users/{user_id}/connections/{integration}",
-            get(connections::show)
-                .delete(connections::revoke)
-                .put(import::put_connection),
-        )
-        .route(
-            "/v1/users/{user_id}/connections/{integration}/token",
-            get(connections::token),
-        )
-        .route(
-            "/v1/users/{user_id}/connections/{integration}/refresh",
-            post(connections::force_refresh),
-        )
-        .route(
-            "/v1/users/{user_id}/connections/{integration}/profile",
-            get(proxy::profile),
-        )
-        .route(
-            "/v1/proxy/{integration}/{user_id}/{*path}",
-            any(proxy::proxy),
-        )
-        .route("/v1/bulk-actions", post(bulk::create))
-        .route("/v1/bulk-actions/{id}", get(bulk::show))
-        .route("/v1/bulk-actions/{id}/items", get(bulk::items))
-        .route("/v1/bulk-actions/{id}/cancel", post(bulk::cancel))
-        .route("/v1/connect-sessions", post(flows::create_connect_session))
-        .route(
-            "/v1/connect-sessions/{id}/confirm",
-            post(flows::confirm_connect_session),
-        )
-        .route("/v1/device-sessions", post(device::create_device_session))
-        .route("/v1/device-sessions/{id}", get(device::get_device_session))
-        .route("/healthz", get(health::healthz))
+    let v1 = api().into_iter().fold(Router::new(), |router, (_, group)| {
+        router.merge(group.split_for_parts().0)
+    });
+    v1.route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::serve))
-        .route("/connect/{id}", get(flows::start_connect))
-        .route("/oauth/callback", get(flows::callback))
+        .route("/connect/{id}", get(flows::browser::start_connect))
+        .route("/oauth/callback", get(flows::callback::callback))
         .route(
             "/oauth/{integration}/callback",
-            get(flows::integration_callback),
+            get(flows::callback::integration_callback),
         )
         .fallback(|| async { error::ApiError::not_found("not_found", "no such endpoint") })
         .with_state(state.clone())
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(state, per_request))
+}
+
+/// The scope each `/v1` operation needs, by method and route template (as
+/// axum matched it), from [`api`].
+static SCOPES: LazyLock<HashMap<(Method, String), Scope>> = LazyLock::new(|| {
+    let mut scopes = HashMap::new();
+    for (scope, group) in api() {
+        for (path, item) in &group.get_openapi().paths.paths {
+            for method in openapi::methods_of(item) {
+                scopes.insert((method, path.clone()), scope);
+            }
+        }
+    }
+    scopes
+});
+
+/// The scope a request to `route` (a matched template) with `method`
+/// needs; anything not declared in [`api`] needs `admin`.
+pub fn required_scope(method: &Method, route: &str) -> Scope {
+    // axum answers HEAD with the GET handler.
+    let method =
+        if *method == Method::HEAD && !SCOPES.contains_key(&(Method::HEAD, route.to_owned())) {
+            Method::GET
+        } else {
+            method.clone()
+        };
+    SCOPES
+        .get(&(method, route.to_owned()))
+        .copied()
+        .unwrap_or(Scope::Admin)
 }
 
 /// What every request gets, in one layer (one boxed future and one clone of

@@ -16,7 +16,6 @@ use utoipa::openapi::{ContentBuilder, Header, Ref, RefOr};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::error::ErrorBody;
-use super::{bulk, connections, device, flows, health, import, proxy};
 
 const SECURITY_SCHEME: &str = "api_key";
 const UNAUTHORIZED: &str = "Unauthorized";
@@ -33,31 +32,7 @@ const LAYER_503: &str = "`request_timeout` (the request ran longer than `request
         version = env!("CARGO_PKG_VERSION"),
         description = "OAuth flows, encrypted token storage and single-flight refresh for an application's end users. Every `/v1` operation needs `Authorization: Bearer <api key>`; every error is `{\"error\", \"message\", \"request_id\"}` with a stable `error` code.",
     ),
-    paths(
-        health::ping,
-        flows::list_providers,
-        flows::list_integrations,
-        flows::app_token,
-        connections::reset_integration,
-        connections::list,
-        connections::show,
-        connections::revoke,
-        connections::token,
-        connections::force_refresh,
-        proxy::profile,
-        proxy::proxy,
-        import::put_connection,
-        flows::create_connect_session,
-        flows::confirm_connect_session,
-        device::create_device_session,
-        device::get_device_session,
-        bulk::create,
-        bulk::show,
-        bulk::items,
-        bulk::cancel,
-    ),
     components(schemas(ErrorBody)),
-    modifiers(&V1Conventions),
     tags(
         (name = "meta", description = "The API itself"),
         (name = "integrations", description = "The provider catalog and the configured integrations"),
@@ -69,9 +44,29 @@ const LAYER_503: &str = "`request_timeout` (the request ran longer than `request
 )]
 pub struct ApiDoc;
 
-/// The document (tests and tools use it; the server serves a cached copy).
+/// The document (tests and tools use it; the server serves a cached copy):
+/// the operations declared in [`super::api`], what every `/v1` operation
+/// shares, and each operation's scope.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+    let mut document = ApiDoc::openapi();
+    for (_, group) in super::api() {
+        document.merge(group.into_openapi());
+    }
+    V1Conventions.modify(&mut document);
+    // OpenAPI has no catch-all segment: the proxy's `{*path}` (axum's
+    // syntax, which the route is declared with) is documented as `{path}`.
+    let paths = std::mem::take(&mut document.paths.paths);
+    document.paths.paths = paths
+        .into_iter()
+        .map(|(path, item)| (path.replace("{*", "{"), item))
+        .collect();
+    document
+}
+
+/// The methods a path item has operations for.
+pub(super) fn methods_of(item: &PathItem) -> Vec<Method> {
+    let mut item = item.clone();
+    operations(&mut item).map(|(method, _)| method).collect()
 }
 
 static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(openapi);

@@ -65,7 +65,7 @@ pub(super) fn request_error(err: RequestError, integration: &str) -> ApiError {
 /// `ANY /v1/proxy/{integration}/{user_id}/{path}`
 #[utoipa::path(
     method(get, post, put, patch, delete, head, options),
-    path = "/v1/proxy/{integration}/{user_id}/{path}",
+    path = "/v1/proxy/{integration}/{user_id}/{*path}",
     tag = "proxy",
     summary = "Call the provider's API as the user",
     description = "Forwards the request to the integration's `api_base_url` + `path` + query with the user's valid access token (refreshed first when needed), and streams the provider's status, headers and body back. Hop-by-hop headers, `Cookie`, `Host` and our own `Authorization` are not forwarded; `Set-Cookie` is not returned. On a provider 401 the token is refreshed once and the call retried once; a provider 429 whose `Retry-After` is within `proxy_max_retry_after_secs` is waited out and retried, a longer one is returned as is. The path can never leave the API base URL: absolute URLs, `//host`, `.`/`..` segments (also percent-encoded), encoded `/` or `\\`, and control characters are refused with 400 before anything is sent. Any answer without the `error`/`message`/`request_id` envelope is the provider's own.",

@@ -2,13 +2,13 @@
 //! due connection refreshed exactly once, rescheduled an hour out; expired
 //! dead ends marked expired; non-expiring tokens never scheduled.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use chrono::Utc;
-use common::*;
 use secrecy::SecretString;
 use serde_json::json;
 use tokenvault::crypto::Envelope;

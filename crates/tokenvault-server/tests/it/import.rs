@@ -3,14 +3,12 @@
 //! issued are served and refreshed against it; every rejected request or
 //! line leaves the stored connections exactly as they were.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
+use crate::common::*;
 use chrono::{SecondsFormat, Utc};
-use common::*;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokenvault::domain::{IntegrationKey, UserId};

@@ -1,12 +1,10 @@
 //! API keys as operators use them: created, listed and revoked with the CLI,
 //! stored hashed, checked on every `/v1` request with their scope.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokenvault::domain::IntegrationKey;

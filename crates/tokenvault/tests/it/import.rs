@@ -4,14 +4,13 @@
 //! refreshed against a token endpoint, and tokens tokenvault refreshed
 //! itself kept over an older export.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
+use crate::common;
+use crate::common::*;
 use chrono::{DateTime, Duration, Utc};
-use common::*;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokenvault::events::{EventType, Events};

@@ -2,12 +2,11 @@
 //! during and after, the run can be interrupted and resumed, and the old key
 //! can be retired only once nothing uses it.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use common::*;
+use crate::common;
+use crate::common::*;
 use tokenvault::rotation::{RotationError, check_retirable, rotate};
 
 const ROWS: usize = 10_000;

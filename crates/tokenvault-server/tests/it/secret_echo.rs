@@ -8,15 +8,13 @@
 //!
 //! The provider is hand-made: no real server can be told to echo.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::*;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use common::*;
 use serde_json::{Value, json};
 
 const ACCESS: &str = "at-canary/71+q=a";

@@ -2,11 +2,9 @@
 //! endpoint is "the provider's API"), and against a hand-made provider for
 //! what the peer cannot show (429 with Retry-After, header handling).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokenvault::domain::IntegrationKey;

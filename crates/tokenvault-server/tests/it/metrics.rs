@@ -3,11 +3,9 @@
 //! (never a user id), token reads, refreshes, connection gauges, circuit
 //! state, state-store latency and webhook deliveries.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const CLIENT: &str = "metrics-app";

@@ -11,13 +11,11 @@
 //! end every grant without such a loss holds, in the database, exactly the
 //! refresh token the provider issued last.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use crate::common::*;
 use chrono::{DateTime, Duration, Utc};
-use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokenvault::domain::ConnectionId;

@@ -1,7 +1,5 @@
 //! The API-key table behaves the same on SQLite and PostgreSQL.
 
-mod common;
-
 use std::sync::Arc;
 
 use chrono::{Duration, Utc};

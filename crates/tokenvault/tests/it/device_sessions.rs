@@ -2,13 +2,13 @@
 //! round trips, leases, outcomes, and that concurrent claimers never claim
 //! the same session.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use crate::common::*;
 use chrono::{DateTime, Duration, Utc};
-use common::*;
 use secrecy::{ExposeSecret as _, SecretString};
 use tokenvault::crypto::Envelope;
 use tokenvault::device::{

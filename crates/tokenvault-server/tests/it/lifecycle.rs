@@ -3,11 +3,9 @@
 //! (429, 5xx, revoked grant, wrong client secret), revocation, status and
 //! signed webhooks.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokenvault::domain::{ConnectionStatus, IntegrationKey, UserId};

@@ -1,13 +1,12 @@
 //! One contract, two backends: every test here runs against SQLite and
 //! against PostgreSQL (a fresh database each).
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use crate::common;
+use crate::common::*;
 use chrono::{DateTime, Duration, Utc};
-use common::*;
 use tokenvault::domain::{ConnectionId, ConnectionStatus};
 use tokenvault::store::{
     BatchUpdate, LastError, Lease, ListFilter, MisconfiguredIntegration, OutboxEvent, StoreError,

@@ -1,8 +1,6 @@
 //! The service's HTTP contract: error envelope, request ids, API keys.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn v1_requires_a_valid_api_key_and_errors_are_uniform() {

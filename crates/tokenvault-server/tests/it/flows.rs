@@ -2,9 +2,7 @@
 //! loopback): every client authentication method, and every way a callback
 //! can go wrong without creating a connection.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokenvault::domain::{ConnectionStatus, IntegrationKey, UserId};

@@ -1,12 +1,10 @@
 //! Several `tokenvault serve` processes behind one public URL, sharing
 //! PostgreSQL and Redis: a flow may start on one and finish on another.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use tokenvault::domain::{ConnectionStatus, IntegrationKey, UserId};
 
 struct Instance {

@@ -1,8 +1,6 @@
 //! The binary as operators run it: start-up, refusals, key lifecycle.
 
-mod common;
-
-use common::free_port;
+use crate::common::free_port;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

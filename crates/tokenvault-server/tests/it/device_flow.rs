@@ -2,11 +2,9 @@
 //! test peer: tokenvault polls the peer itself, and the app only reads
 //! `GET /v1/device-sessions/{id}`. The peer advertises a 1 s interval.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokenvault::device::DeviceSessionStatus;

@@ -12,11 +12,9 @@
 //! The service runs against a hand-made provider that answers every call,
 //! so the happy paths run too.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::{Value, json};

@@ -1,8 +1,6 @@
 //! What an attacker with the database (or a backup) sees: no token plaintext.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use tokenvault::store::StoreError;
 
 fn random_tokens() -> (String, String) {

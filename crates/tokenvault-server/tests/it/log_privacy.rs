@@ -4,9 +4,7 @@
 //! key or a raw user id — and every line logged while serving a request
 //! carries its request id.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

@@ -2,13 +2,13 @@
 //! SQLite and PostgreSQL (a fresh database each). Redis and PostgreSQL must be
 //! reachable; these tests fail, never skip, when they are not.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use secrecy::{ExposeSecret as _, SecretString};
 use tokenvault::domain::{Clock, ManualClock, SystemClock};
 use tokenvault::state::{

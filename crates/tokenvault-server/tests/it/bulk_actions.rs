@@ -3,12 +3,10 @@
 //! 10,000 fans across a graceful restart and a crash on real `serve`
 //! processes.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use chrono::Utc;
-use common::*;
 use fake_spotify::{FakeSpotify, Options};
 use secrecy::SecretString;
 use serde_json::{Value, json};

@@ -1,0 +1,240 @@
+//! The browser flows over HTTP: connect sessions here, the browser's side
+//! in [`browser`], the callback and confirm mode in [`callback`].
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokenvault::domain::{IntegrationKey, Scopes, UserId};
+use tokenvault::integrations::Integration;
+use tokenvault::state::{StateError, StateKey, StateRecord};
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, ApiJson, ErrorBody};
+
+pub mod browser;
+pub mod callback;
+
+/// Why a browser flow ended without a connection; sent to `redirect_to` as
+/// `error=<code>` when the app gave one, else as a JSON error.
+struct FlowFailure {
+    status: StatusCode,
+    code: String,
+    message: String,
+}
+
+fn state_store_error(err: StateError) -> ApiError {
+    match err {
+        StateError::Unavailable(reason) => {
+            tracing::error!(%reason, "state store unavailable");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "state_store_unavailable",
+                "the OAuth state store is unavailable; try again shortly",
+            )
+        }
+        other => ApiError::internal(other),
+    }
+}
+
+fn invalid_state(message: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_state", message)
+}
+
+pub(super) fn integration<'a>(
+    state: &'a AppState,
+    raw: &str,
+) -> Result<&'a Arc<Integration>, ApiError> {
+    IntegrationKey::parse(raw)
+        .ok()
+        .and_then(|key| state.integrations.get(&key))
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "unknown_integration",
+                format!("no integration named {raw:?} is configured; see GET /v1/integrations"),
+            )
+        })
+}
+
+pub(super) fn user_id(raw: &str) -> Result<UserId, ApiError> {
+    UserId::parse(raw)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_user_id", e.to_string()))
+}
+
+pub(super) fn parse_scopes(scopes: &[String]) -> Result<Scopes, ApiError> {
+    Scopes::try_from_list(scopes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_scopes", e.to_string()))
+}
+
+/// Starts a browser flow for one user and integration.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectSessionRequest {
+    // A string, checked by the handler so a bad id answers `invalid_user_id`.
+    #[schema(value_type = UserId)]
+    user_id: String,
+    #[schema(value_type = IntegrationKey)]
+    integration: String,
+    /// Scopes to request instead of the integration's defaults; each
+    /// non-empty and without whitespace.
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    /// Where the browser goes afterwards (an absolute URL on an origin in
+    /// `TOKENVAULT_ALLOWED_REDIRECT_ORIGINS`), with `connection`, `status`
+    /// and, on failure, `error` added to the query.
+    #[serde(default)]
+    #[schema(format = "uri")]
+    redirect_to: Option<String>,
+    /// Provider-specific authorization parameters; only those the provider
+    /// defines (Wix: the installer `token` Wix sent to the app URL).
+    #[serde(default)]
+    provider_params: std::collections::BTreeMap<String, String>,
+    /// Confirm mode, for flows that may finish on another device: the
+    /// callback stores nothing and sends the browser to `redirect_to`
+    /// (required) with `status=confirmation_required`, `connect_session`
+    /// and a one-time `confirm_code`; the connection is stored when the
+    /// app's backend calls `POST /v1/connect-sessions/{id}/confirm` for
+    /// its logged-in user. Without it, the flow must finish in the browser
+    /// that opened `connect_url`.
+    #[serde(default)]
+    confirm: bool,
+}
+
+/// A created connect session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectSessionCreated {
+    /// The session's id (also the last segment of `connect_url`).
+    pub id: String,
+    /// Single-use link to send the user's browser to; it starts the
+    /// provider's consent screen.
+    #[schema(value_type = String, format = "uri")]
+    pub connect_url: url::Url,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// `POST /v1/connect-sessions`: the backend names the user; the browser gets
+/// a single-use link that starts the provider's consent screen.
+#[utoipa::path(
+    post,
+    path = "/v1/connect-sessions",
+    tag = "flows",
+    summary = "Create a connect session (a single-use link to the provider's consent screen)",
+    request_body = ConnectSessionRequest,
+    responses(
+        (status = 201, description = "The session; send the user's browser to `connect_url`", body = ConnectSessionCreated),
+        (status = 400, description = "`invalid_json`, `invalid_user_id`, `invalid_scopes`, `invalid_redirect_to`, `invalid_provider_params`", body = ErrorBody),
+        (status = 404, description = "`unknown_integration`", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+        (status = 503, description = "`state_store_unavailable`", body = ErrorBody),
+    ),
+)]
+#[tracing::instrument(skip_all)]
+pub async fn create_connect_session(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<ConnectSessionRequest>,
+) -> Result<Response, ApiError> {
+    let user_id = user_id(&request.user_id)?;
+    let integration = integration(&state, &request.integration)?;
+    let scopes = parse_scopes(request.scopes.as_deref().unwrap_or_default())?;
+    let redirect_to = request
+        .redirect_to
+        .map(|raw| allowed_redirect(&state, &raw))
+        .transpose()?;
+    check_provider_params(integration, &request.provider_params)?;
+    if request.confirm && redirect_to.is_none() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_redirect_to",
+            "confirm mode needs redirect_to: the confirmation code is sent there",
+        ));
+    }
+
+    let id = StateKey::generate();
+    let now = Utc::now();
+    // A connect session names no session; an OAuth state always does.
+    let record = StateRecord {
+        redirect_to,
+        scopes: scopes.to_vec(),
+        provider_params: request.provider_params,
+        confirm: request.confirm,
+        ..StateRecord::new(
+            integration.key().clone(),
+            user_id,
+            integration.redirect_uri().to_string(),
+            now,
+        )
+    };
+    state
+        .states
+        .put(&id, &record, state.settings.state_ttl)
+        .await
+        .map_err(state_store_error)?;
+    let connect_url = state
+        .settings
+        .public_url
+        .join(&format!("connect/{}", id.as_str()))
+        .map_err(ApiError::internal)?;
+    let expires_at = now + chrono::Duration::from_std(state.settings.state_ttl).unwrap_or_default();
+    tracing::info!(integration = %integration.key(), session = %id, "connect session created");
+    let body = ConnectSessionCreated {
+        id: id.as_str().to_owned(),
+        connect_url,
+        expires_at,
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// The parameters a provider's authorization step takes from the app.
+fn check_provider_params(
+    integration: &Integration,
+    params: &std::collections::BTreeMap<String, String>,
+) -> Result<(), ApiError> {
+    let allowed: &[&str] = match integration.spec().authorize_style {
+        tokenvault::providers::AuthorizeStyle::WixInstaller => &["token"],
+        tokenvault::providers::AuthorizeStyle::Oauth2 => &[],
+    };
+    for (name, value) in params {
+        if !allowed.contains(&name.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_provider_params",
+                format!(
+                    "provider `{}` takes no parameter {name:?} (allowed: {allowed:?})",
+                    integration.spec().key
+                ),
+            ));
+        }
+        if value.is_empty() || value.len() > 4096 || value.chars().any(char::is_control) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_provider_params",
+                format!("parameter {name:?} is empty, too long or has control characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn allowed_redirect(state: &AppState, raw: &str) -> Result<String, ApiError> {
+    let url = url::Url::parse(raw).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_redirect_to",
+            format!("redirect_to is not an absolute URL: {e}"),
+        )
+    })?;
+    let origin = url.origin().ascii_serialization();
+    if !state.settings.allowed_redirect_origins.contains(&origin) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_redirect_to",
+            format!("redirect_to origin {origin} is not in TOKENVAULT_ALLOWED_REDIRECT_ORIGINS"),
+        ));
+    }
+    Ok(url.to_string())
+}

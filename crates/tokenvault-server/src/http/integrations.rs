@@ -1,0 +1,213 @@
+//! The provider catalog, the configured integrations and their app-level
+//! (client credentials) tokens.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::Utc;
+use serde::Serialize;
+use tokenvault::domain::IntegrationKey;
+use tokenvault::refresh::IntegrationHealthView;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::connections::AccessTokenBody;
+use super::error::{ApiError, ApiPath, ErrorBody};
+use super::flows::integration;
+
+/// The provider catalog.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderList {
+    pub providers: Vec<ProviderEntry>,
+}
+
+/// A catalog entry: resolved, or an OpenID Connect entry whose endpoints are
+/// discovered when an integration uses it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ProviderEntry {
+    Resolved(ProviderView),
+    Discovery(DiscoveryProviderView),
+}
+
+/// A resolved catalog entry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderView {
+    pub key: String,
+    pub display_name: String,
+    pub default_scopes: Vec<String>,
+    pub pkce: tokenvault::providers::Pkce,
+    /// The provider issues refresh tokens.
+    pub refresh_tokens: bool,
+    /// A refresh returns a new refresh token and invalidates the old one.
+    pub refresh_token_rotates: bool,
+    /// The provider has a device authorization endpoint (`POST /v1/device-sessions`).
+    pub device_flow: bool,
+    #[schema(value_type = Option<String>, format = "uri")]
+    pub api_base_url: Option<url::Url>,
+    /// The entry this one inherited from, if any.
+    pub alias_of: Option<String>,
+}
+
+/// An entry configured by OpenID Connect discovery.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DiscoveryProviderView {
+    pub key: String,
+    /// Always true.
+    pub discovery: bool,
+}
+
+/// The configured integrations.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IntegrationList {
+    pub integrations: Vec<IntegrationView>,
+}
+
+/// An OAuth flow an integration supports.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Flow {
+    AuthorizationCode,
+    DeviceCode,
+    ClientCredentials,
+}
+
+/// A configured integration.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IntegrationView {
+    pub key: IntegrationKey,
+    /// Its catalog entry.
+    pub provider: String,
+    pub display_name: String,
+    #[schema(value_type = String, format = "uri")]
+    pub redirect_uri: url::Url,
+    pub default_scopes: Vec<String>,
+    pub flows: Vec<Flow>,
+    pub health: Option<IntegrationHealthView>,
+}
+
+/// `GET /v1/providers`: the catalog.
+#[utoipa::path(
+    get,
+    path = "/v1/providers",
+    tag = "integrations",
+    summary = "The provider catalog",
+    responses((status = 200, description = "Every catalog entry", body = ProviderList)),
+)]
+#[tracing::instrument(skip_all)]
+pub async fn list_providers(State(state): State<AppState>) -> Json<ProviderList> {
+    let mut providers: Vec<ProviderEntry> = state
+        .catalog
+        .iter()
+        .map(|(key, spec)| {
+            ProviderEntry::Resolved(ProviderView {
+                key: key.to_owned(),
+                display_name: spec.display_name.clone(),
+                default_scopes: spec.default_scopes.clone(),
+                pkce: spec.pkce,
+                refresh_tokens: spec.refresh_tokens,
+                refresh_token_rotates: spec.refresh_token_rotates,
+                device_flow: spec.device_authorization_url.is_some(),
+                api_base_url: spec.api_base_url.clone(),
+                alias_of: spec.alias_of.clone(),
+            })
+        })
+        .collect();
+    providers.extend(state.catalog.pending_discovery().map(|pending| {
+        ProviderEntry::Discovery(DiscoveryProviderView {
+            key: pending.key.clone(),
+            discovery: true,
+        })
+    }));
+    Json(ProviderList { providers })
+}
+
+/// `GET /v1/integrations`: what this deployment is configured for.
+#[utoipa::path(
+    get,
+    path = "/v1/integrations",
+    tag = "integrations",
+    summary = "The configured integrations with their health",
+    responses((status = 200, description = "Every configured integration", body = IntegrationList)),
+)]
+#[tracing::instrument(skip_all)]
+pub async fn list_integrations(State(state): State<AppState>) -> Json<IntegrationList> {
+    let integrations = state
+        .integrations
+        .iter()
+        .map(|(key, integration)| {
+            let spec = integration.spec();
+            let mut flows = vec![Flow::AuthorizationCode];
+            if spec.device_authorization_url.is_some() {
+                flows.push(Flow::DeviceCode);
+            }
+            if spec.token_auth_method != tokenvault::oauth::ClientAuthMethod::None {
+                flows.push(Flow::ClientCredentials);
+            }
+            IntegrationView {
+                key: key.clone(),
+                provider: spec.key.clone(),
+                display_name: spec.display_name.clone(),
+                redirect_uri: integration.redirect_uri().clone(),
+                default_scopes: integration.default_scopes().to_vec(),
+                flows,
+                health: state.vault.integration_health(key),
+            }
+        })
+        .collect();
+    Json(IntegrationList { integrations })
+}
+
+/// `GET /v1/integrations/{key}/token`: an app-level (client credentials)
+/// token, cached and fetched again a minute before it expires. Concurrent
+/// callers share one fetch.
+#[utoipa::path(
+    get,
+    path = "/v1/integrations/{key}/token",
+    tag = "integrations",
+    summary = "An app-level (client credentials) token",
+    description = "Cached until a minute before it expires; concurrent callers share one fetch.",
+    params(("key" = IntegrationKey, Path, description = "A configured integration")),
+    responses(
+        (status = 200, description = "The integration's own token", body = AccessTokenBody),
+        (status = 400, description = "`invalid_path` (a path segment that is not UTF-8)", body = ErrorBody),
+        (status = 404, description = "`unknown_integration`", body = ErrorBody),
+        (status = 502, description = "`provider_error`: the client credentials grant failed", body = ErrorBody),
+    ),
+)]
+#[tracing::instrument(skip_all)]
+pub async fn app_token(
+    State(state): State<AppState>,
+    ApiPath(key): ApiPath<String>,
+) -> Result<Json<AccessTokenBody>, ApiError> {
+    let integration = integration(&state, &key)?;
+    let slot = {
+        let mut slots = state.app_tokens.lock().await;
+        Arc::clone(slots.entry(integration.key().clone()).or_default())
+    };
+    let mut cached = slot.lock().await;
+    let now = Utc::now();
+    let fresh = cached
+        .as_ref()
+        .filter(|tokens| !tokens.needs_refresh(now, chrono::Duration::seconds(60)));
+    let tokens = match fresh {
+        Some(tokens) => tokens.clone(),
+        None => {
+            let grant = integration
+                .client_credentials(None, now)
+                .await
+                .map_err(|err| {
+                    ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "provider_error",
+                        format!("the client credentials grant failed: {err}"),
+                    )
+                })?;
+            *cached = Some(grant.tokens.clone());
+            grant.tokens
+        }
+    };
+    Ok(Json(AccessTokenBody::from(&tokens)))
+}
