@@ -1,0 +1,113 @@
+//! The catalog as written: every field optional, overlaid field by field.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::*;
+
+/// `[providers.<key>.profile]` as written.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProfileMapping {
+    pub id: Option<JsonPointers>,
+    pub email: Option<JsonPointers>,
+    pub display_name: Option<JsonPointers>,
+}
+
+/// One `[providers.<key>]` table as written: every field optional.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub display_name: Option<String>,
+    pub alias: Option<String>,
+    pub discovery: Option<bool>,
+    pub authorization_url: Option<String>,
+    pub token_url: Option<String>,
+    pub refresh_url: Option<String>,
+    pub revocation_url: Option<String>,
+    pub revocation_style: Option<RevocationStyle>,
+    pub device_authorization_url: Option<String>,
+    pub userinfo_url: Option<String>,
+    pub issuer: Option<String>,
+    pub iss_parameter_supported: Option<bool>,
+    pub openid_connect: Option<bool>,
+    pub scope_separator: Option<String>,
+    pub default_scopes: Option<Vec<String>>,
+    pub authorize_params: Option<BTreeMap<String, String>>,
+    pub authorize_style: Option<AuthorizeStyle>,
+    pub token_auth_method: Option<TokenAuthMethod>,
+    pub token_request_format: Option<TokenRequestFormat>,
+    pub refresh_params: Option<BTreeMap<String, String>>,
+    pub refresh_sends_scope: Option<bool>,
+    pub pkce: Option<Pkce>,
+    pub refresh_tokens: Option<bool>,
+    pub refresh_token_rotates: Option<bool>,
+    pub refresh_buffer_secs: Option<u64>,
+    pub default_expires_in_secs: Option<u64>,
+    pub api_base_url: Option<String>,
+    pub api_auth_scheme: Option<ApiAuthScheme>,
+    pub token_response_path: Option<String>,
+    pub profile: Option<RawProfileMapping>,
+}
+
+macro_rules! overlay_fields {
+    ($dst:ident, $src:ident; $($field:ident),* $(,)?) => {
+        $( if $src.$field.is_some() { $dst.$field = $src.$field.clone(); } )*
+    };
+}
+
+impl RawProvider {
+    /// Field-level override: every field set in `over` replaces ours; `profile`
+    /// is overridden pointer by pointer.
+    pub fn overlay(&mut self, over: &RawProvider) {
+        let dst = self;
+        let src = over;
+        overlay_fields!(dst, src;
+            display_name, alias, discovery, authorization_url, token_url, refresh_url,
+            revocation_url, revocation_style, device_authorization_url, userinfo_url, issuer,
+            iss_parameter_supported, openid_connect, scope_separator, default_scopes,
+            authorize_params, authorize_style, token_auth_method, token_request_format,
+            refresh_params, refresh_sends_scope, pkce, refresh_tokens, refresh_token_rotates,
+            refresh_buffer_secs, default_expires_in_secs, api_base_url, api_auth_scheme,
+            token_response_path,
+        );
+        if let Some(src_profile) = &src.profile {
+            let dst_profile = dst.profile.get_or_insert_with(RawProfileMapping::default);
+            overlay_fields!(dst_profile, src_profile; id, email, display_name);
+        }
+    }
+}
+
+/// A whole catalog file as written: `[providers.<key>]` tables.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCatalog {
+    #[serde(default)]
+    pub providers: BTreeMap<String, RawProvider>,
+}
+
+impl RawCatalog {
+    /// Parse a catalog file without resolving it (aliases may point at
+    /// entries of the catalog it will be merged into).
+    pub fn from_toml_str(text: &str) -> Result<Self, CatalogError> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Add `other`'s providers; for keys present in both, `other` overrides
+    /// field by field.
+    pub fn overlay(&mut self, other: RawCatalog) {
+        for (key, over) in other.providers {
+            match self.providers.get_mut(&key) {
+                Some(existing) => existing.overlay(&over),
+                None => {
+                    self.providers.insert(key, over);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Resolved form
+// ---------------------------------------------------------------------------

@@ -1,0 +1,439 @@
+//! Resolving a raw entry into a [`ProviderSpec`]: aliases flattened,
+//! defaults applied, every URL and field validated.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use url::{Host, Url};
+
+use super::raw::*;
+use super::*;
+
+pub(super) fn invalid(key: &str, field: &str, message: impl Into<String>) -> CatalogError {
+    CatalogError::Invalid {
+        key: key.to_owned(),
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Validation helpers
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum UrlPolicy {
+    /// Built-in entries.
+    HttpsOnly,
+    /// User files: the operator's explicit choice (e.g. an internal IdP).
+    AllowHttp,
+    /// Values read from the network (discovery metadata).
+    HttpsOrLoopback,
+}
+
+pub(super) fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+pub(super) fn parse_url(value: &str, policy: UrlPolicy) -> Result<Url, String> {
+    let url = Url::parse(value).map_err(|e| e.to_string())?;
+    match url.scheme() {
+        "https" => {}
+        "http" => match policy {
+            UrlPolicy::AllowHttp => {}
+            UrlPolicy::HttpsOrLoopback if is_loopback(&url) => {}
+            UrlPolicy::HttpsOrLoopback => {
+                return Err(format!(
+                    "`{value}` must use https (http only for loopback hosts)"
+                ));
+            }
+            UrlPolicy::HttpsOnly => {
+                return Err(format!("`{value}` must use https in the built-in catalog"));
+            }
+        },
+        other => return Err(format!("`{value}` has unsupported scheme `{other}`")),
+    }
+    if url.host().is_none() {
+        return Err(format!("`{value}` has no host"));
+    }
+    if url.fragment().is_some() {
+        return Err(format!("`{value}` must not contain a fragment"));
+    }
+    Ok(url)
+}
+
+pub(super) fn url_field(
+    key: &str,
+    field: &str,
+    value: &str,
+    policy: UrlPolicy,
+) -> Result<Url, CatalogError> {
+    parse_url(value, policy).map_err(|m| invalid(key, field, m))
+}
+
+/// Optional URL: absent or empty string (a user file removing an inherited
+/// value) is `None`.
+pub(super) fn opt_url_field(
+    key: &str,
+    field: &str,
+    value: Option<&str>,
+    policy: UrlPolicy,
+) -> Result<Option<Url>, CatalogError> {
+    match value {
+        None | Some("") => Ok(None),
+        Some(v) => url_field(key, field, v, policy).map(Some),
+    }
+}
+
+pub(super) fn required_url_field(
+    key: &str,
+    field: &str,
+    value: Option<&str>,
+    policy: UrlPolicy,
+) -> Result<Url, CatalogError> {
+    opt_url_field(key, field, value, policy)?.ok_or_else(|| invalid(key, field, "missing"))
+}
+
+pub(super) fn issuer_field(
+    key: &str,
+    value: Option<&str>,
+    policy: UrlPolicy,
+) -> Result<Option<String>, CatalogError> {
+    let Some(url) = opt_url_field(key, "issuer", value, policy)? else {
+        return Ok(None);
+    };
+    if url.query().is_some() {
+        return Err(invalid(key, "issuer", "must not contain a query"));
+    }
+    Ok(value.map(str::to_owned))
+}
+
+pub(super) fn check_pointer(key: &str, field: &str, pointer: &str) -> Result<(), CatalogError> {
+    if pointer.starts_with('/') {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            field,
+            format!("`{pointer}` is not a JSON pointer (must start with '/')"),
+        ))
+    }
+}
+
+pub(super) fn profile_pointers(
+    key: &str,
+    field: &str,
+    pointers: Option<&JsonPointers>,
+) -> Result<Vec<String>, CatalogError> {
+    let pointers = pointers.map(|p| p.0.clone()).unwrap_or_default();
+    for p in &pointers {
+        check_pointer(key, field, p)?;
+    }
+    Ok(pointers)
+}
+
+pub(super) fn check_params(
+    key: &str,
+    field: &str,
+    params: &BTreeMap<String, String>,
+    reserved: &[&str],
+) -> Result<(), CatalogError> {
+    for name in params.keys() {
+        if name.is_empty() {
+            return Err(invalid(key, field, "empty parameter name"));
+        }
+        if reserved.contains(&name.as_str()) {
+            return Err(invalid(
+                key,
+                field,
+                format!("`{name}` is set by tokenvault and cannot be overridden"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn check_key(key: &str) -> Result<(), CatalogError> {
+    let ok = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            "key",
+            "must be non-empty lowercase ASCII letters, digits, '-' or '_'",
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Resolution
+// ---------------------------------------------------------------------------
+
+pub(super) enum Resolved {
+    Ready(Box<ProviderSpec>),
+    Pending(Box<PendingDiscovery>),
+}
+
+/// Flatten the alias chain of `key`: returns the merged raw entry (root
+/// first, `key` last, `alias` cleared) and the first alias hop.
+pub(super) fn flatten_alias(
+    raw: &RawCatalog,
+    key: &str,
+) -> Result<(RawProvider, Option<String>), CatalogError> {
+    let mut chain = vec![key.to_owned()];
+    let mut current = &raw.providers[key];
+    while let Some(target) = current.alias.as_deref() {
+        if chain.iter().any(|k| k == target) {
+            chain.push(target.to_owned());
+            return Err(CatalogError::AliasCycle {
+                key: key.to_owned(),
+                chain,
+            });
+        }
+        let Some(next) = raw.providers.get(target) else {
+            let from = chain.last().cloned().unwrap_or_else(|| key.to_owned());
+            return Err(CatalogError::UnknownAlias {
+                key: from,
+                target: target.to_owned(),
+            });
+        };
+        chain.push(target.to_owned());
+        current = next;
+    }
+    let mut merged = RawProvider::default();
+    for k in chain.iter().rev() {
+        merged.overlay(&raw.providers[k]);
+    }
+    merged.alias = None;
+    Ok((merged, chain.get(1).cloned()))
+}
+
+pub(super) fn resolve_entry(
+    key: &str,
+    raw: RawProvider,
+    alias_of: Option<String>,
+    policy: UrlPolicy,
+) -> Result<Resolved, CatalogError> {
+    check_key(key)?;
+
+    if raw.discovery.unwrap_or(false) {
+        // Validate what is there now so mistakes surface at start-up.
+        let issuer = opt_url_field(key, "issuer", raw.issuer.as_deref(), policy)?;
+        for (field, value) in [
+            ("authorization_url", &raw.authorization_url),
+            ("token_url", &raw.token_url),
+            ("refresh_url", &raw.refresh_url),
+            ("revocation_url", &raw.revocation_url),
+            ("device_authorization_url", &raw.device_authorization_url),
+            ("userinfo_url", &raw.userinfo_url),
+            ("api_base_url", &raw.api_base_url),
+        ] {
+            opt_url_field(key, field, value.as_deref(), policy)?;
+        }
+        return Ok(Resolved::Pending(Box::new(PendingDiscovery {
+            key: key.to_owned(),
+            alias_of,
+            issuer,
+            overrides: raw,
+        })));
+    }
+
+    let display_name = match raw.display_name.as_deref().map(str::trim) {
+        Some(name) if !name.is_empty() => name.to_owned(),
+        _ => return Err(invalid(key, "display_name", "missing")),
+    };
+
+    let authorization_url = required_url_field(
+        key,
+        "authorization_url",
+        raw.authorization_url.as_deref(),
+        policy,
+    )?;
+    let token_url = required_url_field(key, "token_url", raw.token_url.as_deref(), policy)?;
+    let refresh_url = opt_url_field(key, "refresh_url", raw.refresh_url.as_deref(), policy)?
+        .unwrap_or_else(|| token_url.clone());
+    let revocation_url =
+        opt_url_field(key, "revocation_url", raw.revocation_url.as_deref(), policy)?;
+    let device_authorization_url = opt_url_field(
+        key,
+        "device_authorization_url",
+        raw.device_authorization_url.as_deref(),
+        policy,
+    )?;
+    let userinfo_url = opt_url_field(key, "userinfo_url", raw.userinfo_url.as_deref(), policy)?;
+    let api_base_url = opt_url_field(key, "api_base_url", raw.api_base_url.as_deref(), policy)?;
+    let issuer = issuer_field(key, raw.issuer.as_deref(), policy)?;
+
+    let revocation_style = raw.revocation_style.unwrap_or(if revocation_url.is_some() {
+        RevocationStyle::Rfc7009
+    } else {
+        RevocationStyle::None
+    });
+    match (revocation_style, &revocation_url) {
+        (RevocationStyle::None, Some(_)) => {
+            return Err(invalid(
+                key,
+                "revocation_style",
+                "`none` but revocation_url is set",
+            ));
+        }
+        (RevocationStyle::Rfc7009 | RevocationStyle::GithubGrant, None) => {
+            return Err(invalid(
+                key,
+                "revocation_url",
+                "required by the revocation_style",
+            ));
+        }
+        (RevocationStyle::GithubGrant, Some(_))
+            if !raw
+                .revocation_url
+                .as_deref()
+                .is_some_and(|u| u.contains(CLIENT_ID_PLACEHOLDER)) =>
+        {
+            return Err(invalid(
+                key,
+                "revocation_url",
+                "`github_grant` needs the `{client_id}` placeholder",
+            ));
+        }
+        _ => {}
+    }
+
+    let iss_parameter_supported = raw.iss_parameter_supported.unwrap_or(false);
+    if iss_parameter_supported && issuer.is_none() {
+        return Err(invalid(key, "iss_parameter_supported", "requires issuer"));
+    }
+
+    let scope_separator = raw
+        .scope_separator
+        .clone()
+        .unwrap_or_else(|| " ".to_owned());
+    if scope_separator.is_empty() {
+        return Err(invalid(key, "scope_separator", "must not be empty"));
+    }
+    let default_scopes = raw.default_scopes.clone().unwrap_or_default();
+    for scope in &default_scopes {
+        if scope.is_empty()
+            || scope.chars().any(char::is_whitespace)
+            || scope.contains(scope_separator.as_str())
+        {
+            return Err(invalid(
+                key,
+                "default_scopes",
+                format!("`{scope}` is not a single scope"),
+            ));
+        }
+    }
+
+    let authorize_params = raw.authorize_params.clone().unwrap_or_default();
+    check_params(
+        key,
+        "authorize_params",
+        &authorize_params,
+        RESERVED_AUTHORIZE_PARAMS,
+    )?;
+    let refresh_params = raw.refresh_params.clone().unwrap_or_default();
+    check_params(
+        key,
+        "refresh_params",
+        &refresh_params,
+        RESERVED_REFRESH_PARAMS,
+    )?;
+
+    let refresh_buffer = raw
+        .refresh_buffer_secs
+        .map_or(DEFAULT_REFRESH_BUFFER, Duration::from_secs);
+    let default_expires_in = match raw.default_expires_in_secs {
+        Some(0) => return Err(invalid(key, "default_expires_in_secs", "must be positive")),
+        Some(secs) => Some(Duration::from_secs(secs)),
+        None => None,
+    };
+    if let Some(lifetime) = default_expires_in
+        && refresh_buffer >= lifetime
+    {
+        return Err(invalid(
+            key,
+            "refresh_buffer_secs",
+            "must be shorter than default_expires_in_secs",
+        ));
+    }
+
+    if let Some(path) = &raw.token_response_path {
+        check_pointer(key, "token_response_path", path)?;
+    }
+
+    let profile = match &raw.profile {
+        None => None,
+        Some(p) => {
+            let id = profile_pointers(key, "profile.id", p.id.as_ref())?;
+            if id.is_empty() {
+                return Err(invalid(key, "profile.id", "missing"));
+            }
+            Some(ProfileMapping {
+                id,
+                email: profile_pointers(key, "profile.email", p.email.as_ref())?,
+                display_name: profile_pointers(
+                    key,
+                    "profile.display_name",
+                    p.display_name.as_ref(),
+                )?,
+            })
+        }
+    };
+
+    let refresh_tokens = raw.refresh_tokens.unwrap_or(true);
+    let refresh_token_rotates = raw.refresh_token_rotates.unwrap_or(false);
+    if refresh_token_rotates && !refresh_tokens {
+        return Err(invalid(
+            key,
+            "refresh_token_rotates",
+            "true but refresh_tokens is false",
+        ));
+    }
+
+    Ok(Resolved::Ready(Box::new(ProviderSpec {
+        key: key.to_owned(),
+        display_name,
+        alias_of,
+        authorization_url,
+        token_url,
+        refresh_url,
+        revocation_url,
+        revocation_style,
+        device_authorization_url,
+        userinfo_url,
+        issuer,
+        iss_parameter_supported,
+        openid_connect: raw.openid_connect.unwrap_or(false),
+        scope_separator,
+        default_scopes,
+        authorize_params,
+        authorize_style: raw.authorize_style.unwrap_or_default(),
+        token_auth_method: raw.token_auth_method.unwrap_or_default(),
+        token_request_format: raw.token_request_format.unwrap_or_default(),
+        refresh_params,
+        refresh_sends_scope: raw.refresh_sends_scope.unwrap_or(false),
+        pkce: raw.pkce.unwrap_or_default(),
+        refresh_tokens,
+        refresh_token_rotates,
+        refresh_buffer,
+        default_expires_in,
+        api_base_url,
+        api_auth_scheme: raw.api_auth_scheme.unwrap_or_default(),
+        token_response_path: raw.token_response_path.clone(),
+        profile,
+    })))
+}
+
+// ---------------------------------------------------------------------------
+// Catalog
+// ---------------------------------------------------------------------------
