@@ -9,7 +9,9 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 use super::*;
-use crate::oauth::OAuthClientConfig;
+use crate::domain::{AccessToken, RefreshToken, TokenType};
+use crate::oauth::{OAuthClientConfig, OAuthError, Pkce};
+use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret as _;
 
 fn key(k: &str) -> IntegrationKey {

@@ -1,0 +1,115 @@
+//! After the grant: revocation at the provider and the account profile.
+
+use secrecy::SecretString;
+use url::Url;
+
+use crate::domain::{AccessToken, TokenSet};
+use crate::oauth::OAuthError;
+use crate::providers::{ApiAuthScheme, RevocationStyle};
+
+use super::*;
+
+impl Integration {
+    /// Revokes `tokens` at the provider, per its `revocation_style`:
+    ///
+    /// * `rfc7009`: the refresh token first (`token_type_hint=refresh_token`;
+    ///   that ends the whole grant at most providers), then the access token.
+    ///   A token the provider reports as `invalid_token` (already revoked or
+    ///   expired — Google answers 400 for those) counts as revoked.
+    /// * `github_grant`: deletes the app's grant for the user (all tokens).
+    /// * `none`: nothing to call; returns `Ok(false)` — "not revoked at the
+    ///   provider", the user has to remove the app there.
+    ///
+    /// `Ok(true)` means the provider confirmed the revocation.
+    pub async fn revoke(&self, tokens: &TokenSet) -> Result<bool, OAuthError> {
+        let missing_url = || {
+            OAuthError::Config(format!(
+                "provider `{}` has no usable revocation_url",
+                self.spec.key
+            ))
+        };
+        let access = SecretString::from(tokens.access_token.expose().to_owned());
+        match self.spec.revocation_style {
+            RevocationStyle::None => Ok(false),
+            RevocationStyle::Rfc7009 => {
+                let url = self
+                    .spec
+                    .revocation_url_for(&self.auth.client_id)
+                    .ok_or_else(missing_url)?;
+                if let Some(refresh) = &tokens.refresh_token {
+                    let refresh = SecretString::from(refresh.expose().to_owned());
+                    self.revoke_one(&url, &refresh, "refresh_token").await?;
+                }
+                self.revoke_one(&url, &access, "access_token").await?;
+                Ok(true)
+            }
+            RevocationStyle::GithubGrant => {
+                let url = self
+                    .spec
+                    .revocation_url_for(&self.auth.client_id)
+                    .ok_or_else(missing_url)?;
+                self.oauth
+                    .revoke_github_grant(&url, &self.auth, &access)
+                    .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    pub(super) async fn revoke_one(
+        &self,
+        url: &Url,
+        token: &SecretString,
+        hint: &str,
+    ) -> Result<(), OAuthError> {
+        match self.oauth.revoke(url, &self.auth, token, Some(hint)).await {
+            Err(err) if err.oauth_error_code() == Some("invalid_token") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Reads the account profile through the catalog's `userinfo_url` and
+    /// `profile` mapping. `Ok(None)` when the provider has no profile
+    /// endpoint (Bing Webmaster Tools). A 401 is an error whose
+    /// [`OAuthError::status`] is 401 (refresh, then retry).
+    pub async fn userinfo(
+        &self,
+        access_token: &AccessToken,
+    ) -> Result<Option<Profile>, OAuthError> {
+        let Some(url) = &self.spec.userinfo_url else {
+            return Ok(None);
+        };
+        let Some(mapping) = &self.spec.profile else {
+            return Err(OAuthError::Config(format!(
+                "provider `{}` has a userinfo_url but no profile mapping",
+                self.spec.key
+            )));
+        };
+        let token = access_token.expose();
+        let raw = match self.spec.api_auth_scheme {
+            ApiAuthScheme::Bearer => {
+                self.oauth
+                    .userinfo(url, &SecretString::from(token.to_owned()))
+                    .await?
+            }
+            ApiAuthScheme::Raw => {
+                self.oauth
+                    .userinfo_with_authorization(url, &SecretString::from(token.to_owned()))
+                    .await?
+            }
+        };
+        let found = mapping.extract(&raw);
+        let id = found.id.ok_or_else(|| {
+            OAuthError::InvalidResponse(format!(
+                "profile response has no account id at {}",
+                mapping.id.join(" / ")
+            ))
+        })?;
+        Ok(Some(Profile {
+            id,
+            email: found.email,
+            display_name: found.display_name,
+            raw,
+        }))
+    }
+}

@@ -1,0 +1,260 @@
+//! Token-endpoint grants: code exchange, refresh, client credentials and
+//! the device flow, and what of a token response is kept as metadata.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+use serde_json::{Map, Value};
+
+use crate::domain::{AccessToken, RefreshToken, Scopes, TokenSet, TokenType};
+use crate::oauth::{
+    DeviceAuthorization, DevicePoll, OAuthError, TokenRequestOptions, TokenResponse,
+};
+use crate::providers::{AuthorizeStyle, Pkce as PkceSupport};
+
+use super::*;
+
+impl Integration {
+    pub(super) fn token_options(&self, extra: &BTreeMap<String, String>) -> TokenRequestOptions {
+        TokenRequestOptions {
+            token_path: self.spec.token_response_path.clone(),
+            extra_params: extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            format: self.spec.token_request_format,
+        }
+    }
+
+    /// Exchanges the callback's `code`. `code_verifier` is the stored PKCE
+    /// verifier (ignored for providers without PKCE; required for
+    /// `pkce = "required"`). `scopes` are the ones the authorization request
+    /// asked for (`None`: the defaults); they become the token set's scopes
+    /// when the response does not list the granted ones. `now` is when the
+    /// response is considered received (expiry is computed from it).
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        code_verifier: Option<&SecretString>,
+        scopes: Option<&Scopes>,
+        now: DateTime<Utc>,
+    ) -> Result<Grant, OAuthError> {
+        let verifier = code_verifier.filter(|_| self.wants_pkce());
+        if verifier.is_none() && self.spec.pkce == PkceSupport::Required {
+            return Err(OAuthError::Config(format!(
+                "provider `{}` requires PKCE: pass the stored code_verifier",
+                self.spec.key
+            )));
+        }
+        let redirect_uri = match self.spec.authorize_style {
+            AuthorizeStyle::Oauth2 => Some(self.redirect_uri.as_str()),
+            AuthorizeStyle::WixInstaller => None,
+        };
+        let response = self
+            .oauth
+            .exchange_code(
+                &self.spec.token_url,
+                &self.auth,
+                code,
+                redirect_uri,
+                verifier,
+                &self.token_options(&BTreeMap::new()),
+            )
+            .await?;
+        let requested: Scopes = self.requested_scopes(scopes).into_iter().collect();
+        Ok(self.grant(response, requested, None, now))
+    }
+
+    /// Refresh-token grant at the entry's `refresh_url`, with its
+    /// `refresh_params`. `current_scopes` are the connection's granted scopes:
+    /// sent as `scope` only for providers with `refresh_sends_scope`, and kept
+    /// as the token set's scopes when the response lists none.
+    ///
+    /// **Refresh token retention:** when the response carries no
+    /// `refresh_token` (Google, TIDAL, most non-rotating providers), the
+    /// returned token set keeps `refresh_token` — the old one stays valid —
+    /// and [`Grant::refresh_token_issued`] is false. When it carries one,
+    /// that one replaces it and must be stored before the old one is
+    /// discarded (rotating providers invalidate the old one).
+    pub async fn refresh(
+        &self,
+        refresh_token: &RefreshToken,
+        current_scopes: &Scopes,
+        now: DateTime<Utc>,
+    ) -> Result<Grant, OAuthError> {
+        let scope_param = self
+            .spec
+            .refresh_sends_scope
+            .then(|| current_scopes.to_vec())
+            .filter(|s| !s.is_empty());
+        let response = self
+            .oauth
+            .refresh(
+                &self.spec.refresh_url,
+                &self.auth,
+                &SecretString::from(refresh_token.expose().to_owned()),
+                scope_param.as_deref(),
+                &self.spec.scope_separator,
+                &self.token_options(&self.spec.refresh_params),
+            )
+            .await?;
+        Ok(self.grant(response, current_scopes.clone(), Some(refresh_token), now))
+    }
+
+    /// Client-credentials grant (app-only token). `scopes: None` requests the
+    /// default scopes.
+    pub async fn client_credentials(
+        &self,
+        scopes: Option<&Scopes>,
+        now: DateTime<Utc>,
+    ) -> Result<Grant, OAuthError> {
+        let requested = self.requested_scopes(scopes);
+        let response = self
+            .oauth
+            .client_credentials(
+                &self.spec.token_url,
+                &self.auth,
+                &requested,
+                &self.spec.scope_separator,
+                &self.token_options(&BTreeMap::new()),
+            )
+            .await?;
+        Ok(self.grant(response, requested.into_iter().collect(), None, now))
+    }
+
+    /// Starts a device authorization (RFC 8628). Errors with
+    /// [`OAuthError::Config`] when the provider has no device endpoint.
+    pub async fn device_authorize(
+        &self,
+        scopes: Option<&Scopes>,
+    ) -> Result<DeviceAuthorization, OAuthError> {
+        let url = self.spec.device_authorization_url.as_ref().ok_or_else(|| {
+            OAuthError::Config(format!(
+                "provider `{}` has no device authorization endpoint",
+                self.spec.key
+            ))
+        })?;
+        self.oauth
+            .device_authorize(
+                url,
+                &self.auth,
+                &self.requested_scopes(scopes),
+                &self.spec.scope_separator,
+                &[],
+            )
+            .await
+    }
+
+    /// One device-token poll. `scopes` are the ones passed to
+    /// [`Integration::device_authorize`] (fallback for the granted scopes).
+    /// The caller owns the loop, the interval and the overall expiry.
+    pub async fn poll_device(
+        &self,
+        device_code: &SecretString,
+        scopes: Option<&Scopes>,
+        now: DateTime<Utc>,
+    ) -> Result<DeviceGrantPoll, OAuthError> {
+        let poll = self
+            .oauth
+            .poll_device_token(
+                &self.spec.token_url,
+                &self.auth,
+                device_code,
+                &self.token_options(&BTreeMap::new()),
+            )
+            .await?;
+        Ok(match poll {
+            DevicePoll::Pending => DeviceGrantPoll::Pending,
+            DevicePoll::SlowDown => DeviceGrantPoll::SlowDown,
+            DevicePoll::Denied => DeviceGrantPoll::Denied,
+            DevicePoll::Expired => DeviceGrantPoll::Expired,
+            DevicePoll::Complete(response) => {
+                let requested: Scopes = self.requested_scopes(scopes).into_iter().collect();
+                DeviceGrantPoll::Complete(Box::new(self.grant(response, requested, None, now)))
+            }
+        })
+    }
+
+    /// TokenResponse → Grant: token type defaults to Bearer (parsed
+    /// case-insensitively; an unknown type is logged and taken as Bearer);
+    /// scopes are the response's when it lists any, else `requested`;
+    /// `expires_at = now + expires_in`, or `now + default_expires_in` when
+    /// the response has none (or 0), or `None`; the refresh token is the
+    /// response's, else `previous`.
+    pub(super) fn grant(
+        &self,
+        response: TokenResponse,
+        requested: Scopes,
+        previous: Option<&RefreshToken>,
+        now: DateTime<Utc>,
+    ) -> Grant {
+        let token_type = match response.token_type.as_deref() {
+            None => TokenType::Bearer,
+            Some(raw) => raw.parse().unwrap_or_else(|_| {
+                tracing::warn!(
+                    integration = %self.key,
+                    token_type = raw,
+                    "unknown token_type in token response; using Bearer"
+                );
+                TokenType::Bearer
+            }),
+        };
+        let scopes = match response.scopes {
+            Some(granted) if !granted.is_empty() => granted.into_iter().collect(),
+            _ => requested,
+        };
+        let lifetime = response
+            .expires_in
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs)
+            .or(self.spec.default_expires_in);
+        let expires_at = lifetime
+            .and_then(|d| chrono::TimeDelta::from_std(d).ok())
+            .and_then(|d| now.checked_add_signed(d));
+        let refresh_token_issued = response.refresh_token.is_some();
+        let refresh_token = response
+            .refresh_token
+            .map(RefreshToken::from)
+            .or_else(|| previous.cloned());
+        Grant {
+            tokens: TokenSet {
+                access_token: AccessToken::from(response.access_token),
+                refresh_token,
+                token_type,
+                scopes,
+                expires_at,
+            },
+            refresh_token_issued,
+            id_token: response.id_token,
+            metadata: strip_secrets(response.extra),
+        }
+    }
+}
+
+pub(super) fn looks_secret(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["token", "secret", "password"]
+        .iter()
+        .any(|s| name.contains(s))
+}
+
+pub(super) fn strip_secrets(object: Map<String, Value>) -> Value {
+    Value::Object(
+        object
+            .into_iter()
+            .filter(|(k, _)| !looks_secret(k))
+            .map(|(k, v)| (k, strip_value(v)))
+            .collect(),
+    )
+}
+
+pub(super) fn strip_value(value: Value) -> Value {
+    match value {
+        Value::Object(m) => strip_secrets(m),
+        Value::Array(items) => Value::Array(items.into_iter().map(strip_value).collect()),
+        other => other,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Registry
+// ---------------------------------------------------------------------------

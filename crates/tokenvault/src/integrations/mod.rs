@@ -1,0 +1,348 @@
+//! Integrations: configured instances of provider catalog entries.
+//!
+//! An integration is what an operator configures under `[integrations.<key>]`:
+//! a catalog entry (`provider`), the app's client credentials, its redirect
+//! URI and optionally its own scopes. [`IntegrationConfig`] is that
+//! configuration as written (plus an environment overlay and validation);
+//! [`Integration`] is the resolved form — catalog entry, client
+//! authentication, redirect URI, scopes and a shared [`OAuthClient`] — whose
+//! methods run every OAuth flow and return domain types ([`TokenSet`],
+//! [`Scopes`]) with typed errors ([`OAuthError`]).
+//!
+//! ```toml
+//! [integrations.spotify]
+//! provider = "spotify"
+//! client_id = "..."
+//! client_secret = "..."
+//! redirect_uri = "https://app.example.com/oauth/callback"
+//!
+//! [integrations.acme]
+//! provider = "oidc"
+//! issuer = "https://login.acme.example"
+//! client_id = "..."
+//! client_secret = "..."
+//! redirect_uri = "https://app.example.com/oauth/callback"
+//! scopes = ["openid", "email", "offline_access"]
+//! ```
+//!
+//! Typical start-up: [`IntegrationsConfig::from_toml_str`] →
+//! [`IntegrationsConfig::apply_env`] → [`IntegrationsConfig::validate`] →
+//! [`Integrations::resolve`] (OIDC discovery happens there).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde_json::Value;
+use url::Url;
+
+use crate::domain::{IntegrationKey, Scopes, TokenSet};
+use crate::oauth::{ClientAuth, OAuthClient};
+use crate::providers::{
+    ApiAuthScheme, Catalog, Pkce as PkceSupport, ProviderSpec, RevocationStyle,
+};
+
+mod account;
+mod authorize;
+mod config;
+mod grants;
+
+use config::*;
+pub use config::{IntegrationConfig, IntegrationConfigError, IntegrationsConfig};
+
+/// What a token-endpoint call produced.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub tokens: TokenSet,
+    /// The response carried a refresh token. On a refresh, false means the
+    /// previous refresh token was kept in `tokens` (no rotation happened).
+    pub refresh_token_issued: bool,
+    /// The OIDC ID token, unverified (tokenvault does not use it for identity;
+    /// [`Integration::userinfo`] does that).
+    pub id_token: Option<SecretString>,
+    /// Every other field of the token response, as a JSON object, minus any
+    /// field whose name contains `token`, `secret` or `password` (at any
+    /// depth), so it can be stored unencrypted as connection metadata
+    /// (WordPress.com `blog_id` / `blog_url`, ...).
+    pub metadata: Value,
+}
+
+/// Outcome of one device-token poll; see [`DevicePoll`].
+#[derive(Debug, Clone)]
+pub enum DeviceGrantPoll {
+    /// Poll again after the interval.
+    Pending,
+    /// Add 5 s to the interval (RFC 8628 §3.5), then poll again.
+    SlowDown,
+    Complete(Box<Grant>),
+    /// The user refused.
+    Denied,
+    /// The device code expired; start over.
+    Expired,
+}
+
+/// The account behind a connection, read from the provider's profile endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    /// Stable provider account id (numbers are stringified).
+    pub id: String,
+    pub email: Option<String>,
+    pub display_name: Option<String>,
+    /// The whole userinfo document.
+    pub raw: Value,
+}
+
+// ---------------------------------------------------------------------------
+// Integration
+// ---------------------------------------------------------------------------
+
+/// A resolved integration: catalog entry, client credentials, redirect URI
+/// and scopes, sharing one [`OAuthClient`] ([`Integrations`] hands it out as
+/// an `Arc`). `Debug` never prints the client secret.
+#[derive(Debug, Clone)]
+pub struct Integration {
+    key: IntegrationKey,
+    spec: ProviderSpec,
+    auth: ClientAuth,
+    redirect_uri: Url,
+    scopes: Vec<String>,
+    oauth: OAuthClient,
+    rate_limit_per_second: Option<u32>,
+}
+
+impl Integration {
+    /// Builds an integration from its configuration and an already resolved
+    /// catalog entry (use [`Integration::resolve`] to look the entry up and
+    /// run OIDC discovery). The configuration should have passed
+    /// [`IntegrationConfig::validate`]; this checks what needs the entry:
+    /// a confidential `token_auth_method` without a secret is an error naming
+    /// `<PREFIX>_CLIENT_SECRET`. The configuration's `authorize_params` are
+    /// merged over the entry's.
+    pub fn new(
+        key: IntegrationKey,
+        config: &IntegrationConfig,
+        mut spec: ProviderSpec,
+        oauth: OAuthClient,
+    ) -> Result<Self, IntegrationConfigError> {
+        let prefix = key.env_prefix();
+        if config.client_id.trim().is_empty() {
+            return Err(invalid(format!("{prefix}_CLIENT_ID"), "missing"));
+        }
+        let method = spec.token_auth_method;
+        let needs_secret = method.is_confidential()
+            || matches!(spec.revocation_style, RevocationStyle::GithubGrant);
+        if needs_secret && config.client_secret.is_none() {
+            return Err(invalid(
+                format!("{prefix}_CLIENT_SECRET"),
+                format!(
+                    "missing; provider `{}` authenticates with {}",
+                    spec.key,
+                    method.as_str()
+                ),
+            ));
+        }
+        let redirect_uri = config.redirect_uri.clone().ok_or_else(|| {
+            invalid(
+                format!("{prefix}_REDIRECT_URI"),
+                format!("missing (set redirect_uri in [integrations.{key}] or the environment)"),
+            )
+        })?;
+        check_authorize_params(&key, &config.authorize_params)?;
+        spec.authorize_params.extend(
+            config
+                .authorize_params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        let scopes = config
+            .scopes
+            .clone()
+            .unwrap_or_else(|| spec.default_scopes.clone());
+        let auth = ClientAuth {
+            client_id: config.client_id.trim().to_owned(),
+            client_secret: config.client_secret.clone(),
+            method,
+        };
+        Ok(Self {
+            key,
+            spec,
+            auth,
+            redirect_uri,
+            scopes,
+            oauth,
+            rate_limit_per_second: config.rate_limit_per_second,
+        })
+    }
+
+    /// Looks `config.provider` up in `catalog` and builds the integration.
+    /// A discovery entry (`oidc`, or a user entry aliasing it) is discovered
+    /// at `config.issuer` (falling back to the entry's own issuer) through
+    /// `oauth`'s HTTP client; `issuer` on a non-discovery provider is an
+    /// error.
+    pub async fn resolve(
+        key: IntegrationKey,
+        config: &IntegrationConfig,
+        catalog: &Catalog,
+        oauth: OAuthClient,
+    ) -> Result<Self, IntegrationConfigError> {
+        let provider = config.provider.trim();
+        if let Some(spec) = catalog.get(provider) {
+            if config.issuer.is_some() {
+                return Err(invalid(
+                    format!("integrations.{key}.issuer"),
+                    format!("provider `{provider}` does not use OIDC discovery; remove issuer"),
+                ));
+            }
+            return Self::new(key, config, spec.clone(), oauth);
+        }
+        let Some(pending) = catalog.pending_discovery().find(|p| p.key == provider) else {
+            return Err(IntegrationConfigError::UnknownProvider {
+                key: key.to_string(),
+                provider: provider.to_owned(),
+            });
+        };
+        if config.issuer.is_none() && pending.issuer.is_none() {
+            return Err(invalid(
+                format!("integrations.{key}.issuer"),
+                format!("required for provider `{provider}` (OpenID Connect discovery)"),
+            ));
+        }
+        let spec = catalog
+            .discover_entry(provider, config.issuer.as_ref(), oauth.http())
+            .await
+            .map_err(|source| IntegrationConfigError::Catalog {
+                key: key.to_string(),
+                source,
+            })?;
+        Self::new(key, config, spec, oauth)
+    }
+
+    pub fn key(&self) -> &IntegrationKey {
+        &self.key
+    }
+
+    /// The resolved catalog entry (with the configuration's
+    /// `authorize_params` merged in).
+    pub fn spec(&self) -> &ProviderSpec {
+        &self.spec
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.auth.client_id
+    }
+
+    pub fn redirect_uri(&self) -> &Url {
+        &self.redirect_uri
+    }
+
+    /// The configured scopes (or the catalog's defaults), in order.
+    pub fn default_scopes(&self) -> &[String] {
+        &self.scopes
+    }
+
+    /// Whether to generate PKCE for an authorization request: true when the
+    /// provider requires or supports it. Pass the [`Pkce`] to
+    /// [`Integration::authorize_url`] and store its verifier with the state.
+    pub fn wants_pkce(&self) -> bool {
+        !matches!(self.spec.pkce, PkceSupport::Unsupported)
+    }
+
+    /// Identifies the client configuration the provider sees (client id,
+    /// secret, auth method, token endpoint) without revealing the secret:
+    /// a recorded "misconfigured" verdict lapses when this changes.
+    pub fn config_fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(self.auth.client_id.as_bytes());
+        hash.update([0]);
+        if let Some(secret) = &self.auth.client_secret {
+            hash.update(secrecy::ExposeSecret::expose_secret(secret).as_bytes());
+        }
+        hash.update([0]);
+        hash.update(self.auth.method.as_str().as_bytes());
+        hash.update([0]);
+        hash.update(self.spec.refresh_url.as_str().as_bytes());
+        hex::encode(&hash.finalize()[..8])
+    }
+
+    /// The shared HTTP client (no redirects, the configured timeouts), for
+    /// calls to the provider's API.
+    pub fn http(&self) -> &reqwest::Client {
+        self.oauth.http()
+    }
+
+    /// The configured per-second limit on token-endpoint calls, if any.
+    pub fn rate_limit_per_second(&self) -> Option<u32> {
+        self.rate_limit_per_second
+    }
+
+    /// Refresh this long before the access token expires.
+    pub fn refresh_buffer(&self) -> Duration {
+        self.spec.refresh_buffer
+    }
+
+    /// The `Authorization` header value for an API call with `tokens`
+    /// (`Bearer <token>`, or the bare token for `api_auth_scheme = "raw"`).
+    pub fn api_authorization(&self, tokens: &TokenSet) -> SecretString {
+        match self.spec.api_auth_scheme {
+            ApiAuthScheme::Bearer => tokens.authorization_header(),
+            ApiAuthScheme::Raw => SecretString::from(tokens.access_token.expose().to_owned()),
+        }
+    }
+
+    fn requested_scopes(&self, scopes: Option<&Scopes>) -> Vec<String> {
+        match scopes {
+            Some(s) => s.to_vec(),
+            None => self.scopes.clone(),
+        }
+    }
+}
+
+/// Every resolved integration, by key.
+#[derive(Debug, Clone, Default)]
+pub struct Integrations {
+    by_key: BTreeMap<IntegrationKey, Arc<Integration>>,
+}
+
+impl Integrations {
+    /// Resolves every configured integration against `catalog` (running OIDC
+    /// discovery where needed), sharing `oauth`. Stops at the first error.
+    pub async fn resolve(
+        config: &IntegrationsConfig,
+        catalog: &Catalog,
+        oauth: &OAuthClient,
+    ) -> Result<Self, IntegrationConfigError> {
+        let mut by_key = BTreeMap::new();
+        for (key, cfg) in &config.integrations {
+            let integration =
+                Integration::resolve(key.clone(), cfg, catalog, oauth.clone()).await?;
+            by_key.insert(key.clone(), Arc::new(integration));
+        }
+        Ok(Self { by_key })
+    }
+
+    pub fn insert(&mut self, integration: Integration) {
+        self.by_key
+            .insert(integration.key.clone(), Arc::new(integration));
+    }
+
+    pub fn get(&self, key: &IntegrationKey) -> Option<&Arc<Integration>> {
+        self.by_key.get(key)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&IntegrationKey, &Arc<Integration>)> {
+        self.by_key.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests;
