@@ -225,13 +225,12 @@ fn validate(grant: ImportedGrant, now: DateTime<Utc>) -> Result<(TokenSet, Value
     if !grant.metadata.is_object() {
         return Err(InvalidGrant::Metadata("must be a JSON object".into()));
     }
-    let serialized = grant.metadata.to_string();
-    if serialized.contains("\\u0000") && holds_nul(&grant.metadata) {
+    if crate::store::holds_nul(&grant.metadata) {
         return Err(InvalidGrant::Metadata(
             "holds a NUL character (\\u0000), which cannot be stored".into(),
         ));
     }
-    let size = serialized.len();
+    let size = grant.metadata.to_string().len();
     if size > MAX_METADATA_BYTES {
         return Err(InvalidGrant::Metadata(format!(
             "is {size} bytes of JSON; at most {MAX_METADATA_BYTES} are allowed"
@@ -245,15 +244,6 @@ fn validate(grant: ImportedGrant, now: DateTime<Utc>) -> Result<(TokenSet, Value
         expires_at,
     };
     Ok((tokens, grant.metadata))
-}
-
-fn holds_nul(value: &Value) -> bool {
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(holds_nul),
-        Value::Object(fields) => fields.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
-        _ => false,
-    }
 }
 
 /// Whether the stored connection holds tokens newer than `imported`: it is

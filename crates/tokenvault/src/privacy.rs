@@ -127,32 +127,19 @@ impl Scrubber {
         self
     }
 
-    /// Adds every secret of `other`.
-    pub fn extend(&mut self, other: &Scrubber) {
-        for needle in &other.needles {
-            if !self.needles.iter().any(|n| **n == **needle) {
-                self.needles.push(needle.clone());
-            }
-        }
-        self.needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
-    }
-
     pub fn is_empty(&self) -> bool {
         self.needles.is_empty()
     }
 
     /// `text` with every secret replaced by [`REDACTED`].
     pub fn scrub(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for needle in &self.needles {
-            if out.contains(needle.as_str()) {
-                out = out.replace(needle.as_str(), REDACTED);
-            }
-        }
-        out
+        // A needle is whole UTF-8, so replacing it keeps the text UTF-8.
+        String::from_utf8(self.scrub_bytes(text.as_bytes()))
+            .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned())
     }
 
-    /// [`Scrubber::scrub`] of raw bytes (a body that may not be UTF-8).
+    /// Every secret in `bytes` (a body that may not be UTF-8) replaced by
+    /// [`REDACTED`].
     pub fn scrub_bytes(&self, bytes: &[u8]) -> Vec<u8> {
         if self.needles.is_empty() {
             return bytes.to_vec();

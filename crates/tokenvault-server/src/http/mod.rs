@@ -201,15 +201,15 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state, per_request))
 }
 
-/// The scope each `/v1` operation needs, by method and route template (as
-/// axum matched it), from [`api`].
-static SCOPES: LazyLock<HashMap<(Method, String), Scope>> = LazyLock::new(|| {
-    let mut scopes = HashMap::new();
+/// The scope each `/v1` operation needs, by route template (as axum
+/// matched it) and method, from [`api`]. Keyed by the template alone so a
+/// lookup borrows the matched path instead of allocating a key.
+static SCOPES: LazyLock<HashMap<String, Vec<(Method, Scope)>>> = LazyLock::new(|| {
+    let mut scopes: HashMap<String, Vec<(Method, Scope)>> = HashMap::new();
     for (scope, group) in api() {
         for (path, item) in &group.get_openapi().paths.paths {
-            for method in openapi::methods_of(item) {
-                scopes.insert((method, path.clone()), scope);
-            }
+            let methods = scopes.entry(path.clone()).or_default();
+            methods.extend(openapi::methods_of(item).into_iter().map(|m| (m, scope)));
         }
     }
     scopes
@@ -218,16 +218,19 @@ static SCOPES: LazyLock<HashMap<(Method, String), Scope>> = LazyLock::new(|| {
 /// The scope a request to `route` (a matched template) with `method`
 /// needs; anything not declared in [`api`] needs `admin`.
 pub fn required_scope(method: &Method, route: &str) -> Scope {
-    // axum answers HEAD with the GET handler.
-    let method =
-        if *method == Method::HEAD && !SCOPES.contains_key(&(Method::HEAD, route.to_owned())) {
-            Method::GET
-        } else {
-            method.clone()
-        };
-    SCOPES
-        .get(&(method, route.to_owned()))
-        .copied()
+    let declared = SCOPES.get(route).map(Vec::as_slice).unwrap_or_default();
+    let find = |wanted: &Method| {
+        declared
+            .iter()
+            .find_map(|(m, scope)| (m == wanted).then_some(*scope))
+    };
+    find(method)
+        // axum answers HEAD with the GET handler.
+        .or_else(|| {
+            (*method == Method::HEAD)
+                .then(|| find(&Method::GET))
+                .flatten()
+        })
         .unwrap_or(Scope::Admin)
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 pub use postgres::PostgresStore;
+pub(crate) use record::holds_nul;
 pub use record::{
     BatchUpdate, ConnectionRecord, ConnectionUpdate, LastError, Lease, MisconfiguredIntegration,
     NewConnection, OutboxEvent, PendingEvent,

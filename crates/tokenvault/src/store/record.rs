@@ -289,9 +289,8 @@ impl<'a> UpdateColumns<'a> {
 /// loses it instead of failing the write. SQLite stores the same text, so
 /// both backends keep the same metadata.
 pub(crate) fn storable_json(value: &Value) -> String {
-    let text = value.to_string();
-    if !text.contains("\\u0000") {
-        return text;
+    if !holds_nul(value) {
+        return value.to_string();
     }
     fn without_nul(value: &Value) -> Value {
         match value {
@@ -307,6 +306,16 @@ pub(crate) fn storable_json(value: &Value) -> String {
         }
     }
     without_nul(value).to_string()
+}
+
+/// Whether a NUL character is anywhere in `value`, in a string or a key.
+pub(crate) fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(fields) => fields.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
