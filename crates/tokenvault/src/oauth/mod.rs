@@ -10,6 +10,7 @@
 
 mod authorize;
 mod client;
+mod client_auth;
 mod error;
 mod pkce;
 mod token;
@@ -18,10 +19,8 @@ mod token;
 mod tests;
 
 pub use authorize::{AuthorizeRequest, IssuerMismatch, build_authorize_url, check_callback_issuer};
-pub use client::{
-    ClientAuth, ClientAuthMethod, OAuthClient, OAuthClientConfig, TokenRequestFormat,
-    TokenRequestOptions,
-};
+pub use client::{OAuthClient, OAuthClientConfig, TokenRequestFormat, TokenRequestOptions};
+pub use client_auth::{ClientAuth, ClientAuthMethod};
 pub use error::{OAuthError, RetryAfter};
 pub use pkce::{PKCE_METHOD_S256, Pkce, random_state, s256_challenge};
 pub use token::{

@@ -22,6 +22,7 @@ pub mod journal;
 pub mod local;
 mod outcome;
 mod revoke;
+mod run;
 mod scheduler;
 mod single_flight;
 

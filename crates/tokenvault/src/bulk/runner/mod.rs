@@ -1,24 +1,23 @@
 //! Runs bulk actions: claims them under a lease, paces their sends, records
 //! each item's outcome.
 
-use std::collections::VecDeque;
+mod pacer;
+mod send;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use reqwest::StatusCode;
-use tokio::sync::{Mutex, Notify, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use super::{
     ActionState, BulkActionRecord, BulkActionView, BulkActions, BulkError, BulkItem, BulkSpec,
-    ItemOutcome, ItemState, retry_delay,
+    ItemOutcome, ItemState,
 };
-use crate::api::{ApiRequest, RequestError, RequestOptions, SendGate};
-use crate::domain::UserId;
-use crate::refresh::{TokenError, chrono};
+use crate::refresh::chrono;
 use crate::store::StoreError;
+use pacer::Pacer;
 
 /// Knobs of [`BulkWorker`].
 #[derive(Debug, Clone)]
@@ -69,120 +68,6 @@ pub enum RunEnd {
     Stopped,
     /// Another instance holds the action now.
     LeaseLost,
-}
-
-/// Keeps the provider from seeing more than `capacity` requests in any
-/// `window`, whatever the network does to their timing, and spaces sends
-/// evenly in between.
-///
-/// The provider sees a request at some moment between its send and its
-/// answer. So a send waits until fewer than `capacity` requests are either
-/// in flight or answered within the last `window`: then any `window` of
-/// the provider's clock can hold at most `capacity` arrivals (the latest
-/// sent among them counted all the others when it went out). Answers come
-/// back in milliseconds, so this costs a fraction of a percent of the rate.
-struct Pacer {
-    capacity: usize,
-    window: Duration,
-    spacing: Duration,
-    next: Mutex<Instant>,
-    slots: std::sync::Mutex<Slots>,
-    freed: Notify,
-}
-
-struct Slots {
-    in_flight: usize,
-    /// When each request still inside the window was answered, oldest
-    /// first.
-    answered: VecDeque<Instant>,
-}
-
-impl Pacer {
-    /// `rate` sends per second; the 1 % margin covers the two clocks'
-    /// granularity.
-    fn new(rate: f64) -> Self {
-        let capacity = (rate.floor() as usize).max(1);
-        let window = Duration::from_secs_f64(capacity as f64 / rate * 1.01);
-        Self {
-            capacity,
-            window,
-            spacing: window / capacity as u32,
-            next: Mutex::new(Instant::now()),
-            slots: std::sync::Mutex::new(Slots {
-                in_flight: 0,
-                answered: VecDeque::with_capacity(capacity),
-            }),
-            freed: Notify::new(),
-        }
-    }
-
-    /// Lets no turn start before `wait` from now.
-    async fn hold(&self, wait: Duration) {
-        let mut next = self.next.lock().await;
-        *next = (*next).max(Instant::now() + wait);
-    }
-
-    /// Waits for an evenly spaced turn (smoothing).
-    async fn turn(&self) {
-        let at = {
-            let mut next = self.next.lock().await;
-            let at = (*next).max(Instant::now());
-            *next = at + self.spacing;
-            at
-        };
-        tokio::time::sleep_until(at).await;
-    }
-
-    /// Waits until one more request keeps every window within capacity,
-    /// and counts it in flight (the strict limit).
-    async fn send(&self) {
-        loop {
-            let (wait, freed) = {
-                let mut slots = self.slots.lock().expect("pacer lock");
-                let now = Instant::now();
-                while slots
-                    .answered
-                    .front()
-                    .is_some_and(|at| *at + self.window <= now)
-                {
-                    slots.answered.pop_front();
-                }
-                if slots.in_flight + slots.answered.len() < self.capacity {
-                    slots.in_flight += 1;
-                    return;
-                }
-                // Registered before the lock is released: an answer that
-                // lands in between still wakes us.
-                let freed = self.freed.notified();
-                (slots.answered.front().map(|at| *at + self.window), freed)
-            };
-            match wait {
-                Some(at) => tokio::time::sleep_until(at).await,
-                // Everything is in flight: the first answer starts the
-                // clock.
-                None => freed.await,
-            }
-        }
-    }
-
-    fn answer(&self) {
-        let mut slots = self.slots.lock().expect("pacer lock");
-        slots.in_flight = slots.in_flight.saturating_sub(1);
-        slots.answered.push_back(Instant::now());
-        drop(slots);
-        self.freed.notify_waiters();
-    }
-}
-
-#[async_trait::async_trait]
-impl SendGate for Pacer {
-    async fn ready(&self) {
-        self.send().await;
-    }
-
-    fn answered(&self) {
-        self.answer();
-    }
 }
 
 /// Claims runnable actions and runs them; every instance may run one.
@@ -469,211 +354,6 @@ impl BulkWorker {
         Ok(completed)
     }
 
-    /// Sends one item's request and classifies the answer.
-    async fn send(
-        &self,
-        action: &BulkActionRecord,
-        item: &BulkItem,
-        request: ApiRequest,
-        pacer: Arc<Pacer>,
-    ) -> ItemOutcome {
-        let vault = self.actions.vault();
-        let Ok(user) = UserId::parse(&item.user_id) else {
-            return final_outcome(
-                ItemState::Failed,
-                None,
-                "invalid_user_id",
-                "the stored user id is not valid",
-            );
-        };
-        let options = RequestOptions {
-            // A 429 goes back to the queue instead of holding a slot.
-            max_retry_after: Duration::ZERO,
-            gate: Some(pacer),
-            ..RequestOptions::default()
-        };
-        let result = vault
-            .request_with(&user, &action.integration, request, options)
-            .await;
-        let now = vault.clock().now();
-        let outcome = match result {
-            Ok(response) => {
-                let status = response.status();
-                let retry_after = response.retry_after();
-                let secrets = response.secrets().clone();
-                let body = if status.is_success() {
-                    // Read to the end so the connection is reused.
-                    let _ = response.bytes().await;
-                    None
-                } else {
-                    // Providers echo what they were sent: the token goes
-                    // before the excerpt is cut.
-                    response
-                        .bytes()
-                        .await
-                        .ok()
-                        .map(|body| secrets.scrub_bytes(&body))
-                };
-                self.answered(item, status, retry_after, body.as_deref(), now)
-            }
-            Err(err) => self.not_sent(item, err, now),
-        };
-        metrics::counter!("tokenvault_bulk_items_total", "integration" => action.integration.to_string(), "outcome" => outcome.error_code.clone().unwrap_or_else(|| outcome.state.as_str().to_owned())).increment(1);
-        outcome
-    }
-
-    fn answered(
-        &self,
-        item: &BulkItem,
-        status: StatusCode,
-        retry_after: Option<Duration>,
-        body: Option<&[u8]>,
-        now: DateTime<Utc>,
-    ) -> ItemOutcome {
-        let code = Some(status.as_u16());
-        let excerpt = body.map(excerpt).filter(|e| !e.is_empty());
-        if status.is_success() {
-            return ItemOutcome {
-                state: ItemState::Succeeded,
-                status_code: code,
-                error_code: None,
-                error_message: None,
-                retry_at: None,
-                rate_limited: false,
-                failed_attempt: false,
-            };
-        }
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            if item.rate_limited + 1 >= self.settings.max_rate_limited {
-                return ItemOutcome {
-                    status_code: code,
-                    rate_limited: true,
-                    ..final_outcome(
-                        ItemState::Failed,
-                        code,
-                        "rate_limited",
-                        &format!("the provider answered 429 {} times", item.rate_limited + 1),
-                    )
-                };
-            }
-            let delay = retry_after
-                .unwrap_or(self.settings.default_retry_after)
-                .min(Duration::from_secs(3600));
-            return ItemOutcome {
-                state: ItemState::Pending,
-                status_code: code,
-                error_code: Some("rate_limited".into()),
-                error_message: excerpt,
-                retry_at: Some(now + chrono(delay)),
-                rate_limited: true,
-                failed_attempt: false,
-            };
-        }
-        if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
-            return self.transient(item, code, "provider_error", excerpt, retry_after, now);
-        }
-        let error = if status == StatusCode::UNAUTHORIZED {
-            "unauthorized"
-        } else {
-            "provider_error"
-        };
-        ItemOutcome {
-            error_message: excerpt.or_else(|| Some(format!("the provider answered HTTP {status}"))),
-            ..final_outcome(ItemState::Failed, code, error, "")
-        }
-    }
-
-    fn not_sent(&self, item: &BulkItem, err: RequestError, now: DateTime<Utc>) -> ItemOutcome {
-        match err {
-            RequestError::Token(TokenError::NotConnected) => final_outcome(
-                ItemState::Skipped,
-                None,
-                "not_connected",
-                "the user has no connection to this integration",
-            ),
-            RequestError::Token(TokenError::NeedsReauth { status, .. }) => final_outcome(
-                ItemState::Skipped,
-                None,
-                "needs_reauth",
-                &format!("the connection is {status}; the user must connect again"),
-            ),
-            RequestError::Token(TokenError::ProviderUnavailable {
-                reason,
-                retry_after,
-            }) => self.transient(
-                item,
-                None,
-                "provider_unavailable",
-                Some(reason),
-                retry_after,
-                now,
-            ),
-            RequestError::Token(TokenError::IntegrationMisconfigured { error }) => self.transient(
-                item,
-                None,
-                "integration_misconfigured",
-                Some(format!(
-                    "the provider rejected the client credentials ({})",
-                    error.code
-                )),
-                Some(Duration::from_secs(60)),
-                now,
-            ),
-            RequestError::Token(TokenError::Vault(err)) => {
-                self.transient(item, None, "internal", Some(err.to_string()), None, now)
-            }
-            RequestError::Network(reason) => {
-                self.transient(item, None, "provider_unreachable", Some(reason), None, now)
-            }
-            other => final_outcome(
-                ItemState::Failed,
-                None,
-                "invalid_request",
-                &other.to_string(),
-            ),
-        }
-    }
-
-    /// A failure worth retrying: back to `pending` after a backoff (at
-    /// least the provider's `Retry-After`), or `failed` after the last try.
-    fn transient(
-        &self,
-        item: &BulkItem,
-        status: Option<u16>,
-        code: &str,
-        message: Option<String>,
-        retry_after: Option<Duration>,
-        now: DateTime<Utc>,
-    ) -> ItemOutcome {
-        let failures = item.failures + 1;
-        if failures >= self.settings.max_failures {
-            return ItemOutcome {
-                failed_attempt: true,
-                error_message: message,
-                ..final_outcome(ItemState::Failed, status, code, "")
-            };
-        }
-        let delay = retry_delay(
-            failures,
-            self.settings.backoff_base,
-            self.settings.backoff_cap,
-        )
-        .max(
-            retry_after
-                .unwrap_or_default()
-                .min(Duration::from_secs(3600)),
-        );
-        ItemOutcome {
-            state: ItemState::Pending,
-            status_code: status,
-            error_code: Some(code.to_owned()),
-            error_message: message,
-            retry_at: Some(now + chrono(delay)),
-            rate_limited: false,
-            failed_attempt: true,
-        }
-    }
-
     /// Writes the outcome; database hiccups are retried for about 30 s
     /// because losing a success would send it again after a restart.
     async fn record(
@@ -707,28 +387,6 @@ impl BulkWorker {
     }
 }
 
-fn final_outcome(state: ItemState, status: Option<u16>, code: &str, message: &str) -> ItemOutcome {
-    ItemOutcome {
-        state,
-        status_code: status,
-        error_code: Some(code.to_owned()),
-        error_message: (!message.is_empty()).then(|| message.to_owned()),
-        retry_at: None,
-        rate_limited: false,
-        failed_attempt: false,
-    }
-}
-
-/// The start of a provider's error body, as one line of text.
-fn excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect::<String>()
-        .trim()
-        .to_owned()
-}
-
 async fn pause(shutdown: &mut watch::Receiver<bool>, wait: Duration) {
     tokio::select! {
         () = tokio::time::sleep(wait) => {}
@@ -741,74 +399,5 @@ async fn pause(shutdown: &mut watch::Receiver<bool>, wait: Duration) {
 async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
     if shutdown.wait_for(|stop| *stop).await.is_err() {
         std::future::pending::<()>().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Whether the provider could have seen more than `capacity` requests
-    /// within one `window`: each request, sent at `s` and answered at `r`,
-    /// may arrive anywhere in `[s, r]`; the worst window starts at some
-    /// answer.
-    fn worst_window(requests: &[(Duration, Duration)], window: Duration) -> usize {
-        requests
-            .iter()
-            .map(|(_, start)| {
-                requests
-                    .iter()
-                    .filter(|(s, r)| *s < *start + window && *r >= *start)
-                    .count()
-            })
-            .max()
-            .unwrap_or(0)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_pacer_never_lets_more_than_the_rate_through_in_any_second() {
-        let pacer = Pacer::new(10.0);
-        let start = Instant::now();
-        let mut sent = Vec::new();
-        for _ in 0..45 {
-            pacer.turn().await;
-            pacer.send().await;
-            let at = Instant::now() - start;
-            pacer.answer();
-            sent.push((at, at));
-        }
-        assert!(worst_window(&sent, Duration::from_secs(1)) <= 10);
-        // And it is not needlessly slow: 45 sends at 10/s take about 4.5 s.
-        let total = sent.last().unwrap().0;
-        assert!(total < Duration::from_millis(4700), "{total:?}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn slow_and_uneven_answers_cannot_bunch_arrivals_at_the_provider() {
-        let pacer = Arc::new(Pacer::new(20.0));
-        let start = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..200u64 {
-            let pacer = Arc::clone(&pacer);
-            tasks.spawn(async move {
-                // Retries skip the smoothing turn: go straight to the gate.
-                if i % 3 != 0 {
-                    pacer.turn().await;
-                }
-                pacer.send().await;
-                let sent = Instant::now() - start;
-                // Latency from 0 to 700 ms, unevenly.
-                tokio::time::sleep(Duration::from_millis((i * 7919) % 701)).await;
-                pacer.answer();
-                (sent, Instant::now() - start)
-            });
-        }
-        let requests: Vec<_> = tasks.join_all().await;
-        assert_eq!(requests.len(), 200);
-        let worst = worst_window(&requests, Duration::from_secs(1));
-        assert!(
-            worst <= 20,
-            "{worst} requests could arrive within one second"
-        );
     }
 }
