@@ -2,6 +2,7 @@
 //! binary (`main.rs`) only parses the command line and dispatches here.
 
 pub mod api_keys;
+pub mod app;
 pub mod bulk;
 pub mod config;
 pub mod config_check;

@@ -1,8 +1,7 @@
 //! `tokenvault`: the service and its operator commands.
 
-use tokenvault_server::{
-    api_keys, bulk, config, config_check, http, import, keys, metrics, wiring,
-};
+use tokenvault_server::app::{App, Overrides};
+use tokenvault_server::{api_keys, bulk, config, config_check, import, keys, wiring};
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -267,87 +266,16 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(config: Config, bind: Option<SocketAddr>) -> anyhow::Result<()> {
-    // Before the state is built: start-up already sets integration gauges.
-    let recorder = config.metrics_bind.map(|bind| (bind, metrics::install()));
-    let state = wiring::build_state(&config).await?;
-    let addr = bind.unwrap_or(config.bind);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    let local = listener.local_addr()?;
-    tracing::info!(addr = %local, integrations = state.integrations.len(), "listening");
-    eprintln!("tokenvault listening on http://{local}");
-    let metrics = match recorder {
-        Some((bind, handle)) => {
-            let server = metrics::start(bind, handle, &state)
-                .await
-                .with_context(|| format!("cannot listen for metrics on {bind}"))?;
-            tracing::info!(addr = %server.addr(), "metrics listening");
-            eprintln!("tokenvault metrics on http://{}/metrics", server.addr());
-            Some(server)
-        }
-        None => None,
-    };
-    let poller = wiring::spawn_device_poller(&state);
-    let purger =
-        wiring::spawn_state_purger(state.states.clone(), std::time::Duration::from_secs(60));
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let scheduler = wiring::spawn_scheduler(&state, &config, stopping.clone());
-    let bulk = wiring::spawn_bulk_worker(&state, &config, stopping.clone());
-    let webhooks = wiring::spawn_webhooks(&state, &config, stopping.clone())?;
-    let vault = state.vault.clone();
-    let mut http_stopping = stopping.clone();
-    let mut served = tokio::spawn(tokenvault_server::listener::serve(
-        listener,
-        http::router(state),
-        tokenvault_server::listener::ConnectionLimits::from_config(&config),
-        async move {
-            let _ = http_stopping.wait_for(|stop| *stop).await;
-        },
-    ));
-    // Until a signal, or the server failing on its own.
-    let early_exit = tokio::select! {
-        () = shutdown_signal() => None,
-        result = &mut served => Some(result),
-    };
-    // From here on the shutdown is bounded: background work stops taking
-    // new work at once (claimed rows not yet at a provider are given back),
-    // requests and provider calls in flight get `shutdown_grace_secs` to
-    // finish and store their outcome, and then the process exits anyway.
-    let grace = std::time::Duration::from_secs(config.shutdown_grace_secs);
-    tracing::info!(grace_secs = grace.as_secs(), "stopping");
-    let _ = stop.send(true);
-    let finishing = async {
-        poller.shutdown().await;
-        for task in scheduler.into_iter().chain(bulk).chain(webhooks) {
-            let _ = task.await;
-        }
-        if early_exit.is_none() {
-            let _ = (&mut served).await;
-        }
-    };
-    if tokio::time::timeout(grace, finishing).await.is_err() {
-        tracing::warn!(
-            grace_secs = grace.as_secs(),
-            "shutdown grace over; exiting with work still in flight (leases of unresolved provider calls stay until they expire, journaled answers are stored at the next start)"
-        );
+async fn serve(mut config: Config, bind: Option<SocketAddr>) -> anyhow::Result<()> {
+    if let Some(bind) = bind {
+        config.bind = bind;
     }
-    // Answers the database refused are kept on disk in the journal (R5).
-    if !vault.drain_journal().await {
-        tracing::warn!(
-            "exiting with refreshed tokens not yet stored; the refresh journal keeps them for the next start"
-        );
+    let app = App::build(config, Overrides::default()).await?;
+    eprintln!("tokenvault listening on http://{}", app.local_addr());
+    if let Some(addr) = app.metrics_addr() {
+        eprintln!("tokenvault metrics on http://{addr}/metrics");
     }
-    purger.abort();
-    if let Some(metrics) = metrics {
-        metrics.shutdown().await;
-    }
-    if let Some(result) = early_exit {
-        result??;
-    }
-    tracing::info!("stopped");
-    Ok(())
+    app.run_until(shutdown_signal()).await.map(drop)
 }
 
 async fn shutdown_signal() {

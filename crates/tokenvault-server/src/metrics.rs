@@ -149,13 +149,13 @@ impl MetricsServer {
 
 /// What `serve` runs: the `/metrics` listener with histogram upkeep, and the
 /// gauge task over `state`.
-pub async fn start(
-    bind: SocketAddr,
+pub fn start(
+    listener: tokio::net::TcpListener,
     handle: PrometheusHandle,
     state: &AppState,
 ) -> std::io::Result<MetricsServer> {
     let (stop, stopping) = watch::channel(false);
-    let (addr, listener) = spawn_listener(bind, handle, stopping.clone()).await?;
+    let (addr, listener) = spawn_listener(listener, handle, stopping.clone())?;
     let gauges = spawn_gauges(state.clone(), GAUGE_INTERVAL, stopping);
     Ok(MetricsServer {
         addr,
@@ -164,14 +164,13 @@ pub async fn start(
     })
 }
 
-/// Serves [`router`] on `bind` until `shutdown` turns true, running the
+/// Serves [`router`] on `listener` until `shutdown` turns true, running the
 /// handle's upkeep meanwhile.
-pub async fn spawn_listener(
-    bind: SocketAddr,
+pub fn spawn_listener(
+    listener: tokio::net::TcpListener,
     handle: PrometheusHandle,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
     let app = router(handle.clone());
     let task = tokio::spawn(async move {

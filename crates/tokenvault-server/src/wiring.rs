@@ -6,13 +6,13 @@ use anyhow::{Context, bail};
 use secrecy::ExposeSecret;
 use std::time::Duration;
 use tokenvault::api_keys::{ApiKeyStore, SqlApiKeyStore};
-use tokenvault::bulk::{BulkActions, BulkSettings, BulkWorker, SqlBulkStore};
+use tokenvault::bulk::{BulkActions, BulkSettings, SqlBulkStore};
 use tokenvault::crypto::{Envelope, KeyRing};
 use tokenvault::device::{
     DeviceFlow, DevicePoller, DevicePollerHandle, PollerSettings, SqlDeviceSessionStore,
 };
 use tokenvault::domain::{Clock, IntegrationKey, SystemClock};
-use tokenvault::events::{EventType, Events, WebhookDeliverer, WebhookSettings};
+use tokenvault::events::{EventType, Events};
 use tokenvault::integrations::{IntegrationConfig, Integrations, IntegrationsConfig};
 use tokenvault::oauth::{OAuthClient, OAuthClientConfig};
 use tokenvault::providers::Catalog;
@@ -23,6 +23,7 @@ use tokenvault::store::{ConnectionStore, Database, PoolOptions};
 use tokenvault::vault::Vault;
 use tokio::sync::watch;
 
+use crate::app::Leases;
 use crate::config::{Config, Environment};
 use crate::http::{ApiKeys, AppParts, AppState, FlowSettings};
 
@@ -96,9 +97,18 @@ impl Clock for OffsetClock {
     }
 }
 
-/// Everything `serve` needs, built once. Tests call this too, so the service
-/// under test is wired exactly as in production.
+/// Everything `serve` needs, built once (the operator commands use it too).
 pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
+    build_state_with(config, None, &Leases::default()).await
+}
+
+/// [`build_state`] with a replaced clock and lease durations (see
+/// [`crate::app::Overrides`]).
+pub async fn build_state_with(
+    config: &Config,
+    clock: Option<Arc<dyn Clock>>,
+    leases: &Leases,
+) -> anyhow::Result<AppState> {
     if let Some(salt) = &config.log_salt {
         tokenvault::privacy::set_log_salt(salt.expose_secret().as_bytes());
     }
@@ -116,12 +126,12 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     let integrations = Integrations::resolve(&integrations_config, &catalog, &oauth)
         .await
         .context("resolving integrations")?;
-    let clock: Arc<dyn Clock> = if config.test_clock_offset_ms == 0 {
-        Arc::new(SystemClock)
-    } else {
-        Arc::new(OffsetClock(chrono::Duration::milliseconds(
+    let clock: Arc<dyn Clock> = match clock {
+        Some(clock) => clock,
+        None if config.test_clock_offset_ms == 0 => Arc::new(SystemClock),
+        None => Arc::new(OffsetClock(chrono::Duration::milliseconds(
             config.test_clock_offset_ms,
-        )))
+        ))),
     };
     let states = state_store(config, &database, Arc::clone(&clock))?;
     // Timed whatever the backend.
@@ -135,13 +145,17 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
             journal_dir.display()
         )
     })?;
+    let refresh_settings = refresh_settings(config);
     let vault = Vault::builder(store, envelope(ring))
         .owner(owner)
         .journal(journal)
         .clock(clock)
         .integrations(Arc::clone(&integrations))
         .events(events(config)?)
-        .refresh_settings(refresh_settings(config))
+        .refresh_settings(RefreshSettings {
+            in_flight_lease: leases.refresh.unwrap_or(refresh_settings.in_flight_lease),
+            ..refresh_settings
+        })
         .breaker(BreakerSettings {
             failure_threshold: config.breaker_failure_threshold.max(1),
             open_for: Duration::from_secs(config.breaker_open_secs),
@@ -251,17 +265,21 @@ fn state_store(
 }
 
 /// Deletes expired OAuth states from the database every `every` (Redis
-/// expires its keys itself; there this is a no-op). Stops with the runtime or
-/// when the handle is aborted.
+/// expires its keys itself; there this is a no-op) until `shutdown` turns
+/// true.
 pub fn spawn_state_purger(
     states: Arc<dyn StateStore>,
     every: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticks.tick().await;
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
             match states.purge_expired().await {
                 Ok(0) => {}
                 Ok(purged) => tracing::debug!(purged, "purged expired OAuth states"),
@@ -330,33 +348,4 @@ pub fn bulk_settings(config: &Config) -> BulkSettings {
         concurrency: config.bulk_concurrency.max(1),
         ..BulkSettings::default()
     }
-}
-
-/// Starts the bulk-action runner unless `bulk_enabled = false`.
-pub fn spawn_bulk_worker(
-    state: &AppState,
-    config: &Config,
-    shutdown: watch::Receiver<bool>,
-) -> Option<tokio::task::JoinHandle<()>> {
-    config
-        .bulk_enabled
-        .then(|| BulkWorker::new(state.bulk.clone(), bulk_settings(config)).spawn(shutdown))
-}
-
-/// Starts webhook delivery when a webhook URL is configured.
-pub fn spawn_webhooks(
-    state: &AppState,
-    config: &Config,
-    shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    let (Some(url), Some(secret)) = (&config.webhook_url, &config.webhook_secret) else {
-        return Ok(None);
-    };
-    let deliverer = WebhookDeliverer::new(
-        Arc::clone(state.vault.store()),
-        WebhookSettings::new(url.clone(), secret.clone()),
-        Arc::clone(state.vault.clock()),
-    )
-    .context("building the webhook HTTP client")?;
-    Ok(Some(deliverer.spawn(shutdown)))
 }

@@ -226,6 +226,9 @@ pub struct WebhookSettings {
     pub max_attempts: u32,
     /// How often to look for due events when the last round found none.
     pub poll_interval: Duration,
+    /// How long a claimed batch stays with this deliverer; outlives every
+    /// request of the batch (twice the request timeout, plus 30 s).
+    pub lease: Duration,
 }
 
 impl WebhookSettings {
@@ -241,6 +244,7 @@ impl WebhookSettings {
             // 5 s doubling to 1 h, then hourly: about a day of retries.
             max_attempts: 30,
             poll_interval: Duration::from_millis(500),
+            lease: Duration::from_secs(50),
         }
     }
 
@@ -298,12 +302,18 @@ impl WebhookDeliverer {
         })
     }
 
+    /// Claims events under `owner` (default: a random `webhooks-<uuid>`);
+    /// the service uses its instance id, so every lease it holds is findable.
+    pub fn with_owner(mut self, owner: impl Into<std::sync::Arc<str>>) -> Self {
+        self.owner = owner.into();
+        self
+    }
+
     /// Leases and delivers one batch of due events; returns how many were
     /// attempted.
     pub async fn deliver_due(&self) -> Result<usize, StoreError> {
         let now = self.clock.now();
-        // The lease outlives every request of the batch.
-        let lease = self.settings.request_timeout * 2 + Duration::from_secs(30);
+        let lease = self.settings.lease.max(self.settings.request_timeout);
         let events = self
             .store
             .claim_events(

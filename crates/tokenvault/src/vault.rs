@@ -327,6 +327,29 @@ impl Vault {
         Ok(tokens.map(|tokens| (record, tokens)))
     }
 
+    /// Opens a record's access token only (`refresh_token: None`): what a
+    /// token read needs.
+    pub async fn open_access(
+        &self,
+        record: &ConnectionRecord,
+    ) -> Result<Option<TokenSet>, VaultError> {
+        let Some(access) = record.access_token.as_deref() else {
+            return Ok(None);
+        };
+        let access_token = self
+            .inner
+            .envelope
+            .open_access(record.id, &record.data_key, access)
+            .await?;
+        Ok(Some(TokenSet {
+            access_token,
+            refresh_token: None,
+            token_type: record.token_type,
+            scopes: record.scopes.clone(),
+            expires_at: record.expires_at,
+        }))
+    }
+
     /// Opens a record's sealed tokens.
     pub async fn open(&self, record: &ConnectionRecord) -> Result<Option<TokenSet>, VaultError> {
         let Some(access) = record.access_token.as_deref() else {

@@ -6,12 +6,12 @@
 //! ([`super::api`]); scopes nest, so an admin key may do anything a manage
 //! key may.
 
+use crate::http::error::ErrorCode;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::Request;
-use axum::http::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use tokenvault::api_keys::{ApiKeyStore, Scope};
@@ -197,8 +197,7 @@ pub async fn authorize(keys: &ApiKeys, route: &str, request: &mut Request) -> Re
         AuthError::Unavailable(reason) => {
             tracing::error!(%reason, "API key lookup failed");
             ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database_unavailable",
+                ErrorCode::DatabaseUnavailable,
                 "cannot check the API key: the database is unavailable",
             )
         }
@@ -207,8 +206,7 @@ pub async fn authorize(keys: &ApiKeys, route: &str, request: &mut Request) -> Re
     let needed = super::required_scope(request.method(), route);
     if !caller.scope.allows(needed) {
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             format!(
                 "this API key has the {} scope; {} {route} needs {needed}",
                 caller.scope,

@@ -1,5 +1,6 @@
 //! Bulk actions: one provider request per user, run durably by the workers.
 
+use crate::http::error::ErrorCode;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -16,17 +17,14 @@ const MAX_PAGE: u32 = 1000;
 
 fn bulk_error(err: BulkError) -> ApiError {
     match err {
-        BulkError::Invalid { field, message } => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_bulk_action",
-            format!("{field}: {message}"),
-        ),
+        BulkError::Invalid { field, message } => {
+            ApiError::new(ErrorCode::InvalidBulkAction, format!("{field}: {message}"))
+        }
         BulkError::NotFound => {
-            ApiError::not_found("bulk_action_not_found", "no bulk action with this id")
+            ApiError::new(ErrorCode::BulkActionNotFound, "no bulk action with this id")
         }
         BulkError::Finished(state) => ApiError::new(
-            StatusCode::CONFLICT,
-            "bulk_action_finished",
+            ErrorCode::BulkActionFinished,
             format!("the bulk action is already {state}"),
         ),
         BulkError::Store(err) => ApiError::internal(err),
@@ -36,8 +34,7 @@ fn bulk_error(err: BulkError) -> ApiError {
 fn action_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
     uuid::Uuid::parse_str(raw).map_err(|_| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_bulk_action_id",
+            ErrorCode::InvalidBulkActionId,
             format!("{raw:?} is not a bulk action id (a UUID)"),
         )
     })
@@ -187,15 +184,13 @@ pub async fn items(
         .map(|raw| {
             raw.parse::<ItemState>().map_err(|()| {
                 ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_item_state",
+                    ErrorCode::InvalidItemState,
                     format!("{raw:?} is not one of pending, running, succeeded, failed, skipped, cancelled"),
                 )
             })
         })
         .transpose()?;
-    let bad_page =
-        |what: &str| ApiError::new(StatusCode::BAD_REQUEST, "invalid_page", what.to_owned());
+    let bad_page = |what: &str| ApiError::new(ErrorCode::InvalidPage, what.to_owned());
     let after = query
         .after
         .as_deref()

@@ -1,11 +1,11 @@
 //! A user's connections: valid tokens on demand, forced refresh, status and
 //! revocation.
 
+use crate::http::error::ErrorCode;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokenvault::domain::{IntegrationKey, TokenSet, UserId};
@@ -25,15 +25,14 @@ const MAX_MIN_TTL_SECS: u64 = 24 * 3600;
 
 pub(super) fn token_error(err: TokenError, integration: &str) -> ApiError {
     match err {
-        TokenError::NotConnected => ApiError::not_found(
-            "connection_not_found",
+        TokenError::NotConnected => ApiError::new(
+            ErrorCode::ConnectionNotFound,
             format!(
                 "this user has no {integration} connection; start one with POST /v1/connect-sessions"
             ),
         ),
         TokenError::NeedsReauth { status, last_error } => ApiError::new(
-            StatusCode::CONFLICT,
-            "needs_reauth",
+            ErrorCode::NeedsReauth,
             format!(
                 "the {integration} connection is {status}{}; the user must connect again: POST /v1/connect-sessions with {{\"user_id\", \"integration\": \"{integration}\"}} and send them to the returned connect_url",
                 last_error
@@ -41,26 +40,21 @@ pub(super) fn token_error(err: TokenError, integration: &str) -> ApiError {
                     .unwrap_or_default()
             ),
         ),
-        TokenError::UnknownIntegration(key) => ApiError::not_found(
-            "unknown_integration",
+        TokenError::UnknownIntegration(key) => ApiError::new(
+            ErrorCode::UnknownIntegration,
             format!("no integration named {key:?} is configured; see GET /v1/integrations"),
         ),
         TokenError::IntegrationMisconfigured { error } => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "integration_misconfigured",
+            ErrorCode::IntegrationMisconfigured,
             format!(
                 "the provider rejected the {integration} client credentials ({}); fix the integration's configuration, then POST /v1/integrations/{integration}/reset",
                 error.code
             ),
         ),
-        TokenError::ProviderUnavailable {
-            reason,
-            retry_after,
-        } => {
+        TokenError::ProviderUnavailable { cause, retry_after } => {
             let error = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "provider_unavailable",
-                format!("no usable token: the refresh it needs failed: {reason}"),
+                ErrorCode::ProviderUnavailable,
+                format!("no usable token: the refresh it needs failed: {cause}"),
             );
             match retry_after {
                 Some(delay) => error.with_retry_after(delay),
@@ -72,13 +66,8 @@ pub(super) fn token_error(err: TokenError, integration: &str) -> ApiError {
 }
 
 pub(super) fn key_of(raw: &str) -> Result<IntegrationKey, ApiError> {
-    IntegrationKey::parse(raw).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_integration",
-            e.to_string(),
-        )
-    })
+    IntegrationKey::parse(raw)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidIntegration, e.to_string()))
 }
 
 /// Kept a string so a malformed value answers our `invalid_min_ttl`, not
@@ -104,8 +93,7 @@ fn min_ttl(query: &TokenQuery) -> Result<Duration, ApiError> {
         .map(Duration::from_secs)
         .ok_or_else(|| {
             ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_min_ttl",
+                ErrorCode::InvalidMinTtl,
                 format!("min_ttl must be a whole number of seconds from 0 to {MAX_MIN_TTL_SECS}, got {raw:?}"),
             )
         })
@@ -197,7 +185,7 @@ pub async fn token(
         .valid_token(&user, &integration, min_ttl)
         .await
         .map_err(|err| token_error(err, &key))?;
-    Ok(Json(AccessTokenBody::from(&issued.tokens)))
+    Ok(Json(AccessTokenBody::from(&*issued.tokens)))
 }
 
 /// `POST /v1/users/{user_id}/connections/{integration}/refresh`
@@ -233,7 +221,7 @@ pub async fn force_refresh(
         .await
         .map_err(|err| token_error(err, &key))?;
     Ok(Json(RefreshedConnection {
-        connection: ConnectionView::from(&issued.connection),
+        connection: ConnectionView::from(&*issued.connection),
         refreshed: issued.outcome == tokenvault::refresh::TokenOutcome::Refreshed,
     }))
 }

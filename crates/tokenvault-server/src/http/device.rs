@@ -2,6 +2,7 @@
 //! session and shows the user code; tokenvault polls the provider itself (see
 //! `tokenvault::device::DevicePoller`) and the app reads the outcome.
 
+use crate::http::error::ErrorCode;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -104,8 +105,7 @@ pub async fn create_device_session(
         .await
         .map_err(|err| match err {
             DeviceFlowError::Unsupported(provider) => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "device_flow_unsupported",
+                ErrorCode::DeviceFlowUnsupported,
                 format!(
                     "integration `{}` (provider `{provider}`) has no device authorization endpoint; use POST /v1/connect-sessions",
                     integration.key()
@@ -114,8 +114,7 @@ pub async fn create_device_session(
             DeviceFlowError::Provider(err) => {
                 tracing::warn!(integration = %integration.key(), error = %err, "device authorization failed");
                 ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "provider_error",
+                    ErrorCode::ProviderError,
                     format!("the device authorization request failed: {err}"),
                 )
             }
@@ -154,8 +153,8 @@ pub async fn get_device_session(
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<DeviceSessionView>, ApiError> {
     let unknown = || {
-        ApiError::not_found(
-            "unknown_device_session",
+        ApiError::new(
+            ErrorCode::UnknownDeviceSession,
             format!("no device session {raw:?}; it may have been purged"),
         )
     };

@@ -12,24 +12,34 @@ tokio::task_local! {
     pub static REQUEST_ID: String;
 }
 
+pub use super::error_code::ErrorCode;
+
 /// An error with a stable machine-readable code.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     /// Sent as `Retry-After` (seconds) when set.
     pub retry_after: Option<u64>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// Answered with the code's own status ([`ErrorCode::status`]).
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
+            status: code.status(),
             code,
             message: message.into(),
             retry_after: None,
         }
+    }
+
+    /// Only the authorization callback answers a provider's error with
+    /// another status (400: the user's browser brought it, nothing failed here).
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
     }
 
     pub fn with_retry_after(mut self, delay: std::time::Duration) -> Self {
@@ -39,11 +49,7 @@ impl ApiError {
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
-    }
-
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, code, message)
+        Self::new(ErrorCode::Unauthorized, message)
     }
 }
 
@@ -59,16 +65,14 @@ impl ApiError {
         }
         tracing::error!(error = %err, "internal error");
         Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "internal error; see the service log for this request id",
         )
     }
 
     pub fn database_unavailable() -> Self {
         Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database_unavailable",
+            ErrorCode::DatabaseUnavailable,
             "the database is unavailable; try again shortly",
         )
         .with_retry_after(std::time::Duration::from_secs(1))
@@ -104,17 +108,9 @@ impl Failure for url::ParseError {}
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            return Self::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                rejection.body_text(),
-            );
+            return Self::new(ErrorCode::PayloadTooLarge, rejection.body_text());
         }
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            rejection.body_text(),
-        )
+        Self::new(ErrorCode::InvalidJson, rejection.body_text())
     }
 }
 
@@ -140,11 +136,7 @@ pub struct ApiJson<T>(pub T);
 /// percent-encoding) answers 400 `invalid_query`.
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            rejection.body_text(),
-        )
+        Self::new(ErrorCode::InvalidQuery, rejection.body_text())
     }
 }
 
@@ -158,11 +150,7 @@ pub struct ApiQuery<T>(pub T);
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
         if rejection.status() == StatusCode::BAD_REQUEST {
-            Self::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_path",
-                rejection.body_text(),
-            )
+            Self::new(ErrorCode::InvalidPath, rejection.body_text())
         } else {
             Self::internal(rejection.body_text())
         }
@@ -178,7 +166,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
         let body = ErrorBody {
-            error: self.code.to_owned(),
+            error: self.code.as_str().to_owned(),
             message: self.message,
             request_id,
         };

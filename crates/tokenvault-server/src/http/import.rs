@@ -2,6 +2,7 @@
 //! obtained elsewhere (a legacy token store), idempotently. The body is the
 //! wire format of `tokenvault import` (see `crate::import`).
 
+use crate::http::error::ErrorCode;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -61,27 +62,32 @@ fn force(query: &ImportQuery) -> Result<bool, ApiError> {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
         Some(other) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_force",
+            ErrorCode::InvalidForce,
             format!("force must be true or false, got {other:?}"),
         )),
     }
 }
 
 fn invalid_grant(invalid: &InvalidGrant) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, invalid.code(), invalid.to_string())
+    let code = match invalid {
+        InvalidGrant::Token { .. } => ErrorCode::InvalidToken,
+        InvalidGrant::ExpiresAt(_) => ErrorCode::InvalidExpiresAt,
+        InvalidGrant::Expired { .. } => ErrorCode::TokenExpired,
+        InvalidGrant::Scopes(_) => ErrorCode::InvalidScopes,
+        InvalidGrant::Metadata(_) => ErrorCode::InvalidMetadata,
+    };
+    ApiError::new(code, invalid.to_string())
 }
 
 fn import_error(err: ImportError, key: &str) -> ApiError {
     match err {
         ImportError::Invalid(invalid) => invalid_grant(&invalid),
-        ImportError::UnknownIntegration(_) => ApiError::not_found(
-            "unknown_integration",
+        ImportError::UnknownIntegration(_) => ApiError::new(
+            ErrorCode::UnknownIntegration,
             format!("no integration named {key:?} is configured; see GET /v1/integrations"),
         ),
         ImportError::Busy => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "connection_busy",
+            ErrorCode::ConnectionBusy,
             "the connection is being refreshed or changed right now; try again",
         )
         .with_retry_after(std::time::Duration::from_secs(1)),
@@ -146,8 +152,7 @@ pub async fn put_connection(
                 .unwrap_or_else(|| "never".into())
         };
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "stored_tokens_newer",
+            ErrorCode::StoredTokensNewer,
             format!(
                 "tokenvault refreshed this connection at {} and its token expires at {}, no earlier than the imported one: the imported grant is older and was not stored; add ?force=true to replace it anyway",
                 at(connection.last_refreshed_at),

@@ -1,11 +1,11 @@
 //! The provider catalog, the configured integrations and their app-level
 //! (client credentials) tokens.
 
+use crate::http::error::ErrorCode;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
 use chrono::Utc;
 use serde::Serialize;
 use tokenvault::domain::IntegrationKey;
@@ -200,8 +200,7 @@ pub async fn app_token(
                 .await
                 .map_err(|err| {
                     ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "provider_error",
+                        ErrorCode::ProviderError,
                         format!("the client credentials grant failed: {err}"),
                     )
                 })?;

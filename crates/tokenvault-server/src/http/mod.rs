@@ -5,6 +5,7 @@ mod bulk;
 mod connections;
 mod device;
 pub mod error;
+mod error_code;
 mod flows;
 mod health;
 mod import;
@@ -12,6 +13,7 @@ mod integrations;
 pub mod openapi;
 mod proxy;
 
+use crate::http::error::ErrorCode;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -195,7 +197,7 @@ pub fn router(state: AppState) -> Router {
             "/oauth/{integration}/callback",
             get(flows::callback::integration_callback),
         )
-        .fallback(|| async { error::ApiError::not_found("not_found", "no such endpoint") })
+        .fallback(|| async { error::ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .with_state(state.clone())
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(state, per_request))
@@ -292,8 +294,7 @@ async fn request_timeout(limits: Limits, handler: impl Future<Output = Response>
                 "request timed out"
             );
             error::ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "request_timeout",
+                ErrorCode::RequestTimeout,
                 format!(
                     "the request did not complete within {} s; retry later",
                     limits.request_timeout.as_secs()

@@ -1,10 +1,11 @@
 //! Calling a provider's API for one user without handling tokens: the proxy
 //! and the profile.
 
+use crate::http::error::ErrorCode;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{OriginalUri, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tokenvault::api::{self, ApiPath as ProviderPath, ApiRequest, RequestError, RequestOptions};
@@ -26,32 +27,28 @@ fn raw_provider_path(path: &str) -> &str {
 pub(super) fn request_error(err: RequestError, integration: &str) -> ApiError {
     match err {
         RequestError::Token(err) => token_error(err, integration),
-        RequestError::InvalidPath(err) => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_proxy_path",
-            err.to_string(),
-        ),
-        RequestError::UnknownIntegration(key) => ApiError::not_found(
-            "unknown_integration",
+        RequestError::InvalidPath(err) => {
+            ApiError::new(ErrorCode::InvalidProxyPath, err.to_string())
+        }
+        RequestError::UnknownIntegration(key) => ApiError::new(
+            ErrorCode::UnknownIntegration,
             format!("no integration named {key:?} is configured; see GET /v1/integrations"),
         ),
         err @ RequestError::NoApiBaseUrl(_) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "no_api_base_url", err.to_string())
+            ApiError::new(ErrorCode::NoApiBaseUrl, err.to_string())
         }
         err @ RequestError::NoProfileEndpoint(_) => {
-            ApiError::not_found("profile_not_supported", err.to_string())
+            ApiError::new(ErrorCode::ProfileNotSupported, err.to_string())
         }
         err @ RequestError::InvalidHeader(_) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_header", err.to_string())
+            ApiError::new(ErrorCode::InvalidHeader, err.to_string())
         }
         RequestError::Network(reason) => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "provider_unreachable",
+            ErrorCode::ProviderUnreachable,
             format!("the {integration} API could not be reached: {reason}"),
         ),
         RequestError::Profile(err) => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "provider_error",
+            ErrorCode::ProviderError,
             match err.status() {
                 Some(status) => {
                     format!("the {integration} profile endpoint answered HTTP {status}")
@@ -95,8 +92,7 @@ pub async fn proxy(
     // request back, our bearer token included: neither is an API call.
     if request.method() == Method::CONNECT || request.method() == Method::TRACE {
         return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
+            ErrorCode::MethodNotAllowed,
             format!("{} is not forwarded to providers", request.method()),
         ));
     }
@@ -108,19 +104,13 @@ pub async fn proxy(
     // The original URI: inside the `/v1` nest the request's own URI has
     // lost its prefix.
     let raw = format!("/{}", raw_provider_path(original.path()));
-    let path = ProviderPath::parse(&raw).map_err(|err| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_proxy_path",
-            err.to_string(),
-        )
-    })?;
+    let path = ProviderPath::parse(&raw)
+        .map_err(|err| ApiError::new(ErrorCode::InvalidProxyPath, err.to_string()))?;
     let body = axum::body::to_bytes(body, state.limits.max_body_bytes)
         .await
         .map_err(|_| {
             ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                ErrorCode::PayloadTooLarge,
                 format!(
                     "the request body is over {} bytes (max_body_bytes)",
                     state.limits.max_body_bytes

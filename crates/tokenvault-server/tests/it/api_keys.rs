@@ -80,7 +80,7 @@ fn connect_body(user: &str) -> Value {
     json!({"user_id": user, "integration": "github"})
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scopes_nest_and_wrong_scope_is_403_with_nothing_changed() {
     let service = service().await;
     let reader = create(&service, "dashboard", "read-tokens");
@@ -210,7 +210,7 @@ async fn scopes_nest_and_wrong_scope_is_403_with_nothing_changed() {
     assert_eq!(status, StatusCode::CREATED);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_malformed_and_unknown_keys_are_401() {
     let service = service().await;
     let key = create(&service, "backend", "admin");
@@ -254,7 +254,7 @@ async fn missing_malformed_and_unknown_keys_are_401() {
     assert_eq!(status, 200);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_stored_hashed_listed_without_secrets_and_revocable() {
     let service = service().await;
     let key = create(&service, "billing backend", "manage");
@@ -347,7 +347,7 @@ async fn keys_are_stored_hashed_listed_without_secrets_and_revocable() {
 /// a keyless caller learns nothing about the route) needs a key; an unknown
 /// path is a 404 with or without one, and the routes outside `/v1` need
 /// none.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_routed_v1_request_needs_a_key_and_nothing_else_does() {
     let service = service().await;
     let key = create(&service, "backend", "admin");

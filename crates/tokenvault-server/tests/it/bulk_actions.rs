@@ -86,12 +86,12 @@ async fn wait_until(
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_validates_runs_reports_and_cancels_actions_on_sqlite() {
     the_api_validates_runs_reports_and_cancels_actions(None).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_validates_runs_reports_and_cancels_actions_on_postgres() {
     let database = tokenvault::testing::fresh_postgres_url().await;
     the_api_validates_runs_reports_and_cancels_actions(Some(database)).await;
@@ -318,7 +318,9 @@ async fn the_api_validates_runs_reports_and_cancels_actions(database: Option<Str
         .await
         .remove(1);
     assert_eq!(event["data"]["state"], "cancelled");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Stopping waits for every worker to end: anything the cancelled action
+    // would still send has been sent by then.
+    service.stop().await;
     assert_eq!(
         fake.statuses().values().sum::<u64>(),
         calls_before,
@@ -503,12 +505,12 @@ impl Campaign {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_library_runs_the_action_it_is_asked_to_and_only_once_on_sqlite() {
     the_library_runs_the_action_it_is_asked_to_and_only_once(None).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_library_runs_the_action_it_is_asked_to_and_only_once_on_postgres() {
     let database = tokenvault::testing::fresh_postgres_url().await;
     the_library_runs_the_action_it_is_asked_to_and_only_once(Some(&database)).await;
@@ -581,7 +583,7 @@ async fn cli(campaign: &Campaign, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_runs_a_spec_file_and_reports_per_state() {
     const FANS: usize = 25;
     let campaign = campaign(FANS).await;
@@ -642,7 +644,7 @@ async fn the_cli_runs_a_spec_file_and_reports_per_state() {
     assert!(!unknown.status.success());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_fans_are_each_saved_exactly_once_across_a_restart() {
     const FANS: usize = 10_000;
     const RATE: usize = 400;
@@ -689,12 +691,12 @@ async fn ten_thousand_fans_are_each_saved_exactly_once_across_a_restart() {
     assert!(interrupted.is_empty(), "{interrupted:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_mid_run_resends_only_the_requests_that_were_in_flight_on_sqlite() {
     a_crash_mid_run_resends_only_the_requests_that_were_in_flight(None).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_mid_run_resends_only_the_requests_that_were_in_flight_on_postgres() {
     let database = tokenvault::testing::fresh_postgres_url().await;
     a_crash_mid_run_resends_only_the_requests_that_were_in_flight(Some(&database)).await;

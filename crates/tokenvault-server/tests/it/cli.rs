@@ -40,7 +40,7 @@ fn run(cmd: &mut Command) -> (bool, String, String) {
     )
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_on_the_embedded_default_generates_a_key_and_answers_health() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -181,7 +181,7 @@ fn unreachable_database_is_named_without_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_lifecycle_generate_rotate_retire() {
     let dir = tempfile::tempdir().unwrap();
     let generate = |id: &str| {

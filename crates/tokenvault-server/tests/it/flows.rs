@@ -14,6 +14,18 @@ const APP_ORIGIN: &str = "http://app.test";
 /// Three integrations on the peer: a public client with PKCE, confidential
 /// clients with client_secret_basic and client_secret_post.
 async fn setup(peer: &Peer, tweak: impl FnOnce(&mut Config)) -> Service {
+    setup_with(peer, tweak, |overrides| {
+        overrides.without_background_work = true
+    })
+    .await
+}
+
+/// [`setup`] with the app's [`Overrides`] chosen by the test.
+async fn setup_with(
+    peer: &Peer,
+    tweak: impl FnOnce(&mut Config),
+    overrides: impl FnOnce(&mut Overrides),
+) -> Service {
     let providers = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         providers.path(),
@@ -22,38 +34,41 @@ async fn setup(peer: &Peer, tweak: impl FnOnce(&mut Config)) -> Service {
     )
     .unwrap();
     let issuer = peer.issuer.clone();
-    let service = start_service(|config, base| {
-        let redirect = url::Url::parse(&format!("{base}/oauth/callback")).unwrap();
-        let integration =
-            |provider: &str, client_id: &str, secret: Option<&str>| IntegrationConfig {
-                provider: provider.into(),
-                client_id: client_id.into(),
-                client_secret: secret.map(SecretString::from),
-                redirect_uri: Some(redirect.clone()),
-                scopes: Some(vec![
-                    "openid".into(),
-                    "offline_access".into(),
-                    "api:read".into(),
-                ]),
-                issuer: Some(url::Url::parse(&issuer).unwrap()),
-                ..Default::default()
-            };
-        config.providers_file = Some(providers.path().to_path_buf());
-        config.integrations.insert(
-            IntegrationKey::parse("pkce-app").unwrap(),
-            integration("peer-public", "pkce-app", None),
-        );
-        config.integrations.insert(
-            IntegrationKey::parse("basic-app").unwrap(),
-            integration("oidc", "basic-app", Some("basic-secret")),
-        );
-        config.integrations.insert(
-            IntegrationKey::parse("post-app").unwrap(),
-            integration("peer-post", "post-app", Some("post-secret")),
-        );
-        config.allowed_redirect_origins = vec![APP_ORIGIN.into()];
-        tweak(config);
-    })
+    let service = start_app(
+        |config, base| {
+            let redirect = url::Url::parse(&format!("{base}/oauth/callback")).unwrap();
+            let integration =
+                |provider: &str, client_id: &str, secret: Option<&str>| IntegrationConfig {
+                    provider: provider.into(),
+                    client_id: client_id.into(),
+                    client_secret: secret.map(SecretString::from),
+                    redirect_uri: Some(redirect.clone()),
+                    scopes: Some(vec![
+                        "openid".into(),
+                        "offline_access".into(),
+                        "api:read".into(),
+                    ]),
+                    issuer: Some(url::Url::parse(&issuer).unwrap()),
+                    ..Default::default()
+                };
+            config.providers_file = Some(providers.path().to_path_buf());
+            config.integrations.insert(
+                IntegrationKey::parse("pkce-app").unwrap(),
+                integration("peer-public", "pkce-app", None),
+            );
+            config.integrations.insert(
+                IntegrationKey::parse("basic-app").unwrap(),
+                integration("oidc", "basic-app", Some("basic-secret")),
+            );
+            config.integrations.insert(
+                IntegrationKey::parse("post-app").unwrap(),
+                integration("peer-post", "post-app", Some("post-secret")),
+            );
+            config.allowed_redirect_origins = vec![APP_ORIGIN.into()];
+            tweak(config);
+        },
+        overrides,
+    )
     .await;
     let callback = service.url("/oauth/callback");
     let code_and_refresh = ["authorization_code", "refresh_token"];
@@ -98,7 +113,7 @@ async fn callback_url(
     location(&response)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_client_authentication_method_ends_connected_with_working_tokens() {
     let peer = Peer::start();
     let service = setup(&peer, |_| {}).await;
@@ -147,7 +162,7 @@ async fn each_client_authentication_method_ends_connected_with_working_tokens() 
     assert_eq!(stats["token_successes"]["authorization_code"], 3, "{stats}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirect_to_gets_the_outcome_and_must_be_an_allowed_origin() {
     let peer = Peer::start();
     let service = setup(&peer, |_| {}).await;
@@ -191,7 +206,7 @@ async fn redirect_to_gets_the_outcome_and_must_be_an_allowed_origin() {
     assert!(!connection_exists(&service, "u2", "pkce-app").await);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_callbacks_get_their_documented_errors_and_create_nothing() {
     let peer = Peer::start();
     let service = setup(&peer, |_| {}).await;
@@ -305,7 +320,7 @@ async fn bad_callbacks_get_their_documented_errors_and_create_nothing() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_state_is_refused() {
     let peer = Peer::start();
     let service = setup(&peer, |config| config.state_ttl_secs = 1).await;
@@ -321,7 +336,7 @@ async fn expired_state_is_refused() {
     assert!(!connection_exists(&service, "late", "pkce-app").await);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_session_input_is_validated() {
     let peer = Peer::start();
     let service = setup(&peer, |_| {}).await;
@@ -366,7 +381,7 @@ async fn connect_session_input_is_validated() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn integrations_providers_and_app_tokens() {
     let peer = Peer::start();
     let service = setup(&peer, |_| {}).await;
@@ -419,7 +434,7 @@ async fn integrations_providers_and_app_tokens() {
     assert_eq!(unknown.status(), 404);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_store_outage_is_a_503_not_a_crash() {
     let peer = Peer::start();
     let service = setup(&peer, |config| {
@@ -452,33 +467,73 @@ async fn a_state_store_outage_is_a_503_not_a_crash() {
     assert_eq!(ready["checks"]["state_store"]["status"], "error");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_states_are_purged_from_the_database() {
     let peer = Peer::start();
-    let service = setup(&peer, |config| config.state_ttl_secs = 1).await;
-    let purger = tokenvault_server::wiring::spawn_state_purger(
-        service.state.states.clone(),
-        std::time::Duration::from_millis(200),
-    );
+    let clock = std::sync::Arc::new(tokenvault::domain::ManualClock::new(chrono::Utc::now()));
+    let service = setup_with(
+        &peer,
+        |config| {
+            config.state_ttl_secs = 60;
+            config.scheduler_enabled = false;
+            config.bulk_enabled = false;
+        },
+        |overrides| {
+            overrides.clock = Some(clock.clone());
+            overrides.ticks.state_purge = Some(std::time::Duration::from_millis(20));
+        },
+    )
+    .await;
     service.connect_url("abandoned", "pkce-app", None).await;
-    tokio::time::sleep(std::time::Duration::from_millis(1_600)).await;
-    // Nothing left for a manual purge: the background purger already removed the expired row.
-    assert_eq!(service.state.states.purge_expired().await.unwrap(), 0);
-    purger.abort();
+    assert_eq!(stored_states(&service).await, 1);
+    clock.advance(chrono::Duration::seconds(61));
+    // The background purger removes the expired row without being asked.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stored_states(&service).await > 0 {
+        assert!(std::time::Instant::now() < deadline, "the purger never ran");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    service.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_purger_expired_states_stay_until_purged() {
     let peer = Peer::start();
-    let service = setup(&peer, |config| config.state_ttl_secs = 1).await;
+    let clock = std::sync::Arc::new(tokenvault::domain::ManualClock::new(chrono::Utc::now()));
+    let service = setup_with(
+        &peer,
+        |config| config.state_ttl_secs = 60,
+        |overrides| {
+            overrides.clock = Some(clock.clone());
+            overrides.without_background_work = true;
+        },
+    )
+    .await;
     service.connect_url("abandoned", "pkce-app", None).await;
-    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    // Not yet expired: a purge keeps it.
+    assert_eq!(service.state.states.purge_expired().await.unwrap(), 0);
+    clock.advance(chrono::Duration::seconds(61));
+    assert_eq!(stored_states(&service).await, 1);
     assert_eq!(service.state.states.purge_expired().await.unwrap(), 1);
+    assert_eq!(stored_states(&service).await, 0);
+}
+
+/// Rows in the OAuth state table (SQLite: the service's own file).
+async fn stored_states(service: &Service) -> i64 {
+    let pool = sqlx::SqlitePool::connect(&service.config.database_url())
+        .await
+        .unwrap();
+    let count = sqlx::query_scalar("SELECT COUNT(*) FROM oauth_states")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    count
 }
 
 /// Wix installs start from Wix: the app receives a `token` and must send the
 /// user to Wix's installer with it. The connect session carries it through.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wix_installer_receives_the_token_the_app_passes_on() {
     let providers = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
@@ -561,7 +616,7 @@ fn html_browser(stop_at: Option<String>) -> reqwest::Client {
         .unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flow_started_in_one_browser_cannot_be_finished_in_another() {
     let peer = Peer::start();
     let service = setup(&peer, |_| {}).await;
@@ -725,7 +780,7 @@ async fn confirm_flow(
     )
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirm_mode_stores_the_connection_only_when_the_app_confirms_it_for_its_user() {
     let peer = Peer::start();
     let service = setup(&peer, |_| {}).await;
@@ -836,7 +891,7 @@ async fn confirm_mode_stores_the_connection_only_when_the_app_confirms_it_for_it
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_whose_save_fails_is_revoked_at_the_provider() {
     let peer = Peer::start();
     let service = setup(&peer, |_| {}).await;
@@ -861,4 +916,9 @@ async fn a_grant_whose_save_fails_is_revoked_at_the_provider() {
         stats["revocations"], 2,
         "the orphaned grant is revoked: {stats}"
     );
+    sqlx::query("ALTER TABLE connections_elsewhere RENAME TO connections")
+        .execute(&database)
+        .await
+        .unwrap();
+    service.stop().await;
 }

@@ -442,12 +442,12 @@ async fn send_raw(addr: &str, request: &[u8]) -> Option<(u16, String)> {
     Some((status, text))
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_requests_never_get_a_5xx_on_sqlite() {
     raw_requests_never_get_a_5xx(None).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_requests_never_get_a_5xx_on_postgres() {
     raw_requests_never_get_a_5xx(Some(tokenvault::testing::fresh_postgres_url().await)).await;
 }
@@ -564,4 +564,5 @@ fn arbitrary_json_bodies_never_get_a_5xx() {
         });
         prop_assert!(status.as_u16() < 500, "{method} {path} {body}: {status}");
     });
+    runtime.block_on(service.stop());
 }

@@ -2,7 +2,7 @@
 
 use crate::common::*;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1_requires_a_valid_api_key_and_errors_are_uniform() {
     let server = start_service(|_, _| {}).await;
     let http = reqwest::Client::new();
@@ -59,7 +59,7 @@ async fn v1_requires_a_valid_api_key_and_errors_are_uniform() {
     assert_eq!(ready["checks"]["state_store"]["status"], "ok");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_request_ids_are_echoed_and_unknown_paths_are_json_404s() {
     let server = start_service(|_, _| {}).await;
     let response = reqwest::Client::new()
@@ -86,7 +86,7 @@ async fn caller_request_ids_are_echoed_and_unknown_paths_are_json_404s() {
     assert_ne!(response.headers()["x-request-id"], "bad id\twith spaces");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_over_the_configured_limit_are_413_and_change_nothing() {
     let server = start_service(|config, base| {
         config.max_body_bytes = 2048;
@@ -133,7 +133,7 @@ async fn bodies_over_the_configured_limit_are_413_and_change_nothing() {
     assert_eq!(small.status(), 201);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_queries_and_paths_answer_the_error_envelope() {
     let server = start_service(|_, _| {}).await;
     for (path, code) in [
@@ -201,7 +201,7 @@ async fn slow_header_client(addr: String, stop: tokio::sync::watch::Receiver<boo
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_slow_header_clients_than_descriptors_do_not_stop_service() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -256,7 +256,7 @@ async fn more_slow_header_clients_than_descriptors_do_not_stop_service() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_and_idle_keep_alive_connections_are_closed() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let dir = tempfile::tempdir().unwrap();

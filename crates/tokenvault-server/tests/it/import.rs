@@ -99,7 +99,7 @@ fn rfc3339(at: chrono::DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imported_peer_tokens_are_served_and_refreshed_against_the_peer() {
     let peer = Peer::start();
     let issuer = peer.issuer.clone();
@@ -218,7 +218,7 @@ async fn imported_peer_tokens_are_served_and_refreshed_against_the_peer() {
     assert_eq!(forced["status"], "connected");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_creates_then_leaves_unchanged_then_replaces() {
     let service = service().await;
     let connection = path("bob", "spotify");
@@ -288,7 +288,7 @@ async fn put_creates_then_leaves_unchanged_then_replaces() {
     assert_eq!(token["access_token"], "legacy-AT-2");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_requests_change_nothing() {
     let service = service().await;
     let bob = path("bob", "spotify");
@@ -539,7 +539,7 @@ async fn all_fingerprints(service: &Service) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_import_command_reports_rejects_and_a_rerun_changes_nothing() {
     let service = service().await;
     let dir = tempfile::tempdir().unwrap();
@@ -717,7 +717,7 @@ async fn the_import_command_reports_rejects_and_a_rerun_changes_nothing() {
     assert!(stderr.contains("cannot open missing.jsonl"), "{stderr}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn help_documents_the_command() {
     let service = service().await;
     let dir = tempfile::tempdir().unwrap();
@@ -739,7 +739,7 @@ async fn help_documents_the_command() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_file_streams_through() {
     const LINES: usize = 5_000;
     let service = service().await;

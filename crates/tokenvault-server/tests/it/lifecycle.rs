@@ -100,7 +100,7 @@ fn refresh_requests(stats: &Value) -> u64 {
         .unwrap_or(0)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_near_expiry_token_is_refreshed_once_for_many_concurrent_callers() {
     let peer = Peer::start();
     let service = setup(&peer, SECRET, |_| {}).await;
@@ -170,7 +170,7 @@ async fn a_near_expiry_token_is_refreshed_once_for_many_concurrent_callers() {
     assert!(record.last_refreshed_at.is_some() && record.lease.is_none());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_requests_are_validated() {
     let peer = Peer::start();
     let service = setup(&peer, SECRET, |_| {}).await;
@@ -212,7 +212,7 @@ async fn token_requests_are_validated() {
     assert_eq!(anonymous.status(), 401);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_is_waited_out_for_its_retry_after_and_is_not_an_attempt() {
     let peer = Peer::start();
     let service = setup(&peer, SECRET, |_| {}).await;
@@ -238,7 +238,7 @@ async fn a_429_is_waited_out_for_its_retry_after_and_is_not_an_attempt() {
     assert_eq!(record.refresh_attempts, 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_503s_then_success_ends_connected_after_three_provider_calls() {
     let peer = Peer::start();
     let service = setup(&peer, SECRET, |_| {}).await;
@@ -268,7 +268,7 @@ async fn two_503s_then_success_ends_connected_after_three_provider_calls() {
     assert_eq!(record.last_error, None);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_5xx_keeps_a_valid_token_flowing_then_reports_unavailable() {
     let peer = Peer::start();
     let service = setup(&peer, SECRET, |_| {}).await;
@@ -307,7 +307,7 @@ async fn persistent_5xx_keeps_a_valid_token_flowing_then_reports_unavailable() {
     assert_eq!(status["last_error"]["code"], "server_error");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_grant_needs_reauth_and_sends_a_signed_webhook() {
     let peer = Peer::start();
     let receiver = WebhookReceiver::start().await;
@@ -370,7 +370,7 @@ async fn a_revoked_grant_needs_reauth_and_sends_a_signed_webhook() {
     assert_eq!(list["connections"][0]["status"], "needs_reauth");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_client_secret_marks_the_integration_not_the_users() {
     let peer = Peer::start();
     let receiver = WebhookReceiver::start().await;
@@ -470,7 +470,7 @@ async fn a_wrong_client_secret_marks_the_integration_not_the_users() {
     assert_eq!(refresh_requests(&peer.stats().await), after_first + 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_revokes_at_the_provider_and_erases_locally() {
     let peer = Peer::start();
     let receiver = WebhookReceiver::start().await;
@@ -533,7 +533,7 @@ async fn revocation_revokes_at_the_provider_and_erases_locally() {
     assert_eq!(again["revoked_at_provider"], false);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_outage_does_not_block_the_local_erase() {
     let peer = Peer::start();
     let service = setup(&peer, SECRET, |_| {}).await;
@@ -557,7 +557,7 @@ async fn a_provider_outage_does_not_block_the_local_erase() {
     assert!(record.access_token.is_none());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_api_and_forced_refresh() {
     let peer = Peer::start();
     let service = setup(&peer, SECRET, |_| {}).await;
@@ -608,7 +608,7 @@ async fn status_api_and_forced_refresh() {
     assert_eq!(missing.status(), 404);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_circuit_stops_provider_calls_and_shows_in_health() {
     let peer = Peer::start();
     let service = setup(&peer, SECRET, |config| {
@@ -651,7 +651,7 @@ async fn an_open_circuit_stops_provider_calls_and_shows_in_health() {
     assert_eq!(ready["checks"]["integrations"][CLIENT]["circuit"], "open");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_times_out_mid_refresh_still_stores_the_rotated_token() {
     let peer = Peer::start();
     let service = setup(&peer, SECRET, |config| config.request_timeout_secs = 1).await;
@@ -704,7 +704,7 @@ async fn a_request_that_times_out_mid_refresh_still_stores_the_rotated_token() {
 
 /// `min_ttl` above what the provider issues (1-hour tokens, a day asked):
 /// at most one refresh, and every answer tells the truth about expiry.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_ttl_above_the_token_lifetime_refreshes_at_most_once() {
     let peer = Peer::start();
     let service = setup(&peer, SECRET, |_| {}).await;
@@ -737,7 +737,7 @@ async fn min_ttl_above_the_token_lifetime_refreshes_at_most_once() {
 /// Two idle connections whose provider issues 20-second tokens: the
 /// scheduler refreshes each about once per half-life (8–14 grants a
 /// minute for both), never again right after a refresh.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_lived_tokens_are_refreshed_about_once_per_half_life() {
     let peer = Peer::start();
     let service = setup(&peer, SECRET, |config| {

@@ -16,7 +16,7 @@ const LOG_SALT: &str = "log-salt-for-the-privacy-test";
 const IMPORTED_ACCESS: &str = "imported-access-token-canary-31d9";
 const IMPORTED_REFRESH: &str = "imported-refresh-token-canary-7e44";
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_logs_of_a_whole_connection_life_hold_no_secret() {
     let peer = Peer::start();
     let dir = tempfile::tempdir().unwrap();

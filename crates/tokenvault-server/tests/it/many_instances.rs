@@ -65,7 +65,7 @@ async fn spawn(
     instance
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flow_started_on_one_process_completes_on_another() {
     let peer = Peer::start();
     let dir = tempfile::tempdir().unwrap();
@@ -241,7 +241,7 @@ impl Cluster {
 /// The headline race: 300 concurrent token requests for one near-expiry
 /// connection, spread over three processes, against a provider that
 /// rotates refresh tokens and revokes the grant on any reuse.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_300_requests_one_refresh() {
     const CLIENT: &str = "race-app";
     let peer = Peer::start();
@@ -354,7 +354,7 @@ const CACHE_SLACK: Duration = Duration::from_millis(1000);
 
 /// An event whose delivery failed is still in the outbox when the process is
 /// killed; the next process delivers it, once.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_webhook_survives_a_killed_process() {
     const CLIENT: &str = "hook-app";
     const SECRET: &str = "whsec_restart";
@@ -412,7 +412,7 @@ async fn a_pending_webhook_survives_a_killed_process() {
 /// through A, read on B, refreshed on C, its grant's death noticed on B,
 /// an import on C, a revocation on B — with keys created by the CLI and each
 /// webhook event delivered once although three deliverers run.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_life_spread_over_three_instances() {
     const CLIENT: &str = "spread-app";
     const HOOK_SECRET: &str = "whsec_spread";
@@ -603,7 +603,7 @@ async fn a_connection_life_spread_over_three_instances() {
 /// SIGTERM while a token request waits on a slow provider refresh: the
 /// request still gets its refreshed token, the process exits cleanly, and
 /// the refresh lease is released (another instance could refresh at once).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_an_in_flight_refresh_finish_and_release_its_lease() {
     const CLIENT: &str = "graceful-app";
     let peer = Peer::start();

@@ -161,7 +161,7 @@ async fn config_file(peer: &Peer, dir: &std::path::Path, public: &str) -> std::p
     config
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scrape_after_real_traffic_shows_every_metric_and_no_user_id() {
     let peer = Peer::start();
     let receiver = WebhookReceiver::start().await;
@@ -455,7 +455,7 @@ async fn a_scrape_after_real_traffic_shows_every_metric_and_no_user_id() {
     assert!(reqwest::get(&metrics_url).await.is_err());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_bind_off_serves_no_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("tokenvault.toml");

@@ -121,7 +121,7 @@ fn fill(path: &str) -> String {
         .replace("{path}", "me")
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_document_is_served_without_a_key_and_is_openapi_3_1() {
     let service = start_service(|_, _| {}).await;
     let response = service
@@ -206,7 +206,7 @@ fn documented_scope(operation: &Value) -> tokenvault::api_keys::Scope {
     named.parse().unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_operation_enforces_the_scope_it_documents() {
     use tokenvault::api_keys::{self, Scope, SqlApiKeyStore};
     let spec = spec();
@@ -268,7 +268,7 @@ async fn each_operation_enforces_the_scope_it_documents() {
     assert_eq!(needs["POST /v1/integrations/{key}/reset"], "admin");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_v1_route_is_documented_and_every_documented_operation_is_routed() {
     let spec = spec();
     let documented = spec_operations(&spec);
@@ -316,7 +316,7 @@ async fn every_v1_route_is_documented_and_every_documented_operation_is_routed()
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_min_ttl_bounds_in_the_document_are_the_handlers() {
     let spec = spec();
     let parameter =
@@ -392,4 +392,34 @@ fn the_readme_api_table_lists_exactly_the_documented_operations() {
         "{}",
         difference("README.md", &readme_rest, "the router", &routed_rest)
     );
+}
+
+/// README.md's error table is [`ErrorCode::markdown_table`], row for row:
+/// a code cannot be added, renamed or re-statused without the README
+/// following. `UPDATE_README=1` rewrites the table in place.
+#[test]
+fn the_readme_error_table_is_generated_from_the_error_codes() {
+    use tokenvault_server::http::error::ErrorCode;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
+    let readme = std::fs::read_to_string(path).unwrap();
+    let header = "| status | `error` | when |\n";
+    let start = readme.find(header).expect("README has the error table");
+    let end = readme[start..]
+        .find("\n\n")
+        .map_or(readme.len(), |at| start + at + 1);
+    let expected = ErrorCode::markdown_table();
+    if std::env::var_os("UPDATE_README").is_some() {
+        let updated = format!("{}{}{}", &readme[..start], expected, &readme[end..]);
+        std::fs::write(path, updated).unwrap();
+        return;
+    }
+    assert_eq!(
+        &readme[start..end],
+        expected,
+        "README.md's error table is stale: run `UPDATE_README=1 cargo test -p tokenvault-server --test it the_readme_error_table`"
+    );
+    // Every code is distinct and parses back.
+    for code in ErrorCode::ALL {
+        assert_eq!(ErrorCode::parse(code.as_str()), Some(*code));
+    }
 }

@@ -77,7 +77,7 @@ async fn get(service: &Service, path: &str) -> reqwest::Response {
         .unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_token_is_refreshed_once_and_the_call_goes_through() {
     let peer = Peer::start();
     let (service, _dir) = peer_service(&peer).await;
@@ -106,7 +106,7 @@ async fn an_expired_token_is_refreshed_once_and_the_call_goes_through() {
     assert_eq!(peer.stats().await["refresh_by_client"][CLIENT], 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_401_forces_one_refresh_and_one_retry() {
     let peer = Peer::start();
     let (service, _dir) = peer_service(&peer).await;
@@ -188,7 +188,7 @@ async fn raw_get(base: &str, target: &str) -> (u16, String) {
     (status, body)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paths_that_could_leave_the_api_are_refused_before_anything_is_sent() {
     let peer = Peer::start();
     let (service, _dir) = peer_service(&peer).await;
@@ -269,7 +269,7 @@ async fn api_service(origin: &str) -> (Service, tempfile::TempDir) {
     (service, dir)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_and_answers_are_relayed_without_hop_headers_or_our_key() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
@@ -329,7 +329,7 @@ async fn requests_and_answers_are_relayed_without_hop_headers_or_our_key() {
     assert_eq!(missing.text().await.unwrap(), "no such thing");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_that_no_refresh_can_fix_yet_is_retryable_not_relayed() {
     let server = MockServer::start().await;
     Mock::given(path("/api/v2/me"))
@@ -375,7 +375,7 @@ async fn request(service: &Service, method: &str, url: &str) -> reqwest::Respons
         .unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_api_method_is_forwarded_but_tunnels_and_echoes_are_not() {
     let server = MockServer::start().await;
     Mock::given(path("/api/v2/calendars/c1"))
@@ -407,7 +407,7 @@ async fn any_api_method_is_forwarded_but_tunnels_and_echoes_are_not() {
     assert_eq!(methods, ["OPTIONS", "HEAD", "REPORT"]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_retry_after_is_waited_out_and_a_long_one_is_relayed() {
     let server = MockServer::start().await;
     Mock::given(path("/api/v2/short"))
@@ -518,7 +518,7 @@ fn percent_decode(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_path_variant_reaches_the_provider_outside_the_api_base() {
     let (api, seen) = recording_api().await;
     let (service, _dir) = api_service(&api).await;

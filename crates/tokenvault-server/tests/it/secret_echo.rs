@@ -162,12 +162,12 @@ async fn start_echo() -> (String, Echo) {
     (base, echo)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echoed_secrets_reach_no_sink_on_sqlite() {
     echoed_secrets_reach_no_sink(None).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echoed_secrets_reach_no_sink_on_postgres() {
     echoed_secrets_reach_no_sink(Some(tokenvault::testing::fresh_postgres_url().await)).await;
 }

@@ -284,6 +284,17 @@ impl Envelope {
         ))
     }
 
+    /// Opens the access token alone (a token read): the refresh token stays
+    /// sealed.
+    pub async fn open_access(
+        &self,
+        connection: ConnectionId,
+        data_key: &WrappedKey,
+        access: &[u8],
+    ) -> Result<AccessToken, CryptoError> {
+        Ok(self.open(connection, data_key, access, None).await?.0)
+    }
+
     pub async fn open(
         &self,
         connection: ConnectionId,

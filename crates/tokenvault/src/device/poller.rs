@@ -61,6 +61,13 @@ impl DevicePoller {
         }
     }
 
+    /// Claims under `owner` (default: a random `device-poller/<uuid>`); the
+    /// service uses its instance id, so every lease it holds is findable.
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self
+    }
+
     /// The lease owner name this poller claims sessions under.
     pub fn owner(&self) -> &str {
         &self.owner

@@ -164,9 +164,19 @@ impl Vault {
 }
 
 /// The opened tokens of a connection that can still hand some out.
+/// Which sealed tokens [`usable`] opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Opening {
+    /// A read: the refresh token stays sealed (`refresh_token: None`).
+    AccessOnly,
+    /// A refresh: both.
+    Both,
+}
+
 pub(super) async fn usable(
     vault: &Vault,
     record: &ConnectionRecord,
+    opening: Opening,
 ) -> Result<TokenSet, TokenError> {
     match record.status {
         ConnectionStatus::Disconnected => return Err(TokenError::NotConnected),
@@ -178,5 +188,9 @@ pub(super) async fn usable(
         }
         ConnectionStatus::Connected | ConnectionStatus::Error => {}
     }
-    vault.open(record).await?.ok_or(TokenError::NotConnected)
+    let opened = match opening {
+        Opening::AccessOnly => vault.open_access(record).await?,
+        Opening::Both => vault.open(record).await?,
+    };
+    opened.ok_or(TokenError::NotConnected)
 }

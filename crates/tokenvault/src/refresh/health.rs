@@ -53,7 +53,7 @@ pub(super) enum Gate {
     Open,
     Misconfigured(LastError),
     Unavailable {
-        reason: &'static str,
+        cause: super::Unavailable,
         retry_after: Option<Duration>,
     },
 }
@@ -90,14 +90,14 @@ impl IntegrationHealth {
             && until > now
         {
             return Gate::Unavailable {
-                reason: "the provider asked us to slow down (HTTP 429)",
+                cause: super::Unavailable::RateLimited,
                 retry_after: to_std(until),
             };
         }
         let breaker = self.breaker.lock().unwrap();
         if !breaker.allows(now) {
             return Gate::Unavailable {
-                reason: "the circuit breaker is open after repeated provider failures",
+                cause: super::Unavailable::CircuitOpen,
                 retry_after: breaker.retry_at().and_then(to_std),
             };
         }

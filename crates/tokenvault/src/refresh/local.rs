@@ -37,11 +37,12 @@ pub const TOKEN_CACHE_CAPACITY: usize = 65_536;
 /// every older question answers "written" (the safe answer).
 const WRITTEN_CAPACITY: usize = 100_000;
 
-/// A fresh token set as it was read from the database.
+/// A fresh token set as it was read from the database (without its
+/// refresh token), shared with every reader it is handed to.
 #[derive(Clone)]
 pub(crate) struct CachedToken {
-    pub record: ConnectionRecord,
-    pub tokens: TokenSet,
+    pub record: Arc<ConnectionRecord>,
+    pub tokens: Arc<TokenSet>,
 }
 
 struct Entry {
@@ -128,7 +129,12 @@ impl LocalStore {
     /// Caches a token set read when the sequence number was `seq`, unless
     /// this process wrote to any connection since (the read may predate
     /// that write).
-    pub(crate) fn cache_token(&self, seq: u64, record: &ConnectionRecord, tokens: &TokenSet) {
+    pub(crate) fn cache_token(
+        &self,
+        seq: u64,
+        record: &Arc<ConnectionRecord>,
+        tokens: &Arc<TokenSet>,
+    ) {
         if self.ttl.is_zero() {
             return;
         }
@@ -147,8 +153,8 @@ impl LocalStore {
             }
         }
         let cached = Arc::new(CachedToken {
-            record: record.clone(),
-            tokens: tokens.clone(),
+            record: Arc::clone(record),
+            tokens: Arc::clone(tokens),
         });
         state.by_id.insert(record.id, key);
         if let Some(old) = state.tokens.insert(

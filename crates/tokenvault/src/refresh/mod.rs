@@ -26,6 +26,7 @@ mod run;
 mod scheduler;
 mod single_flight;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -133,12 +134,29 @@ impl TokenOutcome {
     }
 }
 
-/// A valid token handed to a caller.
+/// A valid token handed to a caller. Shared, not copied: a cache hit hands
+/// out the cached entry itself. The refresh token never leaves the vault
+/// (`tokens.refresh_token` is always `None` here; refreshing is our job).
 #[derive(Debug, Clone)]
 pub struct IssuedToken {
-    pub tokens: TokenSet,
-    pub connection: ConnectionRecord,
+    pub tokens: Arc<TokenSet>,
+    pub connection: Arc<ConnectionRecord>,
     pub outcome: TokenOutcome,
+}
+
+impl IssuedToken {
+    pub(crate) fn new(
+        mut tokens: TokenSet,
+        connection: ConnectionRecord,
+        outcome: TokenOutcome,
+    ) -> Self {
+        tokens.refresh_token = None;
+        Self {
+            tokens: Arc::new(tokens),
+            connection: Arc::new(connection),
+            outcome,
+        }
+    }
 }
 
 /// Why no valid token could be handed out.
@@ -155,13 +173,54 @@ pub enum TokenError {
     UnknownIntegration(IntegrationKey),
     #[error("the provider rejected this integration's client credentials ({}); refreshes are paused until its configuration changes or an admin resets it", .error.code)]
     IntegrationMisconfigured { error: LastError },
-    #[error("the provider is unavailable: {reason}")]
+    /// No fresh token now; `retry_after` says when one may be (none while
+    /// shutting down).
+    #[error("no fresh token right now: {cause}")]
     ProviderUnavailable {
-        reason: String,
+        cause: Unavailable,
         retry_after: Option<Duration>,
     },
     #[error(transparent)]
     Vault(#[from] VaultError),
+}
+
+/// Why a refresh could not produce a token now (each heals by itself).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    /// The provider's token endpoint failed (5xx, timeout, network, or a
+    /// rejection that is not the user's); `class` is the failure class.
+    #[error("refresh failed ({class}): {detail}")]
+    RefreshFailed { class: &'static str, detail: String },
+    /// The provider answered 429, or asked to slow down earlier.
+    #[error("the provider is rate limiting (HTTP 429)")]
+    RateLimited,
+    /// Repeated failures opened this integration's circuit breaker.
+    #[error("the circuit breaker is open after repeated provider failures")]
+    CircuitOpen,
+    /// Another instance holds the refresh lease and has not finished.
+    #[error("another instance is still refreshing this connection")]
+    RefreshElsewhere,
+    /// The row kept moving under concurrent writers (a refresh, a
+    /// disconnect); a retry sees the settled row.
+    #[error("the connection kept changing {during}; retry")]
+    Contended { during: &'static str },
+    /// This instance is stopping and takes no new provider calls.
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+impl Unavailable {
+    /// A stable snake_case name (metrics, bulk item reasons).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::RefreshFailed { .. } => "refresh_failed",
+            Self::RateLimited => "rate_limited",
+            Self::CircuitOpen => "circuit_open",
+            Self::RefreshElsewhere => "refresh_elsewhere",
+            Self::Contended { .. } => "contended",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
 }
 
 impl From<StoreError> for TokenError {

@@ -107,11 +107,7 @@ impl Vault {
             Ok(stored) => {
                 self.journal().stored(record.id);
                 self.db_reachable();
-                Ok(IssuedToken {
-                    tokens,
-                    connection: stored,
-                    outcome: TokenOutcome::Refreshed,
-                })
+                Ok(IssuedToken::new(tokens, stored, TokenOutcome::Refreshed))
             }
             Err(StoreError::Conflict { .. } | StoreError::NotFound) => {
                 self.journal().stored(record.id);
@@ -125,11 +121,11 @@ impl Vault {
                 self.spawn_journal_drainer();
                 // The caller still gets the fresh token: it is valid, and
                 // the row stays leased to us until it is stored.
-                Ok(IssuedToken {
-                    connection: applied(&record, &update, record.version),
+                Ok(IssuedToken::new(
                     tokens,
-                    outcome: TokenOutcome::Refreshed,
-                })
+                    applied(&record, &update, record.version),
+                    TokenOutcome::Refreshed,
+                ))
             }
         }
     }
@@ -155,12 +151,8 @@ impl Vault {
             return Err(TokenError::NotConnected);
         }
         let record = current.expect("checked above");
-        let tokens = usable(self, &record).await?;
-        Ok(IssuedToken {
-            tokens,
-            connection: record,
-            outcome: TokenOutcome::Refreshed,
-        })
+        let tokens = usable(self, &record, Opening::AccessOnly).await?;
+        Ok(IssuedToken::new(tokens, record, TokenOutcome::Refreshed))
     }
 
     pub(super) async fn store_needs_reauth(
@@ -287,7 +279,10 @@ impl Vault {
         self.write_best_effort(&record, &update, "recording the failed refresh run failed")
             .await;
         TokenError::ProviderUnavailable {
-            reason: format!("refresh failed ({}): {err}", class.as_str()),
+            cause: super::Unavailable::RefreshFailed {
+                class: class.as_str(),
+                detail: err.to_string(),
+            },
             retry_after: Some(cooldown),
         }
     }

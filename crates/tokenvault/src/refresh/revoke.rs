@@ -101,7 +101,9 @@ impl Vault {
             }
         }
         Err(TokenError::ProviderUnavailable {
-            reason: "the connection kept changing while it was being disconnected; retry".into(),
+            cause: super::Unavailable::Contended {
+                during: "while it was being disconnected",
+            },
             retry_after: Some(Duration::from_secs(1)),
         })
     }

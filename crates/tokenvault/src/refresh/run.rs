@@ -43,7 +43,7 @@ impl Vault {
             if !health.until_ready_or_stopping(stopping.as_ref()).await {
                 self.postpone(&record, self.clock().now()).await;
                 return Err(TokenError::ProviderUnavailable {
-                    reason: "shutting down".into(),
+                    cause: Unavailable::ShuttingDown,
                     retry_after: None,
                 });
             }
@@ -71,7 +71,9 @@ impl Vault {
                 metrics::counter!("tokenvault_refresh_lease_lost_total").increment(1);
                 tracing::info!(connection = %record.id, "the connection changed while it waited to be refreshed; its old refresh token is not presented");
                 return Err(TokenError::ProviderUnavailable {
-                    reason: "the connection changed while it waited to be refreshed".into(),
+                    cause: Unavailable::Contended {
+                        during: "while it waited to be refreshed",
+                    },
                     retry_after: Some(Duration::from_secs(1)),
                 });
             }
@@ -125,7 +127,7 @@ impl Vault {
                     } else {
                         self.postpone(&record, now + chrono(retry_after)).await;
                         return Err(TokenError::ProviderUnavailable {
-                            reason: "the provider is rate limiting (HTTP 429)".into(),
+                            cause: Unavailable::RateLimited,
                             retry_after: Some(retry_after),
                         });
                     }
@@ -150,7 +152,7 @@ impl Vault {
             if !sleep_unless_stopping(delay, stopping.as_ref()).await {
                 self.postpone(&record, now + chrono(delay)).await;
                 return Err(TokenError::ProviderUnavailable {
-                    reason: "shutting down".into(),
+                    cause: Unavailable::ShuttingDown,
                     retry_after: Some(delay),
                 });
             }

@@ -111,8 +111,8 @@ impl Vault {
             )
         {
             return Ok(IssuedToken {
-                tokens: hit.tokens.clone(),
-                connection: hit.record.clone(),
+                tokens: Arc::clone(&hit.tokens),
+                connection: Arc::clone(&hit.record),
                 outcome: TokenOutcome::Fresh,
             });
         }
@@ -136,16 +136,16 @@ impl Vault {
             .get(user, key)
             .await?
             .ok_or(TokenError::NotConnected)?;
-        let tokens = usable(self, &record).await?;
+        // Only the access token is opened to answer a read; the refresh
+        // token is opened when a refresh is actually needed.
+        let access = usable(self, &record, Opening::AccessOnly).await?;
         let now = self.clock().now();
-        if !needs_refresh_for(&record, &tokens, now, chrono(min_ttl)) {
-            local.cache_token(seq, &record, &tokens);
-            return Ok(IssuedToken {
-                tokens,
-                connection: record,
-                outcome: TokenOutcome::Fresh,
-            });
+        if !needs_refresh_for(&record, &access, now, chrono(min_ttl)) {
+            let issued = IssuedToken::new(access, record, TokenOutcome::Fresh);
+            local.cache_token(seq, &issued.connection, &issued.tokens);
+            return Ok(issued);
         }
+        let tokens = usable(self, &record, Opening::Both).await?;
         let seen = record.access_token.clone();
         let mode = Mode::OnDemand {
             min_ttl: chrono(min_ttl),
@@ -166,7 +166,7 @@ impl Vault {
             .get(user, integration)
             .await?
             .ok_or(TokenError::NotConnected)?;
-        let tokens = usable(self, &record).await?;
+        let tokens = usable(self, &record, Opening::Both).await?;
         let mode = Mode::Forced {
             seen: record.access_token.clone(),
         };
@@ -189,7 +189,7 @@ impl Vault {
             .get_by_id(rejected.connection.id)
             .await?
             .ok_or(TokenError::NotConnected)?;
-        let tokens = usable(self, &record).await?;
+        let tokens = usable(self, &record, Opening::Both).await?;
         let mode = Mode::Forced {
             seen: rejected.connection.access_token.clone(),
         };
@@ -220,11 +220,7 @@ impl Vault {
                 | TokenError::UnknownIntegration(_)),
             ) if !tokens.is_expired(self.clock().now()) => {
                 tracing::debug!(error = %err, "handing out the stored token, still valid");
-                Ok(IssuedToken {
-                    tokens,
-                    connection: record,
-                    outcome: TokenOutcome::Stale,
-                })
+                Ok(IssuedToken::new(tokens, record, TokenOutcome::Stale))
             }
             other => other,
         }
@@ -249,11 +245,11 @@ impl Vault {
                 });
             }
             // Nothing better to offer than the token we have.
-            return Ok(IssuedToken {
-                tokens: tokens.clone(),
-                connection: record.clone(),
-                outcome: TokenOutcome::Fresh,
-            });
+            return Ok(IssuedToken::new(
+                tokens.clone(),
+                record.clone(),
+                TokenOutcome::Fresh,
+            ));
         }
         // The refresh runs in its own task: if the caller goes away (client
         // disconnect, request timeout), a refresh already sent to the
@@ -268,7 +264,7 @@ impl Vault {
         match refreshed {
             Ok(Some(issued)) => Ok(issued),
             Ok(None) => Err(TokenError::ProviderUnavailable {
-                reason: "another instance is still refreshing this connection".into(),
+                cause: Unavailable::RefreshElsewhere,
                 retry_after: Some(Duration::from_secs(1)),
             }),
             Err(err) => Err(err),
@@ -321,7 +317,7 @@ impl Vault {
             let read = self.store().get_by_id(id).await;
             self.observe_db(&read);
             let record = read?.ok_or(TokenError::NotConnected)?;
-            let tokens = usable(self, &record).await?;
+            let tokens = usable(self, &record, Opening::Both).await?;
             let now = self.clock().now();
             if mode.satisfied(&record, &tokens, now) {
                 if matches!(mode, Mode::Scheduled) {
@@ -333,11 +329,7 @@ impl Vault {
                 } else {
                     TokenOutcome::Refreshed
                 };
-                return Ok(Some(IssuedToken {
-                    tokens,
-                    connection: record,
-                    outcome,
-                }));
+                return Ok(Some(IssuedToken::new(tokens, record, outcome)));
             }
             self.check_gate(&health, &record, &mode, now).await?;
             if self.journal().has_pending(id) {
@@ -412,18 +404,12 @@ impl Vault {
                 }
                 Err(TokenError::IntegrationMisconfigured { error })
             }
-            Gate::Unavailable {
-                reason,
-                retry_after,
-            } => {
+            Gate::Unavailable { cause, retry_after } => {
                 if matches!(mode, Mode::Scheduled) {
                     let until = now + chrono(retry_after.unwrap_or(Duration::from_secs(60)));
                     self.postpone(record, until).await;
                 }
-                Err(TokenError::ProviderUnavailable {
-                    reason: reason.into(),
-                    retry_after,
-                })
+                Err(TokenError::ProviderUnavailable { cause, retry_after })
             }
         }
     }

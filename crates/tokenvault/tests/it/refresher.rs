@@ -433,3 +433,68 @@ async fn the_token_cache_is_bounded_in_staleness_and_never_serves_a_token_too_sh
         "two refreshes, each token presented once"
     );
 }
+
+/// A token read opens only the access token and never hands out the
+/// refresh token; a cache hit shares the cached entry instead of copying
+/// it. A refresh token whose ciphertext is damaged therefore does not
+/// stop reads of a fresh token, only the refresh that needs it.
+#[tokio::test]
+async fn a_read_opens_only_the_access_token_and_a_cache_hit_shares_it() {
+    let url = tokenvault::testing::fresh_postgres_url().await;
+    let keys = key_spec("k1", 7);
+    let endpoint = TokenEndpoint::default();
+    let integrations = integrations(&endpoint.start().await);
+    let plain = instance(&url, &integrations, &keys).await;
+    let vault = Vault::builder(Arc::clone(plain.local().inner()), envelope(&keys))
+        .integrations(Arc::clone(&integrations))
+        .refresh_settings(RefreshSettings {
+            rate_limit_per_second: None,
+            token_cache: Duration::from_secs(60),
+            ..RefreshSettings::default()
+        })
+        .build();
+    vault.store().migrate().await.unwrap();
+    let id = insert(
+        vault.store().as_ref(),
+        vault.envelope(),
+        "carol",
+        Some("RT-carol"),
+        Some(chrono::Duration::hours(1)),
+        None,
+    )
+    .await;
+    // Damage the sealed refresh token (one flipped byte: GCM refuses it).
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(
+        "UPDATE connections SET refresh_token = overlay(refresh_token placing '\\x00'::bytea from 20 for 1) WHERE id = $1",
+    )
+    .bind(id.as_uuid())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (carol, spotify) = (user("carol"), integration("spotify"));
+    let first = vault
+        .valid_token(&carol, &spotify, Duration::from_secs(60))
+        .await
+        .expect("a fresh token is served without opening the refresh token");
+    assert_eq!(first.tokens.access_token.expose(), "AT-carol");
+    assert!(
+        first.tokens.refresh_token.is_none(),
+        "the refresh token stays in the vault"
+    );
+    let second = vault
+        .valid_token(&carol, &spotify, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        Arc::ptr_eq(&first.tokens, &second.tokens),
+        "a cache hit is shared"
+    );
+    assert!(Arc::ptr_eq(&first.connection, &second.connection));
+    // The refresh does need it, and reports the damage instead of using it.
+    assert!(vault.force_refresh(&carol, &spotify).await.is_err());
+    assert!(
+        endpoint.uses.lock().unwrap().is_empty(),
+        "nothing was sent with a damaged token"
+    );
+}

@@ -2,6 +2,7 @@
 //! the code exchanged and stored (or, in confirm mode, kept for the
 //! application's confirmation).
 
+use crate::http::error::ErrorCode;
 use std::sync::Arc;
 
 use axum::Json;
@@ -94,11 +95,10 @@ pub(super) async fn finish(
     let outcome = if !bound_here {
         tracing::warn!(integration = %integration.key(), "callback from a browser that did not open the connect link; refused");
         metrics::counter!("tokenvault_flow_browser_mismatch_total", "integration" => integration.key().to_string()).increment(1);
-        Err(FlowFailure {
-            status: StatusCode::BAD_REQUEST,
-            code: "browser_mismatch".into(),
-            message: "finish the connection in the browser that started it: this browser did not open the connect link (or does not keep cookies); start again from the application".into(),
-        })
+        Err(FlowFailure::new(
+            ErrorCode::BrowserMismatch,
+            "finish the connection in the browser that started it: this browser did not open the connect link (or does not keep cookies); start again from the application",
+        ))
     } else if record.confirm {
         await_confirmation(&state, integration, &record, &params).await
     } else {
@@ -113,13 +113,10 @@ pub(super) async fn finish(
             finished(&record, None, integration)
         }
         Err(failure) => {
-            tracing::warn!(integration = %integration.key(), code = %failure.code, "flow failed");
+            tracing::warn!(integration = %integration.key(), code = %failure.redirect_code(), "flow failed");
             match &record.redirect_to {
-                Some(_) => finished(&record, Some(&failure.code), integration),
-                None => for_browser(
-                    headers,
-                    ApiError::new(failure.status, static_code(&failure.code), failure.message),
-                ),
+                Some(_) => finished(&record, Some(failure.redirect_code()), integration),
+                None => for_browser(headers, failure.into_api_error()),
             }
         }
     };
@@ -153,8 +150,7 @@ pub(super) async fn consume_state<'a>(
         && expected != record.integration.as_str()
     {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "state_mismatch",
+            ErrorCode::StateMismatch,
             format!(
                 "this state was issued for integration `{}`, not `{expected}`",
                 record.integration
@@ -185,24 +181,16 @@ pub(super) async fn await_confirmation(
         .states
         .put(&confirmation, &pending, state.settings.state_ttl)
         .await
-        .map_err(|err| {
-            let err = state_store_error(err);
-            FlowFailure {
-                status: err.status,
-                code: err.code.into(),
-                message: err.message,
-            }
-        })?;
+        .map_err(|err| FlowFailure::from(state_store_error(err)))?;
     let Some(mut target) = record
         .redirect_to
         .as_deref()
         .and_then(|raw| url::Url::parse(raw).ok())
     else {
-        return Err(FlowFailure {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "internal".into(),
-            message: "a confirm-mode session without redirect_to".into(),
-        });
+        return Err(FlowFailure::new(
+            ErrorCode::Internal,
+            "a confirm-mode session without redirect_to",
+        ));
     };
     target
         .query_pairs_mut()
@@ -235,30 +223,38 @@ pub(super) fn authorization_code<'a>(
             .error_description
             .as_deref()
             .unwrap_or("no description");
+        let ours = if code == "access_denied" {
+            ErrorCode::AccessDenied
+        } else {
+            ErrorCode::ProviderError
+        };
         return Err(FlowFailure {
+            code: ours,
             status: StatusCode::BAD_REQUEST,
             message: format!(
                 "the provider answered {code}: {}",
                 description.chars().take(200).collect::<String>()
             ),
-            code,
+            provider_code: Some(code),
         });
     }
     integration
         .check_callback_issuer(params.iss.as_deref())
-        .map_err(|e| FlowFailure {
-            status: StatusCode::BAD_REQUEST,
-            code: "issuer_mismatch".into(),
-            message: format!("the callback's iss parameter does not match the provider: {e}"),
+        .map_err(|e| {
+            FlowFailure::new(
+                ErrorCode::IssuerMismatch,
+                format!("the callback's iss parameter does not match the provider: {e}"),
+            )
         })?;
     params
         .code
         .as_deref()
         .filter(|c| !c.is_empty())
-        .ok_or_else(|| FlowFailure {
-            status: StatusCode::BAD_REQUEST,
-            code: "missing_code".into(),
-            message: "the callback has neither code nor error".into(),
+        .ok_or_else(|| {
+            FlowFailure::new(
+                ErrorCode::MissingCode,
+                "the callback has neither code nor error",
+            )
         })
 }
 
@@ -299,10 +295,11 @@ pub(super) async fn exchange_and_save(
             Utc::now(),
         )
         .await
-        .map_err(|err| FlowFailure {
-            status: StatusCode::BAD_GATEWAY,
-            code: "token_exchange_failed".into(),
-            message: format!("exchanging the authorization code failed: {err}"),
+        .map_err(|err| {
+            FlowFailure::new(
+                ErrorCode::TokenExchangeFailed,
+                format!("exchanging the authorization code failed: {err}"),
+            )
         })?;
     let mut metadata = grant.metadata;
     if let (Some(instance_id), Some(fields)) = (instance_id, metadata.as_object_mut()) {
@@ -321,18 +318,10 @@ pub(super) async fn exchange_and_save(
         .map_err(|err| {
             if crate::http::error::Failure::database_unavailable(&err) {
                 tracing::warn!(error = %err, "storing the grant failed: the database is unavailable");
-                FlowFailure {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    code: "database_unavailable".into(),
-                    message: "storing the connection failed: the database is unavailable; start again shortly".into(),
-                }
+                FlowFailure::new(ErrorCode::DatabaseUnavailable, "storing the connection failed: the database is unavailable; start again shortly")
             } else {
                 tracing::error!(error = %err, "storing the grant failed");
-                FlowFailure {
-                    status: StatusCode::INTERNAL_SERVER_ERROR,
-                    code: "internal".into(),
-                    message: "storing the connection failed".into(),
-                }
+                FlowFailure::new(ErrorCode::Internal, "storing the connection failed")
             }
         });
     if saved.is_err() {
@@ -403,8 +392,8 @@ pub async fn confirm_connect_session(
 ) -> Result<Json<ConfirmedConnection>, ApiError> {
     let user = user_id(&request.user_id)?;
     let not_found = || {
-        ApiError::not_found(
-            "confirmation_not_found",
+        ApiError::new(
+            ErrorCode::ConfirmationNotFound,
             "unknown, expired or already used confirmation code for this connect session",
         )
     };
@@ -428,8 +417,7 @@ pub async fn confirm_connect_session(
         tracing::warn!(integration = %record.integration, "confirmation for another user than the session's; the flow is discarded");
         metrics::counter!("tokenvault_flow_confirm_mismatch_total", "integration" => record.integration.to_string()).increment(1);
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "user_mismatch",
+            ErrorCode::UserMismatch,
             "this flow was started for another user; it is discarded. Start a new connect session for the logged-in user",
         ));
     }
@@ -442,32 +430,11 @@ pub async fn confirm_connect_session(
         record.instance_id.as_deref(),
     )
     .await
-    .map_err(|failure| {
-        let mut err = ApiError::new(failure.status, static_code(&failure.code), failure.message);
-        if err.status == StatusCode::SERVICE_UNAVAILABLE {
-            err = err.with_retry_after(std::time::Duration::from_secs(1));
-        }
-        err
-    })?;
+    .map_err(FlowFailure::into_api_error)?;
     tracing::info!(integration = %integration.key(), "connection created (confirmed by the application)");
     Ok(Json(ConfirmedConnection {
         user_id: user,
         integration: integration.key().clone(),
         status: "connected".into(),
     }))
-}
-
-/// Our stable codes are static; a provider's own code is reported as `provider_error`.
-pub(super) fn static_code(code: &str) -> &'static str {
-    match code {
-        "issuer_mismatch" => "issuer_mismatch",
-        "missing_code" => "missing_code",
-        "token_exchange_failed" => "token_exchange_failed",
-        "internal" => "internal",
-        "database_unavailable" => "database_unavailable",
-        "state_store_unavailable" => "state_store_unavailable",
-        "browser_mismatch" => "browser_mismatch",
-        "access_denied" => "access_denied",
-        _ => "provider_error",
-    }
 }

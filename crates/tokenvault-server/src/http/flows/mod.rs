@@ -1,6 +1,7 @@
 //! The browser flows over HTTP: connect sessions here, the browser's side
 //! in [`browser`], the callback and confirm mode in [`callback`].
 
+use crate::http::error::ErrorCode;
 use std::sync::Arc;
 
 use axum::Json;
@@ -23,9 +24,49 @@ pub mod callback;
 /// Why a browser flow ended without a connection; sent to `redirect_to` as
 /// `error=<code>` when the app gave one, else as a JSON error.
 struct FlowFailure {
+    /// A provider's own `error` arrives as `access_denied` or `provider_error`.
+    code: ErrorCode,
+    /// The provider's own `error` value (sanitized), passed on to `redirect_to`.
+    provider_code: Option<String>,
     status: StatusCode,
-    code: String,
     message: String,
+}
+
+impl FlowFailure {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            provider_code: None,
+            status: code.status(),
+            message: message.into(),
+        }
+    }
+
+    /// The `error` sent to `redirect_to`: the provider's own code, else ours.
+    fn redirect_code(&self) -> &str {
+        self.provider_code.as_deref().unwrap_or(self.code.as_str())
+    }
+
+    fn into_api_error(self) -> ApiError {
+        let retry = self.status == StatusCode::SERVICE_UNAVAILABLE;
+        let err = ApiError::new(self.code, self.message).with_status(self.status);
+        if retry {
+            err.with_retry_after(std::time::Duration::from_secs(1))
+        } else {
+            err
+        }
+    }
+}
+
+impl From<ApiError> for FlowFailure {
+    fn from(err: ApiError) -> Self {
+        Self {
+            code: err.code,
+            provider_code: None,
+            status: err.status,
+            message: err.message,
+        }
+    }
 }
 
 fn state_store_error(err: StateError) -> ApiError {
@@ -33,8 +74,7 @@ fn state_store_error(err: StateError) -> ApiError {
         StateError::Unavailable(reason) => {
             tracing::error!(%reason, "state store unavailable");
             ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "state_store_unavailable",
+                ErrorCode::StateStoreUnavailable,
                 "the OAuth state store is unavailable; try again shortly",
             )
         }
@@ -43,7 +83,7 @@ fn state_store_error(err: StateError) -> ApiError {
 }
 
 fn invalid_state(message: &str) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_state", message)
+    ApiError::new(ErrorCode::InvalidState, message)
 }
 
 pub(super) fn integration<'a>(
@@ -54,21 +94,20 @@ pub(super) fn integration<'a>(
         .ok()
         .and_then(|key| state.integrations.get(&key))
         .ok_or_else(|| {
-            ApiError::not_found(
-                "unknown_integration",
+            ApiError::new(
+                ErrorCode::UnknownIntegration,
                 format!("no integration named {raw:?} is configured; see GET /v1/integrations"),
             )
         })
 }
 
 pub(super) fn user_id(raw: &str) -> Result<UserId, ApiError> {
-    UserId::parse(raw)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_user_id", e.to_string()))
+    UserId::parse(raw).map_err(|e| ApiError::new(ErrorCode::InvalidUserId, e.to_string()))
 }
 
 pub(super) fn parse_scopes(scopes: &[String]) -> Result<Scopes, ApiError> {
     Scopes::try_from_list(scopes)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_scopes", e.to_string()))
+        .map_err(|e| ApiError::new(ErrorCode::InvalidScopes, e.to_string()))
 }
 
 /// Starts a browser flow for one user and integration.
@@ -148,8 +187,7 @@ pub async fn create_connect_session(
     check_provider_params(integration, &request.provider_params)?;
     if request.confirm && redirect_to.is_none() {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_redirect_to",
+            ErrorCode::InvalidRedirectTo,
             "confirm mode needs redirect_to: the confirmation code is sent there",
         ));
     }
@@ -201,8 +239,7 @@ fn check_provider_params(
     for (name, value) in params {
         if !allowed.contains(&name.as_str()) {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_provider_params",
+                ErrorCode::InvalidProviderParams,
                 format!(
                     "provider `{}` takes no parameter {name:?} (allowed: {allowed:?})",
                     integration.spec().key
@@ -211,8 +248,7 @@ fn check_provider_params(
         }
         if value.is_empty() || value.len() > 4096 || value.chars().any(char::is_control) {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_provider_params",
+                ErrorCode::InvalidProviderParams,
                 format!("parameter {name:?} is empty, too long or has control characters"),
             ));
         }
@@ -223,16 +259,14 @@ fn check_provider_params(
 fn allowed_redirect(state: &AppState, raw: &str) -> Result<String, ApiError> {
     let url = url::Url::parse(raw).map_err(|e| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_redirect_to",
+            ErrorCode::InvalidRedirectTo,
             format!("redirect_to is not an absolute URL: {e}"),
         )
     })?;
     let origin = url.origin().ascii_serialization();
     if !state.settings.allowed_redirect_origins.contains(&origin) {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_redirect_to",
+            ErrorCode::InvalidRedirectTo,
             format!("redirect_to origin {origin} is not in TOKENVAULT_ALLOWED_REDIRECT_ORIGINS"),
         ));
     }

@@ -7,8 +7,10 @@ use std::process::{Child, Command, Stdio};
 
 use secrecy::SecretString;
 use serde_json::{Value, json};
+pub use tokenvault_server::app::Overrides;
+use tokenvault_server::app::{App, Stopped};
 use tokenvault_server::config::Config;
-use tokenvault_server::http::{AppState, router};
+use tokenvault_server::http::AppState;
 
 pub const API_KEY: &str = "tvk_test_key";
 pub const MASTER_KEYS: &str = "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
@@ -139,14 +141,36 @@ pub struct Service {
     pub state: AppState,
     pub http: reqwest::Client,
     pub config: Config,
+    /// Ends [`App::run_until`]; taken by [`Service::stop`] or on drop.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    running: Option<tokio::task::JoinHandle<anyhow::Result<Stopped>>>,
     _dir: tempfile::TempDir,
-    /// Stops the background workers of [`start_service_with_workers`].
-    _stop: Option<tokio::sync::watch::Sender<bool>>,
 }
 
-/// A fresh service on its own SQLite file. `configure` gets the base URL
-/// (known before start-up, so redirect URIs can point at it).
+/// A fresh service on its own SQLite file, serving the API only (no
+/// background work). `configure` gets the base URL (known before start-up,
+/// so redirect URIs can point at it).
 pub async fn start_service(configure: impl FnOnce(&mut Config, &str)) -> Service {
+    start_app(configure, |overrides| {
+        overrides.without_background_work = true
+    })
+    .await
+}
+
+/// [`start_service`] plus the background work `serve` runs: the refresh
+/// scheduler (if `scheduler_enabled`), the bulk runner (if `bulk_enabled`),
+/// webhook delivery (if configured), the device poller, the state purger.
+pub async fn start_service_with_workers(configure: impl FnOnce(&mut Config, &str)) -> Service {
+    start_app(configure, |_| {}).await
+}
+
+/// The service as `tokenvault serve` starts it ([`App::build`], then
+/// [`App::run_until`]), on 127.0.0.1:0 with its own data directory, the
+/// test master key and API key, and no metrics listener.
+pub async fn start_app(
+    configure: impl FnOnce(&mut Config, &str),
+    overrides: impl FnOnce(&mut Overrides),
+) -> Service {
     let dir = tempfile::tempdir().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -155,39 +179,118 @@ pub async fn start_service(configure: impl FnOnce(&mut Config, &str)) -> Service
         master_keys: Some(SecretString::from(MASTER_KEYS)),
         api_keys: vec![SecretString::from(API_KEY)],
         public_url: Some(url::Url::parse(&base).unwrap()),
+        metrics_bind: None,
         ..Config::default()
     };
     configure(&mut config, &base);
-    let state = tokenvault_server::wiring::build_state(&config)
+    let mut chosen = Overrides {
+        listener: Some(listener),
+        ..Overrides::default()
+    };
+    overrides(&mut chosen);
+    let app = App::build(config.clone(), chosen)
         .await
         .expect("service starts");
-    let app = router(state.clone());
-    let limits = tokenvault_server::listener::ConnectionLimits::from_config(&config);
-    tokio::spawn(async move {
-        tokenvault_server::listener::serve(listener, app, limits, std::future::pending())
-            .await
-            .unwrap()
-    });
+    let state = app.state().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(app.run_until(async move {
+        let _ = stopped.await;
+    }));
     Service {
         base,
         state,
         http: reqwest::Client::new(),
         config,
+        stop: Some(stop),
+        running: Some(running),
         _dir: dir,
-        _stop: None,
     }
 }
 
-/// [`start_service`] plus the background workers `serve` runs: the
-/// scheduler (if `scheduler_enabled`) and webhook delivery (if configured).
-pub async fn start_service_with_workers(configure: impl FnOnce(&mut Config, &str)) -> Service {
-    let mut service = start_service(configure).await;
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    tokenvault_server::wiring::spawn_scheduler(&service.state, &service.config, stopping.clone());
-    tokenvault_server::wiring::spawn_bulk_worker(&service.state, &service.config, stopping.clone());
-    tokenvault_server::wiring::spawn_webhooks(&service.state, &service.config, stopping).unwrap();
-    service._stop = Some(stop);
-    service
+impl Service {
+    /// Stops the service as SIGTERM does and checks that it left nothing
+    /// behind: every background task ended within the grace period, every
+    /// refreshed token is stored, and no lease of this instance is still
+    /// held in the database.
+    pub async fn stop(mut self) {
+        self.stop_and_check().await;
+    }
+
+    async fn stop_and_check(&mut self) {
+        let (Some(stop), Some(running)) = (self.stop.take(), self.running.take()) else {
+            return;
+        };
+        let _ = stop.send(());
+        let stopped = running
+            .await
+            .expect("run_until does not panic")
+            .expect("run_until ends cleanly");
+        assert!(
+            stopped.within_grace,
+            "background work was still running after the shutdown grace"
+        );
+        assert!(stopped.journal_drained, "refreshed tokens left unstored");
+        let held = held_leases(&self.config, self.state.vault.owner()).await;
+        assert!(held.is_empty(), "leases still held after stop: {held:?}");
+    }
+}
+
+/// A test that ends without [`Service::stop`] gets the same checks when the
+/// service is dropped (skipped while the test is already failing). Needs a
+/// multi-threaded runtime: the service's tasks finish on the other workers.
+impl Drop for Service {
+    fn drop(&mut self) {
+        if self.running.is_none() || std::thread::panicking() {
+            return;
+        }
+        let handle = tokio::runtime::Handle::try_current()
+            .expect("a test that owns its runtime calls `runtime.block_on(service.stop())`");
+        tokio::task::block_in_place(|| handle.block_on(self.stop_and_check()));
+    }
+}
+
+/// Unexpired leases in any table held by `owner` or its workers
+/// (`owner/device`, `owner/webhooks`), as `table: id` lines.
+pub async fn held_leases(config: &Config, owner: &str) -> Vec<String> {
+    let url = config.database_url();
+    let now = chrono::Utc::now().timestamp_millis();
+    let owned = format!("{owner}/%");
+    let tables = [
+        ("connections", "lease_expires_at"),
+        ("device_sessions", "lease_expires_at"),
+        ("webhook_outbox", "lease_expires_at"),
+        ("bulk_actions", "lease_until"),
+    ];
+    let sql = tables
+        .iter()
+        .map(|(table, until)| {
+            format!(
+                "SELECT '{table}: ' || CAST(id AS TEXT) FROM {table} \
+                 WHERE (lease_owner = $1 OR lease_owner LIKE $2) AND {until} > $3"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    // The same query on either backend's pool.
+    macro_rules! held_on {
+        ($pool:expr) => {{
+            let pool = $pool.await.unwrap();
+            let held = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(owner)
+                .bind(&owned)
+                .bind(now)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            held
+        }};
+    }
+    if url.starts_with("sqlite:") {
+        held_on!(sqlx::SqlitePool::connect(&url))
+    } else {
+        held_on!(sqlx::PgPool::connect(&url))
+    }
 }
 
 /// A webhook endpoint that records every delivery (headers and raw body).

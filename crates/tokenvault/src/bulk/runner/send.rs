@@ -143,17 +143,15 @@ impl BulkWorker {
                 "needs_reauth",
                 &format!("the connection is {status}; the user must connect again"),
             ),
-            RequestError::Token(TokenError::ProviderUnavailable {
-                reason,
-                retry_after,
-            }) => self.transient(
-                item,
-                None,
-                "provider_unavailable",
-                Some(reason),
-                retry_after,
-                now,
-            ),
+            RequestError::Token(TokenError::ProviderUnavailable { cause, retry_after }) => self
+                .transient(
+                    item,
+                    None,
+                    "provider_unavailable",
+                    Some(cause.to_string()),
+                    retry_after,
+                    now,
+                ),
             RequestError::Token(TokenError::IntegrationMisconfigured { error }) => self.transient(
                 item,
                 None,
