@@ -169,12 +169,8 @@ pub async fn build_state_with(
     // A stopped process's journal found at start-up is stored (or kept
     // trying) before the scheduler claims anything.
     vault.spawn_journal_drainer();
-    let device_sessions = match &database {
-        Database::Sqlite(db) => SqlDeviceSessionStore::sqlite(db.pool().clone()),
-        Database::Postgres(db) => SqlDeviceSessionStore::postgres(db.pool().clone()),
-    };
     let device = DeviceFlow::new(
-        Arc::new(device_sessions),
+        SqlDeviceSessionStore::on(&database),
         vault.clone(),
         Arc::clone(&integrations),
     );
@@ -257,10 +253,7 @@ fn state_store(
             RedisStateStore::connect_lazy(url, &RedisOptions::default())
                 .context("TOKENVAULT_REDIS_URL")?,
         ),
-        (None, Database::Sqlite(db)) => Arc::new(SqlStateStore::sqlite(db.pool().clone(), clock)),
-        (None, Database::Postgres(db)) => {
-            Arc::new(SqlStateStore::postgres(db.pool().clone(), clock))
-        }
+        (None, database) => SqlStateStore::on(database, clock),
     })
 }
 

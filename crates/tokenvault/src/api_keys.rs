@@ -14,9 +14,8 @@ use chrono::{DateTime, Utc};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
-use sqlx::{PgPool, SqlitePool};
 
-use crate::store::{StoreError, from_millis, to_millis};
+use crate::store::{Database, Pool, StoreError, from_millis, to_millis};
 
 /// What a key may do. Scopes nest: `admin` ⊃ `manage` ⊃ `read-tokens`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -157,12 +156,6 @@ pub trait ApiKeyStore: Send + Sync + 'static {
     async fn touch(&self, id: &str, now: DateTime<Utc>) -> Result<(), ApiKeyError>;
 }
 
-#[derive(Clone, Debug)]
-enum Pool {
-    Sqlite(SqlitePool),
-    Postgres(PgPool),
-}
-
 /// The `api_keys` table; the same SQL runs on both backends.
 #[derive(Clone, Debug)]
 pub struct SqlApiKeyStore {
@@ -170,24 +163,13 @@ pub struct SqlApiKeyStore {
 }
 
 impl SqlApiKeyStore {
-    pub fn sqlite(pool: SqlitePool) -> Self {
-        Self {
-            pool: Pool::Sqlite(pool),
-        }
-    }
-
-    pub fn postgres(pool: PgPool) -> Self {
-        Self {
-            pool: Pool::Postgres(pool),
-        }
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
     }
 
     /// Shares the pool of an open database.
-    pub fn on(database: &crate::store::Database) -> Arc<dyn ApiKeyStore> {
-        Arc::new(match database {
-            crate::store::Database::Sqlite(db) => Self::sqlite(db.pool().clone()),
-            crate::store::Database::Postgres(db) => Self::postgres(db.pool().clone()),
-        })
+    pub fn on(database: &Database) -> Arc<dyn ApiKeyStore> {
+        Arc::new(Self::new(database.pool()))
     }
 }
 

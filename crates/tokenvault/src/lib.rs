@@ -4,7 +4,6 @@
 //! client, the provider catalog and storage; the `tokenvault-server` crate
 //! wires them into an HTTP service.
 
-pub mod api;
 pub mod api_keys;
 pub mod bulk;
 pub mod crypto;
@@ -16,6 +15,7 @@ pub mod integrations;
 pub mod oauth;
 pub mod privacy;
 pub mod providers;
+pub mod proxy;
 pub mod refresh;
 pub mod rotation;
 pub mod state;

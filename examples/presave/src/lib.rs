@@ -24,7 +24,6 @@ use futures::StreamExt as _;
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::json;
-use tokenvault::api::{ApiRequest, RequestOptions, SendGate};
 use tokenvault::bulk::{
     BulkActions, BulkItem, BulkSettings, BulkSpecInput, BulkWorker, ItemState, RequestInput,
     RunEnd, SqlBulkStore, UsersByStatus, UsersInput,
@@ -34,6 +33,7 @@ use tokenvault::domain::{IntegrationKey, UserId};
 use tokenvault::integrations::{IntegrationConfig, Integrations, IntegrationsConfig};
 use tokenvault::oauth::{OAuthClient, OAuthClientConfig};
 use tokenvault::providers::Catalog;
+use tokenvault::proxy::{ApiRequest, RequestOptions, SendGate};
 use tokenvault::store::{Database, PoolOptions};
 use tokenvault::vault::Vault;
 use tokio::sync::watch;

@@ -8,8 +8,8 @@ use axum::extract::{OriginalUri, Request, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use tokenvault::api::{self, ApiPath as ProviderPath, ApiRequest, RequestError, RequestOptions};
 use tokenvault::domain::{IntegrationKey, UserId};
+use tokenvault::proxy::{self, ApiPath as ProviderPath, ApiRequest, RequestError, RequestOptions};
 use utoipa::ToSchema;
 
 use super::AppState;
@@ -133,7 +133,7 @@ pub async fn proxy(
     let status = response.status();
     let mut headers = HeaderMap::new();
     for (name, value) in response.headers() {
-        if api::forwards_response_header(name) {
+        if proxy::forwards_response_header(name) {
             headers.append(name.clone(), value.clone());
         }
     }

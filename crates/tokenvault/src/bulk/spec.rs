@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::BulkError;
-use crate::api::{ApiPath, ApiRequest};
 use crate::domain::{ConnectionStatus, IntegrationKey, UserId};
+use crate::proxy::{ApiPath, ApiRequest};
 
 /// What `POST /v1/bulk-actions` (and `tokenvault bulk run`) take.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -185,7 +185,7 @@ pub(super) fn parse_request(input: &RequestInput) -> Result<BulkRequest, BulkErr
     }
     .filter(|q| !q.is_empty());
     if let Some(q) = &query {
-        crate::api::check_query(q)
+        crate::proxy::check_query(q)
             .map_err(|err| BulkError::invalid("request.query", err.to_string()))?;
     }
     if input.body.is_some() && matches!(method.as_str(), "GET" | "HEAD") {
@@ -197,7 +197,7 @@ pub(super) fn parse_request(input: &RequestInput) -> Result<BulkRequest, BulkErr
     // Names and values are checked by `to_api_request` below.
     for name in input.headers.keys() {
         if HeaderName::from_str(name)
-            .is_ok_and(|parsed| !crate::api::forwards_request_header(&parsed))
+            .is_ok_and(|parsed| !crate::proxy::forwards_request_header(&parsed))
         {
             return Err(BulkError::invalid(
                 "request.headers",

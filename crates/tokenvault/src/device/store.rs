@@ -4,14 +4,16 @@
 //! LOCKED` so concurrent pollers skip each other's rows instead of queueing
 //! on them, while SQLite serializes writers anyway.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, SqlitePool};
 
 use super::{DeviceSession, DeviceSessionStore, NewDeviceSession, PollOutcome};
 use crate::crypto::WrappedKey;
 use crate::domain::{DeviceSessionId, IntegrationKey, Scopes, UserId};
 use crate::store::{
-    LastError, Lease, PoolOptions, PostgresStore, SqliteStore, StoreError, from_millis, to_millis,
+    Database, LastError, Lease, Pool, PoolOptions, PostgresStore, SqliteStore, StoreError,
+    from_millis, to_millis,
 };
 
 macro_rules! columns {
@@ -58,12 +60,6 @@ const FINISH_POLL: &str = "UPDATE device_sessions SET status = $1, interval_secs
 const PURGE_FINISHED: &str =
     "DELETE FROM device_sessions WHERE status <> 'pending' AND updated_at < $1";
 
-#[derive(Clone, Debug)]
-enum Pool {
-    Sqlite(SqlitePool),
-    Postgres(PgPool),
-}
-
 /// Runs `$body` with `$pool` bound to the concrete pool and `$claim` to its
 /// claim statement, once per backend.
 macro_rules! with_pool {
@@ -88,18 +84,13 @@ pub struct SqlDeviceSessionStore {
 }
 
 impl SqlDeviceSessionStore {
-    /// On the pool of a [`SqliteStore`] (`store.pool().clone()`).
-    pub fn sqlite(pool: SqlitePool) -> Self {
-        Self {
-            pool: Pool::Sqlite(pool),
-        }
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
     }
 
-    /// On the pool of a [`PostgresStore`] (`store.pool().clone()`).
-    pub fn postgres(pool: PgPool) -> Self {
-        Self {
-            pool: Pool::Postgres(pool),
-        }
+    /// Shares the pool of an open database.
+    pub fn on(database: &Database) -> Arc<dyn DeviceSessionStore> {
+        Arc::new(Self::new(database.pool()))
     }
 
     /// Opens its own pool to the database URL (`sqlite:` or `postgres:`).
@@ -107,10 +98,10 @@ impl SqlDeviceSessionStore {
     pub async fn connect(url: &str, options: &PoolOptions) -> Result<Self, StoreError> {
         if url.starts_with("sqlite:") {
             let store = SqliteStore::connect(url, options).await?;
-            Ok(Self::sqlite(store.pool().clone()))
+            Ok(Self::new(Pool::Sqlite(store.pool().clone())))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let store = PostgresStore::connect(url, options).await?;
-            Ok(Self::postgres(store.pool().clone()))
+            Ok(Self::new(Pool::Postgres(store.pool().clone())))
         } else {
             Err(StoreError::UnsupportedUrl(url.to_owned()))
         }

@@ -6,11 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{PgPool, SqlitePool};
-
 use super::{StateError, StateKey, StateRecord, StateStore, ttl_millis};
 use crate::domain::{Clock, SystemClock};
-use crate::store::{PoolOptions, PostgresStore, SqliteStore};
+use crate::store::{Database, Pool, PoolOptions, PostgresStore, SqliteStore};
 
 /// Per-backend SQL; placeholders are `$N` on both.
 struct Dialect {
@@ -40,12 +38,6 @@ macro_rules! dialect {
 const SQLITE: Dialect = dialect!("SQLite", json_in: "", json_out: "");
 const POSTGRES: Dialect = dialect!("PostgreSQL", json_in: "::jsonb", json_out: "::text");
 const PURGE: &str = "DELETE FROM oauth_states WHERE expires_at <= $1";
-
-#[derive(Clone, Debug)]
-enum Pool {
-    Sqlite(SqlitePool),
-    Postgres(PgPool),
-}
 
 /// Runs `$body` with `$pool` bound to the concrete pool and `$dialect` to its
 /// SQL, once per backend.
@@ -80,26 +72,18 @@ impl std::fmt::Debug for SqlStateStore {
 }
 
 impl SqlStateStore {
-    /// On the pool of a [`SqliteStore`] (`store.pool().clone()`).
-    pub fn sqlite(pool: SqlitePool, clock: Arc<dyn Clock>) -> Self {
-        Self {
-            pool: Pool::Sqlite(pool),
-            clock,
-        }
+    pub fn new(pool: Pool, clock: Arc<dyn Clock>) -> Self {
+        Self { pool, clock }
     }
 
-    /// On the pool of a [`PostgresStore`] (`store.pool().clone()`).
-    pub fn postgres(pool: PgPool, clock: Arc<dyn Clock>) -> Self {
-        Self {
-            pool: Pool::Postgres(pool),
-            clock,
-        }
+    /// Shares the pool of an open database.
+    pub fn on(database: &Database, clock: Arc<dyn Clock>) -> Arc<dyn StateStore> {
+        Arc::new(Self::new(database.pool(), clock))
     }
 
     /// Opens its own pool to the database URL (`sqlite:` or `postgres:`),
     /// with the connection store's settings, on the system clock. Prefer
-    /// sharing the connection store's pool via [`Self::sqlite`] /
-    /// [`Self::postgres`]. Does not migrate.
+    /// sharing the database's pool via [`Self::on`]. Does not migrate.
     pub async fn connect(url: &str, options: &PoolOptions) -> Result<Self, StateError> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         // Never echo the URL: it may hold a password.
@@ -113,12 +97,12 @@ impl SqlStateStore {
             let store = SqliteStore::connect(url, options)
                 .await
                 .map_err(unavailable)?;
-            Ok(Self::sqlite(store.pool().clone(), clock))
+            Ok(Self::new(Pool::Sqlite(store.pool().clone()), clock))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let store = PostgresStore::connect(url, options)
                 .await
                 .map_err(unavailable)?;
-            Ok(Self::postgres(store.pool().clone(), clock))
+            Ok(Self::new(Pool::Postgres(store.pool().clone()), clock))
         } else {
             Err(StateError::InvalidUrl(
                 "unsupported database URL scheme; use sqlite://PATH or postgres://USER@HOST:PORT/DB".into(),

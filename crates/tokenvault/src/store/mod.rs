@@ -302,8 +302,17 @@ pub trait ConnectionStore: Send + Sync + 'static {
     async fn list_misconfigured(&self) -> Result<Vec<MisconfiguredIntegration>, StoreError>;
 }
 
-/// An open database: one pool, from which every store on it is built
-/// (connections here, OAuth state and device sessions in their modules).
+/// The connection pool of an open database, by backend. Every SQL store
+/// holds one (cheap to clone) and matches on it once per statement.
+#[derive(Debug, Clone)]
+pub enum Pool {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+/// An open database: one pool, from which every store on it is built the
+/// same way, `Sql…Store::on(&database)` (connections here; OAuth state,
+/// device sessions, bulk actions and API keys in their modules).
 #[derive(Debug, Clone)]
 pub enum Database {
     Sqlite(SqliteStore),
@@ -319,6 +328,14 @@ impl Database {
             Ok(Self::Postgres(PostgresStore::connect(url, options).await?))
         } else {
             Err(StoreError::UnsupportedUrl(url.to_owned()))
+        }
+    }
+
+    /// The shared pool, for the stores built on this database.
+    pub fn pool(&self) -> Pool {
+        match self {
+            Self::Sqlite(store) => Pool::Sqlite(store.pool().clone()),
+            Self::Postgres(store) => Pool::Postgres(store.pool().clone()),
         }
     }
 

@@ -16,6 +16,7 @@ use tokenvault::device::{
 };
 use tokenvault::domain::{DeviceSessionId, Scopes};
 use tokenvault::store::LastError;
+use tokenvault::store::Pool;
 
 struct Backend {
     store: Arc<dyn DeviceSessionStore>,
@@ -25,7 +26,9 @@ struct Backend {
 async fn sqlite_backend() -> Backend {
     let (store, dir) = sqlite_store().await;
     Backend {
-        store: Arc::new(SqlDeviceSessionStore::sqlite(store.pool().clone())),
+        store: Arc::new(SqlDeviceSessionStore::new(Pool::Sqlite(
+            store.pool().clone(),
+        ))),
         _dir: Some(dir),
     }
 }
@@ -33,7 +36,9 @@ async fn sqlite_backend() -> Backend {
 async fn postgres_backend() -> Backend {
     let store = postgres_store().await;
     Backend {
-        store: Arc::new(SqlDeviceSessionStore::postgres(store.pool().clone())),
+        store: Arc::new(SqlDeviceSessionStore::new(Pool::Postgres(
+            store.pool().clone(),
+        ))),
         _dir: None,
     }
 }

@@ -14,6 +14,7 @@ use tokenvault::domain::{Clock, ManualClock, SystemClock};
 use tokenvault::state::{
     RedisOptions, RedisStateStore, SqlStateStore, StateError, StateKey, StateRecord, StateStore,
 };
+use tokenvault::store::Pool;
 
 /// Raw access to where a backend keeps its records, to look behind the API.
 enum Raw {
@@ -150,7 +151,10 @@ async fn sqlite_backend() -> StateBackend {
     let (store, dir) = sqlite_store().await;
     let clock = manual_clock();
     StateBackend {
-        store: Arc::new(SqlStateStore::sqlite(store.pool().clone(), clock.clone())),
+        store: Arc::new(SqlStateStore::new(
+            Pool::Sqlite(store.pool().clone()),
+            clock.clone(),
+        )),
         clock: Some(clock),
         raw: Raw::Sqlite(store.pool().clone()),
         _dir: Some(dir),
@@ -161,7 +165,10 @@ async fn postgres_backend() -> StateBackend {
     let store = postgres_store().await;
     let clock = manual_clock();
     StateBackend {
-        store: Arc::new(SqlStateStore::postgres(store.pool().clone(), clock.clone())),
+        store: Arc::new(SqlStateStore::new(
+            Pool::Postgres(store.pool().clone()),
+            clock.clone(),
+        )),
         clock: Some(clock),
         raw: Raw::Postgres(store.pool().clone()),
         _dir: None,
@@ -493,8 +500,8 @@ async fn sql_expiry_on_the_system_clock() {
     let postgres = postgres_store().await;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     for store in [
-        SqlStateStore::sqlite(sqlite.pool().clone(), clock.clone()),
-        SqlStateStore::postgres(postgres.pool().clone(), clock.clone()),
+        SqlStateStore::new(Pool::Sqlite(sqlite.pool().clone()), clock.clone()),
+        SqlStateStore::new(Pool::Postgres(postgres.pool().clone()), clock.clone()),
     ] {
         let short = StateKey::generate();
         let long = StateKey::generate();

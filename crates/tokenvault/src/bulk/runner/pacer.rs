@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::{Mutex, Notify};
 use tokio::time::Instant;
 
-use crate::api::SendGate;
+use crate::proxy::SendGate;
 
 /// Keeps the provider from seeing more than `capacity` requests in any
 /// `window`, whatever the network does to their timing, and spaces sends

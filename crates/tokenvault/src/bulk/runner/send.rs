@@ -9,9 +9,9 @@ use reqwest::StatusCode;
 
 use super::BulkWorker;
 use super::pacer::Pacer;
-use crate::api::{ApiRequest, RequestError, RequestOptions};
 use crate::bulk::{BulkActionRecord, BulkItem, ItemOutcome, ItemState, retry_delay};
 use crate::domain::UserId;
+use crate::proxy::{ApiRequest, RequestError, RequestOptions};
 use crate::refresh::{TokenError, chrono};
 
 impl BulkWorker {

@@ -6,18 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, SqlitePool};
 
 use super::rows::{ActionRow, ItemRow, action, action_columns, item, item_columns};
 use super::{BulkStore, CancelOutcome, NewBulkAction, TargetRows};
 use crate::bulk::{BulkActionRecord, BulkItem, ItemOutcome, ItemState};
-use crate::store::{OutboxEvent, StoreError, from_millis, insert_event, to_millis};
-
-#[derive(Clone, Debug)]
-enum Pool {
-    Sqlite(SqlitePool),
-    Postgres(PgPool),
-}
+use crate::store::{Database, OutboxEvent, Pool, StoreError, from_millis, insert_event, to_millis};
 
 /// The SQL that differs between the backends.
 struct Dialect {
@@ -44,24 +37,13 @@ pub struct SqlBulkStore {
 }
 
 impl SqlBulkStore {
-    pub fn sqlite(pool: SqlitePool) -> Self {
-        Self {
-            pool: Pool::Sqlite(pool),
-        }
-    }
-
-    pub fn postgres(pool: PgPool) -> Self {
-        Self {
-            pool: Pool::Postgres(pool),
-        }
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
     }
 
     /// Shares the pool of an open database.
-    pub fn on(database: &crate::store::Database) -> Arc<dyn BulkStore> {
-        Arc::new(match database {
-            crate::store::Database::Sqlite(db) => Self::sqlite(db.pool().clone()),
-            crate::store::Database::Postgres(db) => Self::postgres(db.pool().clone()),
-        })
+    pub fn on(database: &Database) -> Arc<dyn BulkStore> {
+        Arc::new(Self::new(database.pool()))
     }
 }
 
