@@ -35,7 +35,7 @@ mkdir -p "$(dirname "$report")"
 for i in $(seq 1 "$iterations"); do
   echo "==> chaos iteration $i of $iterations ($size)" >&2
   echo "iteration $i ($size)" >>"$report"
-  cargo test -p tokenvault-server --test it -- chaos:: --test-threads 1
+  cargo test --workspace --test it -- chaos:: --test-threads 1
   TOKENVAULT_MODEL_SEEDS=$([ "$size" = soak ] && echo 2000 || echo 150) \
     cargo test -p tokenvault --test it -- refresh_model:: --nocapture 2>&1 | grep -E '^model:|test result' | tee -a "$report"
 done

@@ -34,7 +34,19 @@ if [ "$("$VENV/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, versi
 fi
 
 log "building tokenvault"
-cargo build --quiet -p tokenvault-server --bin tokenvault
+# The binary as the test suite builds it (same features): after
+# scripts/test.sh's `cargo test --workspace` this is a no-op, where a plain
+# `cargo build` would compile the workspace again with other features.
+BINARY=$(cargo test --workspace --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == "tokenvault" \
+            and "bin" in msg["target"]["kind"] and not msg["profile"]["test"] \
+            and msg.get("executable"):
+        print(msg["executable"])
+')
+[ -x "$BINARY" ] || { log "building the tokenvault binary failed"; exit 1; }
 
 work=$(mktemp -d)
 pids=()
@@ -127,7 +139,7 @@ TOKENVAULT_DATA_DIR="$work/data" \
   TOKENVAULT_SCHEDULER_ENABLED=false \
   TOKENVAULT_LOG_FORMAT=text \
   RUST_LOG=warn \
-  "$TARGET/debug/tokenvault" --config "$work/tokenvault.toml" serve --bind "127.0.0.1:$port" \
+  "$BINARY" --config "$work/tokenvault.toml" serve --bind "127.0.0.1:$port" \
   2>"$work/tokenvault.log" &
 pids+=($!)
 for _ in $(seq 1 100); do

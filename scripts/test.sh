@@ -109,7 +109,8 @@ cargo test --workspace "$@" -- --skip chaos::
 # The fault suite runs alone: it starts clusters of its own and measures
 # recovery times that other tests competing for the 2 cores would skew.
 log "cargo test: the fault suite (chaos)"
-cargo test -p tokenvault-server --test it "$@" -- chaos:: --test-threads 1
+# --workspace, like the run above: the same features, so nothing is rebuilt.
+cargo test --workspace --test it "$@" -- chaos:: --test-threads 1
 
 log "schemathesis against a local instance on SQLite"
 scripts/schemathesis.sh
