@@ -267,6 +267,9 @@ async fn per_request(
         {
             return refused.into_response();
         }
+        if declared_length(&request).is_some_and(|length| length > state.limits.max_body_bytes) {
+            return refuse_oversized(request.into_body(), state.limits.max_body_bytes).await;
+        }
         next.run(request).await
     };
     let mut response = REQUEST_ID
@@ -280,6 +283,43 @@ async fn per_request(
     }
     crate::metrics::record_http(method, route, response.status(), started.elapsed());
     response
+}
+
+/// How much of a body declared over the limit is read (and dropped) before
+/// the 413 goes out; beyond it the connection is closed instead.
+const OVERSIZED_DRAIN_BYTES: usize = 32 * 1024 * 1024;
+
+/// The request's `Content-Length`, when it has a readable one.
+fn declared_length(request: &Request) -> Option<usize> {
+    request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Answers 413 `payload_too_large` to a body declared over the limit,
+/// after reading and dropping it (up to [`OVERSIZED_DRAIN_BYTES`], within
+/// the request timeout). Answering first and closing with the body unread
+/// makes the client's kernel see a reset while it is still sending, and the
+/// client gets a broken connection instead of the 413.
+async fn refuse_oversized(body: axum::body::Body, limit: usize) -> Response {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut read = 0usize;
+    while read <= OVERSIZED_DRAIN_BYTES {
+        match stream.next().await {
+            Some(Ok(chunk)) => read += chunk.len(),
+            Some(Err(_)) | None => break,
+        }
+    }
+    error::ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("the request body is over {limit} bytes (max_body_bytes)"),
+    )
+    .into_response()
 }
 
 /// Answers 503 `request_timeout` when a handler runs longer than the limit.

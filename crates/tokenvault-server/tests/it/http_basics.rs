@@ -123,6 +123,25 @@ async fn bodies_over_the_configured_limit_are_413_and_change_nothing() {
         .unwrap();
     assert_eq!(import.status(), 413);
     assert!(!connection_exists(&server, "u1", "github").await);
+    // A body far bigger than the socket buffers: the client, still sending
+    // when the server has decided, gets the 413 (not a reset connection),
+    // and the same keep-alive connection serves the next request.
+    let huge = serde_json::json!({"access_token": "x".repeat(4 * 1024 * 1024)});
+    for _ in 0..3 {
+        let refused = server
+            .http
+            .put(server.url("/v1/users/u1/connections/github"))
+            .bearer_auth(API_KEY)
+            .json(&huge)
+            .send()
+            .await
+            .expect("the 413 reaches the client");
+        assert_eq!(refused.status(), 413);
+        let body: serde_json::Value = refused.json().await.unwrap();
+        assert_eq!(body["error"], "payload_too_large", "{body}");
+        assert!(body["message"].as_str().unwrap().contains("2048"), "{body}");
+    }
+    assert!(!connection_exists(&server, "u1", "github").await);
     // Under the limit, the same endpoint works.
     let small = server
         .post_json(
