@@ -287,7 +287,7 @@ impl Background {
             settings.poll_interval = ticks.webhook.unwrap_or(settings.poll_interval);
             settings.lease = leases.webhook.unwrap_or(settings.lease);
             let deliverer = WebhookDeliverer::new(
-                Arc::clone(state.vault.store()),
+                Arc::clone(state.vault.database()) as Arc<dyn tokenvault::store::EventOutbox>,
                 settings,
                 Arc::clone(state.vault.clock()),
             )

@@ -221,7 +221,7 @@ pub fn spawn_gauges(
 /// One pass of [`spawn_gauges`]. A failed query keeps the previous value
 /// (and logs): a gap is better than a false zero.
 pub async fn update_gauges(state: &AppState) {
-    let store = state.vault.store();
+    let store = state.vault.database();
     let now = state.vault.clock().now();
     match store.count_by_status().await {
         Ok(counts) => {

@@ -19,7 +19,7 @@ use tokenvault::providers::Catalog;
 use tokenvault::refresh::journal::Journal;
 use tokenvault::refresh::{BreakerSettings, RefreshSettings, Scheduler, SchedulerSettings};
 use tokenvault::state::{RedisOptions, RedisStateStore, SqlStateStore, StateStore};
-use tokenvault::store::{ConnectionStore, Database, PoolOptions};
+use tokenvault::store::{Database, PoolOptions, Store};
 use tokenvault::vault::Vault;
 use tokio::sync::watch;
 
@@ -60,8 +60,8 @@ pub fn load_key_ring(config: &Config) -> anyhow::Result<(KeyRing, KeySource)> {
     Ok((ring, KeySource::File(path)))
 }
 
-pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn ConnectionStore>> {
-    Ok(open_database(config).await?.connections())
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(open_database(config).await?.store())
 }
 
 /// The API-key table, migrated first when `migrate_on_start` is on (so
@@ -69,7 +69,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn ConnectionSto
 pub async fn open_api_key_store(config: &Config) -> anyhow::Result<Arc<dyn ApiKeyStore>> {
     let database = open_database(config).await?;
     if config.migrate_on_start {
-        database.connections().migrate().await?;
+        database.store().migrate().await?;
     }
     Ok(SqlApiKeyStore::on(&database))
 }
@@ -115,7 +115,7 @@ pub async fn build_state_with(
     let (ring, _) = load_key_ring(config)?;
     // One pool serves the connection, state and device-session stores.
     let database = open_database(config).await?;
-    let store = database.connections();
+    let store = database.store();
     if config.migrate_on_start {
         store.migrate().await?;
     }

@@ -15,7 +15,7 @@ use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
-use crate::store::{Database, Pool, StoreError, from_millis, to_millis};
+use crate::store::{Database, Pool, StoreError, from_millis, to_millis, with_pool};
 
 /// What a key may do. Scopes nest: `admin` ⊃ `manage` ⊃ `read-tokens`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -187,16 +187,6 @@ fn record(row: Row) -> Result<ApiKeyRecord, ApiKeyError> {
         last_used_at: last_used_at.map(from_millis).transpose()?,
         revoked_at: revoked_at.map(from_millis).transpose()?,
     })
-}
-
-/// Runs `$body` with `$pool` bound to whichever concrete pool this is.
-macro_rules! with_pool {
-    ($self:ident, |$pool:ident| $body:expr) => {
-        match &$self.pool {
-            Pool::Sqlite($pool) => $body,
-            Pool::Postgres($pool) => $body,
-        }
-    };
 }
 
 #[async_trait::async_trait]

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use url::Url;
 
 use crate::domain::Clock;
-use crate::store::{ConnectionStore, OutboxEvent, PendingEvent, StoreError};
+use crate::store::{EventOutbox, OutboxEvent, PendingEvent, StoreError};
 
 pub const SIGNATURE_HEADER: &str = "Tokenvault-Signature";
 
@@ -275,7 +275,7 @@ pub enum Delivery {
 /// Delivers outbox events. Cheap to clone.
 #[derive(Clone)]
 pub struct WebhookDeliverer {
-    store: Arc<dyn ConnectionStore>,
+    outbox: Arc<dyn EventOutbox>,
     http: reqwest::Client,
     settings: Arc<WebhookSettings>,
     clock: Arc<dyn Clock>,
@@ -284,7 +284,7 @@ pub struct WebhookDeliverer {
 
 impl WebhookDeliverer {
     pub fn new(
-        store: Arc<dyn ConnectionStore>,
+        outbox: Arc<dyn EventOutbox>,
         settings: WebhookSettings,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, reqwest::Error> {
@@ -294,7 +294,7 @@ impl WebhookDeliverer {
             .user_agent(concat!("tokenvault/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {
-            store,
+            outbox,
             http,
             settings: Arc::new(settings),
             clock,
@@ -315,7 +315,7 @@ impl WebhookDeliverer {
         let now = self.clock.now();
         let lease = self.settings.lease.max(self.settings.request_timeout);
         let events = self
-            .store
+            .outbox
             .claim_events(
                 now,
                 self.settings.batch,
@@ -382,17 +382,17 @@ impl WebhookDeliverer {
         let now = self.clock.now();
         match outcome {
             Delivery::Delivered => {
-                self.store
+                self.outbox
                     .event_delivered(event.id, &self.owner, now)
                     .await?;
             }
             Delivery::Retry { at, error } => {
-                self.store
+                self.outbox
                     .event_failed(event.id, &self.owner, Some(at), &error, now)
                     .await?;
             }
             Delivery::Abandoned { error } => {
-                self.store
+                self.outbox
                     .event_failed(event.id, &self.owner, None, &error, now)
                     .await?;
             }

@@ -5,7 +5,7 @@
 
 use crate::crypto::{CryptoError, Envelope};
 use crate::domain::ConnectionId;
-use crate::store::{ConnectionStore, StoreError};
+use crate::store::{KeyRotationStore, StoreError};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RotationReport {
@@ -38,7 +38,7 @@ pub enum RotationError {
 /// Re-wraps every data key not under the active master key. `progress` is
 /// called after each batch with the number of rows processed so far.
 pub async fn rotate(
-    store: &dyn ConnectionStore,
+    store: &dyn KeyRotationStore,
     envelope: &Envelope,
     batch_size: u32,
     mut progress: impl FnMut(u64),
@@ -90,7 +90,7 @@ pub async fn rotate(
 /// Checks that `id` can be removed from the key ring: not active, and no row
 /// uses it any more.
 pub async fn check_retirable(
-    store: &dyn ConnectionStore,
+    store: &dyn KeyRotationStore,
     envelope: &Envelope,
     id: &str,
 ) -> Result<(), RotationError> {

@@ -21,7 +21,7 @@ use crate::refresh::journal::Journal;
 use crate::refresh::local::LocalStore;
 use crate::refresh::{BreakerSettings, IntegrationHealth, RefreshSettings};
 use crate::store::{
-    ConnectionRecord, ConnectionStore, LastError, NewConnection, OutboxEvent, StoreError,
+    ConnectionRecord, ConnectionStore, LastError, NewConnection, OutboxEvent, Store, StoreError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -42,9 +42,12 @@ pub struct Vault {
 }
 
 pub(crate) struct Inner {
-    /// `local`, as the trait object every caller writes through.
+    /// `local`, as the trait object every connection write goes through.
     pub store: Arc<dyn ConnectionStore>,
     pub local: Arc<LocalStore>,
+    /// The database itself, for the jobs that bypass the token cache (the
+    /// outbox, integration health, key rotation).
+    pub database: Arc<dyn Store>,
     pub envelope: Envelope,
     pub clock: Arc<dyn Clock>,
     pub integrations: Arc<Integrations>,
@@ -67,7 +70,7 @@ pub(crate) struct Inner {
 
 /// Builds a [`Vault`]; everything but the store and envelope has a default.
 pub struct VaultBuilder {
-    store: Arc<dyn ConnectionStore>,
+    store: Arc<dyn Store>,
     envelope: Envelope,
     clock: Arc<dyn Clock>,
     integrations: Arc<Integrations>,
@@ -132,7 +135,10 @@ impl VaultBuilder {
                 )),
             );
         }
-        let local = Arc::new(LocalStore::new(self.store, self.settings.token_cache));
+        let local = Arc::new(LocalStore::new(
+            Arc::clone(&self.store) as Arc<dyn ConnectionStore>,
+            self.settings.token_cache,
+        ));
         let owner = self
             .owner
             .unwrap_or_else(|| format!("instance-{}", uuid::Uuid::new_v4()));
@@ -141,6 +147,7 @@ impl VaultBuilder {
             inner: Arc::new(Inner {
                 store: Arc::clone(&local) as Arc<dyn ConnectionStore>,
                 local,
+                database: self.store,
                 envelope: self.envelope,
                 clock: self.clock,
                 integrations: self.integrations,
@@ -192,11 +199,11 @@ impl From<&ConnectionRecord> for ConnectionView {
 impl Vault {
     /// A vault with no integrations (it stores and reads; refreshing needs
     /// [`Vault::builder`] with integrations).
-    pub fn new(store: Arc<dyn ConnectionStore>, envelope: Envelope, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(store: Arc<dyn Store>, envelope: Envelope, clock: Arc<dyn Clock>) -> Self {
         Self::builder(store, envelope).clock(clock).build()
     }
 
-    pub fn builder(store: Arc<dyn ConnectionStore>, envelope: Envelope) -> VaultBuilder {
+    pub fn builder(store: Arc<dyn Store>, envelope: Envelope) -> VaultBuilder {
         VaultBuilder {
             store,
             envelope,
@@ -214,6 +221,12 @@ impl Vault {
     /// [`LocalStore`] around the database).
     pub fn store(&self) -> &Arc<dyn ConnectionStore> {
         &self.inner.store
+    }
+
+    /// The database under the cache: every job, including the webhook
+    /// outbox, integration health and key rotation.
+    pub fn database(&self) -> &Arc<dyn Store> {
+        &self.inner.database
     }
 
     pub fn local(&self) -> &Arc<LocalStore> {

@@ -233,7 +233,7 @@ impl Campaign {
         let database = Database::open(&settings.database_url, &PoolOptions::default())
             .await
             .with_context(|| format!("opening the database {}", settings.database_url))?;
-        let store = database.connections();
+        let store = database.store();
         store.migrate().await.context("migrating the database")?;
 
         let catalog = load_catalog(settings.providers_file.as_ref())?;

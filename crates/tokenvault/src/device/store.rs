@@ -12,8 +12,7 @@ use super::{DeviceSession, DeviceSessionStore, NewDeviceSession, PollOutcome};
 use crate::crypto::WrappedKey;
 use crate::domain::{DeviceSessionId, IntegrationKey, Scopes, UserId};
 use crate::store::{
-    Database, LastError, Lease, Pool, PoolOptions, PostgresStore, SqliteStore, StoreError,
-    from_millis, to_millis,
+    Database, LastError, Lease, Pool, PoolOptions, StoreError, from_millis, to_millis, with_pool,
 };
 
 macro_rules! columns {
@@ -48,8 +47,17 @@ macro_rules! claim_due {
     };
 }
 
-const CLAIM_DUE_SQLITE: &str = claim_due!("");
-const CLAIM_DUE_POSTGRES: &str = claim_due!(" FOR UPDATE SKIP LOCKED");
+/// The SQL that differs between the backends.
+struct Dialect {
+    claim_due: &'static str,
+}
+
+const SQLITE: Dialect = Dialect {
+    claim_due: claim_due!(""),
+};
+const POSTGRES: Dialect = Dialect {
+    claim_due: claim_due!(" FOR UPDATE SKIP LOCKED"),
+};
 
 const FINISH_POLL: &str = "UPDATE device_sessions SET status = $1, interval_secs = $2, \
      next_poll_at = $3, last_error_code = $4, last_error_message = $5, \
@@ -59,23 +67,6 @@ const FINISH_POLL: &str = "UPDATE device_sessions SET status = $1, interval_secs
 
 const PURGE_FINISHED: &str =
     "DELETE FROM device_sessions WHERE status <> 'pending' AND updated_at < $1";
-
-/// Runs `$body` with `$pool` bound to the concrete pool and `$claim` to its
-/// claim statement, once per backend.
-macro_rules! with_pool {
-    ($self:ident, |$pool:ident, $claim:ident| $body:expr) => {
-        match &$self.pool {
-            Pool::Sqlite($pool) => {
-                let $claim = CLAIM_DUE_SQLITE;
-                $body
-            }
-            Pool::Postgres($pool) => {
-                let $claim = CLAIM_DUE_POSTGRES;
-                $body
-            }
-        }
-    };
-}
 
 /// The `device_sessions` table on SQLite or PostgreSQL. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -96,15 +87,7 @@ impl SqlDeviceSessionStore {
     /// Opens its own pool to the database URL (`sqlite:` or `postgres:`).
     /// Does not migrate: the connection store's migrations create the table.
     pub async fn connect(url: &str, options: &PoolOptions) -> Result<Self, StoreError> {
-        if url.starts_with("sqlite:") {
-            let store = SqliteStore::connect(url, options).await?;
-            Ok(Self::new(Pool::Sqlite(store.pool().clone())))
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            let store = PostgresStore::connect(url, options).await?;
-            Ok(Self::new(Pool::Postgres(store.pool().clone())))
-        } else {
-            Err(StoreError::UnsupportedUrl(url.to_owned()))
-        }
+        Ok(Self::new(Database::open(url, options).await?.pool()))
     }
 }
 
@@ -173,7 +156,7 @@ fn interval(secs: u64) -> i64 {
 #[async_trait::async_trait]
 impl DeviceSessionStore for SqlDeviceSessionStore {
     async fn insert(&self, s: &NewDeviceSession) -> Result<DeviceSession, StoreError> {
-        let row: Row = with_pool!(self, |pool, _claim| sqlx::query_as(INSERT)
+        let row: Row = with_pool!(self, |pool| sqlx::query_as(INSERT)
             .bind(s.id.to_string())
             .bind(s.user_id.as_str())
             .bind(s.integration.as_str())
@@ -191,7 +174,7 @@ impl DeviceSessionStore for SqlDeviceSessionStore {
     }
 
     async fn get(&self, id: DeviceSessionId) -> Result<Option<DeviceSession>, StoreError> {
-        let row: Option<Row> = with_pool!(self, |pool, _claim| sqlx::query_as(SELECT_BY_ID)
+        let row: Option<Row> = with_pool!(self, |pool| sqlx::query_as(SELECT_BY_ID)
             .bind(id.to_string())
             .fetch_optional(pool)
             .await)?;
@@ -205,7 +188,7 @@ impl DeviceSessionStore for SqlDeviceSessionStore {
         owner: &str,
         lease_until: DateTime<Utc>,
     ) -> Result<Vec<DeviceSession>, StoreError> {
-        let rows: Vec<Row> = with_pool!(self, |pool, claim| sqlx::query_as(claim)
+        let rows: Vec<Row> = with_pool!(self, |pool, dialect| sqlx::query_as(dialect.claim_due)
             .bind(owner)
             .bind(to_millis(lease_until))
             .bind(to_millis(now))
@@ -224,7 +207,7 @@ impl DeviceSessionStore for SqlDeviceSessionStore {
     ) -> Result<bool, StoreError> {
         let status: &str = outcome.status.as_str();
         let error = outcome.last_error.as_ref();
-        let done = with_pool!(self, |pool, _claim| sqlx::query(FINISH_POLL)
+        let done = with_pool!(self, |pool| sqlx::query(FINISH_POLL)
             .bind(status)
             .bind(interval(outcome.interval_secs))
             .bind(to_millis(outcome.next_poll_at))
@@ -240,7 +223,7 @@ impl DeviceSessionStore for SqlDeviceSessionStore {
     }
 
     async fn purge_finished(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        let done = with_pool!(self, |pool, _claim| sqlx::query(PURGE_FINISHED)
+        let done = with_pool!(self, |pool| sqlx::query(PURGE_FINISHED)
             .bind(to_millis(before))
             .execute(pool)
             .await

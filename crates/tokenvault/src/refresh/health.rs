@@ -176,7 +176,7 @@ impl Vault {
         let Some(health) = self.health(key) else {
             return Ok(false);
         };
-        self.store().clear_misconfigured(key).await?;
+        self.database().clear_misconfigured(key).await?;
         *health.misconfigured.lock().unwrap() = None;
         *health.throttled_until.lock().unwrap() = None;
         health.breaker.lock().unwrap().reset();
@@ -190,14 +190,14 @@ impl Vault {
     /// a different configuration fingerprint is cleared: the operator
     /// changed the credentials.
     pub async fn sync_integration_health(&self) -> Result<(), StoreError> {
-        let recorded = self.store().list_misconfigured().await?;
+        let recorded = self.database().list_misconfigured().await?;
         for entry in self.inner.health.iter() {
             let (key, health) = (entry.key(), entry.value());
             let verdict = recorded.iter().find(|m| &m.integration == key);
             let current = match verdict {
                 Some(m) if m.config_fingerprint != health.fingerprint => {
                     tracing::info!(integration = %key, "integration configuration changed; resuming its refreshes");
-                    self.store().clear_misconfigured(key).await?;
+                    self.database().clear_misconfigured(key).await?;
                     None
                 }
                 other => other.cloned(),

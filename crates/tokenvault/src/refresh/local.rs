@@ -13,8 +13,9 @@
 //!   point in time, so the scheduler can tell whether a row it claimed is
 //!   still as claimed without reading it again.
 //!
-//! Every method of the trait is forwarded; the mutating ones on
-//! connections invalidate first.
+//! Every method of the trait is forwarded; the mutating ones invalidate
+//! first. The other jobs of the database (outbox, key rotation, integration
+//! health) do not change what a token read returns and bypass it.
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -24,11 +25,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use crate::crypto::WrappedKey;
 use crate::domain::{ConnectionId, ConnectionStatus, IntegrationKey, TokenSet, UserId};
 use crate::store::{
-    BatchUpdate, ConnectionRecord, ConnectionStore, ConnectionUpdate, ListFilter,
-    MisconfiguredIntegration, NewConnection, OutboxEvent, PendingEvent, StoreError,
+    BatchUpdate, ConnectionRecord, ConnectionStore, ConnectionUpdate, ListFilter, NewConnection,
+    StoreError,
 };
 
 /// Cached token entries kept at most (per process).
@@ -358,31 +358,6 @@ impl ConnectionStore for LocalStore {
         self.inner.count_due_before(before).await
     }
 
-    async fn list_keys_to_rotate(
-        &self,
-        active: &str,
-        after: Option<ConnectionId>,
-        limit: u32,
-    ) -> Result<Vec<(ConnectionId, WrappedKey)>, StoreError> {
-        self.inner.list_keys_to_rotate(active, after, limit).await
-    }
-
-    async fn replace_wrapped_key(
-        &self,
-        id: ConnectionId,
-        old: &WrappedKey,
-        new: &WrappedKey,
-    ) -> Result<bool, StoreError> {
-        self.wrote(&[id], &[], true);
-        let result = self.inner.replace_wrapped_key(id, old, new).await;
-        self.wrote(&[id], &[], true);
-        result
-    }
-
-    async fn count_by_key(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        self.inner.count_by_key().await
-    }
-
     async fn purge(
         &self,
         statuses: &[ConnectionStatus],
@@ -393,65 +368,5 @@ impl ConnectionStore for LocalStore {
             self.wrote_everything();
         }
         purged
-    }
-
-    // The rest touches no connection row: plain forwards.
-
-    async fn enqueue_events(&self, events: &[OutboxEvent]) -> Result<(), StoreError> {
-        self.inner.enqueue_events(events).await
-    }
-
-    async fn claim_events(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-        owner: &str,
-        lease_until: DateTime<Utc>,
-    ) -> Result<Vec<PendingEvent>, StoreError> {
-        self.inner
-            .claim_events(now, limit, owner, lease_until)
-            .await
-    }
-
-    async fn event_delivered(
-        &self,
-        id: uuid::Uuid,
-        owner: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        self.inner.event_delivered(id, owner, now).await
-    }
-
-    async fn event_failed(
-        &self,
-        id: uuid::Uuid,
-        owner: &str,
-        retry_at: Option<DateTime<Utc>>,
-        error: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        self.inner
-            .event_failed(id, owner, retry_at, error, now)
-            .await
-    }
-
-    async fn count_pending_events(&self) -> Result<u64, StoreError> {
-        self.inner.count_pending_events().await
-    }
-
-    async fn mark_misconfigured(
-        &self,
-        entry: &MisconfiguredIntegration,
-        event: Option<&OutboxEvent>,
-    ) -> Result<bool, StoreError> {
-        self.inner.mark_misconfigured(entry, event).await
-    }
-
-    async fn clear_misconfigured(&self, integration: &IntegrationKey) -> Result<bool, StoreError> {
-        self.inner.clear_misconfigured(integration).await
-    }
-
-    async fn list_misconfigured(&self) -> Result<Vec<MisconfiguredIntegration>, StoreError> {
-        self.inner.list_misconfigured().await
     }
 }

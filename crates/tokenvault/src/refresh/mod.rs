@@ -248,19 +248,23 @@ pub struct Revocation {
 /// (so at most one refresh learns it).
 pub(crate) fn needs_refresh_for(
     record: &ConnectionRecord,
-    tokens: &TokenSet,
     now: DateTime<Utc>,
     min_ttl: chrono::Duration,
 ) -> bool {
-    let lifetime = match (record.last_refreshed_at, tokens.expires_at) {
-        (Some(issued), Some(expires)) if expires > issued => Some(expires - issued),
+    // The row's `expires_at` is the sealed token's: the decision needs no
+    // decryption, so a read opens only what it hands out.
+    let Some(expires) = record.expires_at else {
+        return false;
+    };
+    let lifetime = match record.last_refreshed_at {
+        Some(issued) if expires > issued => Some(expires - issued),
         _ => None,
     };
     let attainable = match lifetime {
         Some(lifetime) if min_ttl > lifetime => lifetime / 2,
         _ => min_ttl,
     };
-    tokens.needs_refresh(now, attainable)
+    now + attainable >= expires
 }
 
 /// A std duration as chrono's, saturating.

@@ -213,7 +213,7 @@ impl Vault {
             now,
         );
         if let Err(store_err) = self
-            .store()
+            .database()
             .mark_misconfigured(&entry, event.as_ref())
             .await
         {

@@ -31,15 +31,10 @@ pub(super) enum Mode {
 }
 
 impl Mode {
-    pub(super) fn satisfied(
-        &self,
-        record: &ConnectionRecord,
-        tokens: &TokenSet,
-        now: DateTime<Utc>,
-    ) -> bool {
+    pub(super) fn satisfied(&self, record: &ConnectionRecord, now: DateTime<Utc>) -> bool {
         match self {
             Mode::OnDemand { min_ttl, seen } => {
-                !needs_refresh_for(record, tokens, now, *min_ttl) || record.access_token != *seen
+                !needs_refresh_for(record, now, *min_ttl) || record.access_token != *seen
             }
             Mode::Forced { seen } => record.access_token != *seen,
             Mode::Scheduled => record.next_refresh_at.is_none_or(|at| at > now),
@@ -103,12 +98,7 @@ impl Vault {
     ) -> Result<IssuedToken, TokenError> {
         let local = self.local();
         if let Some(hit) = local.cached_token(user, key)
-            && !needs_refresh_for(
-                &hit.record,
-                &hit.tokens,
-                self.clock().now(),
-                chrono(min_ttl),
-            )
+            && !needs_refresh_for(&hit.record, self.clock().now(), chrono(min_ttl))
         {
             return Ok(IssuedToken {
                 tokens: Arc::clone(&hit.tokens),
@@ -136,11 +126,11 @@ impl Vault {
             .get(user, key)
             .await?
             .ok_or(TokenError::NotConnected)?;
-        // Only the access token is opened to answer a read; the refresh
-        // token is opened when a refresh is actually needed.
-        let access = usable(self, &record, Opening::AccessOnly).await?;
-        let now = self.clock().now();
-        if !needs_refresh_for(&record, &access, now, chrono(min_ttl)) {
+        // Whether to refresh is read off the row; then what is needed is
+        // opened once: the access token alone to answer, both tokens to
+        // refresh.
+        if !needs_refresh_for(&record, self.clock().now(), chrono(min_ttl)) {
+            let access = usable(self, &record, Opening::AccessOnly).await?;
             let issued = IssuedToken::new(access, record, TokenOutcome::Fresh);
             local.cache_token(seq, &issued.connection, &issued.tokens);
             return Ok(issued);
@@ -317,9 +307,9 @@ impl Vault {
             let read = self.store().get_by_id(id).await;
             self.observe_db(&read);
             let record = read?.ok_or(TokenError::NotConnected)?;
-            let tokens = usable(self, &record, Opening::Both).await?;
             let now = self.clock().now();
-            if mode.satisfied(&record, &tokens, now) {
+            if mode.satisfied(&record, now) {
+                let tokens = usable(self, &record, Opening::AccessOnly).await?;
                 if matches!(mode, Mode::Scheduled) {
                     self.release(&record).await;
                 }
@@ -331,6 +321,7 @@ impl Vault {
                 };
                 return Ok(Some(IssuedToken::new(tokens, record, outcome)));
             }
+            let tokens = usable(self, &record, Opening::Both).await?;
             self.check_gate(&health, &record, &mode, now).await?;
             if self.journal().has_pending(id) {
                 // This process holds the provider's newer answer for this

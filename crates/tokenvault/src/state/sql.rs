@@ -8,19 +8,17 @@ use std::time::Duration;
 
 use super::{StateError, StateKey, StateRecord, StateStore, ttl_millis};
 use crate::domain::{Clock, SystemClock};
-use crate::store::{Database, Pool, PoolOptions, PostgresStore, SqliteStore};
+use crate::store::{Database, Pool, PoolOptions, with_pool};
 
 /// Per-backend SQL; placeholders are `$N` on both.
 struct Dialect {
-    backend: &'static str,
     put: &'static str,
     take: &'static str,
 }
 
 macro_rules! dialect {
-    ($backend:literal, json_in: $json_in:literal, json_out: $json_out:literal) => {
+    (json_in: $json_in:literal, json_out: $json_out:literal) => {
         Dialect {
-            backend: $backend,
             put: concat!(
                 "INSERT INTO oauth_states (state, record, expires_at) VALUES ($1, $2",
                 $json_in,
@@ -35,26 +33,9 @@ macro_rules! dialect {
     };
 }
 
-const SQLITE: Dialect = dialect!("SQLite", json_in: "", json_out: "");
-const POSTGRES: Dialect = dialect!("PostgreSQL", json_in: "::jsonb", json_out: "::text");
+const SQLITE: Dialect = dialect!(json_in: "", json_out: "");
+const POSTGRES: Dialect = dialect!(json_in: "::jsonb", json_out: "::text");
 const PURGE: &str = "DELETE FROM oauth_states WHERE expires_at <= $1";
-
-/// Runs `$body` with `$pool` bound to the concrete pool and `$dialect` to its
-/// SQL, once per backend.
-macro_rules! with_pool {
-    ($self:ident, |$pool:ident, $dialect:ident| $body:expr) => {
-        match &$self.pool {
-            Pool::Sqlite($pool) => {
-                let $dialect = &SQLITE;
-                $body
-            }
-            Pool::Postgres($pool) => {
-                let $dialect = &POSTGRES;
-                $body
-            }
-        }
-    };
-}
 
 /// The `oauth_states` table on SQLite or PostgreSQL. Cheap to clone.
 #[derive(Clone)]
@@ -93,26 +74,13 @@ impl SqlStateStore {
             }
             other => StateError::Unavailable(other.to_string()),
         };
-        if url.starts_with("sqlite:") {
-            let store = SqliteStore::connect(url, options)
-                .await
-                .map_err(unavailable)?;
-            Ok(Self::new(Pool::Sqlite(store.pool().clone()), clock))
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            let store = PostgresStore::connect(url, options)
-                .await
-                .map_err(unavailable)?;
-            Ok(Self::new(Pool::Postgres(store.pool().clone()), clock))
-        } else {
-            Err(StateError::InvalidUrl(
-                "unsupported database URL scheme; use sqlite://PATH or postgres://USER@HOST:PORT/DB".into(),
-            ))
-        }
+        let database = Database::open(url, options).await.map_err(unavailable)?;
+        Ok(Self::new(database.pool(), clock))
     }
 
     /// `"SQLite"` or `"PostgreSQL"`.
     pub fn backend(&self) -> &'static str {
-        with_pool!(self, |_pool, dialect| dialect.backend)
+        self.pool.backend()
     }
 
     fn now_ms(&self) -> i64 {
@@ -169,7 +137,7 @@ impl StateStore for SqlStateStore {
 
     async fn purge_expired(&self) -> Result<u64, StateError> {
         let now = self.now_ms();
-        with_pool!(self, |pool, _dialect| sqlx::query(PURGE)
+        with_pool!(self, |pool| sqlx::query(PURGE)
             .bind(now)
             .execute(pool)
             .await
@@ -178,7 +146,7 @@ impl StateStore for SqlStateStore {
     }
 
     async fn ping(&self) -> Result<(), StateError> {
-        with_pool!(self, |pool, _dialect| sqlx::query(
+        with_pool!(self, |pool| sqlx::query(
             "SELECT 1 FROM oauth_states LIMIT 1"
         )
         .execute(pool)

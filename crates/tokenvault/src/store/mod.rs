@@ -1,29 +1,29 @@
-//! Persistence. One contract ([`ConnectionStore`]), one implementation per
-//! backend, each with its own migrations; the backend is chosen once, from the
-//! database URL, at start-up. A conformance suite runs against both.
+//! Persistence. One contract per job ([`ConnectionStore`], [`EventOutbox`],
+//! [`KeyRotationStore`], [`IntegrationHealthStore`]), each statement written
+//! once for both backends (SQLite and PostgreSQL, each with its own
+//! migrations); the backend is chosen once, from the database URL, when the
+//! [`Database`] is opened. A conformance suite runs against both.
 
-mod postgres;
+mod contract;
+mod open;
 mod record;
 mod sql;
-mod sqlite;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-pub use postgres::PostgresStore;
+pub use contract::{ConnectionStore, EventOutbox, IntegrationHealthStore, KeyRotationStore, Store};
 pub(crate) use record::holds_nul;
 pub use record::{
     BatchUpdate, ConnectionRecord, ConnectionUpdate, LastError, Lease, MisconfiguredIntegration,
     NewConnection, OutboxEvent, PendingEvent,
 };
+pub use sql::SqlStore;
 pub(crate) use sql::insert_event;
-pub use sqlite::SqliteStore;
 
-use crate::crypto::WrappedKey;
-use crate::domain::{ConnectionId, ConnectionStatus, IntegrationKey, UserId};
+use crate::domain::{ConnectionId, ConnectionStatus, IntegrationKey};
 
 /// Failures at the storage boundary.
 #[derive(Debug, thiserror::Error)]
@@ -114,245 +114,83 @@ impl Default for PoolOptions {
     }
 }
 
-/// The storage contract for connections.
-///
-/// Every write bumps `version`; [`ConnectionStore::update`] only succeeds when
-/// the caller's version is still current, so a stale writer can never
-/// overwrite a newer token.
-#[async_trait::async_trait]
-pub trait ConnectionStore: Send + Sync + 'static {
-    /// Cheap round trip for readiness checks.
-    async fn ping(&self) -> Result<(), StoreError>;
-
-    /// Applies pending migrations; refuses a schema from a newer release.
-    async fn migrate(&self) -> Result<(), StoreError>;
-
-    /// Stores a new grant for (user, integration), replacing any previous
-    /// one wholesale (new id, data key and tokens; attempts, errors and lease
-    /// cleared; `created_at` kept).
-    async fn upsert(&self, connection: NewConnection) -> Result<ConnectionRecord, StoreError>;
-
-    async fn get(
-        &self,
-        user: &UserId,
-        integration: &IntegrationKey,
-    ) -> Result<Option<ConnectionRecord>, StoreError>;
-
-    async fn get_by_id(&self, id: ConnectionId) -> Result<Option<ConnectionRecord>, StoreError>;
-
-    async fn list_by_user(&self, user: &UserId) -> Result<Vec<ConnectionRecord>, StoreError>;
-
-    /// Keyset paging by id: pass the last id of the previous page as `after`.
-    async fn list(
-        &self,
-        filter: &ListFilter,
-        after: Option<ConnectionId>,
-        limit: u32,
-    ) -> Result<Vec<ConnectionRecord>, StoreError>;
-
-    /// Compare-and-swap: writes `update` if the row is still at
-    /// `expected_version`, returning the new row; [`StoreError::Conflict`] if
-    /// it moved, [`StoreError::NotFound`] if it is gone.
-    async fn update(
-        &self,
-        id: ConnectionId,
-        expected_version: i64,
-        update: &ConnectionUpdate,
-    ) -> Result<ConnectionRecord, StoreError>;
-
-    /// Many compare-and-swap updates in one round trip (one transaction):
-    /// each row is written only if it is still at its `expected_version`.
-    /// The answer has one entry per input, in order: the row's new version,
-    /// or [`StoreError::Conflict`] / [`StoreError::NotFound`] as
-    /// [`ConnectionStore::update`] would answer. Outbox events of the rows
-    /// written are stored in the same transaction. The outer error means
-    /// nothing was written.
-    async fn update_batch(
-        &self,
-        updates: &[BatchUpdate],
-    ) -> Result<Vec<Result<i64, StoreError>>, StoreError>;
-
-    /// Leases up to `limit` refreshable rows whose `next_refresh_at` has come
-    /// and that hold no lease, or one that expired at or before
-    /// `takeover_before` (normally `now`; an earlier instant defers
-    /// taking over other instances' expired leases). Costs O(due), not
-    /// O(rows). Bumps each claimed row's version.
-    async fn claim_due(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-        owner: &str,
-        takeover_before: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> Result<Vec<ConnectionRecord>, StoreError>;
-
-    /// Takes the lease on one row *as the caller read it*: only while the
-    /// row is still at `expected_version`, and unless another owner holds a
-    /// lease expiring after `takeover_before`. Bumps the version; the
-    /// returned row is the caller's new copy. `None` when the row moved or
-    /// is held.
-    async fn acquire_lease(
-        &self,
-        id: ConnectionId,
-        owner: &str,
-        expected_version: i64,
-        takeover_before: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> Result<Option<ConnectionRecord>, StoreError>;
-
-    /// Moves the expiry of `owner`'s lease to `lease_until` if the row is
-    /// still at `expected_version` and still leased to `owner` (an expired
-    /// lease nobody took over counts). The version is left alone: the
-    /// holder's copy stays current. False when the row moved.
-    async fn renew_lease(
-        &self,
-        id: ConnectionId,
-        owner: &str,
-        expected_version: i64,
-        lease_until: DateTime<Utc>,
-    ) -> Result<bool, StoreError>;
-
-    /// Releases a lease this owner holds; another owner's lease is untouched.
-    async fn release_lease(&self, id: ConnectionId, owner: &str) -> Result<bool, StoreError>;
-
-    async fn delete(&self, user: &UserId, integration: &IntegrationKey)
-    -> Result<bool, StoreError>;
-
-    async fn count_by_status(&self) -> Result<BTreeMap<ConnectionStatus, u64>, StoreError>;
-
-    /// Refreshable rows due before `before` (for the "due within 1 h" gauge).
-    async fn count_due_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
-
-    /// Rows whose data key is wrapped by any master key other than `active`.
-    async fn list_keys_to_rotate(
-        &self,
-        active: &str,
-        after: Option<ConnectionId>,
-        limit: u32,
-    ) -> Result<Vec<(ConnectionId, WrappedKey)>, StoreError>;
-
-    /// Swaps a row's wrapped data key if it is still `old`. Tokens and version
-    /// are untouched: the data key itself does not change, only its wrapping.
-    async fn replace_wrapped_key(
-        &self,
-        id: ConnectionId,
-        old: &WrappedKey,
-        new: &WrappedKey,
-    ) -> Result<bool, StoreError>;
-
-    async fn count_by_key(&self) -> Result<BTreeMap<String, u64>, StoreError>;
-
-    /// Removes rows in `statuses` not updated since `before` (retention).
-    async fn purge(
-        &self,
-        statuses: &[ConnectionStatus],
-        before: DateTime<Utc>,
-    ) -> Result<u64, StoreError>;
-
-    // --- webhook outbox -------------------------------------------------
-
-    /// Adds events not tied to a connection write (see `emit` on
-    /// [`NewConnection`] and [`ConnectionUpdate`] for those).
-    async fn enqueue_events(&self, events: &[OutboxEvent]) -> Result<(), StoreError>;
-
-    /// Leases up to `limit` undelivered events whose next attempt has come,
-    /// oldest first, skipping events another worker holds.
-    async fn claim_events(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-        owner: &str,
-        lease_until: DateTime<Utc>,
-    ) -> Result<Vec<PendingEvent>, StoreError>;
-
-    /// Marks a leased event delivered; false if the lease was lost.
-    async fn event_delivered(
-        &self,
-        id: uuid::Uuid,
-        owner: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError>;
-
-    /// Records a failed attempt: retried at `retry_at`, or abandoned when
-    /// `None`.
-    async fn event_failed(
-        &self,
-        id: uuid::Uuid,
-        owner: &str,
-        retry_at: Option<DateTime<Utc>>,
-        error: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError>;
-
-    async fn count_pending_events(&self) -> Result<u64, StoreError>;
-
-    // --- integration health --------------------------------------------
-
-    /// Marks an integration misconfigured unless it already is under the
-    /// same configuration fingerprint; writes `event` only when newly
-    /// marked. Returns whether it was newly marked.
-    async fn mark_misconfigured(
-        &self,
-        entry: &MisconfiguredIntegration,
-        event: Option<&OutboxEvent>,
-    ) -> Result<bool, StoreError>;
-
-    async fn clear_misconfigured(&self, integration: &IntegrationKey) -> Result<bool, StoreError>;
-
-    async fn list_misconfigured(&self) -> Result<Vec<MisconfiguredIntegration>, StoreError>;
-}
-
 /// The connection pool of an open database, by backend. Every SQL store
-/// holds one (cheap to clone) and matches on it once per statement.
+/// holds one (cheap to clone) and dispatches on it once per call with
+/// [`with_pool!`].
 #[derive(Debug, Clone)]
 pub enum Pool {
     Sqlite(sqlx::SqlitePool),
     Postgres(sqlx::PgPool),
 }
 
+impl Pool {
+    /// `"SQLite"` or `"PostgreSQL"`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "SQLite",
+            Self::Postgres(_) => "PostgreSQL",
+        }
+    }
+}
+
+/// Runs `$body` with `$pool` bound to the concrete sqlx pool of `$self.pool`
+/// (a [`Pool`]), once per backend: the statements are written once and
+/// compiled for each. The second form also binds `$dialect` to the calling
+/// module's `SQLITE` or `POSTGRES` constant, for the SQL that differs.
+macro_rules! with_pool {
+    ($self:ident, |$pool:ident| $body:expr) => {
+        match &$self.pool {
+            $crate::store::Pool::Sqlite($pool) => $body,
+            $crate::store::Pool::Postgres($pool) => $body,
+        }
+    };
+    ($self:ident, |$pool:ident, $dialect:ident| $body:expr) => {
+        match &$self.pool {
+            $crate::store::Pool::Sqlite($pool) => {
+                let $dialect = &SQLITE;
+                $body
+            }
+            $crate::store::Pool::Postgres($pool) => {
+                let $dialect = &POSTGRES;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_pool;
+
 /// An open database: one pool, from which every store on it is built the
-/// same way, `Sql…Store::on(&database)` (connections here; OAuth state,
-/// device sessions, bulk actions and API keys in their modules).
+/// same way, `Sql…Store::on(&database)` ([`SqlStore`] for connections, the
+/// outbox, key rotation and integration health; OAuth state, device
+/// sessions, bulk actions and API keys in their modules).
 #[derive(Debug, Clone)]
-pub enum Database {
-    Sqlite(SqliteStore),
-    Postgres(PostgresStore),
+pub struct Database {
+    pool: Pool,
 }
 
 impl Database {
-    /// Opens the backend named by the URL's scheme.
+    /// Opens the backend named by the URL's scheme (`sqlite:` or
+    /// `postgres:`). Does not migrate: see [`ConnectionStore::migrate`].
     pub async fn open(url: &str, options: &PoolOptions) -> Result<Self, StoreError> {
-        if url.starts_with("sqlite:") {
-            Ok(Self::Sqlite(SqliteStore::connect(url, options).await?))
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Ok(Self::Postgres(PostgresStore::connect(url, options).await?))
-        } else {
-            Err(StoreError::UnsupportedUrl(url.to_owned()))
-        }
+        Ok(Self {
+            pool: open::pool(url, options).await?,
+        })
     }
 
     /// The shared pool, for the stores built on this database.
     pub fn pool(&self) -> Pool {
-        match self {
-            Self::Sqlite(store) => Pool::Sqlite(store.pool().clone()),
-            Self::Postgres(store) => Pool::Postgres(store.pool().clone()),
-        }
+        self.pool.clone()
     }
 
-    pub fn connections(&self) -> Arc<dyn ConnectionStore> {
-        match self {
-            Self::Sqlite(store) => Arc::new(store.clone()),
-            Self::Postgres(store) => Arc::new(store.clone()),
-        }
+    /// Every job of the connection tables, on this database's pool.
+    pub fn store(&self) -> Arc<dyn Store> {
+        SqlStore::on(self)
     }
 }
 
-/// Opens the backend named by the URL's scheme, as a connection store.
-pub async fn connect(
-    url: &str,
-    options: &PoolOptions,
-) -> Result<Arc<dyn ConnectionStore>, StoreError> {
-    Ok(Database::open(url, options).await?.connections())
+/// Opens the backend named by the URL's scheme, as a [`Store`].
+pub async fn connect(url: &str, options: &PoolOptions) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Database::open(url, options).await?.store())
 }
 
 pub(crate) fn to_millis(at: DateTime<Utc>) -> i64 {

@@ -19,7 +19,7 @@ async fn postgres() -> Arc<dyn ApiKeyStore> {
 
 async fn open(url: &str) -> Arc<dyn ApiKeyStore> {
     let database = Database::open(url, &PoolOptions::default()).await.unwrap();
-    database.connections().migrate().await.unwrap();
+    database.store().migrate().await.unwrap();
     SqlApiKeyStore::on(&database)
 }
 

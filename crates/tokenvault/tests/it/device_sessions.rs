@@ -16,7 +16,6 @@ use tokenvault::device::{
 };
 use tokenvault::domain::{DeviceSessionId, Scopes};
 use tokenvault::store::LastError;
-use tokenvault::store::Pool;
 
 struct Backend {
     store: Arc<dyn DeviceSessionStore>,
@@ -26,9 +25,7 @@ struct Backend {
 async fn sqlite_backend() -> Backend {
     let (store, dir) = sqlite_store().await;
     Backend {
-        store: Arc::new(SqlDeviceSessionStore::new(Pool::Sqlite(
-            store.pool().clone(),
-        ))),
+        store: Arc::new(SqlDeviceSessionStore::new(store.pool().clone())),
         _dir: Some(dir),
     }
 }
@@ -36,9 +33,7 @@ async fn sqlite_backend() -> Backend {
 async fn postgres_backend() -> Backend {
     let store = postgres_store().await;
     Backend {
-        store: Arc::new(SqlDeviceSessionStore::new(Pool::Postgres(
-            store.pool().clone(),
-        ))),
+        store: Arc::new(SqlDeviceSessionStore::new(store.pool().clone())),
         _dir: None,
     }
 }

@@ -115,7 +115,7 @@ async fn tokens(vault: &Vault, user_id: &str) -> (String, Option<String>) {
 }
 
 async fn pending_events(vault: &Vault) -> u64 {
-    vault.store().count_pending_events().await.unwrap()
+    vault.database().count_pending_events().await.unwrap()
 }
 
 /// Everything a write would change, to prove that none happened.

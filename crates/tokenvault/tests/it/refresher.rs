@@ -19,7 +19,7 @@ use tokenvault::integrations::{Integration, IntegrationConfig, Integrations};
 use tokenvault::oauth::{OAuthClient, OAuthClientConfig};
 use tokenvault::providers::Catalog;
 use tokenvault::refresh::{RefreshSettings, Scheduler, SchedulerSettings};
-use tokenvault::store::{ConnectionStore, NewConnection, PoolOptions, PostgresStore};
+use tokenvault::store::{ConnectionStore, NewConnection, PoolOptions, SqlStore};
 use tokenvault::vault::Vault;
 
 fn integrations(token_url: &str) -> Arc<Integrations> {
@@ -50,7 +50,7 @@ fn integrations(token_url: &str) -> Arc<Integrations> {
 
 /// One "instance": its own pool and lease owner over the shared database.
 async fn instance(url: &str, integrations: &Arc<Integrations>, keys: &str) -> Vault {
-    let store = PostgresStore::connect(url, &PoolOptions::default())
+    let store = SqlStore::connect(url, &PoolOptions::default())
         .await
         .unwrap();
     Vault::builder(Arc::new(store), envelope(keys))
@@ -354,7 +354,7 @@ async fn the_token_cache_is_bounded_in_staleness_and_never_serves_a_token_too_sh
     let integrations = integrations(&endpoint.start().await);
     let ttl = Duration::from_millis(500);
     let cached = |vault: Vault| {
-        Vault::builder(Arc::clone(vault.local().inner()), envelope(&keys))
+        Vault::builder(Arc::clone(vault.database()), envelope(&keys))
             .integrations(Arc::clone(&integrations))
             .refresh_settings(RefreshSettings {
                 rate_limit_per_second: None,
@@ -445,7 +445,7 @@ async fn a_read_opens_only_the_access_token_and_a_cache_hit_shares_it() {
     let endpoint = TokenEndpoint::default();
     let integrations = integrations(&endpoint.start().await);
     let plain = instance(&url, &integrations, &keys).await;
-    let vault = Vault::builder(Arc::clone(plain.local().inner()), envelope(&keys))
+    let vault = Vault::builder(Arc::clone(plain.database()), envelope(&keys))
         .integrations(Arc::clone(&integrations))
         .refresh_settings(RefreshSettings {
             rate_limit_per_second: None,

@@ -147,16 +147,21 @@ async fn redis_backend() -> StateBackend {
     }
 }
 
+/// The store's own pool, to look at the table directly.
+fn raw(store: &tokenvault::store::SqlStore) -> Raw {
+    match store.pool() {
+        Pool::Sqlite(pool) => Raw::Sqlite(pool.clone()),
+        Pool::Postgres(pool) => Raw::Postgres(pool.clone()),
+    }
+}
+
 async fn sqlite_backend() -> StateBackend {
     let (store, dir) = sqlite_store().await;
     let clock = manual_clock();
     StateBackend {
-        store: Arc::new(SqlStateStore::new(
-            Pool::Sqlite(store.pool().clone()),
-            clock.clone(),
-        )),
+        store: Arc::new(SqlStateStore::new(store.pool().clone(), clock.clone())),
         clock: Some(clock),
-        raw: Raw::Sqlite(store.pool().clone()),
+        raw: raw(&store),
         _dir: Some(dir),
     }
 }
@@ -165,12 +170,9 @@ async fn postgres_backend() -> StateBackend {
     let store = postgres_store().await;
     let clock = manual_clock();
     StateBackend {
-        store: Arc::new(SqlStateStore::new(
-            Pool::Postgres(store.pool().clone()),
-            clock.clone(),
-        )),
+        store: Arc::new(SqlStateStore::new(store.pool().clone(), clock.clone())),
         clock: Some(clock),
-        raw: Raw::Postgres(store.pool().clone()),
+        raw: raw(&store),
         _dir: None,
     }
 }
@@ -500,8 +502,8 @@ async fn sql_expiry_on_the_system_clock() {
     let postgres = postgres_store().await;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     for store in [
-        SqlStateStore::new(Pool::Sqlite(sqlite.pool().clone()), clock.clone()),
-        SqlStateStore::new(Pool::Postgres(postgres.pool().clone()), clock.clone()),
+        SqlStateStore::new(sqlite.pool().clone(), clock.clone()),
+        SqlStateStore::new(postgres.pool().clone(), clock.clone()),
     ] {
         let short = StateKey::generate();
         let long = StateKey::generate();

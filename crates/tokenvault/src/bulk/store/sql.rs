@@ -10,7 +10,9 @@ use chrono::{DateTime, Utc};
 use super::rows::{ActionRow, ItemRow, action, action_columns, item, item_columns};
 use super::{BulkStore, CancelOutcome, NewBulkAction, TargetRows};
 use crate::bulk::{BulkActionRecord, BulkItem, ItemOutcome, ItemState};
-use crate::store::{Database, OutboxEvent, Pool, StoreError, from_millis, insert_event, to_millis};
+use crate::store::{
+    Database, OutboxEvent, Pool, StoreError, from_millis, insert_event, to_millis, with_pool,
+};
 
 /// The SQL that differs between the backends.
 struct Dialect {
@@ -47,22 +49,6 @@ impl SqlBulkStore {
     }
 }
 
-/// Runs `$body` with `$pool` bound to the concrete pool and `$dialect` to
-/// its SQL.
-macro_rules! with_pool {
-    ($self:ident, |$pool:ident, $dialect:ident| $body:expr) => {
-        match &$self.pool {
-            Pool::Sqlite($pool) => {
-                let $dialect = &SQLITE;
-                $body
-            }
-            Pool::Postgres($pool) => {
-                let $dialect = &POSTGRES;
-                $body
-            }
-        }
-    };
-}
 #[async_trait::async_trait]
 impl BulkStore for SqlBulkStore {
     async fn create(
@@ -131,7 +117,7 @@ impl BulkStore for SqlBulkStore {
     }
 
     async fn get(&self, id: uuid::Uuid) -> Result<Option<BulkActionRecord>, StoreError> {
-        let row: Option<ActionRow> = with_pool!(self, |pool, _d| sqlx::query_as(concat!(
+        let row: Option<ActionRow> = with_pool!(self, |pool| sqlx::query_as(concat!(
             "SELECT ",
             action_columns!(),
             " FROM bulk_actions WHERE id = $1"
@@ -143,7 +129,7 @@ impl BulkStore for SqlBulkStore {
     }
 
     async fn counts(&self, id: uuid::Uuid) -> Result<BTreeMap<ItemState, u64>, StoreError> {
-        let rows: Vec<(String, i64)> = with_pool!(self, |pool, _d| sqlx::query_as(
+        let rows: Vec<(String, i64)> = with_pool!(self, |pool| sqlx::query_as(
             "SELECT state, COUNT(*) FROM bulk_items WHERE action_id = $1 GROUP BY state"
         )
         .bind(id.to_string())
@@ -165,7 +151,7 @@ impl BulkStore for SqlBulkStore {
         id: uuid::Uuid,
         since: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        let (n,): (i64,) = with_pool!(self, |pool, _d| {
+        let (n,): (i64,) = with_pool!(self, |pool| {
             sqlx::query_as(
             "SELECT COUNT(*) FROM bulk_items WHERE action_id = $1 AND finished_at IS NOT NULL AND finished_at >= $2"
         )
@@ -184,7 +170,7 @@ impl BulkStore for SqlBulkStore {
         after: Option<i64>,
         limit: u32,
     ) -> Result<Vec<BulkItem>, StoreError> {
-        let rows: Vec<ItemRow> = with_pool!(self, |pool, _d| {
+        let rows: Vec<ItemRow> = with_pool!(self, |pool| {
             sqlx::query_as(concat!(
             "SELECT ",
             item_columns!(),
@@ -255,7 +241,7 @@ impl BulkStore for SqlBulkStore {
     ) -> Result<Option<BulkActionRecord>, StoreError> {
         // The outer WHERE repeats the conditions: under PostgreSQL's READ
         // COMMITTED a concurrent claimer re-checks them on the locked row.
-        let row: Option<ActionRow> = with_pool!(self, |pool, _d| {
+        let row: Option<ActionRow> = with_pool!(self, |pool| {
             sqlx::query_as(concat!(
             "UPDATE bulk_actions SET lease_owner = $1, lease_until = $2, started_at = COALESCE(started_at, $3) \
              WHERE id = (SELECT id FROM bulk_actions WHERE state = 'active' AND not_before <= $3 \
@@ -280,7 +266,7 @@ impl BulkStore for SqlBulkStore {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Option<BulkActionRecord>, StoreError> {
-        let row: Option<ActionRow> = with_pool!(self, |pool, _d| {
+        let row: Option<ActionRow> = with_pool!(self, |pool| {
             sqlx::query_as(concat!(
                 "UPDATE bulk_actions SET lease_owner = $2, lease_until = $3, started_at = COALESCE(started_at, $4) \
                  WHERE id = $1 AND state = 'active' \
@@ -304,7 +290,7 @@ impl BulkStore for SqlBulkStore {
         owner: &str,
         lease_until: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let changed = with_pool!(self, |pool, _d| {
+        let changed = with_pool!(self, |pool| {
             sqlx::query(
             "UPDATE bulk_actions SET lease_until = $3 WHERE id = $1 AND lease_owner = $2 AND state = 'active'"
         )
@@ -319,7 +305,7 @@ impl BulkStore for SqlBulkStore {
     }
 
     async fn release_action(&self, id: uuid::Uuid, owner: &str) -> Result<(), StoreError> {
-        with_pool!(self, |pool, _d| {
+        with_pool!(self, |pool| {
             sqlx::query(
             "UPDATE bulk_actions SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2"
         )
@@ -340,7 +326,7 @@ impl BulkStore for SqlBulkStore {
     ) -> Result<u64, StoreError> {
         let now = to_millis(now);
         let recovered = if resend {
-            with_pool!(self, |pool, _d| {
+            with_pool!(self, |pool| {
                 sqlx::query(
                 "UPDATE bulk_items SET state = 'pending', interrupted = interrupted + 1, next_attempt_at = $2, updated_at = $2 \
                  WHERE action_id = $1 AND state = 'running'"
@@ -352,7 +338,7 @@ impl BulkStore for SqlBulkStore {
             .rows_affected()
             })
         } else {
-            with_pool!(self, |pool, _d| {
+            with_pool!(self, |pool| {
                 sqlx::query(
                 "UPDATE bulk_items SET state = 'failed', interrupted = interrupted + 1, error_code = 'interrupted', \
                  error_message = 'the instance sending this request stopped before its outcome was recorded; the method is not idempotent, so it was not sent again', \
@@ -374,7 +360,7 @@ impl BulkStore for SqlBulkStore {
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<BulkItem>, StoreError> {
-        let rows: Vec<ItemRow> = with_pool!(self, |pool, _d| {
+        let rows: Vec<ItemRow> = with_pool!(self, |pool| {
             sqlx::query_as(concat!(
             "SELECT ",
             item_columns!(),
@@ -391,7 +377,7 @@ impl BulkStore for SqlBulkStore {
     }
 
     async fn next_due(&self, id: uuid::Uuid) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let (at,): (Option<i64>,) = with_pool!(self, |pool, _d| {
+        let (at,): (Option<i64>,) = with_pool!(self, |pool| {
             sqlx::query_as(
             "SELECT MIN(next_attempt_at) FROM bulk_items WHERE action_id = $1 AND state = 'pending'"
         )
@@ -403,7 +389,7 @@ impl BulkStore for SqlBulkStore {
     }
 
     async fn last_sent(&self, id: uuid::Uuid) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let (at,): (Option<i64>,) = with_pool!(self, |pool, _d| {
+        let (at,): (Option<i64>,) = with_pool!(self, |pool| {
             sqlx::query_as(
                 "SELECT MAX(updated_at) FROM bulk_items WHERE action_id = $1 AND attempts > 0",
             )
@@ -421,7 +407,7 @@ impl BulkStore for SqlBulkStore {
         attempt: i32,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let changed = with_pool!(self, |pool, _d| sqlx::query(
+        let changed = with_pool!(self, |pool| sqlx::query(
             "UPDATE bulk_items SET state = 'running', attempts = $3, updated_at = $4 \
              WHERE action_id = $1 AND seq = $2 AND state = 'pending'"
         )
@@ -445,7 +431,7 @@ impl BulkStore for SqlBulkStore {
     ) -> Result<bool, StoreError> {
         let now_ms = to_millis(now);
         let finished = (outcome.state != ItemState::Pending).then_some(now_ms);
-        let changed = with_pool!(self, |pool, _d| {
+        let changed = with_pool!(self, |pool| {
             sqlx::query(
             "UPDATE bulk_items SET state = $4, status_code = $5, error_code = $6, error_message = $7, \
                  next_attempt_at = $8, rate_limited = rate_limited + $9, failures = failures + $10, \

@@ -10,10 +10,10 @@ use tokenvault::domain::{
     AccessToken, ConnectionId, ConnectionStatus, IntegrationKey, RefreshToken, Scopes, TokenType,
     UserId,
 };
-use tokenvault::store::{self, ConnectionStore, NewConnection, PoolOptions};
+use tokenvault::store::{self, ConnectionStore, NewConnection, PoolOptions, SqlStore, Store};
 
 pub struct Backend {
-    pub store: Arc<dyn ConnectionStore>,
+    pub store: Arc<dyn Store>,
     pub url: String,
     // Keeps the SQLite directory alive for the test's duration.
     _dir: Option<tempfile::TempDir>,
@@ -98,10 +98,10 @@ pub async fn new_connection(
 }
 
 /// A migrated SQLite connection store; keep the directory alive alongside it.
-pub async fn sqlite_store() -> (store::SqliteStore, tempfile::TempDir) {
+pub async fn sqlite_store() -> (SqlStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = tokenvault::testing::sqlite_url(dir.path());
-    let store = store::SqliteStore::connect(&url, &PoolOptions::default())
+    let store = SqlStore::connect(&url, &PoolOptions::default())
         .await
         .unwrap();
     store.migrate().await.unwrap();
@@ -109,9 +109,9 @@ pub async fn sqlite_store() -> (store::SqliteStore, tempfile::TempDir) {
 }
 
 /// A migrated PostgreSQL connection store on a fresh database.
-pub async fn postgres_store() -> store::PostgresStore {
+pub async fn postgres_store() -> SqlStore {
     let url = tokenvault::testing::fresh_postgres_url().await;
-    let store = store::PostgresStore::connect(&url, &PoolOptions::default())
+    let store = SqlStore::connect(&url, &PoolOptions::default())
         .await
         .unwrap();
     store.migrate().await.unwrap();

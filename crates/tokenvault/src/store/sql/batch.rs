@@ -1,28 +1,103 @@
-use std::collections::BTreeMap;
-use std::str::FromStr;
+//! Batched write-backs: the one operation whose shape differs between the
+//! backends. SQLite runs in-process, so one transaction of single-row
+//! statements is what a batch saves; PostgreSQL gets every row in one
+//! `UNNEST` statement (one round trip).
 
-use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres};
+use std::collections::{HashMap, HashSet};
 
-use super::record::{RawRow, UpdateColumns};
-use super::sql::{Dialect, dialect, insert_event, sql_store};
-use super::{
-    BatchUpdate, ConnectionRecord, ConnectionUpdate, LastError, ListFilter,
-    MisconfiguredIntegration, NewConnection, OutboxEvent, PendingEvent, PoolOptions, StoreError,
-    to_millis,
-};
-use crate::crypto::WrappedKey;
-use crate::domain::{ConnectionId, ConnectionStatus, IntegrationKey, UserId};
+use sqlx::{Postgres, Sqlite};
 
-const DIALECT: Dialect = dialect!(
-    columns: postgres,
-    id_cast: "::uuid",
-    json_cast: "::jsonb",
-    id_select: "id::text",
-    // Concurrent schedulers skip each other's rows instead of queueing on them.
-    lock: " FOR UPDATE SKIP LOCKED"
-);
+use super::{Backend, POSTGRES, SQLITE, bind_update, insert_event};
+use crate::store::record::UpdateColumns;
+use crate::store::{BatchUpdate, ConnectionUpdate, StoreError};
+
+impl Backend for Sqlite {
+    fn migrator() -> sqlx::migrate::Migrator {
+        sqlx::migrate!("./migrations/sqlite")
+    }
+
+    async fn write_batch(
+        pool: &sqlx::Pool<Self>,
+        updates: &[BatchUpdate],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
+        let mut tx = pool.begin().await?;
+        let mut written = Vec::with_capacity(updates.len());
+        for entry in updates {
+            let version: Option<(i64,)> = bind_update(
+                sqlx::query_as(SQLITE.update_version),
+                UpdateColumns::new(&entry.update),
+                entry.id,
+                entry.expected_version,
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            if version.is_some() {
+                for event in &entry.update.emit {
+                    insert_event(SQLITE.insert_event, event)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            written.push(version.map(|(version,)| version));
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+}
+
+impl Backend for Postgres {
+    fn migrator() -> sqlx::migrate::Migrator {
+        sqlx::migrate!("./migrations/postgres")
+    }
+
+    /// [`UPDATE_BATCH`] for every row, in statements of at most
+    /// [`MAX_STATEMENT_BYTES`] each, with the written rows' events, in one
+    /// transaction.
+    async fn write_batch(
+        pool: &sqlx::Pool<Self>,
+        updates: &[BatchUpdate],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
+        let mut chunks = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (i, entry) in updates.iter().enumerate() {
+            let size = encoded_size(&entry.update);
+            if i > start && bytes + size > MAX_STATEMENT_BYTES {
+                chunks.push(&updates[start..i]);
+                (start, bytes) = (i, 0);
+            }
+            bytes += size;
+        }
+        chunks.push(&updates[start..]);
+        let with_events = updates.iter().any(|entry| !entry.update.emit.is_empty());
+        let mut written: Vec<(String, i64)> = Vec::with_capacity(updates.len());
+        if chunks.len() == 1 && !with_events {
+            written = batch_query(updates).fetch_all(pool).await?;
+        } else {
+            let mut tx = pool.begin().await?;
+            for chunk in chunks {
+                written.extend(batch_query(chunk).fetch_all(&mut *tx).await?);
+            }
+            if with_events {
+                let ids: HashSet<&str> = written.iter().map(|(id, _)| id.as_str()).collect();
+                for entry in updates {
+                    if ids.contains(entry.id.to_string().as_str()) {
+                        for event in &entry.update.emit {
+                            insert_event(POSTGRES.insert_event, event)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                    }
+                }
+            }
+            tx.commit().await?;
+        }
+        let versions: HashMap<String, i64> = written.into_iter().collect();
+        Ok(updates
+            .iter()
+            .map(|entry| versions.get(&entry.id.to_string()).copied())
+            .collect())
+    }
+}
 
 /// Compare-and-swap of many rows in one statement: the rows travel as one
 /// array per column, joined to the table on id and expected version.
@@ -41,85 +116,6 @@ const UPDATE_BATCH: &str = "UPDATE connections AS c SET status = v.status, scope
      lease_owner, lease_expires_at, updated_at, failing_since) \
      WHERE c.id = v.id AND c.version = v.expected \
      RETURNING c.id::text, c.version";
-
-/// The production backend, shared by every instance.
-#[derive(Debug, Clone)]
-pub struct PostgresStore {
-    pool: PgPool,
-}
-
-impl PostgresStore {
-    pub async fn connect(url: &str, options: &PoolOptions) -> Result<Self, StoreError> {
-        let connect = PgConnectOptions::from_str(url)
-            .map_err(|_| StoreError::UnsupportedUrl(url.to_owned()))?;
-        let target = format!("{}:{}", connect.get_host(), connect.get_port());
-        let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections)
-            .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect)
-            .await
-            .map_err(|err| StoreError::Unavailable {
-                backend: "PostgreSQL",
-                target,
-                reason: err.to_string(),
-            })?;
-        Ok(Self { pool })
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    fn migrator() -> sqlx::migrate::Migrator {
-        sqlx::migrate!("./migrations/postgres")
-    }
-
-    /// [`UPDATE_BATCH`] for every row, in statements of at most
-    /// [`MAX_STATEMENT_BYTES`] each, with the written rows' events, in one
-    /// transaction. `None` for a row not at its expected version.
-    async fn write_batch(&self, updates: &[BatchUpdate]) -> Result<Vec<Option<i64>>, StoreError> {
-        let mut chunks = Vec::new();
-        let (mut start, mut bytes) = (0, 0);
-        for (i, entry) in updates.iter().enumerate() {
-            let size = encoded_size(&entry.update);
-            if i > start && bytes + size > MAX_STATEMENT_BYTES {
-                chunks.push(&updates[start..i]);
-                (start, bytes) = (i, 0);
-            }
-            bytes += size;
-        }
-        chunks.push(&updates[start..]);
-        let with_events = updates.iter().any(|entry| !entry.update.emit.is_empty());
-        let mut written: Vec<(String, i64)> = Vec::with_capacity(updates.len());
-        if chunks.len() == 1 && !with_events {
-            written = batch_query(updates).fetch_all(&self.pool).await?;
-        } else {
-            let mut tx = self.pool.begin().await?;
-            for chunk in chunks {
-                written.extend(batch_query(chunk).fetch_all(&mut *tx).await?);
-            }
-            if with_events {
-                let ids: std::collections::HashSet<&str> =
-                    written.iter().map(|(id, _)| id.as_str()).collect();
-                for entry in updates {
-                    if ids.contains(entry.id.to_string().as_str()) {
-                        for event in &entry.update.emit {
-                            insert_event::<Postgres>(DIALECT.insert_event, event)
-                                .execute(&mut *tx)
-                                .await?;
-                        }
-                    }
-                }
-            }
-            tx.commit().await?;
-        }
-        let versions: std::collections::HashMap<String, i64> = written.into_iter().collect();
-        Ok(updates
-            .iter()
-            .map(|entry| versions.get(&entry.id.to_string()).copied())
-            .collect())
-    }
-}
 
 /// Largest batched statement sent in one piece. sqlx 0.9.0 no longer sets
 /// `TCP_NODELAY` (launchbadge/sqlx#4335, fixed upstream by #4336 but not
@@ -213,5 +209,3 @@ fn batch_query(
         .bind(updated_at)
         .bind(failing_since)
 }
-
-sql_store!(PostgresStore, Postgres, DIALECT);
