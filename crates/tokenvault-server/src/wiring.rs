@@ -7,20 +7,21 @@ use secrecy::ExposeSecret;
 use std::time::Duration;
 use tokenvault::api_keys::{ApiKeyStore, SqlApiKeyStore};
 use tokenvault::bulk::{BulkActions, BulkSettings, SqlBulkStore};
+use tokenvault::connect::ConnectFlow;
 use tokenvault::crypto::{Envelope, KeyRing};
 use tokenvault::device::{
     DeviceFlow, DevicePoller, DevicePollerHandle, PollerSettings, SqlDeviceSessionStore,
 };
 use tokenvault::domain::{Clock, IntegrationKey, SystemClock};
 use tokenvault::events::{EventType, Events};
-use tokenvault::integrations::{IntegrationConfig, Integrations, IntegrationsConfig};
+use tokenvault::integrations::{IntegrationConfig, IntegrationsConfig};
 use tokenvault::oauth::{OAuthClient, OAuthClientConfig};
+use tokenvault::open::{OpenError, OpenOptions};
 use tokenvault::providers::Catalog;
 use tokenvault::refresh::journal::Journal;
 use tokenvault::refresh::{BreakerSettings, RefreshSettings, Scheduler, SchedulerSettings};
 use tokenvault::state::{RedisOptions, RedisStateStore, SqlStateStore, StateStore};
 use tokenvault::store::{Database, PoolOptions, Store};
-use tokenvault::vault::Vault;
 use tokio::sync::watch;
 
 use crate::app::Leases;
@@ -74,12 +75,15 @@ pub async fn open_api_key_store(config: &Config) -> anyhow::Result<Arc<dyn ApiKe
     Ok(SqlApiKeyStore::on(&database))
 }
 
-async fn open_database(config: &Config) -> anyhow::Result<Database> {
-    let options = PoolOptions {
+fn pool_options(config: &Config) -> PoolOptions {
+    PoolOptions {
         max_connections: config.database_max_connections,
         ..PoolOptions::default()
-    };
-    Database::open(&config.database_url(), &options)
+    }
+}
+
+async fn open_database(config: &Config) -> anyhow::Result<Database> {
+    Database::open(&config.database_url(), &pool_options(config))
         .await
         .context("opening the database (TOKENVAULT_DATABASE_URL)")
 }
@@ -113,19 +117,31 @@ pub async fn build_state_with(
         tokenvault::privacy::set_log_salt(salt.expose_secret().as_bytes());
     }
     let (ring, _) = load_key_ring(config)?;
-    // One pool serves the connection, state and device-session stores.
-    let database = open_database(config).await?;
-    let store = database.store();
-    if config.migrate_on_start {
-        store.migrate().await?;
-    }
     let catalog = load_catalog(config)?;
     let oauth = OAuthClient::new(OAuthClientConfig::default())?;
     let integrations_config =
         integrations_config(config, &catalog, |name| std::env::var(name).ok())?;
-    let integrations = Integrations::resolve(&integrations_config, &catalog, &oauth)
-        .await
-        .context("resolving integrations")?;
+    // One pool serves the connection, state, device-session, bulk and
+    // API-key stores.
+    let opened = tokenvault::open::open(OpenOptions {
+        database_url: &config.database_url(),
+        pool: pool_options(config),
+        migrate: config.migrate_on_start,
+        keys: ring,
+        catalog: &catalog,
+        integrations: &integrations_config,
+        oauth: &oauth,
+    })
+    .await
+    .map_err(|err| match err {
+        OpenError::Database(err) => {
+            anyhow::Error::new(err).context("opening the database (TOKENVAULT_DATABASE_URL)")
+        }
+        OpenError::Integrations(err) => anyhow::Error::new(err).context("resolving integrations"),
+        other => other.into(),
+    })?;
+    let database = opened.database;
+    let integrations = opened.integrations;
     let clock: Arc<dyn Clock> = match clock {
         Some(clock) => clock,
         None if config.test_clock_offset_ms == 0 => Arc::new(SystemClock),
@@ -136,7 +152,6 @@ pub async fn build_state_with(
     let states = state_store(config, &database, Arc::clone(&clock))?;
     // Timed whatever the backend.
     let states = crate::metrics::TimedStateStore::wrap(states);
-    let integrations = Arc::new(integrations);
     let owner = format!("instance-{}", uuid::Uuid::new_v4());
     let journal_dir = config.refresh_journal_dir();
     let journal = Journal::open(&journal_dir, &owner).with_context(|| {
@@ -146,11 +161,11 @@ pub async fn build_state_with(
         )
     })?;
     let refresh_settings = refresh_settings(config);
-    let vault = Vault::builder(store, envelope(ring))
+    let vault = opened
+        .builder
         .owner(owner)
         .journal(journal)
         .clock(clock)
-        .integrations(Arc::clone(&integrations))
         .events(events(config)?)
         .refresh_settings(RefreshSettings {
             in_flight_lease: leases.refresh.unwrap_or(refresh_settings.in_flight_lease),
@@ -161,9 +176,7 @@ pub async fn build_state_with(
             open_for: Duration::from_secs(config.breaker_open_secs),
             success_threshold: config.breaker_success_threshold.max(1),
         })
-        .build();
-    vault
-        .sync_integration_health()
+        .start()
         .await
         .context("loading integration health")?;
     // A stopped process's journal found at start-up is stored (or kept
@@ -176,6 +189,8 @@ pub async fn build_state_with(
     );
     let bulk = BulkActions::new(vault.clone(), SqlBulkStore::on(&database))
         .with_max_items(config.bulk_max_items);
+    let settings = Arc::new(FlowSettings::from_config(config)?);
+    let connect = ConnectFlow::new(vault.clone(), Arc::clone(&states), settings.state_ttl);
     Ok(AppState::new(AppParts {
         bulk,
         vault,
@@ -184,7 +199,8 @@ pub async fn build_state_with(
         integrations,
         states,
         oauth,
-        settings: Arc::new(FlowSettings::from_config(config)?),
+        settings,
+        connect,
         app_tokens: Default::default(),
         device,
         limits: crate::http::Limits::from_config(config),

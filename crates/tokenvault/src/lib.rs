@@ -6,6 +6,7 @@
 
 pub mod api_keys;
 pub mod bulk;
+pub mod connect;
 pub mod crypto;
 pub mod device;
 pub mod domain;
@@ -13,6 +14,7 @@ pub mod events;
 pub mod import;
 pub mod integrations;
 pub mod oauth;
+pub mod open;
 pub mod privacy;
 pub mod providers;
 pub mod proxy;

@@ -28,13 +28,14 @@ use tokenvault::bulk::{
     BulkActions, BulkItem, BulkSettings, BulkSpecInput, BulkWorker, ItemState, RequestInput,
     RunEnd, SqlBulkStore, UsersByStatus, UsersInput,
 };
-use tokenvault::crypto::{Envelope, KeyRing};
+use tokenvault::crypto::KeyRing;
 use tokenvault::domain::{IntegrationKey, UserId};
-use tokenvault::integrations::{IntegrationConfig, Integrations, IntegrationsConfig};
+use tokenvault::integrations::{IntegrationConfig, IntegrationsConfig};
 use tokenvault::oauth::{OAuthClient, OAuthClientConfig};
+use tokenvault::open::OpenOptions;
 use tokenvault::providers::Catalog;
 use tokenvault::proxy::{ApiRequest, RequestOptions, SendGate};
-use tokenvault::store::{Database, PoolOptions};
+use tokenvault::store::PoolOptions;
 use tokenvault::vault::Vault;
 use tokio::sync::watch;
 use url::Url;
@@ -230,12 +231,6 @@ impl Campaign {
             settings.master_keys.expose_secret(),
             "TOKENVAULT_MASTER_KEYS",
         )?;
-        let database = Database::open(&settings.database_url, &PoolOptions::default())
-            .await
-            .with_context(|| format!("opening the database {}", settings.database_url))?;
-        let store = database.store();
-        store.migrate().await.context("migrating the database")?;
-
         let catalog = load_catalog(settings.providers_file.as_ref())?;
         let spotify = IntegrationKey::parse(SPOTIFY).expect("a valid key");
         let config = IntegrationConfig {
@@ -250,17 +245,23 @@ impl Campaign {
         integrations.integrations.insert(spotify.clone(), config);
         integrations.validate(None, false)?;
         let oauth = OAuthClient::new(OAuthClientConfig::default())?;
-        let integrations = Integrations::resolve(&integrations, &catalog, &oauth)
-            .await
-            .context("configuring Spotify")?;
-
-        let vault = Vault::builder(store, Envelope::new(Arc::new(ring)))
-            .integrations(Arc::new(integrations))
-            .build();
+        let opened = tokenvault::open::open(OpenOptions {
+            database_url: &settings.database_url,
+            pool: PoolOptions::default(),
+            migrate: true,
+            keys: ring,
+            catalog: &catalog,
+            integrations: &integrations,
+            oauth: &oauth,
+        })
+        .await
+        .with_context(|| format!("opening the vault on {}", settings.database_url))?;
+        let database = opened.database;
         // Picks up a "misconfigured" verdict another instance recorded, so
         // we do not hammer Spotify with credentials it already refused.
-        vault
-            .sync_integration_health()
+        let vault = opened
+            .builder
+            .start()
             .await
             .context("loading integration health")?;
         let bulk = BulkActions::new(vault.clone(), SqlBulkStore::on(&database));

@@ -17,7 +17,7 @@ use super::AppState;
 use super::connections::key_of;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use super::flows::{integration, user_id};
-use crate::import::GrantBody;
+use tokenvault::import::GrantBody;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -25,28 +25,6 @@ pub struct ImportQuery {
     /// Replace the connection even when tokenvault holds newer, refreshed tokens.
     #[param(value_type = bool, required = false, default = false)]
     force: Option<String>,
-}
-
-/// The import body as documented; parsing (which also takes `expires_at` as
-/// whole Unix seconds and `scopes` as one space-separated string) is
-/// [`GrantBody`]'s.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct ImportBody {
-    /// Visible ASCII, at most 16 KiB.
-    #[schema(pattern = "^[!-~]+$", min_length = 1, max_length = 16384)]
-    access_token: String,
-    /// Visible ASCII, at most 16 KiB; without one the connection ends `expired` when the access token does.
-    #[schema(pattern = "^[!-~]+$", min_length = 1, max_length = 16384)]
-    refresh_token: Option<String>,
-    /// When the access token expires: RFC 3339 (or whole Unix seconds); absent = never.
-    #[schema(value_type = Option<String>, format = DateTime)]
-    expires_at: Option<String>,
-    /// Granted scopes (or one space-separated string).
-    scopes: Option<Vec<String>>,
-    /// A JSON object of at most 16 KiB kept with the connection.
-    #[schema(value_type = Option<Object>)]
-    metadata: Option<serde_json::Value>,
 }
 
 /// The connection's status document plus what the import did.
@@ -68,14 +46,10 @@ fn force(query: &ImportQuery) -> Result<bool, ApiError> {
     }
 }
 
+/// The library names the code ([`InvalidGrant::code`], also what the
+/// import command's rejects file says); the API's enum gives its status.
 fn invalid_grant(invalid: &InvalidGrant) -> ApiError {
-    let code = match invalid {
-        InvalidGrant::Token { .. } => ErrorCode::InvalidToken,
-        InvalidGrant::ExpiresAt(_) => ErrorCode::InvalidExpiresAt,
-        InvalidGrant::Expired { .. } => ErrorCode::TokenExpired,
-        InvalidGrant::Scopes(_) => ErrorCode::InvalidScopes,
-        InvalidGrant::Metadata(_) => ErrorCode::InvalidMetadata,
-    };
+    let code = ErrorCode::parse(invalid.code()).unwrap_or(ErrorCode::InvalidJson);
     ApiError::new(code, invalid.to_string())
 }
 
@@ -110,7 +84,7 @@ fn import_error(err: ImportError, key: &str) -> ApiError {
         ("integration" = IntegrationKey, Path, description = "A configured integration"),
         ImportQuery,
     ),
-    request_body = ImportBody,
+    request_body = GrantBody,
     responses(
         (status = 200, description = "`replaced` or `unchanged`", body = ImportedConnection),
         (status = 201, description = "`created`", body = ImportedConnection),
@@ -170,4 +144,42 @@ pub async fn put_connection(
         import: outcome.action,
     };
     Ok((status, Json(body)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_invalid_grant_maps_to_its_own_api_code() {
+        let cases = [
+            (
+                InvalidGrant::Token {
+                    field: "access_token",
+                    problem: "must not be empty".into(),
+                },
+                ErrorCode::InvalidToken,
+            ),
+            (
+                InvalidGrant::ExpiresAt("x".into()),
+                ErrorCode::InvalidExpiresAt,
+            ),
+            (
+                InvalidGrant::Expired {
+                    expires_at: chrono::DateTime::UNIX_EPOCH,
+                },
+                ErrorCode::TokenExpired,
+            ),
+            (InvalidGrant::Scopes("x".into()), ErrorCode::InvalidScopes),
+            (
+                InvalidGrant::Metadata("x".into()),
+                ErrorCode::InvalidMetadata,
+            ),
+        ];
+        for (invalid, code) in cases {
+            let answer = invalid_grant(&invalid);
+            assert_eq!(answer.code, code, "{invalid}");
+            assert_eq!(answer.status, code.status());
+        }
+    }
 }

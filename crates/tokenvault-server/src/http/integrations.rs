@@ -2,11 +2,9 @@
 //! (client credentials) tokens.
 
 use crate::http::error::ErrorCode;
-use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use chrono::Utc;
 use serde::Serialize;
 use tokenvault::domain::IntegrationKey;
 use tokenvault::refresh::IntegrationHealthView;
@@ -183,30 +181,15 @@ pub async fn app_token(
     ApiPath(key): ApiPath<String>,
 ) -> Result<Json<AccessTokenBody>, ApiError> {
     let integration = integration(&state, &key)?;
-    let slot = {
-        let mut slots = state.app_tokens.lock().await;
-        Arc::clone(slots.entry(integration.key().clone()).or_default())
-    };
-    let mut cached = slot.lock().await;
-    let now = Utc::now();
-    let fresh = cached
-        .as_ref()
-        .filter(|tokens| !tokens.needs_refresh(now, chrono::Duration::seconds(60)));
-    let tokens = match fresh {
-        Some(tokens) => tokens.clone(),
-        None => {
-            let grant = integration
-                .client_credentials(None, now)
-                .await
-                .map_err(|err| {
-                    ApiError::new(
-                        ErrorCode::ProviderError,
-                        format!("the client credentials grant failed: {err}"),
-                    )
-                })?;
-            *cached = Some(grant.tokens.clone());
-            grant.tokens
-        }
-    };
+    let tokens = state
+        .app_tokens
+        .token(integration, state.vault.clock().as_ref())
+        .await
+        .map_err(|err| {
+            ApiError::new(
+                ErrorCode::ProviderError,
+                format!("the client credentials grant failed: {err}"),
+            )
+        })?;
     Ok(Json(AccessTokenBody::from(&tokens)))
 }

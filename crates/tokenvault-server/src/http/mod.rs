@@ -27,7 +27,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use std::future::Future;
 use tokenvault::device::DeviceFlow;
-use tokenvault::domain::{IntegrationKey, TokenSet};
 use tokenvault::integrations::Integrations;
 use tokenvault::oauth::OAuthClient;
 use tokenvault::providers::Catalog;
@@ -40,11 +39,6 @@ use error::REQUEST_ID;
 use tokenvault::api_keys::Scope;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-
-/// One cached client-credentials token per integration; the inner lock makes
-/// concurrent callers share one fetch.
-pub type AppTokens =
-    Arc<tokio::sync::Mutex<HashMap<IntegrationKey, Arc<tokio::sync::Mutex<Option<TokenSet>>>>>>;
 
 /// What every handler shares. Cheap to clone: axum clones the state for
 /// every request, and one reference count is what that should cost (a
@@ -75,7 +69,10 @@ pub struct AppParts {
     pub states: Arc<dyn StateStore>,
     pub oauth: OAuthClient,
     pub settings: Arc<FlowSettings>,
-    pub app_tokens: AppTokens,
+    /// The browser authorization-code flow (connect sessions, the
+    /// redirect, the callback, confirm mode).
+    pub connect: tokenvault::connect::ConnectFlow,
+    pub app_tokens: tokenvault::integrations::AppTokens,
     /// Device authorization sessions; a [`tokenvault::device::DevicePoller`]
     /// (see `wiring::spawn_device_poller`) polls them.
     pub device: DeviceFlow,

@@ -13,7 +13,7 @@ use tokenvault::vault::Vault;
 
 use super::MAX_LINE_BYTES;
 use super::reader::RawLine;
-use super::wire::{ImportLine, json_kind};
+use tokenvault::import::{ImportLine, json_kind};
 
 /// A rejected line as the report shows it. Never carries token values.
 #[derive(Debug, Serialize)]

@@ -11,7 +11,6 @@
 
 mod lines;
 mod reader;
-mod wire;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -30,7 +29,6 @@ use tokio::io::BufReader;
 use crate::config::Config;
 use lines::{Done, Preparer, finish};
 use reader::LineReader;
-pub use wire::{GrantBody, ImportLine, WireToken};
 
 /// Longest line read; longer lines are rejected without being buffered.
 /// Twice the sum of the field limits, leaving room for JSON escapes.

@@ -12,6 +12,27 @@ struct Instance {
     base: String,
 }
 
+/// Waits until every outbox event is delivered (a delivered event is never
+/// claimed again), then stops `instances` and waits for their exit: after
+/// this, what a webhook receiver holds is final, with no wall-clock wait.
+async fn drain_outbox_and_stop(database_url: &str, instances: Vec<Instance>) {
+    let store = tokenvault::store::connect(database_url, &Default::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.count_pending_events().await.unwrap() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "webhook events still pending after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for mut instance in instances {
+        instance.child.kill().unwrap();
+        instance.child.wait().unwrap();
+    }
+}
+
 impl Drop for Instance {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -395,15 +416,16 @@ async fn a_pending_webhook_survives_a_killed_process() {
             .unwrap(),
     )
     .await;
-    let _second = cluster.start("b", port).await;
+    let second = cluster.start("b", port).await;
     // The first retry is due ≈5 s after the failed attempt.
     let created = receiver
         .wait_for(SECRET, "connection.created", 1, Duration::from_secs(20))
         .await;
     assert_eq!(created.len(), 1, "delivered after the restart");
     assert_eq!(created[0]["data"]["user_id"], "hooked");
-    // And only once.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // And only once: once nothing is pending and the instance is gone, no
+    // more can come.
+    drain_outbox_and_stop(&cluster.database_url, vec![second]).await;
     assert_eq!(receiver.events(SECRET, "connection.created").len(), 1);
     assert_eq!(store.count_pending_events().await.unwrap(), 0);
 }
@@ -582,7 +604,7 @@ async fn a_connection_life_spread_over_three_instances() {
         let events = receiver.wait_for(HOOK_SECRET, event, count, within).await;
         assert_eq!(events.len(), count, "{event}");
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    drain_outbox_and_stop(&cluster.database_url, vec![a, b, c]).await;
     let deliveries = receiver.deliveries.lock().unwrap().len();
     let ids: std::collections::HashSet<String> = receiver
         .deliveries

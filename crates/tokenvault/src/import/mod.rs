@@ -10,7 +10,10 @@
 //! them ([`ImportAction::KeptNewer`]) unless forced.
 
 mod validate;
+mod wire;
 mod write;
+
+pub use wire::{GrantBody, ImportLine, WireToken, json_kind};
 
 #[cfg(test)]
 mod tests;

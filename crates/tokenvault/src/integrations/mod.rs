@@ -44,10 +44,12 @@ use crate::providers::{
 };
 
 mod account;
+mod app_tokens;
 mod authorize;
 mod config;
 mod grants;
 
+pub use app_tokens::{APP_TOKEN_RENEW_BEFORE_SECS, AppTokens};
 use config::*;
 pub use config::{IntegrationConfig, IntegrationConfigError, IntegrationsConfig};
 

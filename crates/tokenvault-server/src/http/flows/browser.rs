@@ -4,14 +4,10 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use chrono::Utc;
 use sha2::{Digest as _, Sha256};
-use tokenvault::domain::Scopes;
 use tokenvault::integrations::Integration;
-use tokenvault::oauth::Pkce;
-use tokenvault::state::{StateKey, StateRecord};
+use tokenvault::state::StateRecord;
 
-use super::{integration, invalid_state, state_store_error};
 use crate::http::AppState;
 
 use crate::http::error::{ApiError, ApiPath};
@@ -56,48 +52,19 @@ pub(super) fn harden_browser_response(response: &mut Response) {
 }
 
 pub(super) async fn start(state: &AppState, id: String) -> Result<Response, ApiError> {
-    let expired =
-        "this connect link has expired or was already used; ask the application for a new one";
-    let session = state
-        .states
-        .take(&id)
-        .await
-        .map_err(state_store_error)?
-        .ok_or_else(|| invalid_state(expired))?;
-    if session.connect_session.is_some() {
-        return Err(invalid_state(expired));
-    }
-    let integration = integration(state, session.integration.as_str())?;
-    let pkce = integration.wants_pkce().then(Pkce::generate);
-    let key = StateKey::generate();
-    let scopes: Option<Scopes> =
-        (!session.scopes.is_empty()).then(|| session.scopes.iter().cloned().collect());
-    let nonce = (!session.confirm).then(StateKey::generate);
-    let record = StateRecord {
-        code_verifier: pkce.as_ref().map(|p| p.verifier().clone()),
-        connect_session: Some(id),
-        created_at: Utc::now(),
-        browser_binding: nonce.as_ref().map(|nonce| binding_digest(nonce.as_str())),
-        ..session
-    };
-    state
-        .states
-        .put(&key, &record, state.settings.state_ttl)
-        .await
-        .map_err(state_store_error)?;
-    let extras: Vec<(String, String)> = record
-        .provider_params
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let url = integration.authorize_url_with(key.as_str(), pkce.as_ref(), scopes.as_ref(), &extras);
-    tracing::info!(integration = %integration.key(), state = %key, "redirecting to provider");
-    let mut response = (StatusCode::FOUND, [(header::LOCATION, url.to_string())]).into_response();
-    if let Some(nonce) = nonce {
+    let started = state.connect.start(&id).await?;
+    let integration = &started.integration;
+    tracing::info!(integration = %integration.key(), state = %started.state, "redirecting to provider");
+    let mut response = (
+        StatusCode::FOUND,
+        [(header::LOCATION, started.authorize_url.to_string())],
+    )
+        .into_response();
+    if let Some(nonce) = &started.browser_nonce {
         let cookie = binding_cookie(
             state,
             integration,
-            key.as_str(),
+            started.state.as_str(),
             nonce.as_str(),
             state.settings.state_ttl.as_secs().max(1),
         );
@@ -113,12 +80,6 @@ pub(super) fn binding_cookie_name(state_key: &str) -> String {
         "tv_flow_{}",
         hex::encode(&Sha256::digest(state_key.as_bytes())[..8])
     )
-}
-
-/// What the state keeps of the cookie's nonce: a hash, so a leaked state
-/// store does not hand out the cookie.
-pub(super) fn binding_digest(nonce: &str) -> String {
-    hex::encode(Sha256::digest(nonce.as_bytes()))
 }
 
 pub(super) fn binding_cookie(

@@ -10,9 +10,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tokenvault::connect::{ConnectError, NewSession};
 use tokenvault::domain::{IntegrationKey, Scopes, UserId};
 use tokenvault::integrations::Integration;
-use tokenvault::state::{StateError, StateKey, StateRecord};
+use tokenvault::state::StateError;
 use utoipa::ToSchema;
 
 use super::AppState;
@@ -58,6 +59,68 @@ impl FlowFailure {
     }
 }
 
+/// A flow step's failure as the API answers it.
+impl From<ConnectError> for FlowFailure {
+    fn from(err: ConnectError) -> Self {
+        let code = match &err {
+            ConnectError::InvalidState(_) => ErrorCode::InvalidState,
+            ConnectError::StateMismatch { .. } => ErrorCode::StateMismatch,
+            ConnectError::UnknownIntegration(_) => ErrorCode::UnknownIntegration,
+            ConnectError::Provider {
+                denied,
+                provider_code,
+                ..
+            } => {
+                return Self {
+                    code: if *denied {
+                        ErrorCode::AccessDenied
+                    } else {
+                        ErrorCode::ProviderError
+                    },
+                    provider_code: Some(provider_code.clone()),
+                    status: StatusCode::BAD_REQUEST,
+                    message: err.to_string(),
+                };
+            }
+            ConnectError::IssuerMismatch(_) => ErrorCode::IssuerMismatch,
+            ConnectError::MissingCode => ErrorCode::MissingCode,
+            ConnectError::Exchange(_) => ErrorCode::TokenExchangeFailed,
+            ConnectError::ConfirmWithoutRedirect => ErrorCode::InvalidRedirectTo,
+            ConnectError::ConfirmationNotFound => ErrorCode::ConfirmationNotFound,
+            ConnectError::UserMismatch => ErrorCode::UserMismatch,
+            ConnectError::StateStore(_) | ConnectError::Save(_) => {
+                return match err {
+                    ConnectError::StateStore(err) => state_store_error(err).into(),
+                    ConnectError::Save(err) => save_failure(&err),
+                    _ => unreachable!("matched above"),
+                };
+            }
+        };
+        Self::new(code, err.to_string())
+    }
+}
+
+/// A grant the database did not take: 503 when it is unreachable (the user
+/// can start again shortly), else an internal error.
+fn save_failure(err: &tokenvault::vault::VaultError) -> FlowFailure {
+    if crate::http::error::Failure::database_unavailable(err) {
+        tracing::warn!(error = %err, "storing the grant failed: the database is unavailable");
+        FlowFailure::new(
+            ErrorCode::DatabaseUnavailable,
+            "storing the connection failed: the database is unavailable; start again shortly",
+        )
+    } else {
+        tracing::error!(error = %err, "storing the grant failed");
+        FlowFailure::new(ErrorCode::Internal, "storing the connection failed")
+    }
+}
+
+impl From<ConnectError> for ApiError {
+    fn from(err: ConnectError) -> Self {
+        FlowFailure::from(err).into_api_error()
+    }
+}
+
 impl From<ApiError> for FlowFailure {
     fn from(err: ApiError) -> Self {
         Self {
@@ -80,10 +143,6 @@ fn state_store_error(err: StateError) -> ApiError {
         }
         other => ApiError::internal(other),
     }
-}
-
-fn invalid_state(message: &str) -> ApiError {
-    ApiError::new(ErrorCode::InvalidState, message)
 }
 
 pub(super) fn integration<'a>(
@@ -185,44 +244,29 @@ pub async fn create_connect_session(
         .map(|raw| allowed_redirect(&state, &raw))
         .transpose()?;
     check_provider_params(integration, &request.provider_params)?;
-    if request.confirm && redirect_to.is_none() {
-        return Err(ApiError::new(
-            ErrorCode::InvalidRedirectTo,
-            "confirm mode needs redirect_to: the confirmation code is sent there",
-        ));
-    }
 
-    let id = StateKey::generate();
-    let now = Utc::now();
-    // A connect session names no session; an OAuth state always does.
-    let record = StateRecord {
-        redirect_to,
-        scopes: scopes.to_vec(),
-        provider_params: request.provider_params,
-        confirm: request.confirm,
-        ..StateRecord::new(
-            integration.key().clone(),
+    let session = state
+        .connect
+        .create_session(NewSession {
             user_id,
-            integration.redirect_uri().to_string(),
-            now,
-        )
-    };
-    state
-        .states
-        .put(&id, &record, state.settings.state_ttl)
-        .await
-        .map_err(state_store_error)?;
+            integration: integration.key().clone(),
+            scopes,
+            redirect_to,
+            provider_params: request.provider_params,
+            confirm: request.confirm,
+        })
+        .await?;
+    let id = session.id;
     let connect_url = state
         .settings
         .public_url
         .join(&format!("connect/{}", id.as_str()))
         .map_err(ApiError::internal)?;
-    let expires_at = now + chrono::Duration::from_std(state.settings.state_ttl).unwrap_or_default();
     tracing::info!(integration = %integration.key(), session = %id, "connect session created");
     let body = ConnectSessionCreated {
         id: id.as_str().to_owned(),
         connect_url,
-        expires_at,
+        expires_at: session.expires_at,
     };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }

@@ -1,15 +1,16 @@
-//! The wire format of a grant, shared by `PUT /v1/users/{user_id}/connections/{integration}`
-//! and the lines of an import file, and its conversion into an
+//! The wire format of a grant, shared by the service's
+//! `PUT /v1/users/{user_id}/connections/{integration}` and the lines of an
+//! import file (`tokenvault import`), and its conversion into an
 //! [`ImportedGrant`].
 
 use std::fmt;
 
+use super::{ImportedGrant, InvalidGrant};
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde_json::{Map, Value};
-use tokenvault::import::{ImportedGrant, InvalidGrant};
 
 /// A token on the wire. Its type errors never quote the value (serde's
 /// default would print a numeric "token" in the message).
@@ -55,18 +56,35 @@ impl<'de> Deserialize<'de> for WireToken {
 
 /// The body of `PUT /v1/users/{user_id}/connections/{integration}`.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema), schema(as = ImportBody))]
 #[serde(deny_unknown_fields)]
 pub struct GrantBody {
+    /// Visible ASCII, at most 16 KiB.
+    #[cfg_attr(
+        feature = "utoipa",
+        schema(value_type = String, pattern = "^[!-~]+$", min_length = 1, max_length = 16384)
+    )]
     pub access_token: WireToken,
+    /// Visible ASCII, at most 16 KiB; without one the connection ends
+    /// `expired` when the access token does.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "utoipa",
+        schema(value_type = Option<String>, pattern = "^[!-~]+$", min_length = 1, max_length = 16384)
+    )]
     pub refresh_token: Option<WireToken>,
-    /// RFC 3339 (`2030-01-31T12:00:00Z`) or whole Unix seconds.
+    /// When the access token expires: RFC 3339 (`2030-01-31T12:00:00Z`) or
+    /// whole Unix seconds; absent = never.
     #[serde(default)]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<String>, format = DateTime))]
     pub expires_at: Option<Value>,
-    /// An array of scopes or one space-separated string.
+    /// Granted scopes: an array, or one space-separated string.
     #[serde(default)]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<Vec<String>>))]
     pub scopes: Option<Value>,
+    /// A JSON object of at most 16 KiB kept with the connection.
     #[serde(default)]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<Object>))]
     pub metadata: Option<Value>,
 }
 
@@ -88,7 +106,8 @@ pub struct ImportLine {
 }
 
 impl ImportLine {
-    pub(super) fn split(self) -> (String, String, GrantBody) {
+    /// Whose grant it is (user id and integration key, unchecked), and the grant.
+    pub fn split(self) -> (String, String, GrantBody) {
         let body = GrantBody {
             access_token: self.access_token,
             refresh_token: self.refresh_token,
@@ -138,7 +157,8 @@ fn scopes(raw: Option<Value>) -> Result<Vec<String>, InvalidGrant> {
     }
 }
 
-pub(super) fn json_kind(value: &Value) -> &'static str {
+/// How an error message names a JSON value's type (never its content).
+pub fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -150,7 +170,7 @@ pub(super) fn json_kind(value: &Value) -> &'static str {
 }
 
 impl GrantBody {
-    /// The grant for [`Vault::import`](tokenvault::vault::Vault::import); the library checks the rest.
+    /// The grant for [`Vault::import`](crate::vault::Vault::import), which checks the rest.
     pub fn into_grant(self) -> Result<ImportedGrant, InvalidGrant> {
         Ok(ImportedGrant {
             access_token: self.access_token.0,

@@ -1,0 +1,474 @@
+//! The browser authorization-code flow as a service, beside the device flow
+//! ([`crate::device`]): a connect session, the redirect to the provider
+//! (one-time state, PKCE, a browser binding), the callback's checks, the
+//! code exchange and the save, or, in confirm mode, the code held until the
+//! application confirms it for its logged-in user.
+//!
+//! HTTP is the caller's: it turns [`Started`] into a redirect and a cookie,
+//! reads the callback's query into a [`Callback`], and maps
+//! [`ConnectError`] onto its answers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret as _;
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+use url::Url;
+
+use crate::domain::{IntegrationKey, Scopes, UserId};
+use crate::integrations::Integration;
+use crate::oauth::Pkce;
+use crate::state::{StateError, StateKey, StateRecord, StateStore};
+use crate::vault::{Vault, VaultError};
+
+/// Why a flow step ended without what it was for.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The connect link or the callback's state is unknown, expired or was
+    /// already used (each is single-use).
+    #[error("{0}")]
+    InvalidState(&'static str),
+    /// The callback arrived on another integration's callback URL.
+    #[error("this state was issued for integration `{issued}`, not `{expected}`")]
+    StateMismatch {
+        issued: IntegrationKey,
+        expected: String,
+    },
+    #[error("no integration named {0:?} is configured; see GET /v1/integrations")]
+    UnknownIntegration(String),
+    #[error(transparent)]
+    StateStore(#[from] StateError),
+    /// The provider answered the authorization request with an error
+    /// (`denied` when the user refused consent).
+    #[error("the provider answered {provider_code}: {description}")]
+    Provider {
+        denied: bool,
+        /// The provider's `error` value, reduced to `[A-Za-z0-9_]`, at most
+        /// 64 characters.
+        provider_code: String,
+        description: String,
+    },
+    #[error("the callback's iss parameter does not match the provider: {0}")]
+    IssuerMismatch(String),
+    #[error("the callback has neither code nor error")]
+    MissingCode,
+    #[error("exchanging the authorization code failed: {0}")]
+    Exchange(String),
+    /// The grant could not be stored; it was revoked at the provider (when
+    /// the provider can revoke).
+    #[error("storing the connection failed: {0}")]
+    Save(#[source] VaultError),
+    /// Confirm mode needs somewhere to send the confirmation code.
+    #[error("confirm mode needs redirect_to: the confirmation code is sent there")]
+    ConfirmWithoutRedirect,
+    #[error("unknown, expired or already used confirmation code for this connect session")]
+    ConfirmationNotFound,
+    /// The application confirmed the flow for another user than the one it
+    /// was started for; the code is discarded, never exchanged.
+    #[error(
+        "this flow was started for another user; it is discarded. Start a new connect session for the logged-in user"
+    )]
+    UserMismatch,
+}
+
+/// What a new connect session asks for.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub user_id: UserId,
+    pub integration: IntegrationKey,
+    /// Empty: the integration's default scopes.
+    pub scopes: Scopes,
+    /// Where the browser goes when the flow ends (already checked against
+    /// the allowed origins by the caller).
+    pub redirect_to: Option<String>,
+    /// Extra authorization parameters the provider takes from the app.
+    pub provider_params: BTreeMap<String, String>,
+    /// Hold the code until the application confirms the flow.
+    pub confirm: bool,
+}
+
+/// A created connect session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The single-use id of the connect link.
+    pub id: StateKey,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A connect link opened: send the browser to `authorize_url`, and when
+/// `browser_nonce` is set, give it that nonce in a cookie the callback
+/// must bring back ([`ConnectFlow::bound_to_browser`]).
+#[derive(Debug)]
+pub struct Started {
+    pub integration: Arc<Integration>,
+    /// The OAuth `state` of this authorization request.
+    pub state: StateKey,
+    pub authorize_url: Url,
+    pub browser_nonce: Option<StateKey>,
+}
+
+/// The callback's query parameters.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct Callback {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+    pub iss: Option<String>,
+    /// Wix names the installed site instance on its callback.
+    #[serde(rename = "instanceId")]
+    pub instance_id: Option<String>,
+}
+
+/// How a callback ended.
+#[derive(Debug)]
+pub enum Finished {
+    /// The connection is stored.
+    Connected,
+    /// Confirm mode: the code is held under `confirmation` until the
+    /// application confirms; send the browser to `redirect_to`.
+    AwaitingConfirmation { confirmation: StateKey },
+}
+
+/// The flow's service. Cheap to clone.
+#[derive(Clone)]
+pub struct ConnectFlow {
+    vault: Vault,
+    states: Arc<dyn StateStore>,
+    state_ttl: Duration,
+}
+
+impl ConnectFlow {
+    /// Sessions and states live `state_ttl` in `states`; grants are stored
+    /// through `vault`, whose integrations are the ones offered.
+    pub fn new(vault: Vault, states: Arc<dyn StateStore>, state_ttl: Duration) -> Self {
+        Self {
+            vault,
+            states,
+            state_ttl,
+        }
+    }
+
+    pub fn state_ttl(&self) -> Duration {
+        self.state_ttl
+    }
+
+    /// The configured integration named `raw`.
+    pub fn integration(&self, raw: &str) -> Result<&Arc<Integration>, ConnectError> {
+        IntegrationKey::parse(raw)
+            .ok()
+            .and_then(|key| self.vault.integrations().get(&key))
+            .ok_or_else(|| ConnectError::UnknownIntegration(raw.to_owned()))
+    }
+
+    /// Stores a connect session (single-use, `state_ttl`).
+    pub async fn create_session(&self, new: NewSession) -> Result<Session, ConnectError> {
+        let integration = self.integration(new.integration.as_str())?;
+        if new.confirm && new.redirect_to.is_none() {
+            return Err(ConnectError::ConfirmWithoutRedirect);
+        }
+        let id = StateKey::generate();
+        let now = self.vault.clock().now();
+        // A connect session names no session; an OAuth state always does.
+        let record = StateRecord {
+            redirect_to: new.redirect_to,
+            scopes: new.scopes.to_vec(),
+            provider_params: new.provider_params,
+            confirm: new.confirm,
+            ..StateRecord::new(
+                integration.key().clone(),
+                new.user_id,
+                integration.redirect_uri().to_string(),
+                now,
+            )
+        };
+        self.states.put(&id, &record, self.state_ttl).await?;
+        Ok(Session {
+            id,
+            expires_at: now + chrono::Duration::from_std(self.state_ttl).unwrap_or_default(),
+        })
+    }
+
+    /// Opens a connect link: takes the session (it cannot be opened twice)
+    /// and stores the authorization request's state, with the PKCE verifier
+    /// and, unless in confirm mode, the digest of a browser nonce.
+    pub async fn start(&self, session_id: &str) -> Result<Started, ConnectError> {
+        let expired =
+            "this connect link has expired or was already used; ask the application for a new one";
+        let session = self
+            .states
+            .take(session_id)
+            .await?
+            .ok_or(ConnectError::InvalidState(expired))?;
+        if session.connect_session.is_some() {
+            return Err(ConnectError::InvalidState(expired));
+        }
+        let integration = Arc::clone(self.integration(session.integration.as_str())?);
+        let pkce = integration.wants_pkce().then(Pkce::generate);
+        let state = StateKey::generate();
+        let scopes: Option<Scopes> =
+            (!session.scopes.is_empty()).then(|| session.scopes.iter().cloned().collect());
+        let browser_nonce = (!session.confirm).then(StateKey::generate);
+        let record = StateRecord {
+            code_verifier: pkce.as_ref().map(|p| p.verifier().clone()),
+            connect_session: Some(session_id.to_owned()),
+            created_at: self.vault.clock().now(),
+            browser_binding: browser_nonce
+                .as_ref()
+                .map(|nonce| binding_digest(nonce.as_str())),
+            ..session
+        };
+        self.states.put(&state, &record, self.state_ttl).await?;
+        let extras: Vec<(String, String)> = record
+            .provider_params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let authorize_url =
+            integration.authorize_url_with(state.as_str(), pkce.as_ref(), scopes.as_ref(), &extras);
+        Ok(Started {
+            integration,
+            state,
+            authorize_url,
+            browser_nonce,
+        })
+    }
+
+    /// Takes the callback's state (whatever happens next, it cannot be
+    /// replayed) and finds its integration. `expected`: the integration
+    /// named by the callback URL, if any.
+    pub async fn take_state(
+        &self,
+        state: &str,
+        expected: Option<&str>,
+    ) -> Result<(StateRecord, Arc<Integration>), ConnectError> {
+        let unknown = "unknown, expired or already used state; start the connection again";
+        let record = self
+            .states
+            .take(state)
+            .await?
+            .ok_or(ConnectError::InvalidState(unknown))?;
+        // A connect session, or a confirm-mode record waiting for the app,
+        // is not a flow's state.
+        if record.connect_session.is_none() || record.authorization_code.is_some() {
+            return Err(ConnectError::InvalidState(unknown));
+        }
+        if let Some(expected) = expected
+            && expected != record.integration.as_str()
+        {
+            return Err(ConnectError::StateMismatch {
+                issued: record.integration,
+                expected: expected.to_owned(),
+            });
+        }
+        let integration = Arc::clone(self.integration(record.integration.as_str())?);
+        Ok((record, integration))
+    }
+
+    /// Whether the browser that brought the callback is the one that
+    /// opened the connect link: its cookie's nonce matches the state's
+    /// digest. A state without a binding (confirm mode) is bound anywhere.
+    pub fn bound_to_browser(record: &StateRecord, nonce: Option<&str>) -> bool {
+        record
+            .browser_binding
+            .as_deref()
+            .is_none_or(|expected| nonce.is_some_and(|nonce| binding_digest(nonce) == expected))
+    }
+
+    /// Ends a callback whose state was taken: stores the connection, or in
+    /// confirm mode holds the code for the application's confirmation.
+    pub async fn finish(
+        &self,
+        integration: &Integration,
+        record: &StateRecord,
+        callback: &Callback,
+    ) -> Result<Finished, ConnectError> {
+        let code = authorization_code(integration, callback)?;
+        if !record.confirm {
+            self.exchange_and_save(integration, record, code, callback.instance_id.as_deref())
+                .await?;
+            return Ok(Finished::Connected);
+        }
+        let confirmation = StateKey::generate();
+        let pending = StateRecord {
+            authorization_code: Some(code.to_owned().into()),
+            instance_id: callback.instance_id.clone(),
+            created_at: self.vault.clock().now(),
+            ..record.clone()
+        };
+        self.states
+            .put(&confirmation, &pending, self.state_ttl)
+            .await?;
+        Ok(Finished::AwaitingConfirmation { confirmation })
+    }
+
+    /// Confirm mode: the application's backend confirms the flow of
+    /// connect session `session_id` for the user it has logged in; only now
+    /// is the code exchanged and the connection stored. A code brought for
+    /// another user is discarded, never exchanged.
+    pub async fn confirm(
+        &self,
+        session_id: &str,
+        confirm_code: &str,
+        user: &UserId,
+    ) -> Result<IntegrationKey, ConnectError> {
+        if !StateKey::is_well_formed(confirm_code) {
+            return Err(ConnectError::ConfirmationNotFound);
+        }
+        let record = self
+            .states
+            .take(confirm_code)
+            .await?
+            .ok_or(ConnectError::ConfirmationNotFound)?;
+        let Some(code) = record
+            .authorization_code
+            .as_ref()
+            .filter(|_| record.connect_session.as_deref() == Some(session_id))
+        else {
+            return Err(ConnectError::ConfirmationNotFound);
+        };
+        if record.user_id != *user {
+            tracing::warn!(integration = %record.integration, "confirmation for another user than the session's; the flow is discarded");
+            metrics::counter!("tokenvault_flow_confirm_mismatch_total", "integration" => record.integration.to_string()).increment(1);
+            return Err(ConnectError::UserMismatch);
+        }
+        let integration = self.integration(record.integration.as_str())?;
+        self.exchange_and_save(
+            integration,
+            &record,
+            code.expose_secret(),
+            record.instance_id.as_deref(),
+        )
+        .await?;
+        Ok(integration.key().clone())
+    }
+
+    /// Exchanges the code and stores the connection. A grant whose save
+    /// fails is revoked at the provider: nobody holds it, and it would
+    /// otherwise stay valid there until it expires.
+    async fn exchange_and_save(
+        &self,
+        integration: &Integration,
+        record: &StateRecord,
+        code: &str,
+        instance_id: Option<&str>,
+    ) -> Result<(), ConnectError> {
+        let requested: Option<Scopes> =
+            (!record.scopes.is_empty()).then(|| record.scopes.iter().cloned().collect());
+        let grant = integration
+            .exchange_code(
+                code,
+                record.code_verifier.as_ref(),
+                requested.as_ref(),
+                self.vault.clock().now(),
+            )
+            .await
+            .map_err(|err| ConnectError::Exchange(err.to_string()))?;
+        let mut metadata = grant.metadata;
+        if let (Some(instance_id), Some(fields)) = (instance_id, metadata.as_object_mut()) {
+            fields.insert("instance_id".into(), json!(instance_id));
+        }
+        let saved = self
+            .vault
+            .save_grant(
+                &record.user_id,
+                integration.key(),
+                &grant.tokens,
+                metadata,
+                chrono::Duration::from_std(integration.refresh_buffer()).unwrap_or_default(),
+            )
+            .await;
+        let Err(err) = saved else {
+            return Ok(());
+        };
+        tracing::warn!(integration = %integration.key(), error = %err, "storing the grant failed");
+        match integration.revoke(&grant.tokens).await {
+            Ok(true) => {
+                tracing::info!(integration = %integration.key(), "revoked the grant whose save failed");
+            }
+            Ok(false) => {
+                tracing::warn!(integration = %integration.key(), "the grant whose save failed cannot be revoked: the provider has no revocation endpoint");
+            }
+            Err(revoke) => {
+                tracing::warn!(integration = %integration.key(), error = %revoke, "revoking the grant whose save failed did not succeed");
+            }
+        }
+        metrics::counter!("tokenvault_flow_orphaned_grants_total", "integration" => integration.key().to_string()).increment(1);
+        Err(ConnectError::Save(err))
+    }
+}
+
+/// The callback's authorization code, or why there is none (the provider's
+/// error, an issuer mismatch).
+fn authorization_code<'a>(
+    integration: &Integration,
+    callback: &'a Callback,
+) -> Result<&'a str, ConnectError> {
+    if let Some(error) = &callback.error {
+        let provider_code: String = error
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(64)
+            .collect();
+        let description = callback
+            .error_description
+            .as_deref()
+            .unwrap_or("no description")
+            .chars()
+            .take(200)
+            .collect();
+        return Err(ConnectError::Provider {
+            denied: provider_code == "access_denied",
+            provider_code,
+            description,
+        });
+    }
+    integration
+        .check_callback_issuer(callback.iss.as_deref())
+        .map_err(|e| ConnectError::IssuerMismatch(e.to_string()))?;
+    callback
+        .code
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .ok_or(ConnectError::MissingCode)
+}
+
+/// What the state keeps of the browser's nonce: a hash, so a leaked state
+/// store does not hand out the cookie.
+fn binding_digest(nonce: &str) -> String {
+    hex::encode(Sha256::digest(nonce.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(binding: Option<&str>) -> StateRecord {
+        StateRecord {
+            browser_binding: binding.map(binding_digest),
+            ..StateRecord::new(
+                IntegrationKey::parse("spotify").unwrap(),
+                UserId::parse("u1").unwrap(),
+                "https://app.example/oauth/callback".into(),
+                Utc::now(),
+            )
+        }
+    }
+
+    #[test]
+    fn a_bound_flow_finishes_only_with_its_own_browser_nonce() {
+        let bound = record(Some("nonce-1"));
+        assert!(ConnectFlow::bound_to_browser(&bound, Some("nonce-1")));
+        assert!(!ConnectFlow::bound_to_browser(&bound, Some("nonce-2")));
+        assert!(!ConnectFlow::bound_to_browser(&bound, None));
+        assert!(!ConnectFlow::bound_to_browser(&bound, Some("")));
+        // The state keeps only a digest: a leaked state holds no cookie.
+        assert_ne!(bound.browser_binding.as_deref(), Some("nonce-1"));
+        // Confirm mode binds no browser: the application confirms instead.
+        let confirm = record(None);
+        assert!(ConnectFlow::bound_to_browser(&confirm, None));
+    }
+}
