@@ -45,7 +45,7 @@ pub fn check(config: &Config, env: impl Fn(&str) -> Option<String>) -> (Table, R
         }
     }
     let integrations = match wiring::load_catalog(config) {
-        Ok(catalog) => match wiring::integrations_config(config, &catalog, &env) {
+        Ok(catalog) => match crate::integrations_env::integrations_config(config, &catalog, &env) {
             Ok(integrations) => Some(integrations),
             Err(err) => {
                 report.errors.push(format!("integrations: {err:#}"));

@@ -8,6 +8,7 @@ pub mod config;
 pub mod config_check;
 pub mod http;
 pub mod import;
+pub mod integrations_env;
 pub mod keys;
 pub mod listener;
 pub mod metrics;

@@ -16,7 +16,7 @@ use axum::routing::get;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokenvault::domain::ConnectionStatus;
-use tokenvault::state::{StateError, StateKey, StateRecord, StateStore};
+use tokenvault::oauth_state::{StateError, StateKey, StateRecord, StateStore};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 

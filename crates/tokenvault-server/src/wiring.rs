@@ -12,15 +12,14 @@ use tokenvault::crypto::{Envelope, KeyRing};
 use tokenvault::device::{
     DeviceFlow, DevicePoller, DevicePollerHandle, PollerSettings, SqlDeviceSessionStore,
 };
-use tokenvault::domain::{Clock, IntegrationKey, SystemClock};
+use tokenvault::domain::{Clock, SystemClock};
 use tokenvault::events::{EventType, Events};
-use tokenvault::integrations::{IntegrationConfig, IntegrationsConfig};
 use tokenvault::oauth::{OAuthClient, OAuthClientConfig};
+use tokenvault::oauth_state::{RedisOptions, RedisStateStore, SqlStateStore, StateStore};
 use tokenvault::open::{OpenError, OpenOptions};
 use tokenvault::providers::Catalog;
 use tokenvault::refresh::journal::Journal;
 use tokenvault::refresh::{BreakerSettings, RefreshSettings, Scheduler, SchedulerSettings};
-use tokenvault::state::{RedisOptions, RedisStateStore, SqlStateStore, StateStore};
 use tokenvault::store::{Database, PoolOptions, Store};
 use tokio::sync::watch;
 
@@ -120,7 +119,9 @@ pub async fn build_state_with(
     let catalog = load_catalog(config)?;
     let oauth = OAuthClient::new(OAuthClientConfig::default())?;
     let integrations_config =
-        integrations_config(config, &catalog, |name| std::env::var(name).ok())?;
+        crate::integrations_env::integrations_config(config, &catalog, |name| {
+            std::env::var(name).ok()
+        })?;
     // One pool serves the connection, state, device-session, bulk and
     // API-key stores.
     let opened = tokenvault::open::open(OpenOptions {
@@ -224,37 +225,6 @@ pub fn load_catalog(config: &Config) -> anyhow::Result<Catalog> {
     catalog
         .merge_toml_str(&text)
         .with_context(|| format!("providers_file {}", path.display()))
-}
-
-/// The configured integrations, with the environment applied: `<KEY>_*`
-/// variables override file values, and `<KEY>_CLIENT_ID` alone enables a
-/// built-in provider of that key (the seeds' env-only set-up).
-pub fn integrations_config(
-    config: &Config,
-    catalog: &Catalog,
-    env: impl Fn(&str) -> Option<String>,
-) -> anyhow::Result<IntegrationsConfig> {
-    let mut integrations = config.integrations.clone();
-    for key in catalog.keys() {
-        let Ok(key) = IntegrationKey::parse(key) else {
-            continue;
-        };
-        if !integrations.contains_key(&key)
-            && env(&format!("{}_CLIENT_ID", key.env_prefix())).is_some()
-        {
-            integrations.insert(
-                key.clone(),
-                IntegrationConfig {
-                    provider: key.as_str().to_owned(),
-                    ..Default::default()
-                },
-            );
-        }
-    }
-    let mut integrations = IntegrationsConfig { integrations };
-    integrations.apply_env(&env)?;
-    integrations.validate(Some(&config.public_url()), config.is_production())?;
-    Ok(integrations)
 }
 
 fn state_store(

@@ -21,7 +21,7 @@ use url::Url;
 use crate::domain::{IntegrationKey, Scopes, UserId};
 use crate::integrations::Integration;
 use crate::oauth::Pkce;
-use crate::state::{StateError, StateKey, StateRecord, StateStore};
+use crate::oauth_state::{StateError, StateKey, StateRecord, StateStore};
 use crate::vault::{Vault, VaultError};
 
 /// Why a flow step ended without what it was for.

@@ -14,13 +14,13 @@ pub mod events;
 pub mod import;
 pub mod integrations;
 pub mod oauth;
+pub mod oauth_state;
 pub mod open;
 pub mod privacy;
 pub mod providers;
 pub mod proxy;
 pub mod refresh;
 pub mod rotation;
-pub mod state;
 pub mod store;
 #[doc(hidden)]
 pub mod testing;

@@ -188,4 +188,4 @@ impl Failure for tokenvault::device::DeviceFlowError {
 
 /// The state store has its own 503 (`state_store_unavailable`); what reaches
 /// here is corrupt data.
-impl Failure for tokenvault::state::StateError {}
+impl Failure for tokenvault::oauth_state::StateError {}

@@ -29,8 +29,8 @@ use std::future::Future;
 use tokenvault::device::DeviceFlow;
 use tokenvault::integrations::Integrations;
 use tokenvault::oauth::OAuthClient;
+use tokenvault::oauth_state::StateStore;
 use tokenvault::providers::Catalog;
-use tokenvault::state::StateStore;
 use tokenvault::vault::Vault;
 use url::Url;
 

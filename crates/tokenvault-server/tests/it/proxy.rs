@@ -16,8 +16,18 @@ const CLIENT: &str = "proxy-app";
 const SECRET: &str = "proxy-secret";
 
 /// A confidential peer client whose API base URL is the peer itself, so
-/// `/v1/proxy/proxy-app/{user}/me` is the peer's userinfo endpoint.
-async fn peer_service(peer: &Peer) -> (Service, tempfile::TempDir) {
+/// `/v1/proxy/proxy-app/{user}/me` is the peer's userinfo endpoint. The
+/// service runs on the returned clock: a test expires a token by moving it,
+/// not by waiting.
+async fn peer_service(
+    peer: &Peer,
+) -> (
+    Service,
+    tempfile::TempDir,
+    std::sync::Arc<tokenvault::domain::ManualClock>,
+) {
+    let clock = std::sync::Arc::new(tokenvault::domain::ManualClock::new(chrono::Utc::now()));
+    let service_clock: std::sync::Arc<dyn tokenvault::domain::Clock> = clock.clone();
     let dir = tempfile::tempdir().unwrap();
     let providers = dir.path().join("providers.toml");
     std::fs::write(
@@ -29,26 +39,32 @@ async fn peer_service(peer: &Peer) -> (Service, tempfile::TempDir) {
     )
     .unwrap();
     let issuer = peer.issuer.clone();
-    let service = start_service(|config, base| {
-        config.providers_file = Some(providers);
-        config.scheduler_enabled = false;
-        config.integrations.insert(
-            IntegrationKey::parse(CLIENT).unwrap(),
-            IntegrationConfig {
-                provider: "peer-api".into(),
-                client_id: CLIENT.into(),
-                client_secret: Some(SecretString::from(SECRET)),
-                redirect_uri: Some(url::Url::parse(&format!("{base}/oauth/callback")).unwrap()),
-                scopes: Some(vec![
-                    "openid".into(),
-                    "offline_access".into(),
-                    "email".into(),
-                ]),
-                issuer: Some(url::Url::parse(&issuer).unwrap()),
-                ..Default::default()
-            },
-        );
-    })
+    let service = start_app(
+        |config, base| {
+            config.providers_file = Some(providers);
+            config.scheduler_enabled = false;
+            config.integrations.insert(
+                IntegrationKey::parse(CLIENT).unwrap(),
+                IntegrationConfig {
+                    provider: "peer-api".into(),
+                    client_id: CLIENT.into(),
+                    client_secret: Some(SecretString::from(SECRET)),
+                    redirect_uri: Some(url::Url::parse(&format!("{base}/oauth/callback")).unwrap()),
+                    scopes: Some(vec![
+                        "openid".into(),
+                        "offline_access".into(),
+                        "email".into(),
+                    ]),
+                    issuer: Some(url::Url::parse(&issuer).unwrap()),
+                    ..Default::default()
+                },
+            );
+        },
+        |overrides| {
+            overrides.without_background_work = true;
+            overrides.clock = Some(service_clock);
+        },
+    )
     .await;
     peer.register(
         CLIENT,
@@ -58,7 +74,7 @@ async fn peer_service(peer: &Peer) -> (Service, tempfile::TempDir) {
         &["authorization_code", "refresh_token"],
     )
     .await;
-    (service, dir)
+    (service, dir, clock)
 }
 
 /// Connects `user` with an access token living `ttl` seconds, then resets
@@ -80,9 +96,10 @@ async fn get(service: &Service, path: &str) -> reqwest::Response {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_token_is_refreshed_once_and_the_call_goes_through() {
     let peer = Peer::start();
-    let (service, _dir) = peer_service(&peer).await;
+    let (service, _dir, clock) = peer_service(&peer).await;
     connect(&peer, &service, "fan-1", 1).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Past the token's 1 s lifetime, on the service's clock.
+    clock.advance(chrono::Duration::milliseconds(1500));
 
     let response = get(&service, "/v1/proxy/proxy-app/fan-1/me").await;
     let status = response.status();
@@ -109,7 +126,7 @@ async fn an_expired_token_is_refreshed_once_and_the_call_goes_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_401_forces_one_refresh_and_one_retry() {
     let peer = Peer::start();
-    let (service, _dir) = peer_service(&peer).await;
+    let (service, _dir, _clock) = peer_service(&peer).await;
     connect(&peer, &service, "fan-2", 3600).await;
     // The stored access token looks valid for an hour, but the provider
     // does not know it (a token it rotated away or forgot); the refresh
@@ -191,9 +208,10 @@ async fn raw_get(base: &str, target: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paths_that_could_leave_the_api_are_refused_before_anything_is_sent() {
     let peer = Peer::start();
-    let (service, _dir) = peer_service(&peer).await;
+    let (service, _dir, clock) = peer_service(&peer).await;
     connect(&peer, &service, "fan-3", 1).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Past the token's 1 s lifetime: a request sent would refresh first.
+    clock.advance(chrono::Duration::milliseconds(1500));
     for target in [
         "/v1/proxy/proxy-app/fan-3/https://evil.example/steal",
         "/v1/proxy/proxy-app/fan-3/http:evil.example",

@@ -1,5 +1,7 @@
-//! Integrations as configured: `[integrations.<key>]`, the environment
-//! overlay and the validation policy (redirect URIs, reserved parameters).
+//! Integrations as configured: `[integrations.<key>]` and the validation
+//! policy (redirect URIs, reserved parameters). Where the values come from
+//! (a file, the environment) is the application's business; the server's
+//! is `tokenvault-server`'s `integrations_env`.
 
 use std::collections::BTreeMap;
 
@@ -51,7 +53,7 @@ pub(super) fn invalid(
 pub struct IntegrationConfig {
     /// Catalog key (`spotify`, `google-mail`, `oidc`, a user catalog entry).
     pub provider: String,
-    /// May be left out of the file when `<PREFIX>_CLIENT_ID` provides it.
+    /// The server also takes it from `<PREFIX>_CLIENT_ID`.
     #[serde(default)]
     pub client_id: String,
     #[serde(default)]
@@ -85,37 +87,6 @@ pub(super) fn de_opt_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Optio
 }
 
 impl IntegrationConfig {
-    /// Overlays `<PREFIX>_CLIENT_ID`, `<PREFIX>_CLIENT_SECRET` and
-    /// `<PREFIX>_REDIRECT_URI` (PREFIX = [`IntegrationKey::env_prefix`],
-    /// `google-mail` → `GOOGLE_MAIL`) on the file values: the environment
-    /// wins. Unset and empty (or blank) variables are ignored. `env` is
-    /// usually `|name| std::env::var(name).ok()`.
-    pub fn apply_env(
-        &mut self,
-        key: &IntegrationKey,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<(), IntegrationConfigError> {
-        let prefix = key.env_prefix();
-        let get = |suffix: &str| {
-            let name = format!("{prefix}_{suffix}");
-            env(&name)
-                .filter(|v| !v.trim().is_empty())
-                .map(|v| (name, v))
-        };
-        if let Some((_, v)) = get("CLIENT_ID") {
-            self.client_id = v.trim().to_owned();
-        }
-        if let Some((_, v)) = get("CLIENT_SECRET") {
-            self.client_secret = Some(SecretString::from(v));
-        }
-        if let Some((name, v)) = get("REDIRECT_URI") {
-            let url = Url::parse(v.trim())
-                .map_err(|e| invalid(name, format!("must be an absolute URL ({e})")))?;
-            self.redirect_uri = Some(url);
-        }
-        Ok(())
-    }
-
     /// Checks what can be checked without the catalog:
     ///
     /// * `client_id` is set;
@@ -262,17 +233,6 @@ impl IntegrationsConfig {
     /// ignored, unknown fields inside an integration are errors.
     pub fn from_toml_str(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)
-    }
-
-    /// [`IntegrationConfig::apply_env`] for every configured integration.
-    pub fn apply_env(
-        &mut self,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<(), IntegrationConfigError> {
-        for (key, config) in &mut self.integrations {
-            config.apply_env(key, &env)?;
-        }
-        Ok(())
     }
 
     /// [`IntegrationConfig::validate`] for every configured integration.

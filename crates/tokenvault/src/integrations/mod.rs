@@ -25,8 +25,8 @@
 //! scopes = ["openid", "email", "offline_access"]
 //! ```
 //!
-//! Typical start-up: [`IntegrationsConfig::from_toml_str`] →
-//! [`IntegrationsConfig::apply_env`] → [`IntegrationsConfig::validate`] →
+//! Typical start-up: [`IntegrationsConfig::from_toml_str`] (the server then
+//! overlays the environment) → [`IntegrationsConfig::validate`] →
 //! [`Integrations::resolve`] (OIDC discovery happens there).
 
 use std::collections::BTreeMap;

@@ -125,60 +125,6 @@ fn parses_toml_and_never_prints_the_secret() {
 }
 
 #[test]
-fn env_overlay_wins_over_the_file() {
-    let mut cfg = config("google", "https://file.example/cb");
-    let env: HashMap<&str, &str> = HashMap::from([
-        ("GOOGLE_MAIL_CLIENT_ID", " env-id "),
-        ("GOOGLE_MAIL_CLIENT_SECRET", "env-secret"),
-        ("GOOGLE_MAIL_REDIRECT_URI", "https://env.example/cb"),
-        ("GOOGLE_CLIENT_ID", "wrong-prefix"),
-    ]);
-    cfg.apply_env(&key("google-mail"), |n| env.get(n).map(|v| (*v).to_owned()))
-        .unwrap();
-    assert_eq!(cfg.client_id, "env-id");
-    assert_eq!(cfg.client_secret.unwrap().expose_secret(), "env-secret");
-    assert_eq!(cfg.redirect_uri.unwrap().as_str(), "https://env.example/cb");
-
-    // Unset and empty variables leave the file values alone.
-    let mut cfg = config("google", "https://file.example/cb");
-    cfg.apply_env(&key("google-mail"), |n| {
-        (n == "GOOGLE_MAIL_CLIENT_ID").then(|| "  ".to_owned())
-    })
-    .unwrap();
-    assert_eq!(cfg.client_id, "cid");
-    assert_eq!(
-        cfg.redirect_uri.unwrap().as_str(),
-        "https://file.example/cb"
-    );
-
-    // A relative redirect URI names the variable.
-    let mut cfg = config("spotify", "https://file.example/cb");
-    let err = cfg
-        .apply_env(&key("spotify"), |n| {
-            (n == "SPOTIFY_REDIRECT_URI").then(|| "/oauth/callback".to_owned())
-        })
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.starts_with("SPOTIFY_REDIRECT_URI: must be an absolute URL"),
-        "{err}"
-    );
-
-    // The whole-file helper applies each integration's prefix.
-    let mut all = IntegrationsConfig::default();
-    all.integrations.insert(
-        key("discord"),
-        IntegrationConfig {
-            provider: "discord".into(),
-            ..IntegrationConfig::default()
-        },
-    );
-    all.apply_env(|n| (n == "DISCORD_CLIENT_ID").then(|| "d-id".to_owned()))
-        .unwrap();
-    assert_eq!(all.integrations[&key("discord")].client_id, "d-id");
-}
-
-#[test]
 fn redirect_uri_validation() {
     let public = Url::parse("https://app.example.com").unwrap();
     // (redirect, public_url, production, expected error fragment or None)

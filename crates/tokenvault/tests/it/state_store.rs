@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use secrecy::{ExposeSecret as _, SecretString};
 use tokenvault::domain::{Clock, ManualClock, SystemClock};
-use tokenvault::state::{
+use tokenvault::oauth_state::{
     RedisOptions, RedisStateStore, SqlStateStore, StateError, StateKey, StateRecord, StateStore,
 };
 use tokenvault::store::Pool;

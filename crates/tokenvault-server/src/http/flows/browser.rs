@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use sha2::{Digest as _, Sha256};
 use tokenvault::integrations::Integration;
-use tokenvault::state::StateRecord;
+use tokenvault::oauth_state::StateRecord;
 
 use crate::http::AppState;
 

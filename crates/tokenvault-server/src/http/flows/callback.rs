@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokenvault::connect::{Callback, ConnectFlow, Finished};
 use tokenvault::domain::{IntegrationKey, UserId};
 use tokenvault::integrations::Integration;
-use tokenvault::state::{StateKey, StateRecord};
+use tokenvault::oauth_state::{StateKey, StateRecord};
 use utoipa::ToSchema;
 
 use super::browser::{

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokenvault::connect::{ConnectError, NewSession};
 use tokenvault::domain::{IntegrationKey, Scopes, UserId};
 use tokenvault::integrations::Integration;
-use tokenvault::state::StateError;
+use tokenvault::oauth_state::StateError;
 use utoipa::ToSchema;
 
 use super::AppState;
