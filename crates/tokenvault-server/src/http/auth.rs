@@ -178,6 +178,14 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The credentials of an `Authorization: Bearer <key>` value. The scheme
+/// is case-insensitive (RFC 9110 §11.1): `bearer` and `BEARER` are Bearer.
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let value = value.trim_start();
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
 /// Refuses a request to `route` without a valid `Authorization: Bearer
 /// <key>` (401) or whose key lacks the route's scope (403); otherwise adds
 /// the [`Caller`] to the request's extensions.
@@ -186,8 +194,7 @@ pub async fn authorize(keys: &ApiKeys, route: &str, request: &mut Request) -> Re
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(bearer_credentials)
         .filter(|key| !key.is_empty());
     let caller = match presented {
         None => Err(AuthError::Missing),
@@ -236,6 +243,22 @@ mod tests {
             assert!(matches!(keys.verify(key).await, Err(AuthError::Invalid)));
         }
         assert!(ApiKeys::default().verify("anything").await.is_err());
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_nothing_else_is_a_key() {
+        for value in [
+            "Bearer tvk_1",
+            "bearer tvk_1",
+            "BEARER tvk_1",
+            "bEaReR   tvk_1 ",
+        ] {
+            assert_eq!(bearer_credentials(value), Some("tvk_1"), "{value:?}");
+        }
+        for value in ["Basic dXNlcjpwYXNz", "Bearertvk_1", "tvk_1", "", "Bearer"] {
+            assert_eq!(bearer_credentials(value), None, "{value:?}");
+        }
+        assert_eq!(bearer_credentials("Bearer "), Some(""));
     }
 
     use super::super::required_scope;

@@ -43,6 +43,7 @@ fn action_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
 /// `POST /v1/bulk-actions`
 #[utoipa::path(
     post,
+    operation_id = "createBulkAction",
     path = "/v1/bulk-actions",
     tag = "bulk",
     summary = "Run one provider API request for many users",
@@ -67,6 +68,7 @@ pub async fn create(
 /// `GET /v1/bulk-actions/{id}`
 #[utoipa::path(
     get,
+    operation_id = "getBulkAction",
     path = "/v1/bulk-actions/{id}",
     tag = "bulk",
     summary = "A bulk action's progress",
@@ -161,6 +163,7 @@ pub struct ItemPage {
 /// `GET /v1/bulk-actions/{id}/items`
 #[utoipa::path(
     get,
+    operation_id = "listBulkActionItems",
     path = "/v1/bulk-actions/{id}/items",
     tag = "bulk",
     summary = "A bulk action's items, per user, in pages",
@@ -222,6 +225,7 @@ pub async fn items(
 /// `POST /v1/bulk-actions/{id}/cancel`
 #[utoipa::path(
     post,
+    operation_id = "cancelBulkAction",
     path = "/v1/bulk-actions/{id}/cancel",
     tag = "bulk",
     summary = "Cancel a bulk action",

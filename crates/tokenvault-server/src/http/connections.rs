@@ -152,6 +152,7 @@ pub struct IntegrationReset {
 /// `GET /v1/users/{user_id}/connections/{integration}/token?min_ttl=60`
 #[utoipa::path(
     get,
+    operation_id = "getToken",
     path = "/v1/users/{user_id}/connections/{integration}/token",
     tag = "connections",
     summary = "A valid access token for the user's connection",
@@ -191,6 +192,7 @@ pub async fn token(
 /// `POST /v1/users/{user_id}/connections/{integration}/refresh`
 #[utoipa::path(
     post,
+    operation_id = "refreshConnection",
     path = "/v1/users/{user_id}/connections/{integration}/refresh",
     tag = "connections",
     summary = "Refresh the user's tokens now",
@@ -229,6 +231,7 @@ pub async fn force_refresh(
 /// `GET /v1/users/{user_id}/connections`
 #[utoipa::path(
     get,
+    operation_id = "listUserConnections",
     path = "/v1/users/{user_id}/connections",
     tag = "connections",
     summary = "The user's connections",
@@ -262,6 +265,7 @@ pub async fn list(
 /// `GET /v1/users/{user_id}/connections/{integration}`
 #[utoipa::path(
     get,
+    operation_id = "getConnection",
     path = "/v1/users/{user_id}/connections/{integration}",
     tag = "connections",
     summary = "One connection's status document",
@@ -297,6 +301,7 @@ pub async fn show(
 /// `DELETE /v1/users/{user_id}/connections/{integration}`
 #[utoipa::path(
     delete,
+    operation_id = "revokeConnection",
     path = "/v1/users/{user_id}/connections/{integration}",
     tag = "connections",
     summary = "Revoke the connection and erase its tokens",
@@ -333,6 +338,7 @@ pub async fn revoke(
 /// closes the circuit breaker after the operator fixed the credentials.
 #[utoipa::path(
     post,
+    operation_id = "resetIntegration",
     path = "/v1/integrations/{key}/reset",
     tag = "integrations",
     summary = "Clear a misconfigured verdict and close the circuit",

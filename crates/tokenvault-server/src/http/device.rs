@@ -78,6 +78,7 @@ pub struct DeviceSessionConnection {
 /// the user. The device code never leaves tokenvault.
 #[utoipa::path(
     post,
+    operation_id = "createDeviceSession",
     path = "/v1/device-sessions",
     tag = "flows",
     summary = "Start a device authorization grant (RFC 8628)",
@@ -136,6 +137,7 @@ pub async fn create_device_session(
 /// the (user, integration) connection's status.
 #[utoipa::path(
     get,
+    operation_id = "getDeviceSession",
     path = "/v1/device-sessions/{id}",
     tag = "flows",
     summary = "Where a device session stands",

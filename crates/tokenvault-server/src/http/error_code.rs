@@ -371,7 +371,9 @@ impl ErrorCode {
             Self::ConnectionNotFound => {
                 "the user has no (or a disconnected) connection to that integration"
             }
-            Self::MethodNotAllowed => "proxy: CONNECT and TRACE are not forwarded",
+            Self::MethodNotAllowed => {
+                "the path exists but not with this method (proxy: CONNECT and TRACE are not forwarded)"
+            }
             Self::BulkActionFinished => "cancel: the action already completed or was cancelled",
             Self::StoredTokensNewer => {
                 "import: tokenvault refreshed this connection itself and its token expires no earlier than the imported one; nothing written (`?force=true` replaces it anyway)"

@@ -18,6 +18,7 @@ pub struct Pong {
 /// `GET /v1/ping`: checks an API key without touching anything else.
 #[utoipa::path(
     get,
+    operation_id = "ping",
     path = "/v1/ping",
     tag = "meta",
     summary = "Check an API key",

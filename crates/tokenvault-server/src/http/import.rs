@@ -75,6 +75,7 @@ fn import_error(err: ImportError, key: &str) -> ApiError {
 /// status document plus `"import"`.
 #[utoipa::path(
     put,
+    operation_id = "importConnection",
     path = "/v1/users/{user_id}/connections/{integration}",
     tag = "connections",
     summary = "Import a grant obtained elsewhere (admin scope)",

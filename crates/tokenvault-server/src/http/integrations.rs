@@ -89,6 +89,7 @@ pub struct IntegrationView {
 /// `GET /v1/providers`: the catalog.
 #[utoipa::path(
     get,
+    operation_id = "listProviders",
     path = "/v1/providers",
     tag = "integrations",
     summary = "The provider catalog",
@@ -125,6 +126,7 @@ pub async fn list_providers(State(state): State<AppState>) -> Json<ProviderList>
 /// `GET /v1/integrations`: what this deployment is configured for.
 #[utoipa::path(
     get,
+    operation_id = "listIntegrations",
     path = "/v1/integrations",
     tag = "integrations",
     summary = "The configured integrations with their health",
@@ -163,6 +165,7 @@ pub async fn list_integrations(State(state): State<AppState>) -> Json<Integratio
 /// callers share one fetch.
 #[utoipa::path(
     get,
+    operation_id = "getAppToken",
     path = "/v1/integrations/{key}/token",
     tag = "integrations",
     summary = "An app-level (client credentials) token",

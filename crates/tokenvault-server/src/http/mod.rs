@@ -195,6 +195,12 @@ pub fn router(state: AppState) -> Router {
             get(flows::callback::integration_callback),
         )
         .fallback(|| async { error::ApiError::new(ErrorCode::NotFound, "no such endpoint") })
+        .method_not_allowed_fallback(|method: Method| async move {
+            error::ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                format!("this endpoint does not take {method}; see /openapi.json"),
+            )
+        })
         .with_state(state.clone())
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(state, per_request))

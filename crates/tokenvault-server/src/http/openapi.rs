@@ -60,6 +60,30 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         .into_iter()
         .map(|(path, item)| (path.replace("{*", "{"), item))
         .collect();
+    // One handler serves every proxied method; generators need one name
+    // per operation: `proxyGet`, `proxyPost`, …
+    for (path, item) in document.paths.paths.iter_mut() {
+        if path.starts_with("/v1/proxy/") {
+            for (method, operation) in operations(item) {
+                let name = method.as_str();
+                operation.operation_id = Some(format!(
+                    "proxy{}{}",
+                    &name[..1],
+                    name[1..].to_ascii_lowercase()
+                ));
+            }
+        }
+    }
+    document
+}
+
+/// The document as served: with the instance's public URL as its server,
+/// so a generated client has a base URL.
+fn with_server(public_url: &url::Url) -> utoipa::openapi::OpenApi {
+    let mut document = DOCUMENT.clone();
+    document.servers = Some(vec![utoipa::openapi::Server::new(
+        public_url.as_str().trim_end_matches('/'),
+    )]);
     document
 }
 
@@ -72,8 +96,10 @@ pub(super) fn methods_of(item: &PathItem) -> Vec<Method> {
 static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(openapi);
 
 /// `GET /openapi.json` (no API key: it describes, it does not expose).
-pub async fn serve() -> Json<&'static utoipa::openapi::OpenApi> {
-    Json(&DOCUMENT)
+pub async fn serve(
+    axum::extract::State(state): axum::extract::State<super::AppState>,
+) -> Json<utoipa::openapi::OpenApi> {
+    Json(with_server(&state.settings.public_url))
 }
 
 /// Adds what the router's `/v1` layers do to every operation: the API-key

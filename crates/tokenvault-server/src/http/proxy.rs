@@ -161,6 +161,7 @@ pub struct ProfileBody {
 /// `GET /v1/users/{user_id}/connections/{integration}/profile`
 #[utoipa::path(
     get,
+    operation_id = "getProfile",
     path = "/v1/users/{user_id}/connections/{integration}/profile",
     tag = "connections",
     summary = "The provider account behind the connection",

@@ -38,6 +38,16 @@ async fn v1_requires_a_valid_api_key_and_errors_are_uniform() {
 
     let ok = http.get(&url).bearer_auth(API_KEY).send().await.unwrap();
     assert_eq!(ok.status(), 200);
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    for scheme in ["bearer", "BEARER"] {
+        let ok = http
+            .get(&url)
+            .header("authorization", format!("{scheme} {API_KEY}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200, "{scheme}");
+    }
 
     // Health stays open for load balancers.
     assert_eq!(
@@ -60,7 +70,7 @@ async fn v1_requires_a_valid_api_key_and_errors_are_uniform() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn caller_request_ids_are_echoed_and_unknown_paths_are_json_404s() {
+async fn caller_request_ids_are_echoed_and_unknown_paths_and_methods_are_json_errors() {
     let server = start_service(|_, _| {}).await;
     let response = reqwest::Client::new()
         .get(server.url("/nope"))
@@ -84,6 +94,30 @@ async fn caller_request_ids_are_echoed_and_unknown_paths_are_json_404s() {
         .await
         .unwrap();
     assert_ne!(response.headers()["x-request-id"], "bad id\twith spaces");
+
+    // A known path with a method it does not take: 405, same envelope, on
+    // open routes and on `/v1` ones alike.
+    for (method, path) in [
+        (reqwest::Method::DELETE, "/healthz"),
+        (reqwest::Method::PATCH, "/v1/connect-sessions"),
+    ] {
+        let response = reqwest::Client::new()
+            .request(method.clone(), server.url(path))
+            .bearer_auth(API_KEY)
+            .header("x-request-id", "m-405")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{method} {path}");
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "method_not_allowed", "{body}");
+        assert_eq!(body["request_id"], "m-405");
+        assert!(
+            body["message"].as_str().unwrap().contains(method.as_str()),
+            "{body}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -379,6 +379,14 @@ async fn a_scrape_after_real_traffic_shows_every_metric_and_no_user_id() {
     );
     assert!(scrape.get("tokenvault_http_request_duration_seconds_sum", &token_route) > 0.0);
 
+    // Connect flows by integration and outcome: A and B connected.
+    assert_eq!(
+        scrape.get(
+            "tokenvault_connect_flows_total",
+            &[("integration", CLIENT), ("outcome", "connected")]
+        ),
+        2.0
+    );
     // Token reads by outcome.
     for (outcome, count) in [("refreshed", 1.0), ("fresh", 1.0), ("needs_reauth", 1.0)] {
         assert_eq!(

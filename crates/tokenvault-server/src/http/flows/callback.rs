@@ -92,6 +92,12 @@ pub(super) async fn finish(
             Err(err) => Err(FlowFailure::from(err)),
         }
     };
+    let counted = match &outcome {
+        Ok(Some(_)) => "confirmation_required",
+        Ok(None) => "connected",
+        Err(failure) => failure.code.as_str(),
+    };
+    metrics::counter!("tokenvault_connect_flows_total", "integration" => integration.key().to_string(), "outcome" => counted).increment(1);
     let mut response = match outcome {
         Ok(Some(confirmation)) => confirmation,
         Ok(None) => {
@@ -173,6 +179,7 @@ pub struct ConfirmedConnection {
 /// brought for another user is discarded, never exchanged.
 #[utoipa::path(
     post,
+    operation_id = "confirmConnectSession",
     path = "/v1/connect-sessions/{id}/confirm",
     tag = "flows",
     summary = "Confirm a confirm-mode connect flow for the logged-in user",
@@ -198,6 +205,7 @@ pub async fn confirm_connect_session(
         .connect
         .confirm(&id, &request.confirm_code, &user)
         .await?;
+    metrics::counter!("tokenvault_connect_flows_total", "integration" => integration.to_string(), "outcome" => "confirmed").increment(1);
     tracing::info!(integration = %integration, "connection created (confirmed by the application)");
     Ok(Json(ConfirmedConnection {
         user_id: user,

@@ -219,6 +219,7 @@ pub struct ConnectSessionCreated {
 /// a single-use link that starts the provider's consent screen.
 #[utoipa::path(
     post,
+    operation_id = "createConnectSession",
     path = "/v1/connect-sessions",
     tag = "flows",
     summary = "Create a connect session (a single-use link to the provider's consent screen)",
