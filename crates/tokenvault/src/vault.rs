@@ -322,6 +322,7 @@ impl Vault {
                 emit,
             })
             .await?;
+        crate::refresh::log_lifecycle(&record, "created");
         Ok(record)
     }
 

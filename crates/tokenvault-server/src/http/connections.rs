@@ -274,9 +274,9 @@ pub async fn list(
         ("integration" = IntegrationKey, Path, description = "An integration key (configured or not: connections of removed integrations stay visible)"),
     ),
     responses(
-        (status = 200, description = "The connection, without token material", body = ConnectionView),
+        (status = 200, description = "The connection, without token material; a revoked one has `status: disconnected` until `retention_days` removes it", body = ConnectionView),
         (status = 400, description = "`invalid_user_id`, `invalid_integration`, `invalid_path` (a path segment that is not UTF-8)", body = ErrorBody),
-        (status = 404, description = "`connection_not_found`", body = ErrorBody),
+        (status = 404, description = "`connection_not_found`: the user has no connection to this integration", body = ErrorBody),
         (status = 500, description = "`internal`", body = ErrorBody),
     ),
 )]

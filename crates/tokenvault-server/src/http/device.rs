@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ErrorBody};
-use super::flows::{integration, parse_scopes, user_id};
+use super::flows::{ScopeList, integration, parse_scopes, user_id};
 
 /// Starts the device authorization grant for one user and integration.
 #[derive(Deserialize, ToSchema)]
@@ -27,10 +27,12 @@ pub struct DeviceSessionRequest {
     user_id: String,
     #[schema(value_type = IntegrationKey)]
     integration: String,
-    /// Scopes to request instead of the integration's defaults; each
-    /// non-empty and without whitespace.
+    /// Scopes to request instead of the integration's defaults: an array
+    /// (each non-empty and without whitespace) or one space-separated
+    /// string.
     #[serde(default)]
-    scopes: Option<Vec<String>>,
+    #[schema(value_type = Option<Vec<String>>)]
+    scopes: Option<ScopeList>,
 }
 
 /// A started device session: what to show the user.
@@ -99,7 +101,7 @@ pub async fn create_device_session(
 ) -> Result<Response, ApiError> {
     let user_id = user_id(&request.user_id)?;
     let integration = integration(&state, &request.integration)?;
-    let scopes = parse_scopes(request.scopes.as_deref().unwrap_or_default())?;
+    let scopes = parse_scopes(request.scopes.as_ref().map_or(&[], ScopeList::as_slice))?;
     let started = state
         .device
         .start(user_id, integration, Some(&scopes))

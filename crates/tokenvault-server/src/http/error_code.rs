@@ -369,7 +369,7 @@ impl ErrorCode {
             Self::ProfileNotSupported => "the provider has no profile endpoint",
             Self::BulkActionNotFound => "no bulk action with that id",
             Self::ConnectionNotFound => {
-                "the user has no (or a disconnected) connection to that integration"
+                "the user has no connection to that integration; token reads and the proxy also answer it for a `disconnected` one, whose status document stays readable"
             }
             Self::MethodNotAllowed => {
                 "the path exists but not with this method (proxy: CONNECT and TRACE are not forwarded)"

@@ -357,6 +357,11 @@ async fn connect_session_input_is_validated() {
             400,
             "invalid_scopes",
         ),
+        (
+            json!({"user_id": "u", "integration": "pkce-app", "scopes": 5}),
+            400,
+            "invalid_json",
+        ),
     ];
     for (body, status, code) in cases {
         let response = service
@@ -379,6 +384,34 @@ async fn connect_session_input_is_validated() {
             .contains("integration"),
         "{missing_field}"
     );
+
+    // Scopes as one space-separated string, as import takes them.
+    let created = service
+        .post_json(
+            "/v1/connect-sessions",
+            json!({"user_id": "u", "integration": "pkce-app", "scopes": " openid  email "}),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    let link = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(created["connect_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(link.status(), 302);
+    let location = url::Url::parse(link.headers()["location"].to_str().unwrap()).unwrap();
+    let scope = location
+        .query_pairs()
+        .find(|(name, _)| name == "scope")
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default();
+    let mut requested: Vec<&str> = scope.split(' ').collect();
+    requested.sort_unstable();
+    assert_eq!(requested, ["email", "openid"], "{location}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -512,7 +512,22 @@ async fn revocation_revokes_at_the_provider_and_erases_locally() {
         .await
         .unwrap_err();
     assert!(err.is_invalid_grant(), "{err}");
-    assert_eq!(service.get_json(&token_path("ivy")).await.status(), 404);
+    // The documented contract: token reads answer 404 connection_not_found,
+    // the status document stays readable as `disconnected`.
+    let token = service.get_json(&token_path("ivy")).await;
+    assert_eq!(token.status(), 404);
+    assert_eq!(
+        token.json::<Value>().await.unwrap()["error"],
+        "connection_not_found"
+    );
+    let status = service
+        .get_json(&format!("/v1/users/ivy/connections/{CLIENT}"))
+        .await;
+    assert_eq!(status.status(), 200);
+    assert_eq!(
+        status.json::<Value>().await.unwrap()["status"],
+        "disconnected"
+    );
     let events = receiver
         .wait_for(
             WEBHOOK_SECRET,

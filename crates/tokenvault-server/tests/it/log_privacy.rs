@@ -174,6 +174,22 @@ async fn trace_logs_of_a_whole_connection_life_hold_no_secret() {
         "the user appears by their keyed hash {tag}"
     );
     assert!(log.contains(&state[..8]), "states appear truncated");
+    // One info line per change in the connection's life, naming the user
+    // by tag, the integration and the connection.
+    for message in [
+        "connection created",
+        "connection refresh forced",
+        "connection revoked and erased",
+    ] {
+        let line = records
+            .iter()
+            .find(|r| r["fields"]["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} line"));
+        assert_eq!(line["level"], "INFO", "{line}");
+        assert_eq!(line["fields"]["user"], tag.as_str(), "{line}");
+        assert_eq!(line["fields"]["integration"], CLIENT, "{line}");
+        assert!(line["fields"]["connection"].is_string(), "{line}");
+    }
 
     let mut secrets: Vec<(String, String)> = peer.hook_get("secrets").await["secrets"]
         .as_array()

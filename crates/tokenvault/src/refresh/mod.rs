@@ -267,6 +267,28 @@ pub(crate) fn needs_refresh_for(
     now + attainable >= expires
 }
 
+/// One log line per change in a connection's life, at info (a successful
+/// scheduled refresh is at debug, see [`log_refreshed`]): what happened,
+/// to which connection, for which user — by its keyed tag, never the id.
+pub(crate) fn log_lifecycle(record: &crate::store::ConnectionRecord, what: &str) {
+    tracing::info!(
+        user = %crate::privacy::UserTag(record.user_id.as_str()),
+        integration = %record.integration,
+        connection = %record.id,
+        "connection {what}"
+    );
+}
+
+/// A successful refresh: routine, so at debug.
+pub(crate) fn log_refreshed(record: &crate::store::ConnectionRecord) {
+    tracing::debug!(
+        user = %crate::privacy::UserTag(record.user_id.as_str()),
+        integration = %record.integration,
+        connection = %record.id,
+        "connection refreshed"
+    );
+}
+
 /// A std duration as chrono's, saturating.
 pub(crate) fn chrono(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)

@@ -107,6 +107,11 @@ impl Vault {
             Ok(stored) => {
                 self.journal().stored(record.id);
                 self.db_reachable();
+                if record.status == ConnectionStatus::Error {
+                    super::log_lifecycle(&stored, "recovered");
+                } else {
+                    super::log_refreshed(&stored);
+                }
                 Ok(IssuedToken::new(tokens, stored, TokenOutcome::Refreshed))
             }
             Err(StoreError::Conflict { .. } | StoreError::NotFound) => {
@@ -179,6 +184,10 @@ impl Vault {
         ));
         self.write_best_effort(&record, &update, "recording needs_reauth failed")
             .await;
+        super::log_lifecycle(
+            &record,
+            "needs reauthorization: the provider refused its grant",
+        );
         TokenError::NeedsReauth {
             status: ConnectionStatus::NeedsReauth,
             last_error: Some(last_error),
@@ -278,6 +287,12 @@ impl Vault {
         }
         self.write_best_effort(&record, &update, "recording the failed refresh run failed")
             .await;
+        if status == ConnectionStatus::Error && record.status != ConnectionStatus::Error {
+            super::log_lifecycle(
+                &record,
+                "failing: refreshes keep failing, retried with backoff",
+            );
+        }
         TokenError::ProviderUnavailable {
             cause: super::Unavailable::RefreshFailed {
                 class: class.as_str(),

@@ -88,7 +88,10 @@ impl Vault {
                 .update(record.id, record.version, &update)
                 .await
             {
-                Ok(_) => return Ok(revocation),
+                Ok(_) => {
+                    super::log_lifecycle(&record, "revoked and erased");
+                    return Ok(revocation);
+                }
                 Err(StoreError::Conflict { .. }) => {
                     record = self
                         .store()

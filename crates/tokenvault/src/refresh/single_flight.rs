@@ -157,6 +157,7 @@ impl Vault {
             .await?
             .ok_or(TokenError::NotConnected)?;
         let tokens = usable(self, &record, Opening::Both).await?;
+        super::log_lifecycle(&record, "refresh forced");
         let mode = Mode::Forced {
             seen: record.access_token.clone(),
         };

@@ -101,7 +101,7 @@ pub(super) async fn finish(
     let mut response = match outcome {
         Ok(Some(confirmation)) => confirmation,
         Ok(None) => {
-            tracing::info!(integration = %integration.key(), "connection created");
+            tracing::info!(integration = %integration.key(), "connect flow finished");
             finished(&record, None, &integration)
         }
         Err(failure) => {
@@ -206,7 +206,7 @@ pub async fn confirm_connect_session(
         .confirm(&id, &request.confirm_code, &user)
         .await?;
     metrics::counter!("tokenvault_connect_flows_total", "integration" => integration.to_string(), "outcome" => "confirmed").increment(1);
-    tracing::info!(integration = %integration, "connection created (confirmed by the application)");
+    tracing::info!(integration = %integration, "connect flow confirmed by the application");
     Ok(Json(ConfirmedConnection {
         user_id: user,
         integration,

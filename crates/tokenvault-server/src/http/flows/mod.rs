@@ -164,6 +164,36 @@ pub(super) fn user_id(raw: &str) -> Result<UserId, ApiError> {
     UserId::parse(raw).map_err(|e| ApiError::new(ErrorCode::InvalidUserId, e.to_string()))
 }
 
+/// Scopes as a request gives them: an array of strings, or one
+/// space-separated string (as import takes them). Each is then checked by
+/// [`parse_scopes`].
+#[derive(Debug, Default)]
+pub(super) struct ScopeList(Vec<String>);
+
+impl ScopeList {
+    pub(super) fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for ScopeList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            List(Vec<String>),
+            Text(String),
+        }
+        match Given::deserialize(deserializer) {
+            Ok(Given::List(list)) => Ok(Self(list)),
+            Ok(Given::Text(text)) => Ok(Self(text.split_whitespace().map(str::to_owned).collect())),
+            Err(_) => Err(serde::de::Error::custom(
+                "scopes must be an array of strings or one space-separated string",
+            )),
+        }
+    }
+}
+
 pub(super) fn parse_scopes(scopes: &[String]) -> Result<Scopes, ApiError> {
     Scopes::try_from_list(scopes)
         .map_err(|e| ApiError::new(ErrorCode::InvalidScopes, e.to_string()))
@@ -178,10 +208,12 @@ pub struct ConnectSessionRequest {
     user_id: String,
     #[schema(value_type = IntegrationKey)]
     integration: String,
-    /// Scopes to request instead of the integration's defaults; each
-    /// non-empty and without whitespace.
+    /// Scopes to request instead of the integration's defaults: an array
+    /// (each non-empty and without whitespace) or one space-separated
+    /// string.
     #[serde(default)]
-    scopes: Option<Vec<String>>,
+    #[schema(value_type = Option<Vec<String>>)]
+    scopes: Option<ScopeList>,
     /// Where the browser goes afterwards (an absolute URL on an origin in
     /// `TOKENVAULT_ALLOWED_REDIRECT_ORIGINS`), with `connection`, `status`
     /// and, on failure, `error` added to the query.
@@ -239,7 +271,7 @@ pub async fn create_connect_session(
 ) -> Result<Response, ApiError> {
     let user_id = user_id(&request.user_id)?;
     let integration = integration(&state, &request.integration)?;
-    let scopes = parse_scopes(request.scopes.as_deref().unwrap_or_default())?;
+    let scopes = parse_scopes(request.scopes.as_ref().map_or(&[], ScopeList::as_slice))?;
     let redirect_to = request
         .redirect_to
         .map(|raw| allowed_redirect(&state, &raw))
