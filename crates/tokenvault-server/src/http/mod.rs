@@ -271,7 +271,14 @@ async fn per_request(
             return refused.into_response();
         }
         if declared_length(&request).is_some_and(|length| length > state.limits.max_body_bytes) {
-            return refuse_oversized(request.into_body(), state.limits.max_body_bytes).await;
+            // A client that waits for `100 Continue` sends nothing until
+            // the body is read: answer at once, it never gets the go-ahead.
+            let waiting = request
+                .headers()
+                .get(axum::http::header::EXPECT)
+                .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            let body = (!waiting).then(|| request.into_body());
+            return refuse_oversized(body, state.limits.max_body_bytes).await;
         }
         next.run(request).await
     };
@@ -305,17 +312,20 @@ fn declared_length(request: &Request) -> Option<usize> {
 
 /// Answers 413 `payload_too_large` to a body declared over the limit,
 /// after reading and dropping it (up to [`OVERSIZED_DRAIN_BYTES`], within
-/// the request timeout). Answering first and closing with the body unread
-/// makes the client's kernel see a reset while it is still sending, and the
-/// client gets a broken connection instead of the 413.
-async fn refuse_oversized(body: axum::body::Body, limit: usize) -> Response {
+/// the request timeout; `None`: the client has sent nothing yet).
+/// Answering first and closing with the body unread makes the client's
+/// kernel see a reset while it is still sending, and the client gets a
+/// broken connection instead of the 413.
+async fn refuse_oversized(body: Option<axum::body::Body>, limit: usize) -> Response {
     use futures::StreamExt;
-    let mut stream = body.into_data_stream();
-    let mut read = 0usize;
-    while read <= OVERSIZED_DRAIN_BYTES {
-        match stream.next().await {
-            Some(Ok(chunk)) => read += chunk.len(),
-            Some(Err(_)) | None => break,
+    if let Some(body) = body {
+        let mut stream = body.into_data_stream();
+        let mut read = 0usize;
+        while read <= OVERSIZED_DRAIN_BYTES {
+            match stream.next().await {
+                Some(Ok(chunk)) => read += chunk.len(),
+                Some(Err(_)) | None => break,
+            }
         }
     }
     error::ApiError::new(

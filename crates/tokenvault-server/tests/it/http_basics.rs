@@ -176,6 +176,36 @@ async fn bodies_over_the_configured_limit_are_413_and_change_nothing() {
         assert!(body["message"].as_str().unwrap().contains("2048"), "{body}");
     }
     assert!(!connection_exists(&server, "u1", "github").await);
+    // A client that asks before sending (`Expect: 100-continue`) gets the
+    // 413 at once, not a go-ahead to upload what would be refused.
+    {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let address = server.base.trim_start_matches("http://").to_owned();
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let head = format!(
+            "PUT /v1/users/u1/connections/github HTTP/1.1\r\nHost: {address}\r\n\
+             Authorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\n\
+             Content-Length: 10000000\r\nExpect: 100-continue\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let read_answer = async {
+            let mut answer = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !String::from_utf8_lossy(&answer).contains("payload_too_large") {
+                let read = stream.read(&mut chunk).await.unwrap();
+                if read == 0 {
+                    break;
+                }
+                answer.extend_from_slice(&chunk[..read]);
+            }
+            String::from_utf8_lossy(&answer).into_owned()
+        };
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(10), read_answer)
+            .await
+            .expect("answered without the body");
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("payload_too_large"), "{answer}");
+    }
     // Under the limit, the same endpoint works.
     let small = server
         .post_json(
@@ -365,6 +395,9 @@ async fn slow_headers_and_idle_keep_alive_connections_are_closed() {
     let mut idle = tokio::net::TcpStream::connect(format!("127.0.0.1:{idle_port}"))
         .await
         .unwrap();
+    // From before the request: the server's idle timer starts after its
+    // answer, so this is a lower bound even when this client reads late.
+    let started = std::time::Instant::now();
     idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
@@ -377,7 +410,6 @@ async fn slow_headers_and_idle_keep_alive_connections_are_closed() {
         "{:?}",
         String::from_utf8_lossy(&answer)
     );
-    let started = std::time::Instant::now();
     let end = tokio::time::timeout(std::time::Duration::from_secs(15), async {
         loop {
             match idle.read(&mut buf).await {
