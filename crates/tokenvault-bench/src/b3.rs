@@ -44,7 +44,7 @@ pub struct Tick {
 }
 
 /// The claim statement as the PostgreSQL store runs it (see
-/// `store/sql.rs`), for `EXPLAIN`.
+/// `store/sql/mod.rs`, the dialects' `claim_due`), for `EXPLAIN`.
 const CLAIM: &str = "EXPLAIN UPDATE connections SET lease_owner = $1, lease_expires_at = $2, version = version + 1 \
      WHERE id IN (SELECT id FROM connections \
      WHERE next_refresh_at IS NOT NULL AND next_refresh_at <= $3 AND status IN ('connected', 'error') \
