@@ -62,41 +62,37 @@ impl FlowFailure {
 /// A flow step's failure as the API answers it.
 impl From<ConnectError> for FlowFailure {
     fn from(err: ConnectError) -> Self {
-        let code = match &err {
-            ConnectError::InvalidState(_) => ErrorCode::InvalidState,
-            ConnectError::StateMismatch { .. } => ErrorCode::StateMismatch,
-            ConnectError::UnknownIntegration(_) => ErrorCode::UnknownIntegration,
+        let message = err.to_string();
+        let code = match err {
+            ConnectError::StateStore(err) => return state_store_error(err).into(),
+            ConnectError::Save(err) => return save_failure(&err),
             ConnectError::Provider {
                 denied,
                 provider_code,
                 ..
             } => {
                 return Self {
-                    code: if *denied {
+                    code: if denied {
                         ErrorCode::AccessDenied
                     } else {
                         ErrorCode::ProviderError
                     },
-                    provider_code: Some(provider_code.clone()),
+                    provider_code: Some(provider_code),
                     status: StatusCode::BAD_REQUEST,
-                    message: err.to_string(),
+                    message,
                 };
             }
+            ConnectError::InvalidState(_) => ErrorCode::InvalidState,
+            ConnectError::StateMismatch { .. } => ErrorCode::StateMismatch,
+            ConnectError::UnknownIntegration(_) => ErrorCode::UnknownIntegration,
             ConnectError::IssuerMismatch(_) => ErrorCode::IssuerMismatch,
             ConnectError::MissingCode => ErrorCode::MissingCode,
             ConnectError::Exchange(_) => ErrorCode::TokenExchangeFailed,
             ConnectError::ConfirmWithoutRedirect => ErrorCode::InvalidRedirectTo,
             ConnectError::ConfirmationNotFound => ErrorCode::ConfirmationNotFound,
             ConnectError::UserMismatch => ErrorCode::UserMismatch,
-            ConnectError::StateStore(_) | ConnectError::Save(_) => {
-                return match err {
-                    ConnectError::StateStore(err) => state_store_error(err).into(),
-                    ConnectError::Save(err) => save_failure(&err),
-                    _ => unreachable!("matched above"),
-                };
-            }
         };
-        Self::new(code, err.to_string())
+        Self::new(code, message)
     }
 }
 
@@ -145,19 +141,13 @@ fn state_store_error(err: StateError) -> ApiError {
     }
 }
 
+/// The configured integration named `raw` (the connect flow's lookup, so
+/// every handler refuses an unknown one the same way).
 pub(super) fn integration<'a>(
     state: &'a AppState,
     raw: &str,
 ) -> Result<&'a Arc<Integration>, ApiError> {
-    IntegrationKey::parse(raw)
-        .ok()
-        .and_then(|key| state.integrations.get(&key))
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::UnknownIntegration,
-                format!("no integration named {raw:?} is configured; see GET /v1/integrations"),
-            )
-        })
+    state.connect.integration(raw).map_err(ApiError::from)
 }
 
 pub(super) fn user_id(raw: &str) -> Result<UserId, ApiError> {
