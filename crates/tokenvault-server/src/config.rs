@@ -37,6 +37,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct Config {
+    /// The file this configuration was read from, if any.
+    #[serde(skip)]
+    pub source_file: Option<PathBuf>,
     pub environment: Environment,
     pub bind: SocketAddr,
     /// Where the embedded defaults live: the SQLite file and the dev key file.
@@ -95,6 +98,8 @@ pub struct Config {
     pub refresh_rate_limit_per_second: u32,
     /// Days after which disconnected and expired connections are deleted; 0 keeps them.
     pub retention_days: u64,
+    /// Days a connection's history entries are kept; 0 keeps them forever.
+    pub history_retention_days: u64,
     /// Consecutive provider failures that open an integration's circuit.
     pub breaker_failure_threshold: u32,
     /// Seconds an open circuit waits before trial calls.
@@ -204,6 +209,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             environment: Environment::Development,
+            source_file: None,
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
             database_url: None,
@@ -229,6 +235,7 @@ impl Default for Config {
             token_cache_ms: 1000,
             refresh_rate_limit_per_second: 50,
             retention_days: 30,
+            history_retention_days: 90,
             breaker_failure_threshold: 5,
             breaker_open_secs: 60,
             breaker_success_threshold: 3,
@@ -263,7 +270,7 @@ impl Config {
     /// Loads the layered configuration. An explicit `path` must exist; the
     /// default `tokenvault.toml` is optional.
     pub fn load(path: Option<&Path>) -> Result<Self, Box<figment::Error>> {
-        let file = match path {
+        let (file, source_file) = match path {
             Some(path) => {
                 if !path.exists() {
                     return Err(Box::new(figment::Error::from(format!(
@@ -271,15 +278,25 @@ impl Config {
                         path.display()
                     ))));
                 }
-                Toml::file_exact(path)
+                (Toml::file_exact(path), Some(path.to_owned()))
             }
-            None => Toml::file("tokenvault.toml"),
+            None => {
+                let default = Path::new("tokenvault.toml");
+                (
+                    Toml::file("tokenvault.toml"),
+                    default.exists().then(|| default.to_owned()),
+                )
+            }
         };
-        Figment::new()
+        let config: Self = Figment::new()
             .merge(file)
             .merge(Env::prefixed("TOKENVAULT_").ignore(&["config"]))
             .extract()
-            .map_err(Box::new)
+            .map_err(Box::new)?;
+        Ok(Self {
+            source_file,
+            ..config
+        })
     }
 
     pub fn database_url(&self) -> String {
@@ -288,9 +305,16 @@ impl Config {
         })
     }
 
+    /// `public_url`, or `http://<bind>` (with `localhost` for a wildcard
+    /// bind such as `0.0.0.0:8080`, which no browser can open).
     pub fn public_url(&self) -> Url {
         self.public_url.clone().unwrap_or_else(|| {
-            Url::parse(&format!("http://{}", self.bind)).expect("a socket address makes a URL")
+            let url = if self.bind.ip().is_unspecified() {
+                format!("http://localhost:{}", self.bind.port())
+            } else {
+                format!("http://{}", self.bind)
+            };
+            Url::parse(&url).expect("a socket address makes a URL")
         })
     }
 

@@ -24,6 +24,10 @@ pub struct Report {
 /// `env` reads the per-integration variables (`<KEY>_CLIENT_ID`, …).
 pub fn check(config: &Config, env: impl Fn(&str) -> Option<String>) -> (Table, Report) {
     let mut report = Report::default();
+    check_file(config, &mut report);
+    report.warnings.extend(crate::config_keys::unknown_env_keys(
+        std::env::vars().filter(|(name, _)| name.starts_with("TOKENVAULT_")),
+    ));
     check_master_keys(config, &mut report);
     if let Err(err) = Url::parse(&config.database_url())
         .map_err(|e| e.to_string())
@@ -109,6 +113,32 @@ pub fn check(config: &Config, env: impl Fn(&str) -> Option<String>) -> (Table, R
         );
     }
     (render(config, integrations.as_ref()), report)
+}
+
+/// The file's own keys and values: unknown keys and the example's
+/// placeholders are errors (figment ignores unknown keys, so a typo would
+/// silently keep a default).
+fn check_file(config: &Config, report: &mut Report) {
+    let Some(path) = &config.source_file else {
+        return;
+    };
+    let file = std::fs::read_to_string(path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| text.parse::<Table>().map_err(|e| e.to_string()));
+    match file {
+        Ok(file) => {
+            let name = path.display();
+            for error in crate::config_keys::unknown_file_keys(&file)
+                .into_iter()
+                .chain(crate::config_keys::placeholders(&file))
+            {
+                report.errors.push(format!("{name}: {error}"));
+            }
+        }
+        Err(err) => report
+            .errors
+            .push(format!("config file {}: {err}", path.display())),
+    }
 }
 
 fn check_master_keys(config: &Config, report: &mut Report) {
@@ -270,6 +300,7 @@ fn render(
         int(config.refresh_rate_limit_per_second),
     );
     put("retention_days", int(config.retention_days));
+    put("history_retention_days", int(config.history_retention_days));
     put(
         "breaker_failure_threshold",
         int(config.breaker_failure_threshold),

@@ -4,6 +4,8 @@
 //! (PREFIX = [`IntegrationKey::env_prefix`], `google-mail` → `GOOGLE_MAIL`).
 //! The library validates and resolves what this produces.
 
+use std::collections::BTreeMap;
+
 use secrecy::SecretString;
 use tokenvault::domain::IntegrationKey;
 use tokenvault::integrations::{IntegrationConfig, IntegrationConfigError, IntegrationsConfig};
@@ -22,6 +24,11 @@ pub fn integrations_config(
     env: impl Fn(&str) -> Option<String>,
 ) -> anyhow::Result<IntegrationsConfig> {
     let mut integrations = config.integrations.clone();
+    let mut redirect_sources: BTreeMap<IntegrationKey, Source> = integrations
+        .iter()
+        .filter(|(_, integration)| integration.redirect_uri.is_some())
+        .map(|(key, _)| (key.clone(), Source::File))
+        .collect();
     for key in catalog.keys() {
         let Ok(key) = IntegrationKey::parse(key) else {
             continue;
@@ -38,22 +45,98 @@ pub fn integrations_config(
             );
         }
     }
+    // Ready entries and the ones resolved by OIDC discovery (`oidc`).
+    let known = || {
+        catalog
+            .keys()
+            .chain(catalog.pending_discovery().map(|p| p.key.as_str()))
+    };
+    for (key, integration) in &integrations {
+        let provider = integration.provider.trim();
+        if !provider.is_empty() && !known().any(|known| known == provider) {
+            let hint = crate::config_keys::suggest(provider, known())
+                .map(|near| format!(" (did you mean `{near}`?)"))
+                .unwrap_or_default();
+            anyhow::bail!(
+                "integrations.{key}.provider: unknown provider `{provider}`{hint}; GET /v1/providers lists the catalog"
+            );
+        }
+    }
+    let public_url = config.public_url();
     for (key, integration) in &mut integrations {
-        apply_env(integration, key, &env)?;
+        if apply_env(integration, key, &env)? {
+            redirect_sources.insert(key.clone(), Source::Env);
+        }
+        if integration.redirect_uri.is_none() {
+            integration.redirect_uri = Some(default_redirect_uri(&public_url));
+            redirect_sources.insert(key.clone(), Source::Default);
+        }
     }
     let integrations = IntegrationsConfig { integrations };
-    integrations.validate(Some(&config.public_url()), config.is_production())?;
+    integrations
+        .validate(Some(&public_url), config.is_production())
+        .map_err(|err| name_the_source(err, &redirect_sources, config))?;
     Ok(integrations)
+}
+
+/// Where an integration's redirect URI came from, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    File,
+    Env,
+    Default,
+}
+
+/// `{public_url}/oauth/callback`: the route every integration shares.
+pub fn default_redirect_uri(public_url: &Url) -> Url {
+    public_url
+        .join("oauth/callback")
+        .expect("a base URL joins a relative path")
+}
+
+/// The library names the environment variable in every redirect-URI error;
+/// say where the value really came from, and where the public URL did.
+fn name_the_source(
+    err: IntegrationConfigError,
+    sources: &BTreeMap<IntegrationKey, Source>,
+    config: &Config,
+) -> IntegrationConfigError {
+    let IntegrationConfigError::Invalid { variable, message } = err else {
+        return err;
+    };
+    let Some((key, source)) = sources
+        .iter()
+        .find(|(key, _)| variable == format!("{}_REDIRECT_URI", key.env_prefix()))
+    else {
+        return IntegrationConfigError::Invalid { variable, message };
+    };
+    let variable = match source {
+        Source::Env => format!("{variable} (environment)"),
+        Source::File => format!("integrations.{key}.redirect_uri (config file)"),
+        Source::Default => format!(
+            "integrations.{key}.redirect_uri (not set: defaults to {{public_url}}/oauth/callback)"
+        ),
+    };
+    let message = if message.contains("public URL") && config.public_url.is_none() {
+        format!(
+            "{message}; the public URL defaults to http://<bind> ({}): set public_url (TOKENVAULT_PUBLIC_URL) to the address browsers reach tokenvault at, or `serve --bind`",
+            config.public_url()
+        )
+    } else {
+        message
+    };
+    IntegrationConfigError::Invalid { variable, message }
 }
 
 /// Overlays `<PREFIX>_CLIENT_ID`, `<PREFIX>_CLIENT_SECRET` and
 /// `<PREFIX>_REDIRECT_URI` on the file values: the environment wins. Unset
-/// and empty (or blank) variables are ignored.
+/// and empty (or blank) variables are ignored. True when the redirect URI
+/// came from the environment.
 fn apply_env(
     integration: &mut IntegrationConfig,
     key: &IntegrationKey,
     env: impl Fn(&str) -> Option<String>,
-) -> Result<(), IntegrationConfigError> {
+) -> Result<bool, IntegrationConfigError> {
     let prefix = key.env_prefix();
     let get = |suffix: &str| {
         let name = format!("{prefix}_{suffix}");
@@ -67,14 +150,15 @@ fn apply_env(
     if let Some((_, v)) = get("CLIENT_SECRET") {
         integration.client_secret = Some(SecretString::from(v));
     }
-    if let Some((name, v)) = get("REDIRECT_URI") {
-        let url = Url::parse(v.trim()).map_err(|e| IntegrationConfigError::Invalid {
-            variable: name,
-            message: format!("must be an absolute URL ({e})"),
-        })?;
-        integration.redirect_uri = Some(url);
-    }
-    Ok(())
+    let Some((name, v)) = get("REDIRECT_URI") else {
+        return Ok(false);
+    };
+    let url = Url::parse(v.trim()).map_err(|e| IntegrationConfigError::Invalid {
+        variable: format!("{name} (environment)"),
+        message: format!("must be an absolute URL ({e})"),
+    })?;
+    integration.redirect_uri = Some(url);
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -136,7 +220,7 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            err.starts_with("SPOTIFY_REDIRECT_URI: must be an absolute URL"),
+            err.starts_with("SPOTIFY_REDIRECT_URI (environment): must be an absolute URL"),
             "{err}"
         );
     }
@@ -166,5 +250,78 @@ mod tests {
         // Without the variable, nothing is enabled.
         let none = integrations_config(&config, &catalog, |_| None).unwrap();
         assert!(none.integrations.is_empty());
+    }
+
+    fn spotify_redirect(integrations: &IntegrationsConfig) -> String {
+        integrations.integrations[&key("spotify")]
+            .redirect_uri
+            .as_ref()
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn client_id_and_secret_are_enough_the_redirect_uri_follows_the_public_url() {
+        let catalog = Catalog::builtin();
+        let env = HashMap::from([
+            ("SPOTIFY_CLIENT_ID", "s-id"),
+            ("SPOTIFY_CLIENT_SECRET", "s-secret"),
+        ]);
+        let get = |n: &str| env.get(n).map(|v| (*v).to_owned());
+        let on = |bind: &str| Config {
+            bind: bind.parse().unwrap(),
+            ..Config::default()
+        };
+        let integrations = integrations_config(&on("127.0.0.1:19100"), &catalog, get).unwrap();
+        assert_eq!(
+            spotify_redirect(&integrations),
+            "http://127.0.0.1:19100/oauth/callback"
+        );
+        // A wildcard bind is not an address a browser opens.
+        let integrations = integrations_config(&on("0.0.0.0:8080"), &catalog, get).unwrap();
+        assert_eq!(
+            spotify_redirect(&integrations),
+            "http://localhost:8080/oauth/callback"
+        );
+        let public = Config {
+            public_url: Some(Url::parse("https://vault.example.com/base/").unwrap()),
+            ..Config::default()
+        };
+        let integrations = integrations_config(&public, &catalog, get).unwrap();
+        assert_eq!(
+            spotify_redirect(&integrations),
+            "https://vault.example.com/base/oauth/callback"
+        );
+    }
+
+    #[test]
+    fn redirect_uri_errors_name_where_the_value_came_from() {
+        let catalog = Catalog::builtin();
+        let mut config = Config {
+            bind: "127.0.0.1:19100".parse().unwrap(),
+            ..Config::default()
+        };
+        let mut peer = from_file("spotify");
+        peer.redirect_uri = Some(Url::parse("http://127.0.0.1:8080/oauth/callback").unwrap());
+        config.integrations.insert(key("peer"), peer);
+        let err = integrations_config(&config, &catalog, |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("integrations.peer.redirect_uri (config file): must be on the public URL's origin http://127.0.0.1:19100"),
+            "{err}"
+        );
+        assert!(err.contains("set public_url"), "{err}");
+        assert!(!err.contains("PEER_REDIRECT_URI"), "{err}");
+
+        let err = integrations_config(&config, &catalog, |n| {
+            (n == "PEER_REDIRECT_URI").then(|| "http://127.0.0.1:1/oauth/callback".to_owned())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("PEER_REDIRECT_URI (environment): must be on the public URL's origin"),
+            "{err}"
+        );
     }
 }

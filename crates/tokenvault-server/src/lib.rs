@@ -6,6 +6,8 @@ pub mod app;
 pub mod bulk;
 pub mod config;
 pub mod config_check;
+pub mod config_keys;
+pub mod connections;
 pub mod http;
 pub mod import;
 pub mod integrations_env;

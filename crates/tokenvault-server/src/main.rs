@@ -1,7 +1,7 @@
 //! `tokenvault`: the service and its operator commands.
 
 use tokenvault_server::app::{App, Overrides};
-use tokenvault_server::{api_keys, bulk, config, config_check, import, keys, wiring};
+use tokenvault_server::{api_keys, bulk, config, config_check, connections, import, keys, wiring};
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -67,6 +67,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Find, inspect, refresh and revoke users' connections.
+    Connections {
+        #[command(subcommand)]
+        command: ConnectionsCommand,
+    },
     /// Bulk actions: one provider API request for many users.
     Bulk {
         #[command(subcommand)]
@@ -114,6 +119,43 @@ enum ApiKeysCommand {
     Revoke {
         /// The key's id, as `api-keys list` shows it (the 12 hex characters after `tvk_`).
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConnectionsCommand {
+    /// List connections across users (every page), e.g. who needs re-auth.
+    List {
+        /// Only this status: connected, needs_reauth, expired, error, disconnected.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this integration.
+        #[arg(long)]
+        integration: Option<String>,
+        /// Only users whose id starts with this.
+        #[arg(long, value_name = "PREFIX")]
+        user_prefix: Option<String>,
+        /// Print a JSON array (the API's shape) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one connection's status and its latest history entries.
+    Show {
+        user_id: String,
+        integration: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refresh a connection's tokens now.
+    Refresh {
+        user_id: String,
+        integration: String,
+    },
+    /// Revoke a connection at the provider and erase its tokens.
+    Revoke {
+        user_id: String,
+        integration: String,
     },
 }
 
@@ -212,6 +254,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ApiKeysCommand::Revoke { id } => api_keys::revoke(&config, &id).await,
         },
         Command::Serve { bind } => serve(config, bind).await,
+        Command::Connections { command } => match command {
+            ConnectionsCommand::List {
+                status,
+                integration,
+                user_prefix,
+                json,
+            } => {
+                let args = connections::ListArgs {
+                    status,
+                    integration,
+                    user_id_prefix: user_prefix,
+                    json,
+                };
+                connections::list(&config, args).await
+            }
+            ConnectionsCommand::Show {
+                user_id,
+                integration,
+                json,
+            } => connections::show(&config, &user_id, &integration, json).await,
+            ConnectionsCommand::Refresh {
+                user_id,
+                integration,
+            } => connections::refresh(&config, &user_id, &integration).await,
+            ConnectionsCommand::Revoke {
+                user_id,
+                integration,
+            } => connections::revoke(&config, &user_id, &integration).await,
+        },
         Command::Bulk { command } => match command {
             BulkCommand::Run { spec } => bulk::run(&config, &spec).await,
             BulkCommand::Resume { id } => bulk::resume(&config, &id).await,
@@ -270,12 +341,61 @@ async fn serve(mut config: Config, bind: Option<SocketAddr>) -> anyhow::Result<(
     if let Some(bind) = bind {
         config.bind = bind;
     }
+    // The same validation as `config check`, before anything is written.
+    let (_, report) = config_check::check(&config, |name| std::env::var(name).ok());
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if !report.errors.is_empty() {
+        anyhow::bail!(
+            "the configuration has {} error(s) (`tokenvault config check` shows them with the effective configuration):\n  {}",
+            report.errors.len(),
+            report.errors.join("\n  ")
+        );
+    }
     let app = App::build(config, Overrides::default()).await?;
     eprintln!("tokenvault listening on http://{}", app.local_addr());
     if let Some(addr) = app.metrics_addr() {
         eprintln!("tokenvault metrics on http://{addr}/metrics");
     }
+    print_next_steps(&app).await;
     app.run_until(shutdown_signal()).await.map(drop)
+}
+
+/// What a first run needs to hear: the redirect URI to register at each
+/// provider, and the command for whatever is still missing.
+async fn print_next_steps(app: &App) {
+    let state = app.state();
+    let public_url = app.config().public_url();
+    for (key, integration) in state.integrations.iter() {
+        eprintln!(
+            "integration {key} ({}): register this redirect URI at the provider: {}",
+            integration.spec().display_name,
+            integration.redirect_uri()
+        );
+    }
+    if state.integrations.is_empty() {
+        eprintln!(
+            "next: no integration is configured. Set a catalog provider's client id and secret and restart, e.g.\n  \
+             SPOTIFY_CLIENT_ID=... SPOTIFY_CLIENT_SECRET=... tokenvault serve\n\
+             (its redirect URI defaults to {}; GET /v1/providers lists the catalog)",
+            tokenvault_server::integrations_env::default_redirect_uri(&public_url)
+        );
+    }
+    let has_key = !app.config().api_keys.is_empty()
+        || match wiring::open_api_key_store(app.config()).await {
+            Ok(store) => store
+                .list()
+                .await
+                .is_ok_and(|keys| keys.iter().any(|key| key.revoked_at.is_none())),
+            Err(_) => true,
+        };
+    if !has_key {
+        eprintln!(
+            "next: no API key yet. Create one for your backend:\n  \
+             tokenvault api-keys create --name backend --scope manage"
+        );
+    }
 }
 
 async fn shutdown_signal() {

@@ -285,6 +285,10 @@ pub fn scheduler_settings(config: &Config) -> SchedulerSettings {
         concurrency: config.scheduler_concurrency.max(1),
         retention: Some(Duration::from_secs(config.retention_days * 24 * 3600))
             .filter(|d| !d.is_zero()),
+        history_retention: Some(Duration::from_secs(
+            config.history_retention_days * 24 * 3600,
+        ))
+        .filter(|d| !d.is_zero()),
         ..SchedulerSettings::default()
     }
 }

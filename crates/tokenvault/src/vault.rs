@@ -21,7 +21,8 @@ use crate::refresh::journal::Journal;
 use crate::refresh::local::LocalStore;
 use crate::refresh::{BreakerSettings, IntegrationHealth, RefreshSettings};
 use crate::store::{
-    ConnectionRecord, ConnectionStore, LastError, NewConnection, OutboxEvent, Store, StoreError,
+    ConnectionRecord, ConnectionStore, HistoryEntry, HistoryKind, LastError, NewConnection,
+    OutboxEvent, Store, StoreError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -271,12 +272,23 @@ impl Vault {
     ) -> Result<ConnectionRecord, VaultError> {
         let now = self.inner.clock.now();
         let due = next_refresh_at(tokens, refresh_buffer, now);
-        self.insert_grant(user, integration, tokens, metadata, due, now)
-            .await
+        self.insert_grant(
+            user,
+            integration,
+            tokens,
+            metadata,
+            due,
+            now,
+            HistoryKind::Created,
+        )
+        .await
     }
 
     /// Seals a grant under a new connection id and data key and upserts it
-    /// as connected, with its `connection.created` event in the same write.
+    /// as connected, with its `connection.created` event and its history
+    /// entry (`kind`, or `reconnected` when it replaced a connection) in the
+    /// same write.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn insert_grant(
         &self,
         user: &UserId,
@@ -285,6 +297,7 @@ impl Vault {
         metadata: Value,
         next_refresh_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
+        kind: HistoryKind,
     ) -> Result<ConnectionRecord, VaultError> {
         let id = ConnectionId::new();
         let sealed = self
@@ -320,6 +333,14 @@ impl Vault {
                 metadata,
                 now,
                 emit,
+                history: vec![HistoryEntry::new(
+                    kind,
+                    id,
+                    user,
+                    integration,
+                    ConnectionStatus::Connected,
+                    now,
+                )],
             })
             .await?;
         crate::refresh::log_lifecycle(&record, "created");

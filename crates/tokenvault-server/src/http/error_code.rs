@@ -63,6 +63,10 @@ pub enum ErrorCode {
     InvalidItemState,
     /// a `limit` or `after` that cannot page a list
     InvalidPage,
+    /// a connection `status` filter that is not a connection status
+    InvalidStatus,
+    /// an `after` cursor this service did not hand out
+    InvalidCursor,
     /// missing, unknown or revoked API key
     Unauthorized,
     /// the key's scope does not cover the endpoint (the message names both)
@@ -148,6 +152,8 @@ impl ErrorCode {
         Self::InvalidBulkActionId,
         Self::InvalidItemState,
         Self::InvalidPage,
+        Self::InvalidStatus,
+        Self::InvalidCursor,
         Self::Unauthorized,
         Self::Forbidden,
         Self::UserMismatch,
@@ -206,6 +212,8 @@ impl ErrorCode {
             Self::InvalidBulkActionId => "invalid_bulk_action_id",
             Self::InvalidItemState => "invalid_item_state",
             Self::InvalidPage => "invalid_page",
+            Self::InvalidStatus => "invalid_status",
+            Self::InvalidCursor => "invalid_cursor",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::UserMismatch => "user_mismatch",
@@ -265,7 +273,9 @@ impl ErrorCode {
             | Self::InvalidBulkAction
             | Self::InvalidBulkActionId
             | Self::InvalidItemState
-            | Self::InvalidPage => StatusCode::BAD_REQUEST,
+            | Self::InvalidPage
+            | Self::InvalidStatus
+            | Self::InvalidCursor => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden | Self::UserMismatch => StatusCode::FORBIDDEN,
             Self::NotFound
@@ -352,7 +362,15 @@ impl ErrorCode {
             }
             Self::InvalidBulkActionId => "a malformed bulk action id",
             Self::InvalidItemState => "a bulk action item `state` filter that is not an item state",
-            Self::InvalidPage => "a `limit` or `after` that cannot page a list",
+            Self::InvalidPage => {
+                "a `limit` or `after` that cannot page a list (`limit` is 1 to 1000)"
+            }
+            Self::InvalidStatus => {
+                "listing: a `status` that is not one of connected, needs_reauth, expired, error, disconnected"
+            }
+            Self::InvalidCursor => {
+                "listing: an `after` cursor that is not one the previous page handed out"
+            }
             Self::Unauthorized => "missing, unknown or revoked API key",
             Self::Forbidden => {
                 "the key's scope does not cover the endpoint (the message names both)"

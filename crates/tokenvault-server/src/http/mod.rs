@@ -10,6 +10,7 @@ mod flows;
 mod health;
 mod import;
 mod integrations;
+mod listing;
 pub mod openapi;
 mod proxy;
 
@@ -36,6 +37,7 @@ use url::Url;
 
 pub use auth::{ApiKeys, Caller, KEY_CACHE_TTL};
 use error::REQUEST_ID;
+pub use listing::{ConnectionEvent, ListedConnection};
 use tokenvault::api_keys::Scope;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -147,6 +149,9 @@ pub fn api() -> Vec<(Scope, OpenApiRouter<AppState>)> {
         .routes(routes!(integrations::list_integrations))
         .routes(routes!(integrations::app_token))
         .routes(routes!(connections::list))
+        .routes(routes!(listing::list_connections))
+        .routes(routes!(listing::summary))
+        .routes(routes!(listing::events))
         .routes(routes!(connections::show))
         .routes(routes!(connections::token))
         .routes(routes!(proxy::profile))

@@ -786,9 +786,12 @@ impl Chaos {
         let mut stored = Stored::default();
         let mut after = None;
         loop {
-            let page = store.list(&Default::default(), after, 500).await.unwrap();
+            let page = store
+                .list(&Default::default(), after.as_ref(), 500)
+                .await
+                .unwrap();
             let Some(last) = page.last() else { break };
-            after = Some(last.id);
+            after = Some(tokenvault::store::ListCursor::of(last));
             for record in page {
                 *stored
                     .statuses

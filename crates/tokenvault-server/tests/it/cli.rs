@@ -46,6 +46,9 @@ async fn serve_on_the_embedded_default_generates_a_key_and_answers_health() {
     let port = free_port();
     let mut child = tokenvault(dir.path())
         .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        // A client id and secret are all a catalog provider needs.
+        .env("SPOTIFY_CLIENT_ID", "spotify-id")
+        .env("SPOTIFY_CLIENT_SECRET", "spotify-secret")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -120,6 +123,66 @@ async fn serve_on_the_embedded_default_generates_a_key_and_answers_health() {
         output.1.contains("Production must supply its own keys"),
         "{}",
         output.1
+    );
+    // The first run says what to register and what to do next.
+    assert!(
+        output.1.contains(&format!(
+            "integration spotify (Spotify): register this redirect URI at the provider: http://127.0.0.1:{port}/oauth/callback"
+        )),
+        "{}",
+        output.1
+    );
+    assert!(
+        output
+            .1
+            .contains("tokenvault api-keys create --name backend --scope manage"),
+        "{}",
+        output.1
+    );
+}
+
+#[test]
+fn config_check_and_serve_refuse_the_same_mistakes_before_writing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tokenvault.toml"),
+        "pubilc_url = \"http://127.0.0.1:8080\"\n\
+         [integrations.music]\nprovider = \"spotfy\"\nclient_id = \"id\"\nclient_secret = \"secret\"\n",
+    )
+    .unwrap();
+    let (ok, _, check) = run(tokenvault(dir.path()).args(["config", "check"]));
+    assert!(!ok);
+    let (ok, _, serve) = run(tokenvault(dir.path()).args(["serve", "--bind", "127.0.0.1:0"]));
+    assert!(!ok);
+    for stderr in [&check, &serve] {
+        for expected in [
+            "unknown key `pubilc_url` (did you mean `public_url`?)",
+            "integrations.music.provider: unknown provider `spotfy` (did you mean `spotify`?)",
+        ] {
+            assert!(stderr.contains(expected), "{expected} missing:\n{stderr}");
+        }
+        assert_eq!(
+            stderr.matches("unknown provider").count(),
+            1,
+            "said once:\n{stderr}"
+        );
+    }
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing written before the configuration validated"
+    );
+
+    // The example file, copied but not filled in.
+    std::fs::write(
+        dir.path().join("tokenvault.toml"),
+        include_str!("../../../../tokenvault.example.toml"),
+    )
+    .unwrap();
+    let (ok, _, stderr) = run(tokenvault(dir.path()).args(["config", "check"]));
+    assert!(!ok);
+    assert!(
+        stderr.contains("integrations.spotify.client_id = \"your-spotify-client-id\" is the example file's placeholder"),
+        "{stderr}"
     );
 }
 
@@ -227,6 +290,7 @@ async fn key_lifecycle_generate_rotate_retire() {
                 metadata: serde_json::json!({}),
                 now,
                 emit: Vec::new(),
+                history: Vec::new(),
             })
             .await
             .unwrap();
@@ -356,7 +420,8 @@ fn config_check_masks_secrets_and_fails_on_errors() {
     assert!(!ok);
     for expected in [
         "TOKENVAULT_MASTER_KEYS",
-        "SPOTIFY_REDIRECT_URI",
+        // The redirect URI came from the file, and the error says so.
+        "integrations.spotify.redirect_uri (config file): must use https in production",
         "TOKENVAULT_WEBHOOK_SECRET",
         "error(s)",
     ] {
@@ -378,7 +443,15 @@ fn every_command_has_clear_help() {
     let dir = tempfile::tempdir().unwrap();
     let (ok, top, _) = run(tokenvault(dir.path()).arg("--help"));
     assert!(ok);
-    let commands = ["serve", "migrate", "keys", "api-keys", "config", "import"];
+    let commands = [
+        "serve",
+        "migrate",
+        "keys",
+        "api-keys",
+        "config",
+        "import",
+        "connections",
+    ];
     for command in commands {
         let line = top
             .lines()
@@ -401,6 +474,10 @@ fn every_command_has_clear_help() {
         vec!["api-keys", "revoke"],
         vec!["config", "check"],
         vec!["import"],
+        vec!["connections", "list"],
+        vec!["connections", "show"],
+        vec!["connections", "refresh"],
+        vec!["connections", "revoke"],
     ];
     for args in nested {
         let (ok, help, stderr) = run(tokenvault(dir.path()).args(&args).arg("--help"));
@@ -415,4 +492,118 @@ fn every_command_has_clear_help() {
     // Each option of api-keys create says what it is for.
     let (_, help, _) = run(tokenvault(dir.path()).args(["api-keys", "create", "--help"]));
     assert!(help.contains("read-tokens") && help.contains("manage") && help.contains("admin"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_listed_shown_and_revoked_from_the_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, key, _) = run(tokenvault(dir.path()).args(["keys", "generate", "--id", "k1"]));
+    assert!(ok);
+    let key = key.trim().to_owned();
+    let cli = |args: &[&str]| {
+        run(tokenvault(dir.path())
+            .env("TOKENVAULT_MASTER_KEYS", &key)
+            .args(args))
+    };
+    let (ok, _, stderr) = cli(&["migrate"]);
+    assert!(ok, "{stderr}");
+
+    // Connections saved by the library, as a running service would.
+    let url = format!(
+        "sqlite://{}",
+        dir.path().join("data/tokenvault.db").display()
+    );
+    let store = tokenvault::store::connect(&url, &Default::default())
+        .await
+        .unwrap();
+    let envelope = Envelope::new(Arc::new(KeyRing::parse(&key, "test").unwrap()));
+    let vault = tokenvault::vault::Vault::new(
+        store.clone(),
+        envelope,
+        Arc::new(tokenvault::domain::SystemClock),
+    );
+    let spotify = IntegrationKey::parse("spotify").unwrap();
+    for i in 0..5 {
+        let tokens = tokenvault::domain::TokenSet {
+            access_token: AccessToken::new(format!("AT-{i}")),
+            refresh_token: None,
+            token_type: TokenType::Bearer,
+            expires_at: None,
+            scopes: Scopes::parse("read", " "),
+        };
+        vault
+            .save_grant(
+                &UserId::parse(format!("fan:{i}")).unwrap(),
+                &spotify,
+                &tokens,
+                serde_json::json!({}),
+                chrono::Duration::minutes(5),
+            )
+            .await
+            .unwrap();
+    }
+    let dead = store
+        .get(&UserId::parse("fan:3").unwrap(), &spotify)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut update = dead.to_update(chrono::Utc::now());
+    update.status = ConnectionStatus::NeedsReauth;
+    store.update(dead.id, dead.version, &update).await.unwrap();
+
+    let (ok, stdout, stderr) = cli(&["connections", "list", "--status", "needs_reauth"]);
+    assert!(ok, "{stderr}");
+    let rows: Vec<&str> = stdout.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{stdout}");
+    assert!(rows[0].starts_with("fan:3 ") && rows[0].contains("needs_reauth"));
+    assert!(stderr.contains("1 connection(s)"), "{stderr}");
+
+    let (ok, stdout, stderr) = cli(&["connections", "list", "--json", "--user-prefix", "fan:"]);
+    assert!(ok, "{stderr}");
+    let listed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let users: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["fan:0", "fan:1", "fan:2", "fan:3", "fan:4"]);
+    assert!(!stdout.contains("AT-"), "no token material");
+
+    let (ok, stdout, stderr) = cli(&["connections", "list", "--status", "dead"]);
+    assert!(!ok && stdout.trim().is_empty());
+    assert!(stderr.contains("needs_reauth"), "{stderr}");
+
+    let (ok, stdout, stderr) = cli(&["connections", "revoke", "fan:2", "spotify"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("tokens erased"), "{stdout}");
+    let (ok, stdout, stderr) = cli(&["connections", "show", "fan:2", "spotify"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("disconnected"), "{stdout}");
+    let history: Vec<&str> = stdout
+        .lines()
+        .skip_while(|line| !line.starts_with("at "))
+        .skip(1)
+        .collect();
+    assert_eq!(history.len(), 2, "{stdout}");
+    assert!(history[0].contains("revoked") && history[1].contains("created"));
+    let (ok, stdout, _) = cli(&["connections", "show", "fan:2", "spotify", "--json"]);
+    assert!(ok);
+    let shown: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(shown["connection"]["status"], "disconnected");
+    assert_eq!(shown["events"][0]["kind"], "revoked");
+
+    // Refreshing needs the integration configured; the error says so.
+    let (ok, _, stderr) = cli(&["connections", "refresh", "fan:1", "spotify"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("integration spotify is not configured"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = cli(&["connections", "show", "nobody", "spotify"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("nobody has no spotify connection"),
+        "{stderr}"
+    );
 }

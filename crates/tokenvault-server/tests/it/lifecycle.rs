@@ -781,3 +781,109 @@ async fn short_lived_tokens_are_refreshed_about_once_per_half_life() {
         ConnectionStatus::Connected
     );
 }
+
+async fn history_kinds(service: &Service, user: &str) -> Vec<String> {
+    let page: Value = service
+        .get_json(&format!("/v1/users/{user}/connections/{CLIENT}/events"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["kind"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The history is kept without any webhook configured, one entry per
+/// change, newest first, across a reconnect; routine refreshes stay out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_history_records_each_change_without_a_webhook() {
+    let peer = Peer::start();
+    let service = setup(&peer, SECRET, |_| {}).await;
+    assert!(history_kinds(&service, "gina").await.is_empty());
+    connect(&peer, &service, "gina", 30).await;
+    let first_id = stored(&service, "gina").await.id;
+    assert_eq!(history_kinds(&service, "gina").await, ["created"]);
+
+    // A refresh asked for by min_ttl is routine: not recorded.
+    let read = service
+        .get_json(&format!("{}?min_ttl=600", token_path("gina")))
+        .await;
+    assert_eq!(read.status(), 200);
+    assert_eq!(refreshes(&peer.stats().await), 1);
+    let forced = service
+        .post_json(
+            &format!("/v1/users/gina/connections/{CLIENT}/refresh"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(forced.status(), 200);
+    assert_eq!(
+        history_kinds(&service, "gina").await,
+        ["refresh_forced", "created"]
+    );
+
+    peer.hook("revoke-grants", json!({})).await;
+    let forced = service
+        .post_json(
+            &format!("/v1/users/gina/connections/{CLIENT}/refresh"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(forced.status(), 409);
+    connect(&peer, &service, "gina", 3600).await;
+    let revoked = service
+        .delete(&format!("/v1/users/gina/connections/{CLIENT}"))
+        .await;
+    assert_eq!(revoked.status(), 200);
+
+    let page: Value = service
+        .get_json(&format!("/v1/users/gina/connections/{CLIENT}/events"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let events = page["events"].as_array().unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "revoked",
+            "reconnected",
+            "needs_reauth",
+            "refresh_forced",
+            "created"
+        ]
+    );
+    assert_eq!(events[0]["status"], "disconnected");
+    assert_eq!(events[2]["status"], "needs_reauth");
+    assert_eq!(events[2]["error"]["code"], "invalid_grant");
+    assert!(events[3]["error"].is_null());
+    assert_eq!(events[4]["connection_id"], first_id.to_string());
+    assert_ne!(events[1]["connection_id"], events[4]["connection_id"]);
+    assert!(page["next_cursor"].is_null());
+
+    // Paged one at a time, the same entries in the same order.
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let query = after.map(|c| format!("&after={c}")).unwrap_or_default();
+        let page: Value = service
+            .get_json(&format!(
+                "/v1/users/gina/connections/{CLIENT}/events?limit=2{query}"
+            ))
+            .await
+            .json()
+            .await
+            .unwrap();
+        paged.extend(page["events"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(&paged, events);
+}

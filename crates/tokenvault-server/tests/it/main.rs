@@ -14,6 +14,7 @@ mod fuzz;
 mod http_basics;
 mod import;
 mod lifecycle;
+mod listing;
 mod log_privacy;
 mod many_instances;
 mod metrics;

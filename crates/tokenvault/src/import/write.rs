@@ -10,7 +10,7 @@ use super::validate::validate;
 use super::{ImportAction, ImportError, ImportOptions, ImportOutcome, ImportedGrant};
 use crate::domain::{ConnectionStatus, IntegrationKey, TokenSet, UserId};
 use crate::events::EventType;
-use crate::store::{ConnectionRecord, StoreError};
+use crate::store::{ConnectionRecord, HistoryEntry, HistoryKind, StoreError};
 use crate::vault::{ConnectionView, Vault, VaultError, jittered_refresh_at};
 
 /// Write attempts lost to concurrent writers before giving up.
@@ -153,6 +153,12 @@ impl Vault {
                 None,
                 now,
             ));
+            update.history.push(HistoryEntry::about(
+                HistoryKind::Imported,
+                &record,
+                ConnectionStatus::Connected,
+                now,
+            ));
             match self
                 .store()
                 .update(record.id, record.version, &update)
@@ -202,7 +208,15 @@ impl Vault {
             return Ok(self.imported(ImportAction::Created, view));
         }
         let record = self
-            .insert_grant(user, integration, tokens, metadata, next_refresh_at, now)
+            .insert_grant(
+                user,
+                integration,
+                tokens,
+                metadata,
+                next_refresh_at,
+                now,
+                HistoryKind::Imported,
+            )
             .await?;
         Ok(self.imported(ImportAction::Created, (&record).into()))
     }

@@ -64,6 +64,8 @@ pub(crate) struct Answered {
     metadata: serde_json::Value,
     updated_at: i64,
     events: Vec<JournalEvent>,
+    #[serde(default)]
+    history: Vec<crate::store::HistoryEntry>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +101,7 @@ impl Answered {
                     created_at: to_millis(e.created_at),
                 })
                 .collect(),
+            history: update.history.clone(),
         }
     }
 
@@ -154,6 +157,7 @@ impl Answered {
                     })
                 })
                 .collect::<Result<_, StoreError>>()?,
+            history: self.history.clone(),
         })
     }
 }
@@ -472,6 +476,14 @@ mod tests {
             lease: None,
             updated_at: now,
             emit: Vec::new(),
+            history: vec![crate::store::HistoryEntry::new(
+                crate::store::HistoryKind::Recovered,
+                ConnectionId::new(),
+                &crate::domain::UserId::parse("fan-1").unwrap(),
+                &crate::domain::IntegrationKey::parse("spotify").unwrap(),
+                ConnectionStatus::Connected,
+                now,
+            )],
         }
     }
 
@@ -503,6 +515,13 @@ mod tests {
         let replayed = pending[0].to_update().unwrap();
         assert_eq!(replayed.refresh_token.as_deref(), Some(&b"rt-new"[..]));
         assert_eq!(replayed.scopes, Scopes::parse("a b", " "));
+        // The history entry commits with the replayed write, as it would have.
+        let kinds: Vec<_> = replayed
+            .history
+            .iter()
+            .map(|entry| (entry.kind, entry.user_id.as_str()))
+            .collect();
+        assert_eq!(kinds, [(crate::store::HistoryKind::Recovered, "fan-1")]);
         let unsettled = heir.unsettled();
         assert_eq!(unsettled.len(), 1);
         assert_eq!(unsettled[0].id, unanswered);

@@ -27,8 +27,8 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{ConnectionId, ConnectionStatus, IntegrationKey, TokenSet, UserId};
 use crate::store::{
-    BatchUpdate, ConnectionRecord, ConnectionStore, ConnectionUpdate, ListFilter, NewConnection,
-    StoreError,
+    BatchUpdate, ConnectionRecord, ConnectionStore, ConnectionUpdate, ListCursor, ListFilter,
+    NewConnection, StatusCount, StoreError,
 };
 
 /// Cached token entries kept at most (per process).
@@ -251,10 +251,14 @@ impl ConnectionStore for LocalStore {
     async fn list(
         &self,
         filter: &ListFilter,
-        after: Option<ConnectionId>,
+        after: Option<&ListCursor>,
         limit: u32,
     ) -> Result<Vec<ConnectionRecord>, StoreError> {
         self.inner.list(filter, after, limit).await
+    }
+
+    async fn summary(&self, due_before: DateTime<Utc>) -> Result<Vec<StatusCount>, StoreError> {
+        self.inner.summary(due_before).await
     }
 
     async fn update(

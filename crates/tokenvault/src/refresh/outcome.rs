@@ -13,7 +13,8 @@ use crate::events::EventType;
 use crate::integrations::{Grant, Integration};
 use crate::oauth::OAuthError;
 use crate::store::{
-    BatchUpdate, ConnectionRecord, LastError, MisconfiguredIntegration, StoreError,
+    BatchUpdate, ConnectionRecord, HistoryEntry, HistoryKind, LastError, MisconfiguredIntegration,
+    StoreError,
 };
 use crate::vault::{Vault, VaultError, jittered_refresh_at};
 
@@ -30,6 +31,7 @@ impl Vault {
         record: ConnectionRecord,
         grant: Grant,
         integration: &Arc<Integration>,
+        forced: bool,
         batch: Option<Batch<'_>>,
     ) -> Result<IssuedToken, TokenError> {
         let now = self.clock().now();
@@ -72,6 +74,20 @@ impl Vault {
                 &record,
                 ConnectionStatus::Connected,
                 None,
+                now,
+            ));
+            update.history.push(HistoryEntry::about(
+                HistoryKind::Recovered,
+                &record,
+                ConnectionStatus::Connected,
+                now,
+            ));
+        }
+        if forced {
+            update.history.push(HistoryEntry::about(
+                HistoryKind::RefreshForced,
+                &record,
+                ConnectionStatus::Connected,
                 now,
             ));
         }
@@ -182,6 +198,15 @@ impl Vault {
             Some(&last_error),
             now,
         ));
+        update.history.push(
+            HistoryEntry::about(
+                HistoryKind::NeedsReauth,
+                &record,
+                ConnectionStatus::NeedsReauth,
+                now,
+            )
+            .with_error(None, &last_error),
+        );
         self.write_best_effort(&record, &update, "recording needs_reauth failed")
             .await;
         super::log_lifecycle(
@@ -285,6 +310,10 @@ impl Vault {
                 now,
             ));
         }
+        update.history.push(
+            HistoryEntry::about(HistoryKind::RefreshFailed, &record, status, now)
+                .with_error(Some(class.as_str()), &last_error),
+        );
         self.write_best_effort(&record, &update, "recording the failed refresh run failed")
             .await;
         if status == ConnectionStatus::Error && record.status != ConnectionStatus::Error {
@@ -334,10 +363,17 @@ impl Vault {
         if !record.status.can_become(ConnectionStatus::Expired) {
             return;
         }
-        let mut update = record.to_update(self.clock().now());
+        let now = self.clock().now();
+        let mut update = record.to_update(now);
         update.status = ConnectionStatus::Expired;
         update.next_refresh_at = None;
         update.lease = None;
+        update.history.push(HistoryEntry::about(
+            HistoryKind::Expired,
+            record,
+            ConnectionStatus::Expired,
+            now,
+        ));
         let _ = self
             .store()
             .update(record.id, record.version, &update)

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::domain::{ConnectionStatus, IntegrationKey, UserId};
 use crate::events::EventType;
-use crate::store::StoreError;
+use crate::store::{HistoryEntry, HistoryKind, StoreError};
 use crate::vault::Vault;
 
 use super::*;
@@ -81,6 +81,12 @@ impl Vault {
                 &record,
                 ConnectionStatus::Disconnected,
                 None,
+                now,
+            ));
+            update.history.push(HistoryEntry::about(
+                HistoryKind::Revoked,
+                &record,
+                ConnectionStatus::Disconnected,
                 now,
             ));
             match self

@@ -89,7 +89,13 @@ impl Vault {
                     metrics::counter!("tokenvault_refresh_total", "integration" => key.to_string(), "outcome" => "success").increment(1);
                     health.record(&key, now, false);
                     return self
-                        .store_refreshed(record, grant, integration, batch)
+                        .store_refreshed(
+                            record,
+                            grant,
+                            integration,
+                            matches!(mode, Mode::Forced { .. }),
+                            batch,
+                        )
                         .await;
                 }
                 Err(err) => err,

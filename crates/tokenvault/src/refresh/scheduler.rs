@@ -144,6 +144,9 @@ pub struct SchedulerSettings {
     /// Disconnected and expired rows untouched this long are deleted;
     /// `None` keeps them forever.
     pub retention: Option<Duration>,
+    /// Connection history entries older than this are deleted; `None`
+    /// keeps them forever.
+    pub history_retention: Option<Duration>,
     pub retention_every: Duration,
     /// How often shared integration health (misconfigured verdicts) is reloaded.
     pub health_sync_every: Duration,
@@ -156,6 +159,7 @@ impl Default for SchedulerSettings {
             batch: 100,
             concurrency: 16,
             retention: Some(Duration::from_secs(30 * 24 * 3600)),
+            history_retention: Some(Duration::from_secs(90 * 24 * 3600)),
             retention_every: Duration::from_secs(3600),
             health_sync_every: Duration::from_secs(5),
         }
@@ -474,19 +478,33 @@ impl Scheduler {
         }
     }
 
-    /// Applies the retention policy once.
-    pub async fn purge(&self) -> Result<u64, StoreError> {
-        let Some(retention) = self.settings.retention else {
-            return Ok(0);
+    /// Applies the retention policies once: old disconnected and expired
+    /// connections, then old history entries. Answers how many of each
+    /// were deleted.
+    pub async fn purge(&self) -> Result<(u64, u64), StoreError> {
+        let now = self.vault.clock().now();
+        let connections = match self.settings.retention {
+            Some(retention) => {
+                self.vault
+                    .store()
+                    .purge(
+                        &[ConnectionStatus::Disconnected, ConnectionStatus::Expired],
+                        now - chrono(retention),
+                    )
+                    .await?
+            }
+            None => 0,
         };
-        let before = self.vault.clock().now() - chrono(retention);
-        self.vault
-            .store()
-            .purge(
-                &[ConnectionStatus::Disconnected, ConnectionStatus::Expired],
-                before,
-            )
-            .await
+        let history = match self.settings.history_retention {
+            Some(retention) => {
+                self.vault
+                    .database()
+                    .purge_history(now - chrono(retention))
+                    .await?
+            }
+            None => 0,
+        };
+        Ok((connections, history))
     }
 
     /// Runs ticks until `shutdown` turns true. Then no tick claims again,
@@ -522,10 +540,11 @@ impl Scheduler {
                 && last_purge.is_none_or(|at| at.elapsed() >= self.settings.retention_every)
             {
                 match self.purge().await {
-                    Ok(0) => {}
-                    Ok(purged) => tracing::info!(
-                        purged,
-                        "retention: deleted old disconnected/expired connections"
+                    Ok((0, 0)) => {}
+                    Ok((connections, history)) => tracing::info!(
+                        connections,
+                        history,
+                        "retention: deleted old disconnected/expired connections and history entries"
                     ),
                     Err(err) => tracing::warn!(error = %err, "retention purge failed"),
                 }

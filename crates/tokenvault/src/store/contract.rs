@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::{
-    BatchUpdate, ConnectionRecord, ConnectionUpdate, ListFilter, MisconfiguredIntegration,
-    NewConnection, OutboxEvent, PendingEvent, StoreError,
+    BatchUpdate, ConnectionRecord, ConnectionUpdate, HistoryCursor, HistoryEntry, ListCursor,
+    ListFilter, MisconfiguredIntegration, NewConnection, OutboxEvent, PendingEvent, StatusCount,
+    StoreError,
 };
 use crate::crypto::WrappedKey;
 use crate::domain::{ConnectionId, ConnectionStatus, IntegrationKey, UserId};
@@ -42,13 +43,19 @@ pub trait ConnectionStore: Send + Sync + 'static {
 
     async fn list_by_user(&self, user: &UserId) -> Result<Vec<ConnectionRecord>, StoreError>;
 
-    /// Keyset paging by id: pass the last id of the previous page as `after`.
+    /// Rows matching `filter` in (user id, integration) byte order, keyset
+    /// paged: pass the cursor of the previous page's last row as `after`.
+    /// Each filter is served by an index, so a page costs O(page).
     async fn list(
         &self,
         filter: &ListFilter,
-        after: Option<ConnectionId>,
+        after: Option<&ListCursor>,
         limit: u32,
     ) -> Result<Vec<ConnectionRecord>, StoreError>;
+
+    /// Row counts by integration and status, with how many of them are
+    /// failing and how many are due for a refresh before `due_before`.
+    async fn summary(&self, due_before: DateTime<Utc>) -> Result<Vec<StatusCount>, StoreError>;
 
     /// Compare-and-swap: writes `update` if the row is still at
     /// `expected_version`, returning the new row; [`StoreError::Conflict`] if
@@ -195,6 +202,25 @@ pub trait EventOutbox: Send + Sync + 'static {
     async fn count_pending_events(&self) -> Result<u64, StoreError>;
 }
 
+/// What happened to each connection, kept whether or not a webhook is
+/// configured. Entries are written with the change they describe (see
+/// `history` on [`NewConnection`] and [`ConnectionUpdate`]).
+#[async_trait::async_trait]
+pub trait ConnectionHistory: Send + Sync + 'static {
+    /// The (user, integration) pair's entries, newest first, across its
+    /// reconnects; `before` is the cursor of the previous page's last entry.
+    async fn history(
+        &self,
+        user: &UserId,
+        integration: &IntegrationKey,
+        before: Option<&HistoryCursor>,
+        limit: u32,
+    ) -> Result<Vec<HistoryEntry>, StoreError>;
+
+    /// Removes entries older than `before` (retention).
+    async fn purge_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
 /// Integrations found misconfigured (a provider refused the client), shared
 /// by every instance.
 #[async_trait::async_trait]
@@ -215,9 +241,16 @@ pub trait IntegrationHealthStore: Send + Sync + 'static {
 
 /// Every job of the database, as one object: what [`super::Database::store`]
 /// returns and a [`crate::vault::Vault`] is built on.
-pub trait Store: ConnectionStore + EventOutbox + KeyRotationStore + IntegrationHealthStore {}
+pub trait Store:
+    ConnectionStore + EventOutbox + KeyRotationStore + IntegrationHealthStore + ConnectionHistory
+{
+}
 
 impl<T> Store for T where
-    T: ConnectionStore + EventOutbox + KeyRotationStore + IntegrationHealthStore
+    T: ConnectionStore
+        + EventOutbox
+        + KeyRotationStore
+        + IntegrationHealthStore
+        + ConnectionHistory
 {
 }

@@ -14,16 +14,20 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-pub use contract::{ConnectionStore, EventOutbox, IntegrationHealthStore, KeyRotationStore, Store};
+pub use contract::{
+    ConnectionHistory, ConnectionStore, EventOutbox, IntegrationHealthStore, KeyRotationStore,
+    Store,
+};
 pub(crate) use record::holds_nul;
 pub use record::{
-    BatchUpdate, ConnectionRecord, ConnectionUpdate, LastError, Lease, MisconfiguredIntegration,
-    NewConnection, OutboxEvent, PendingEvent,
+    BatchUpdate, ConnectionRecord, ConnectionUpdate, HistoryCursor, HistoryEntry, HistoryKind,
+    LastError, Lease, MisconfiguredIntegration, NewConnection, OutboxEvent, PendingEvent,
+    StatusCount,
 };
 pub use sql::SqlStore;
 pub(crate) use sql::insert_event;
 
-use crate::domain::{ConnectionId, ConnectionStatus, IntegrationKey};
+use crate::domain::{ConnectionId, ConnectionStatus, IntegrationKey, UserId};
 
 /// Failures at the storage boundary.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +100,25 @@ fn sqlx_unavailable(err: &sqlx::Error) -> bool {
 pub struct ListFilter {
     pub integration: Option<IntegrationKey>,
     pub status: Option<ConnectionStatus>,
+    /// Only users whose id starts with this (a valid user id's characters).
+    pub user_id_prefix: Option<String>,
+}
+
+/// Position in a listing, which is ordered by (user id, integration) in
+/// byte order: the page after it starts strictly after this pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListCursor {
+    pub user_id: UserId,
+    pub integration: IntegrationKey,
+}
+
+impl ListCursor {
+    pub fn of(record: &ConnectionRecord) -> Self {
+        Self {
+            user_id: record.user_id.clone(),
+            integration: record.integration.clone(),
+        }
+    }
 }
 
 /// Pool settings shared by both backends.

@@ -13,6 +13,162 @@ pub struct LastError {
     pub message: String,
 }
 
+/// What happened to a connection, as its history records it. Routine
+/// scheduled refreshes are not recorded (the row keeps the last one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryKind {
+    /// The user connected for the first time.
+    Created,
+    /// The user connected again: the grant replaced the previous one.
+    Reconnected,
+    /// Tokens were imported from another system.
+    Imported,
+    /// A refresh was asked for through the API (or the provider's API
+    /// refused the token through the proxy) and succeeded.
+    RefreshForced,
+    /// A refresh run failed; it is retried with backoff.
+    RefreshFailed,
+    /// A connection in `error` refreshed successfully again.
+    Recovered,
+    /// The provider refused the grant: the user must connect again.
+    NeedsReauth,
+    /// The access token expired and there is no way to refresh it.
+    Expired,
+    /// Revoked through the API; tokens erased.
+    Revoked,
+}
+
+impl HistoryKind {
+    pub const ALL: [HistoryKind; 9] = [
+        Self::Created,
+        Self::Reconnected,
+        Self::Imported,
+        Self::RefreshForced,
+        Self::RefreshFailed,
+        Self::Recovered,
+        Self::NeedsReauth,
+        Self::Expired,
+        Self::Revoked,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Reconnected => "reconnected",
+            Self::Imported => "imported",
+            Self::RefreshForced => "refresh_forced",
+            Self::RefreshFailed => "refresh_failed",
+            Self::Recovered => "recovered",
+            Self::NeedsReauth => "needs_reauth",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == raw)
+    }
+}
+
+/// One entry of a connection's history.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HistoryEntry {
+    pub id: uuid::Uuid,
+    pub connection_id: ConnectionId,
+    pub user_id: UserId,
+    pub integration: IntegrationKey,
+    pub kind: HistoryKind,
+    /// The connection's status after the change.
+    pub status: ConnectionStatus,
+    /// How a failure was classified (`transient`, `rate_limited`, …).
+    pub error_class: Option<String>,
+    /// The provider's error code (`invalid_grant`, `http_503`, …).
+    pub error_code: Option<String>,
+    /// The failure as the status API shows it (secrets scrubbed).
+    pub error_message: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+impl HistoryEntry {
+    /// An entry about `connection_id` of (user, integration), at `at`.
+    pub fn new(
+        kind: HistoryKind,
+        connection_id: ConnectionId,
+        user_id: &UserId,
+        integration: &IntegrationKey,
+        status: ConnectionStatus,
+        at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4(),
+            connection_id,
+            user_id: user_id.clone(),
+            integration: integration.clone(),
+            kind,
+            status,
+            error_class: None,
+            error_code: None,
+            error_message: None,
+            at,
+        }
+    }
+
+    /// An entry about a stored connection.
+    pub fn about(
+        kind: HistoryKind,
+        record: &ConnectionRecord,
+        status: ConnectionStatus,
+        at: DateTime<Utc>,
+    ) -> Self {
+        Self::new(
+            kind,
+            record.id,
+            &record.user_id,
+            &record.integration,
+            status,
+            at,
+        )
+    }
+
+    /// The same entry about a failure.
+    pub fn with_error(mut self, class: Option<&str>, error: &LastError) -> Self {
+        self.error_class = class.map(str::to_owned);
+        self.error_code = Some(error.code.clone());
+        self.error_message = Some(error.message.clone());
+        self
+    }
+
+    /// Where the next page of a newest-first history listing starts.
+    pub fn cursor(&self) -> HistoryCursor {
+        HistoryCursor {
+            at: self.at,
+            id: self.id,
+        }
+    }
+}
+
+/// Position in a connection's history (newest first): the page after it
+/// holds strictly older entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryCursor {
+    pub at: DateTime<Utc>,
+    pub id: uuid::Uuid,
+}
+
+/// Connections of one integration in one status, for the summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusCount {
+    pub integration: IntegrationKey,
+    pub status: ConnectionStatus,
+    pub count: u64,
+    /// Of those, how many are in a streak of failed refreshes.
+    pub failing: u64,
+    /// Of those, how many are due for a refresh before the asked instant.
+    pub due: u64,
+}
+
 /// Who may refresh a connection right now, and until when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -69,6 +225,10 @@ pub struct NewConnection {
     pub now: DateTime<Utc>,
     /// Outbox events written in the same transaction (`connection.created`).
     pub emit: Vec<OutboxEvent>,
+    /// History entries written in the same transaction. A
+    /// [`HistoryKind::Created`] entry is stored as
+    /// [`HistoryKind::Reconnected`] when the grant replaced an existing row.
+    pub history: Vec<HistoryEntry>,
 }
 
 /// One stored connection. Tokens stay sealed here; the vault opens them.
@@ -119,6 +279,8 @@ pub struct ConnectionUpdate {
     pub updated_at: DateTime<Utc>,
     /// Outbox events written in the same transaction as this update.
     pub emit: Vec<OutboxEvent>,
+    /// History entries written in the same transaction as this update.
+    pub history: Vec<HistoryEntry>,
 }
 
 /// One entry of [`super::ConnectionStore::update_batch`].
@@ -147,6 +309,7 @@ impl ConnectionRecord {
             lease: self.lease.clone(),
             updated_at: now,
             emit: Vec::new(),
+            history: Vec::new(),
         }
     }
 

@@ -148,11 +148,11 @@ async fn rotate_ten_thousand_rows_under_concurrent_readers(b: Backend) {
     loop {
         let page = b
             .store
-            .list(&Default::default(), after, 1000)
+            .list(&Default::default(), after.as_ref(), 1000)
             .await
             .unwrap();
         let Some(last) = page.last() else { break };
-        after = Some(last.id);
+        after = Some(tokenvault::store::ListCursor::of(last));
         for row in &page {
             only_new
                 .open(

@@ -94,6 +94,7 @@ async fn insert(
             metadata: json!({}),
             now,
             emit: Vec::new(),
+            history: Vec::new(),
         })
         .await
         .unwrap()
@@ -174,11 +175,11 @@ async fn two_instances_refresh_a_thousand_due_connections_exactly_once() {
     loop {
         let page = a
             .store()
-            .list(&Default::default(), after, 500)
+            .list(&Default::default(), after.as_ref(), 500)
             .await
             .unwrap();
         let Some(last) = page.last() else { break };
-        after = Some(last.id);
+        after = Some(tokenvault::store::ListCursor::of(last));
         for record in &page {
             assert_eq!(record.status, ConnectionStatus::Connected);
             assert!(record.lease.is_none(), "lease released");

@@ -9,7 +9,8 @@ use crate::common::*;
 use chrono::{DateTime, Duration, Utc};
 use tokenvault::domain::{ConnectionId, ConnectionStatus};
 use tokenvault::store::{
-    BatchUpdate, LastError, Lease, ListFilter, MisconfiguredIntegration, OutboxEvent, StoreError,
+    BatchUpdate, ConnectionRecord, HistoryEntry, HistoryKind, LastError, Lease, ListCursor,
+    ListFilter, MisconfiguredIntegration, OutboxEvent, StoreError,
 };
 use uuid::Uuid;
 
@@ -46,6 +47,9 @@ conformance!(
     misconfigured_is_marked_once_per_fingerprint,
     failing_since_round_trips_through_update,
     update_batch_compares_and_swaps_each_row,
+    listing_filters_page_in_user_order,
+    summary_counts_by_integration_and_status,
+    history_is_written_with_the_change_and_paged_newest_first,
 );
 
 async fn upsert_then_get_round_trips_every_field(b: Backend) {
@@ -195,24 +199,29 @@ async fn list_by_user_and_keyset_paging(b: Backend) {
     let filter = ListFilter {
         integration: Some(integration("spotify")),
         status: Some(ConnectionStatus::Connected),
+        user_id_prefix: None,
     };
     let mut seen = Vec::new();
     let mut after = None;
     loop {
-        let page = b.store.list(&filter, after, 5).await.unwrap();
+        let page = b.store.list(&filter, after.as_ref(), 5).await.unwrap();
         if page.is_empty() {
             break;
         }
         assert!(page.len() <= 5);
-        after = Some(page.last().unwrap().id);
+        after = Some(ListCursor::of(page.last().unwrap()));
         seen.extend(page);
     }
     assert_eq!(seen.len(), 13);
-    assert!(seen.windows(2).all(|w| w[0].id < w[1].id), "ordered by id");
+    let key = |c: &ConnectionRecord| (c.user_id.as_str().to_owned(), c.integration.clone());
+    assert!(
+        seen.windows(2).all(|w| key(&w[0]) < key(&w[1])),
+        "ordered by (user id, integration)"
+    );
     assert!(seen.iter().all(|c| c.integration.as_str() == "spotify"));
     let none = ListFilter {
-        integration: None,
         status: Some(ConnectionStatus::Expired),
+        ..ListFilter::default()
     };
     assert!(b.store.list(&none, None, 100).await.unwrap().is_empty());
     assert_eq!(
@@ -1536,4 +1545,390 @@ async fn update_batch_compares_and_swaps_each_row(b: Backend) {
         assert_eq!(stored.access_token, entry.update.access_token);
         assert_eq!(stored.version, entry.expected_version + 1);
     }
+}
+
+/// Every page of `filter` in pages of `size`.
+async fn list_all(b: &Backend, filter: &ListFilter, size: u32) -> Vec<ConnectionRecord> {
+    let mut seen = Vec::new();
+    let mut after: Option<ListCursor> = None;
+    loop {
+        let page = b.store.list(filter, after.as_ref(), size).await.unwrap();
+        assert!(page.len() <= size as usize);
+        let Some(last) = page.last() else { break };
+        after = Some(ListCursor::of(last));
+        seen.extend(page);
+    }
+    seen
+}
+
+async fn set_status(b: &Backend, user_id: &str, key: &str, status: ConnectionStatus) {
+    let record = b
+        .store
+        .get(&user(user_id), &integration(key))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut update = record.to_update(now());
+    update.status = status;
+    if status == ConnectionStatus::Error {
+        update.failing_since = Some(now());
+    }
+    b.store
+        .update(record.id, record.version, &update)
+        .await
+        .unwrap();
+}
+
+async fn listing_filters_page_in_user_order(b: Backend) {
+    let env = envelope(&key_spec("k1", 1));
+    // Ids chosen so byte order differs from what a linguistic collation
+    // gives (upper case, punctuation) and prefixes nest.
+    let users = [
+        "a",
+        "a.b",
+        "a:1",
+        "a:10",
+        "a:2",
+        "A:1",
+        "ab",
+        "b",
+        "team-a:1",
+        "team-a:2",
+        "team-ab:1",
+        "team_a:1",
+        "z",
+    ];
+    for (i, user_id) in users.iter().enumerate() {
+        for key in ["github", "spotify"] {
+            b.store
+                .upsert(new_connection(&env, user_id, key, "AT", Some("RT"), None).await)
+                .await
+                .unwrap();
+        }
+        if i % 3 == 0 {
+            set_status(&b, user_id, "spotify", ConnectionStatus::NeedsReauth).await;
+        }
+    }
+    let pairs = |rows: &[ConnectionRecord]| {
+        rows.iter()
+            .map(|c| format!("{}/{}", c.user_id, c.integration))
+            .collect::<Vec<_>>()
+    };
+    let mut expected: Vec<String> = users
+        .iter()
+        .flat_map(|u| [format!("{u}/github"), format!("{u}/spotify")])
+        .collect();
+    expected.sort_by(|x, y| {
+        let split = |s: &str| {
+            let (u, i) = s.rsplit_once('/').unwrap();
+            (u.as_bytes().to_vec(), i.as_bytes().to_vec())
+        };
+        split(x).cmp(&split(y))
+    });
+    for size in [1, 3, 100] {
+        let all = list_all(&b, &ListFilter::default(), size).await;
+        assert_eq!(pairs(&all), expected, "byte order, page size {size}");
+    }
+
+    let dead = ListFilter {
+        status: Some(ConnectionStatus::NeedsReauth),
+        ..ListFilter::default()
+    };
+    let listed = list_all(&b, &dead, 2).await;
+    let want: Vec<String> = expected
+        .iter()
+        .filter(|pair| {
+            let (u, i) = pair.rsplit_once('/').unwrap();
+            i == "spotify" && users.iter().position(|x| *x == u).unwrap() % 3 == 0
+        })
+        .cloned()
+        .collect();
+    assert_eq!(pairs(&listed), want);
+
+    let github = ListFilter {
+        integration: Some(integration("github")),
+        ..ListFilter::default()
+    };
+    assert_eq!(list_all(&b, &github, 4).await.len(), users.len());
+    let github_dead = ListFilter {
+        integration: Some(integration("github")),
+        status: Some(ConnectionStatus::NeedsReauth),
+        ..ListFilter::default()
+    };
+    assert!(list_all(&b, &github_dead, 4).await.is_empty());
+
+    let prefixed = |prefix: &str| ListFilter {
+        user_id_prefix: Some(prefix.to_owned()),
+        ..ListFilter::default()
+    };
+    let users_of = |rows: Vec<ConnectionRecord>| {
+        let mut ids: Vec<String> = rows.iter().map(|c| c.user_id.to_string()).collect();
+        ids.dedup();
+        ids
+    };
+    assert_eq!(
+        users_of(list_all(&b, &prefixed("team-a"), 3).await),
+        ["team-a:1", "team-a:2", "team-ab:1"]
+    );
+    assert_eq!(
+        users_of(list_all(&b, &prefixed("team-a:"), 3).await),
+        ["team-a:1", "team-a:2"]
+    );
+    assert_eq!(
+        users_of(list_all(&b, &prefixed("a:1"), 3).await),
+        ["a:1", "a:10"]
+    );
+    assert_eq!(users_of(list_all(&b, &prefixed("A"), 3).await), ["A:1"]);
+    assert!(list_all(&b, &prefixed("zz"), 3).await.is_empty());
+
+    // A cursor stays valid when its row is deleted meanwhile.
+    let first = b.store.list(&ListFilter::default(), None, 3).await.unwrap();
+    let cursor = ListCursor::of(first.last().unwrap());
+    b.store
+        .delete(&first[2].user_id, &first[2].integration)
+        .await
+        .unwrap();
+    let rest = b
+        .store
+        .list(&ListFilter::default(), Some(&cursor), 1000)
+        .await
+        .unwrap();
+    assert_eq!(pairs(&rest), expected[3..].to_vec());
+}
+
+async fn summary_counts_by_integration_and_status(b: Backend) {
+    let env = envelope(&key_spec("k1", 1));
+    let soon = now() + Duration::minutes(30);
+    let later = now() + Duration::hours(5);
+    for i in 0..10 {
+        let due = if i < 4 { soon } else { later };
+        b.store
+            .upsert(
+                new_connection(
+                    &env,
+                    &format!("u{i}"),
+                    "spotify",
+                    "AT",
+                    Some("RT"),
+                    Some(due),
+                )
+                .await,
+            )
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        b.store
+            .upsert(new_connection(&env, &format!("u{i}"), "github", "AT", None, None).await)
+            .await
+            .unwrap();
+    }
+    set_status(&b, "u0", "spotify", ConnectionStatus::Error).await;
+    set_status(&b, "u5", "spotify", ConnectionStatus::NeedsReauth).await;
+    set_status(&b, "u6", "spotify", ConnectionStatus::NeedsReauth).await;
+    let rows = b.store.summary(now() + Duration::hours(1)).await.unwrap();
+    let find = |key: &str, status: ConnectionStatus| {
+        rows.iter()
+            .find(|r| r.integration.as_str() == key && r.status == status)
+            .map(|r| (r.count, r.failing, r.due))
+    };
+    assert_eq!(
+        find("spotify", ConnectionStatus::Connected),
+        Some((7, 0, 3))
+    );
+    assert_eq!(find("spotify", ConnectionStatus::Error), Some((1, 1, 1)));
+    assert_eq!(
+        find("spotify", ConnectionStatus::NeedsReauth),
+        Some((2, 0, 0))
+    );
+    assert_eq!(find("github", ConnectionStatus::Connected), Some((3, 0, 0)));
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    let keys: Vec<_> = rows.iter().map(|r| r.integration.as_str()).collect();
+    assert!(
+        keys.windows(2).all(|w| w[0] <= w[1]),
+        "ordered by integration"
+    );
+}
+
+async fn history_is_written_with_the_change_and_paged_newest_first(b: Backend) {
+    let env = envelope(&key_spec("k1", 1));
+    let (u, spotify) = (user("fan-1"), integration("spotify"));
+    let start = now() - Duration::minutes(10);
+    let at = |minutes: i64| start + Duration::minutes(minutes);
+    let mut new = new_connection(&env, "fan-1", "spotify", "AT", Some("RT"), None).await;
+    new.history = vec![HistoryEntry::new(
+        HistoryKind::Created,
+        new.id,
+        &u,
+        &spotify,
+        ConnectionStatus::Connected,
+        at(0),
+    )];
+    let first = b.store.upsert(new).await.unwrap();
+
+    // A failed run, then a lost compare-and-swap whose entry must vanish.
+    let error = LastError {
+        code: "http_503".into(),
+        message: "service unavailable".into(),
+    };
+    let mut update = first.to_update(at(1));
+    update.refresh_attempts = 1;
+    update.history = vec![
+        HistoryEntry::about(
+            HistoryKind::RefreshFailed,
+            &first,
+            ConnectionStatus::Connected,
+            at(1),
+        )
+        .with_error(Some("transient"), &error),
+    ];
+    let failed = b
+        .store
+        .update(first.id, first.version, &update)
+        .await
+        .unwrap();
+    let mut stale = first.to_update(at(2));
+    stale.history = vec![HistoryEntry::about(
+        HistoryKind::Revoked,
+        &first,
+        ConnectionStatus::Disconnected,
+        at(2),
+    )];
+    assert!(matches!(
+        b.store.update(first.id, first.version, &stale).await,
+        Err(StoreError::Conflict { .. })
+    ));
+
+    // Another pair's history stays apart.
+    let mut other = new_connection(&env, "fan-2", "spotify", "AT", None, None).await;
+    other.history = vec![HistoryEntry::new(
+        HistoryKind::Imported,
+        other.id,
+        &user("fan-2"),
+        &spotify,
+        ConnectionStatus::Connected,
+        at(5),
+    )];
+    let other = b.store.upsert(other).await.unwrap();
+
+    // Through a batch: only the row still at its version gets its entry.
+    let mut recovered = failed.to_update(at(3));
+    recovered.history = vec![HistoryEntry::about(
+        HistoryKind::Recovered,
+        &failed,
+        ConnectionStatus::Connected,
+        at(3),
+    )];
+    let mut lost = other.to_update(at(3));
+    lost.history = vec![HistoryEntry::about(
+        HistoryKind::Expired,
+        &other,
+        ConnectionStatus::Expired,
+        at(3),
+    )];
+    let answers = b
+        .store
+        .update_batch(&[
+            BatchUpdate {
+                id: failed.id,
+                expected_version: failed.version,
+                update: recovered,
+            },
+            BatchUpdate {
+                id: other.id,
+                expected_version: other.version - 1,
+                update: lost,
+            },
+        ])
+        .await
+        .unwrap();
+    assert!(answers[0].is_ok() && answers[1].is_err(), "{answers:?}");
+
+    // Connecting again continues the same history as `reconnected`.
+    let mut again = new_connection(&env, "fan-1", "spotify", "AT2", Some("RT2"), None).await;
+    again.history = vec![HistoryEntry::new(
+        HistoryKind::Created,
+        again.id,
+        &u,
+        &spotify,
+        ConnectionStatus::Connected,
+        at(4),
+    )];
+    let second = b.store.upsert(again).await.unwrap();
+
+    let all = b.store.history(&u, &spotify, None, 100).await.unwrap();
+    let kinds: Vec<_> = all.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            HistoryKind::Reconnected,
+            HistoryKind::Recovered,
+            HistoryKind::RefreshFailed,
+            HistoryKind::Created
+        ]
+    );
+    assert_eq!(all[0].connection_id, second.id);
+    assert_eq!(all[3].connection_id, first.id);
+    assert_eq!(all[2].error_class.as_deref(), Some("transient"));
+    assert_eq!(all[2].error_code.as_deref(), Some("http_503"));
+    assert_eq!(all[2].error_message.as_deref(), Some("service unavailable"));
+    assert_eq!(all[2].at, at(1));
+    assert_eq!(all[2].user_id, u);
+
+    // Pages of one, including two entries in the same millisecond.
+    let mut same_ms = second.to_update(at(6));
+    same_ms.history = (0..2)
+        .map(|_| {
+            HistoryEntry::about(
+                HistoryKind::RefreshForced,
+                &second,
+                ConnectionStatus::Connected,
+                at(6),
+            )
+        })
+        .collect();
+    b.store
+        .update(second.id, second.version, &same_ms)
+        .await
+        .unwrap();
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let page = b
+            .store
+            .history(&u, &spotify, before.as_ref(), 1)
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        before = Some(last.cursor());
+        paged.extend(page);
+    }
+    assert_eq!(paged.len(), 6);
+    let full = b.store.history(&u, &spotify, None, 100).await.unwrap();
+    assert_eq!(paged, full);
+    let others = b
+        .store
+        .history(&user("fan-2"), &spotify, None, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        others.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [HistoryKind::Imported],
+        "the lost batch entry wrote nothing"
+    );
+
+    // Retention removes what is older than its cut-off, for every pair.
+    assert_eq!(b.store.purge_history(at(4)).await.unwrap(), 3);
+    assert_eq!(
+        b.store
+            .history(&user("fan-2"), &spotify, None, 100)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "fan-2's entry is newer than the cut-off"
+    );
+    let kept = b.store.history(&u, &spotify, None, 100).await.unwrap();
+    assert_eq!(kept.len(), 3);
+    assert!(kept.iter().all(|e| e.at >= at(4)));
 }

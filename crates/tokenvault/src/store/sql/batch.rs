@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::{Postgres, Sqlite};
 
-use super::{Backend, POSTGRES, SQLITE, bind_update, insert_event};
+use super::{Backend, POSTGRES, SQLITE, bind_update, insert_event, insert_history};
 use crate::store::record::UpdateColumns;
 use crate::store::{BatchUpdate, ConnectionUpdate, StoreError};
 
@@ -34,6 +34,11 @@ impl Backend for Sqlite {
             if version.is_some() {
                 for event in &entry.update.emit {
                     insert_event(SQLITE.insert_event, event)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for history in &entry.update.history {
+                    insert_history(SQLITE.insert_history, history, history.kind)
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -68,7 +73,9 @@ impl Backend for Postgres {
             bytes += size;
         }
         chunks.push(&updates[start..]);
-        let with_events = updates.iter().any(|entry| !entry.update.emit.is_empty());
+        let with_events = updates
+            .iter()
+            .any(|entry| !entry.update.emit.is_empty() || !entry.update.history.is_empty());
         let mut written: Vec<(String, i64)> = Vec::with_capacity(updates.len());
         if chunks.len() == 1 && !with_events {
             written = batch_query(updates).fetch_all(pool).await?;
@@ -83,6 +90,11 @@ impl Backend for Postgres {
                     if ids.contains(entry.id.to_string().as_str()) {
                         for event in &entry.update.emit {
                             insert_event(POSTGRES.insert_event, event)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        for history in &entry.update.history {
+                            insert_history(POSTGRES.insert_history, history, history.kind)
                                 .execute(&mut *tx)
                                 .await?;
                         }

@@ -5,13 +5,20 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use super::{Backend, POSTGRES, SQLITE, SqlStore, bind_update, insert_event};
+use super::{Backend, POSTGRES, SQLITE, SqlStore, bind_update, insert_event, insert_history};
 use crate::domain::{ConnectionId, ConnectionStatus, IntegrationKey, UserId};
 use crate::store::record::{RawRow, UpdateColumns, storable_json};
 use crate::store::{
-    BatchUpdate, ConnectionRecord, ConnectionStore, ConnectionUpdate, ListFilter, NewConnection,
-    StoreError, migrate_error, to_millis, with_pool,
+    BatchUpdate, ConnectionRecord, ConnectionStore, ConnectionUpdate, HistoryKind, ListCursor,
+    ListFilter, NewConnection, StatusCount, StoreError, migrate_error, to_millis, with_pool,
 };
+
+/// One pass over the table for the whole summary.
+const SUMMARY: &str = "SELECT integration, status, COUNT(*), \
+     SUM(CASE WHEN failing_since IS NOT NULL THEN 1 ELSE 0 END), \
+     SUM(CASE WHEN next_refresh_at IS NOT NULL AND next_refresh_at < $1 \
+     AND status IN ('connected', 'error') THEN 1 ELSE 0 END) \
+     FROM connections GROUP BY integration, status ORDER BY integration, status";
 
 /// Rows as records; one unreadable row fails the read.
 fn records(rows: Vec<RawRow>) -> Result<Vec<ConnectionRecord>, StoreError> {
@@ -49,14 +56,25 @@ impl ConnectionStore for SqlStore {
                 .bind(c.sealed.data_key.key_id().as_str())
                 .bind(storable_json(&c.metadata))
                 .bind(to_millis(c.now));
-            if c.emit.is_empty() {
+            if c.emit.is_empty() && c.history.is_empty() {
                 query.fetch_one(pool).await?
             } else {
                 // The events commit with the row or not at all.
                 let mut tx = pool.begin().await?;
-                let row = query.fetch_one(&mut *tx).await?;
+                let row: RawRow = query.fetch_one(&mut *tx).await?;
                 for event in &c.emit {
                     insert_event(dialect.insert_event, event)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                // The conflict branch of the upsert bumped the version: the
+                // grant replaced an existing connection.
+                for entry in &c.history {
+                    let kind = match entry.kind {
+                        HistoryKind::Created if row.version > 1 => HistoryKind::Reconnected,
+                        kind => kind,
+                    };
+                    insert_history(dialect.insert_history, entry, kind)
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -104,7 +122,7 @@ impl ConnectionStore for SqlStore {
     async fn list(
         &self,
         filter: &ListFilter,
-        after: Option<ConnectionId>,
+        after: Option<&ListCursor>,
         limit: u32,
     ) -> Result<Vec<ConnectionRecord>, StoreError> {
         records(with_pool!(self, |pool, dialect| {
@@ -120,17 +138,54 @@ impl ConnectionStore for SqlStore {
             if let Some(status) = filter.status {
                 query.push(" AND status = ").push_bind(status.as_str());
             }
+            if let Some(prefix) = &filter.user_id_prefix {
+                // A range, so the index serves it: user ids are ASCII below
+                // DEL, so every id starting with the prefix sorts before
+                // prefix + DEL (byte order on both backends).
+                query
+                    .push(" AND user_id >= ")
+                    .push_bind(prefix.clone())
+                    .push(" AND user_id < ")
+                    .push_bind(format!("{prefix}\u{7f}"));
+            }
             if let Some(after) = after {
                 query
-                    .push(" AND id > ")
-                    .push_bind(after.to_string())
-                    .push(dialect.id_cast);
+                    .push(" AND (user_id, integration) > (")
+                    .push_bind(after.user_id.as_str().to_owned())
+                    .push(", ")
+                    .push_bind(after.integration.as_str().to_owned())
+                    .push(")");
             }
             query
-                .push(" ORDER BY id LIMIT ")
+                .push(" ORDER BY user_id, integration LIMIT ")
                 .push_bind(i64::from(limit));
             query.build_query_as::<RawRow>().fetch_all(pool).await?
         }))
+    }
+
+    async fn summary(&self, due_before: DateTime<Utc>) -> Result<Vec<StatusCount>, StoreError> {
+        let rows: Vec<(String, String, i64, i64, i64)> = with_pool!(self, |pool| {
+            sqlx::query_as(SUMMARY)
+                .bind(to_millis(due_before))
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter()
+            .map(|(integration, status, total, failing, due)| {
+                let corrupt = |what: &str, value: &str| {
+                    StoreError::Corrupt(format!("connection {what} {value:?}"))
+                };
+                let count = |n: i64| u64::try_from(n).unwrap_or(0);
+                Ok(StatusCount {
+                    integration: IntegrationKey::parse(&integration)
+                        .map_err(|_| corrupt("integration", &integration))?,
+                    status: status.parse().map_err(|_| corrupt("status", &status))?,
+                    count: count(total),
+                    failing: count(failing),
+                    due: count(due),
+                })
+            })
+            .collect()
     }
 
     async fn update(
@@ -146,7 +201,7 @@ impl ConnectionStore for SqlStore {
                 id,
                 expected_version,
             );
-            if update.emit.is_empty() {
+            if update.emit.is_empty() && update.history.is_empty() {
                 query.fetch_optional(pool).await?
             } else {
                 let mut tx = pool.begin().await?;
@@ -154,6 +209,11 @@ impl ConnectionStore for SqlStore {
                 if row.is_some() {
                     for event in &update.emit {
                         insert_event(dialect.insert_event, event)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    for entry in &update.history {
+                        insert_history(dialect.insert_history, entry, entry.kind)
                             .execute(&mut *tx)
                             .await?;
                     }

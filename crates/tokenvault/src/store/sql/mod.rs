@@ -8,6 +8,7 @@
 mod batch;
 mod connections;
 mod health;
+mod history;
 mod outbox;
 mod rotation;
 
@@ -75,8 +76,6 @@ const POSTGRES: Dialect = dialect!(
 struct Dialect {
     /// SELECT list producing a `RawRow`.
     pub columns: &'static str,
-    /// Appended to an id parameter (`::uuid` on PostgreSQL).
-    pub id_cast: &'static str,
     pub select_by_key: &'static str,
     pub select_by_id: &'static str,
     pub select_by_user: &'static str,
@@ -91,6 +90,7 @@ struct Dialect {
     pub replace_wrapped_key: &'static str,
     pub list_keys_to_rotate: &'static str,
     pub insert_event: &'static str,
+    pub insert_history: &'static str,
     pub claim_events: &'static str,
     pub event_delivered: &'static str,
     pub event_failed: &'static str,
@@ -170,13 +170,38 @@ where
         .bind(super::to_millis(event.created_at))
 }
 
+/// Binds one history entry for [`Dialect::insert_history`]; `kind`
+/// overrides the entry's own (a reconnect found by the upsert).
+pub(crate) fn insert_history<'q, DB: sqlx::Database>(
+    sql: &'static str,
+    entry: &'q super::HistoryEntry,
+    kind: super::HistoryKind,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
+where
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query::<DB>(sql)
+        .bind(entry.id.to_string())
+        .bind(entry.connection_id.to_string())
+        .bind(entry.user_id.as_str())
+        .bind(entry.integration.as_str())
+        .bind(kind.as_str())
+        .bind(entry.status.as_str())
+        .bind(entry.error_class.as_deref())
+        .bind(entry.error_code.as_deref())
+        .bind(entry.error_message.as_deref())
+        .bind(super::to_millis(entry.at))
+}
+
 /// Builds a backend's [`Dialect`]. The statements are identical but for
 /// the SELECT list, parameter casts and PostgreSQL's row locking.
 macro_rules! dialect {
     (columns: $cols:tt, id_cast: $id:literal, json_cast: $json:literal, id_select: $id_select:literal, lock: $lock:literal) => {
         $crate::store::sql::Dialect {
             columns: $crate::store::sql::returning_columns!($cols),
-            id_cast: $id,
             select_by_key: concat!(
                 "SELECT ", $crate::store::sql::returning_columns!($cols),
                 " FROM connections WHERE user_id = $1 AND integration = $2"
@@ -246,6 +271,11 @@ macro_rules! dialect {
             list_keys_to_rotate: concat!(
                 "SELECT ", $id_select, ", data_key FROM connections WHERE id > $1", $id,
                 " AND kek_id <> $2 ORDER BY id LIMIT $3"
+            ),
+            insert_history: concat!(
+                "INSERT INTO connection_events (id, connection_id, user_id, integration, kind, status, \
+                 error_class, error_code, error_message, created_at) \
+                 VALUES ($1", $id, ", $2", $id, ", $3, $4, $5, $6, $7, $8, $9, $10)"
             ),
             insert_event: concat!(
                 "INSERT INTO webhook_outbox (id, event_type, payload, created_at, next_attempt_at) \

@@ -94,6 +94,7 @@ pub async fn new_connection(
         metadata: json!({"site_id": "abc"}),
         now,
         emit: Vec::new(),
+        history: Vec::new(),
     }
 }
 
