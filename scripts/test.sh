@@ -119,6 +119,9 @@ scripts/schemathesis.sh
 log "schemathesis against a local instance on PostgreSQL"
 SCHEMATHESIS_DATABASE=postgres SCHEMATHESIS_MAX_EXAMPLES=${SCHEMATHESIS_PG_MAX_EXAMPLES:-50} scripts/schemathesis.sh
 
+log "generated clients (TypeScript, Python) against a local instance"
+scripts/generated-clients.sh
+
 # Benchmarks are not tests: CI only checks that a smoke-size run completes
 # and reports every headline figure (docs/benchmarks.md). The binary is the
 # one the workspace test build made (same features: nothing is rebuilt).

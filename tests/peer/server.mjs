@@ -221,6 +221,11 @@ function providerConfiguration() {
     cookies: { keys: [randomBytes(32).toString('base64url')] },
     routes: ROUTES,
     responseTypes: ['code', 'none'],
+    // PEER_CLIENT_AUTH_METHODS=none: a server whose discovery document offers
+    // only public clients (token_endpoint_auth_methods_supported: ["none"]).
+    ...(process.env.PEER_CLIENT_AUTH_METHODS
+      ? { clientAuthMethods: process.env.PEER_CLIENT_AUTH_METHODS.split(',') }
+      : {}),
     findAccount,
     scopes: SCOPES,
     claims: {

@@ -295,6 +295,9 @@ impl Background {
             .with_owner(format!("{owner}/webhooks"));
             workers.push(deliverer.spawn(stopping.clone()));
         }
+        if !state.integrations.unavailable().is_empty() {
+            workers.push(wiring::spawn_discovery_retries(state, stopping.clone()));
+        }
         Ok(Background {
             poller: Some(poller),
             purger: Some(purger),

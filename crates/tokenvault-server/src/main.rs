@@ -367,9 +367,10 @@ async fn serve(mut config: Config, bind: Option<SocketAddr>) -> anyhow::Result<(
 async fn print_next_steps(app: &App) {
     let state = app.state();
     let public_url = app.config().public_url();
-    for (key, integration) in state.integrations.iter() {
+    for integration in state.integrations.all() {
         eprintln!(
-            "integration {key} ({}): register this redirect URI at the provider: {}",
+            "integration {} ({}): register this redirect URI at the provider: {}",
+            integration.key(),
             integration.spec().display_name,
             integration.redirect_uri()
         );

@@ -247,7 +247,8 @@ pub async fn update_gauges(state: &AppState) {
     }
     // The breaker moves from open to half-open by the clock alone, with no
     // refresh to record it: re-read it here.
-    for (key, _) in state.integrations.iter() {
+    for integration in state.integrations.all() {
+        let key = integration.key();
         let Some(health) = state.vault.integration_health(key) else {
             continue;
         };

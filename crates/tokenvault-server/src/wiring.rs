@@ -208,6 +208,34 @@ pub async fn build_state_with(
     }))
 }
 
+/// Retries OIDC discovery of the integrations that were unavailable at
+/// start-up (backoff up to 10 s) until every one resolved or the app
+/// stops; a resolved one serves at once.
+pub fn spawn_discovery_retries(
+    state: &AppState,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let state = state.clone();
+    tokio::spawn(async move {
+        loop {
+            let Some(next) = state.integrations.next_retry() else {
+                return;
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(next.into()) => {}
+                _ = stopping.wait_for(|stop| *stop) => return,
+            }
+            for key in state
+                .integrations
+                .retry_unavailable(&state.catalog, &state.oauth)
+                .await
+            {
+                state.vault.integration_added(&key);
+            }
+        }
+    })
+}
+
 /// Starts the background task that polls providers for pending device
 /// sessions (RFC 8628). `serve` runs one per instance; instances share the
 /// work through the database. Shut the handle down to stop it.

@@ -39,6 +39,15 @@ pub enum ConnectError {
     },
     #[error("no integration named {0:?} is configured; see GET /v1/integrations")]
     UnknownIntegration(String),
+    /// Configured, but its provider's OIDC discovery has not succeeded yet
+    /// (retried in the background).
+    #[error(
+        "integration `{integration}` is unavailable: its OIDC discovery failed ({error}); it is retried in the background"
+    )]
+    IntegrationUnavailable {
+        integration: IntegrationKey,
+        error: String,
+    },
     #[error(transparent)]
     StateStore(#[from] StateError),
     /// The provider answered the authorization request with an error
@@ -157,11 +166,27 @@ impl ConnectFlow {
     }
 
     /// The configured integration named `raw`.
-    pub fn integration(&self, raw: &str) -> Result<&Arc<Integration>, ConnectError> {
-        IntegrationKey::parse(raw)
-            .ok()
-            .and_then(|key| self.vault.integrations().get(&key))
-            .ok_or_else(|| ConnectError::UnknownIntegration(raw.to_owned()))
+    /// An integration whose discovery has not succeeded yet is
+    /// [`ConnectError::IntegrationUnavailable`].
+    pub fn integration(&self, raw: &str) -> Result<Arc<Integration>, ConnectError> {
+        let key = IntegrationKey::parse(raw)
+            .map_err(|_| ConnectError::UnknownIntegration(raw.to_owned()))?;
+        if let Some(integration) = self.vault.integrations().get(&key) {
+            return Ok(integration);
+        }
+        match self
+            .vault
+            .integrations()
+            .unavailable()
+            .into_iter()
+            .find(|pending| pending.key == key)
+        {
+            Some(pending) => Err(ConnectError::IntegrationUnavailable {
+                integration: key,
+                error: pending.error,
+            }),
+            None => Err(ConnectError::UnknownIntegration(raw.to_owned())),
+        }
     }
 
     /// Stores a connect session (single-use, `state_ttl`).
@@ -206,7 +231,7 @@ impl ConnectFlow {
         if session.connect_session.is_some() {
             return Err(ConnectError::InvalidState(expired));
         }
-        let integration = Arc::clone(self.integration(session.integration.as_str())?);
+        let integration = self.integration(session.integration.as_str())?;
         let pkce = integration.wants_pkce().then(Pkce::generate);
         let state = StateKey::generate();
         let scopes: Option<Scopes> =
@@ -264,7 +289,7 @@ impl ConnectFlow {
                 expected: expected.to_owned(),
             });
         }
-        let integration = Arc::clone(self.integration(record.integration.as_str())?);
+        let integration = self.integration(record.integration.as_str())?;
         Ok((record, integration))
     }
 
@@ -337,7 +362,7 @@ impl ConnectFlow {
         }
         let integration = self.integration(record.integration.as_str())?;
         self.exchange_and_save(
-            integration,
+            &integration,
             &record,
             code.expose_secret(),
             record.instance_id.as_deref(),

@@ -55,6 +55,8 @@ pub(crate) struct Inner {
     pub events: Events,
     pub settings: RefreshSettings,
     pub health: DashMap<IntegrationKey, Arc<IntegrationHealth>>,
+    /// For the health of integrations resolved after start-up.
+    pub breaker: BreakerSettings,
     /// One lock per connection being refreshed in this process.
     pub inflight: DashMap<ConnectionId, Arc<tokio::sync::Mutex<()>>>,
     /// Lease owner name of this process.
@@ -126,11 +128,11 @@ impl VaultBuilder {
 
     pub fn build(self) -> Vault {
         let health = DashMap::new();
-        for (key, integration) in self.integrations.iter() {
+        for integration in self.integrations.all() {
             health.insert(
-                key.clone(),
+                integration.key().clone(),
                 Arc::new(IntegrationHealth::new(
-                    integration,
+                    &integration,
                     self.breaker.clone(),
                     self.settings.rate_limit_per_second,
                 )),
@@ -155,6 +157,7 @@ impl VaultBuilder {
                 events: self.events,
                 settings: self.settings,
                 health,
+                breaker: self.breaker,
                 inflight: DashMap::new(),
                 owner,
                 journal,

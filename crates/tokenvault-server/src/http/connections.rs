@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
-use super::flows::{integration, user_id};
+use super::flows::{configured_key, integration, user_id};
 
 /// The default `min_ttl`: a token handed out is good for at least a minute.
 const DEFAULT_MIN_TTL_SECS: u64 = 60;
@@ -179,7 +179,7 @@ pub async fn token(
     ApiQuery(query): ApiQuery<TokenQuery>,
 ) -> Result<Json<AccessTokenBody>, ApiError> {
     let user = user_id(&user)?;
-    let integration = integration(&state, &key)?.key().clone();
+    let integration = configured_key(&state, &key)?;
     let min_ttl = min_ttl(&query)?;
     let issued = state
         .vault
@@ -216,7 +216,7 @@ pub async fn force_refresh(
     ApiPath((user, key)): ApiPath<(String, String)>,
 ) -> Result<Json<RefreshedConnection>, ApiError> {
     let user = user_id(&user)?;
-    let integration = integration(&state, &key)?.key().clone();
+    let integration = configured_key(&state, &key)?;
     let issued = state
         .vault
         .force_refresh(&user, &integration)

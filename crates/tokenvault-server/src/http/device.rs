@@ -31,7 +31,7 @@ pub struct DeviceSessionRequest {
     /// (each non-empty and without whitespace) or one space-separated
     /// string.
     #[serde(default)]
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(schema_with = tokenvault::import::scopes_schema)]
     scopes: Option<ScopeList>,
 }
 
@@ -104,7 +104,7 @@ pub async fn create_device_session(
     let scopes = parse_scopes(request.scopes.as_ref().map_or(&[], ScopeList::as_slice))?;
     let started = state
         .device
-        .start(user_id, integration, Some(&scopes))
+        .start(user_id, &integration, Some(&scopes))
         .await
         .map_err(|err| match err {
             DeviceFlowError::Unsupported(provider) => ApiError::new(

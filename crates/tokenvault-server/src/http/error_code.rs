@@ -119,6 +119,8 @@ pub enum ErrorCode {
     ProviderUnavailable,
     /// the token has expired and the provider rejects the integration's client credentials
     IntegrationMisconfigured,
+    /// the integration's OIDC discovery has not succeeded since start-up (the issuer is down or unreachable); retried in the background
+    IntegrationUnavailable,
 }
 
 impl ErrorCode {
@@ -180,6 +182,7 @@ impl ErrorCode {
         Self::StateStoreUnavailable,
         Self::ProviderUnavailable,
         Self::IntegrationMisconfigured,
+        Self::IntegrationUnavailable,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -240,6 +243,7 @@ impl ErrorCode {
             Self::StateStoreUnavailable => "state_store_unavailable",
             Self::ProviderUnavailable => "provider_unavailable",
             Self::IntegrationMisconfigured => "integration_misconfigured",
+            Self::IntegrationUnavailable => "integration_unavailable",
         }
     }
 
@@ -300,7 +304,8 @@ impl ErrorCode {
             | Self::ConnectionBusy
             | Self::StateStoreUnavailable
             | Self::ProviderUnavailable
-            | Self::IntegrationMisconfigured => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::IntegrationMisconfigured
+            | Self::IntegrationUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -428,6 +433,9 @@ impl ErrorCode {
             }
             Self::IntegrationMisconfigured => {
                 "the token has expired and the provider rejects the integration's client credentials"
+            }
+            Self::IntegrationUnavailable => {
+                "connect, device, proxy and profile requests of an integration whose OIDC discovery has not succeeded since start-up (retried every few seconds; `GET /v1/integrations` shows the error); stored tokens are still served"
             }
         }
     }

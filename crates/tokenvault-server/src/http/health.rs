@@ -47,10 +47,12 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     // Integration trouble is reported but does not make the instance
     // unready: another instance would not fare better, and the still-valid
     // tokens it serves are worth serving.
-    let integrations: serde_json::Map<String, serde_json::Value> = state
+    let mut integrations: serde_json::Map<String, serde_json::Value> = state
         .integrations
+        .all()
         .iter()
-        .filter_map(|(key, _)| {
+        .filter_map(|integration| {
+            let key = integration.key();
             let health = state.vault.integration_health(key)?;
             let status = if health.misconfigured.is_some() {
                 "misconfigured"
@@ -64,6 +66,12 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             Some((key.to_string(), entry))
         })
         .collect();
+    for pending in state.integrations.unavailable() {
+        integrations.insert(
+            pending.key.to_string(),
+            json!({"status": "unavailable", "error": pending.error, "since": pending.since, "attempts": pending.attempts}),
+        );
+    }
     // Only the database decides readiness: without it nothing works, and
     // every instance shares it. A state-store (Redis) outage stops new
     // connect flows but not token reads, refreshes or the proxy, and it

@@ -83,7 +83,29 @@ pub struct IntegrationView {
     pub redirect_uri: url::Url,
     pub default_scopes: Vec<String>,
     pub flows: Vec<Flow>,
+    /// `available`, or `unavailable` while its OIDC discovery fails
+    /// (retried in the background; see `unavailable`).
+    pub status: IntegrationStatus,
+    pub unavailable: Option<UnavailableView>,
     pub health: Option<IntegrationHealthView>,
+}
+
+/// Whether an integration can be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IntegrationStatus {
+    Available,
+    Unavailable,
+}
+
+/// Why an integration is unavailable.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UnavailableView {
+    /// The last discovery error.
+    pub error: String,
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// Discovery attempts so far.
+    pub attempts: u32,
 }
 
 /// `GET /v1/providers`: the catalog.
@@ -134,16 +156,18 @@ pub async fn list_providers(State(state): State<AppState>) -> Json<ProviderList>
 )]
 #[tracing::instrument(skip_all)]
 pub async fn list_integrations(State(state): State<AppState>) -> Json<IntegrationList> {
-    let integrations = state
+    let mut integrations: Vec<IntegrationView> = state
         .integrations
-        .iter()
-        .map(|(key, integration)| {
+        .all()
+        .into_iter()
+        .map(|integration| {
+            let key = integration.key();
             let spec = integration.spec();
             let mut flows = vec![Flow::AuthorizationCode];
             if spec.device_authorization_url.is_some() {
                 flows.push(Flow::DeviceCode);
             }
-            if spec.token_auth_method != tokenvault::oauth::ClientAuthMethod::None {
+            if integration.auth_method() != tokenvault::oauth::ClientAuthMethod::None {
                 flows.push(Flow::ClientCredentials);
             }
             IntegrationView {
@@ -153,10 +177,32 @@ pub async fn list_integrations(State(state): State<AppState>) -> Json<Integratio
                 redirect_uri: integration.redirect_uri().clone(),
                 default_scopes: integration.default_scopes().to_vec(),
                 flows,
+                status: IntegrationStatus::Available,
+                unavailable: None,
                 health: state.vault.integration_health(key),
             }
         })
         .collect();
+    integrations.extend(state.integrations.unavailable().into_iter().map(|pending| {
+        IntegrationView {
+            display_name: pending.key.to_string(),
+            redirect_uri: pending.redirect_uri.unwrap_or_else(|| {
+                crate::integrations_env::default_redirect_uri(&state.settings.public_url)
+            }),
+            key: pending.key,
+            provider: pending.provider,
+            default_scopes: Vec::new(),
+            flows: Vec::new(),
+            status: IntegrationStatus::Unavailable,
+            unavailable: Some(UnavailableView {
+                error: pending.error,
+                since: pending.since,
+                attempts: pending.attempts,
+            }),
+            health: None,
+        }
+    }));
+    integrations.sort_by(|a, b| a.key.cmp(&b.key));
     Json(IntegrationList { integrations })
 }
 
@@ -186,7 +232,7 @@ pub async fn app_token(
     let integration = integration(&state, &key)?;
     let tokens = state
         .app_tokens
-        .token(integration, state.vault.clock().as_ref())
+        .token(&integration, state.vault.clock().as_ref())
         .await
         .map_err(|err| {
             ApiError::new(

@@ -71,10 +71,46 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
                     &name[..1],
                     name[1..].to_ascii_lowercase()
                 ));
+                document_proxied_bodies(&method, operation);
             }
         }
     }
     document
+}
+
+/// The proxy relays bodies of any type both ways: typed as bytes, so that
+/// a generated client can send a body and read the provider's answer.
+fn document_proxied_bodies(method: &Method, operation: &mut Operation) {
+    use utoipa::openapi::request_body::RequestBodyBuilder;
+    use utoipa::openapi::schema::{KnownFormat, SchemaFormat};
+    let bytes = || {
+        ContentBuilder::new()
+            .schema(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary))),
+            ))
+            .build()
+    };
+    if matches!(
+        *method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    ) {
+        operation.request_body = Some(
+            RequestBodyBuilder::new()
+                .description(Some(
+                    "Sent to the provider as is, with the request's Content-Type",
+                ))
+                .content("application/octet-stream", bytes())
+                .build(),
+        );
+    }
+    if *method != Method::HEAD
+        && let Some(RefOr::T(ok)) = operation.responses.responses.get_mut("200")
+    {
+        ok.content
+            .insert("application/octet-stream".into(), bytes());
+    }
 }
 
 /// The document as served: with the instance's public URL as its server,

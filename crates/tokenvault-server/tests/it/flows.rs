@@ -955,3 +955,193 @@ async fn a_grant_whose_save_fails_is_revoked_at_the_provider() {
         .unwrap();
     service.stop().await;
 }
+
+/// One integration's issuer is down when the service starts: the others
+/// serve, the dead one is reported (integrations, readiness, its connect
+/// sessions answer 503), and it is picked up in the background once its
+/// issuer answers, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_down_at_start_up_is_picked_up_when_it_comes_back() {
+    let healthy = Peer::start();
+    let late_port = free_port();
+    let late_issuer = format!("http://127.0.0.1:{late_port}");
+    let oidc = |client: &str, issuer: &str, base: &str| IntegrationConfig {
+        provider: "oidc".into(),
+        client_id: client.into(),
+        client_secret: Some(SecretString::from(format!("{client}-secret"))),
+        redirect_uri: Some(url::Url::parse(&format!("{base}/oauth/callback")).unwrap()),
+        scopes: Some(vec!["openid".into(), "offline_access".into()]),
+        issuer: Some(url::Url::parse(issuer).unwrap()),
+        ..Default::default()
+    };
+    let healthy_issuer = healthy.issuer.clone();
+    let service = start_service_with_workers(|config, base| {
+        config.integrations.insert(
+            IntegrationKey::parse("healthy").unwrap(),
+            oidc("healthy", &healthy_issuer, base),
+        );
+        config.integrations.insert(
+            IntegrationKey::parse("late").unwrap(),
+            oidc("late", &late_issuer, base),
+        );
+        config.scheduler_enabled = false;
+    })
+    .await;
+    let callback = service.url("/oauth/callback");
+    for (peer, client) in [(&healthy, "healthy")] {
+        peer.register(
+            client,
+            "client_secret_basic",
+            Some(&format!("{client}-secret")),
+            &callback,
+            &["authorization_code", "refresh_token"],
+        )
+        .await;
+    }
+    connect_with_ttl(&healthy, &service, "ann", "healthy", 3600).await;
+    assert!(connection_exists(&service, "ann", "healthy").await);
+
+    let status = |body: &Value, key: &str| {
+        body["integrations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["key"] == key)
+            .cloned()
+            .unwrap_or_else(|| panic!("{key} not listed: {body}"))
+    };
+    let listed: Value = service
+        .get_json("/v1/integrations")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status(&listed, "healthy")["status"], "available");
+    let late = status(&listed, "late");
+    assert_eq!(late["status"], "unavailable", "{late}");
+    assert!(late["unavailable"]["error"].is_string(), "{late}");
+    let ready = reqwest::get(service.url("/readyz")).await.unwrap();
+    assert_eq!(
+        ready.status(),
+        200,
+        "one dead integration is not unreadiness"
+    );
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(
+        ready["checks"]["integrations"]["late"]["status"],
+        "unavailable"
+    );
+    let refused = service
+        .post_json(
+            "/v1/connect-sessions",
+            json!({"user_id": "bob", "integration": "late"}),
+        )
+        .await;
+    assert_eq!(refused.status(), 503);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(refused["error"], "integration_unavailable");
+
+    // The issuer comes back; the service notices within 30 s.
+    let late_peer = Peer::start_on(late_port);
+    late_peer
+        .register(
+            "late",
+            "client_secret_basic",
+            Some("late-secret"),
+            &callback,
+            &["authorization_code", "refresh_token"],
+        )
+        .await;
+    let back = std::time::Instant::now();
+    loop {
+        let listed: Value = service
+            .get_json("/v1/integrations")
+            .await
+            .json()
+            .await
+            .unwrap();
+        if status(&listed, "late")["status"] == "available" {
+            break;
+        }
+        assert!(
+            back.elapsed() < std::time::Duration::from_secs(30),
+            "not picked up within 30 s: {listed}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    connect_with_ttl(&late_peer, &service, "bob", "late", 3600).await;
+    assert!(connection_exists(&service, "bob", "late").await);
+    let token = service
+        .get_json("/v1/users/bob/connections/late/token")
+        .await;
+    assert_eq!(token.status(), 200);
+    let ready: Value = reqwest::get(service.url("/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["checks"]["integrations"]["late"]["status"], "ok");
+    service.stop().await;
+}
+
+/// An issuer whose discovery document offers only public clients
+/// (`token_endpoint_auth_methods_supported: ["none"]`), and an `oidc`
+/// integration without a client secret: a PKCE public client that
+/// connects, refreshes and revokes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_client_connects_refreshes_and_revokes_through_discovery() {
+    let peer = Peer::start_with(0, &[("PEER_CLIENT_AUTH_METHODS", "none")]);
+    let discovery: Value =
+        reqwest::get(format!("{}/.well-known/openid-configuration", peer.issuer))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(
+        discovery["token_endpoint_auth_methods_supported"],
+        json!(["none"]),
+        "the peer offers only public clients"
+    );
+    let issuer = peer.issuer.clone();
+    let service = start_service(|config, base| {
+        config.integrations.insert(
+            IntegrationKey::parse("public-app").unwrap(),
+            IntegrationConfig {
+                provider: "oidc".into(),
+                client_id: "public-app".into(),
+                client_secret: None,
+                redirect_uri: Some(url::Url::parse(&format!("{base}/oauth/callback")).unwrap()),
+                scopes: Some(vec!["openid".into(), "offline_access".into()]),
+                issuer: Some(url::Url::parse(&issuer).unwrap()),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    peer.register(
+        "public-app",
+        "none",
+        None,
+        &service.url("/oauth/callback"),
+        &["authorization_code", "refresh_token"],
+    )
+    .await;
+    // The peer refuses a public client's authorization request without
+    // PKCE, so connecting proves it was sent.
+    connect_with_ttl(&peer, &service, "pat", "public-app", 3600).await;
+    assert!(connection_exists(&service, "pat", "public-app").await);
+    let forced = service
+        .post_json("/v1/users/pat/connections/public-app/refresh", json!({}))
+        .await;
+    assert_eq!(forced.status(), 200);
+    let forced: Value = forced.json().await.unwrap();
+    assert_eq!(forced["refreshed"], true);
+    let stats = peer.stats().await;
+    assert_eq!(stats["refresh_by_client"]["public-app"], 1, "{stats}");
+    let revoked = service.delete("/v1/users/pat/connections/public-app").await;
+    assert_eq!(revoked.status(), 200);
+    let revoked: Value = revoked.json().await.unwrap();
+    assert_eq!(revoked["revoked_at_provider"], true, "{revoked}");
+}

@@ -13,6 +13,8 @@ mod validate;
 mod wire;
 mod write;
 
+#[cfg(feature = "utoipa")]
+pub use wire::scopes_schema;
 pub use wire::{GrantBody, ImportLine, WireToken, json_kind};
 
 #[cfg(test)]

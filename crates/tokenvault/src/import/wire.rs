@@ -80,7 +80,7 @@ pub struct GrantBody {
     pub expires_at: Option<Value>,
     /// Granted scopes: an array, or one space-separated string.
     #[serde(default)]
-    #[cfg_attr(feature = "utoipa", schema(value_type = Option<Vec<String>>))]
+    #[cfg_attr(feature = "utoipa", schema(schema_with = scopes_schema))]
     pub scopes: Option<Value>,
     /// A JSON object of at most 16 KiB kept with the connection.
     #[serde(default)]
@@ -183,6 +183,21 @@ impl GrantBody {
             },
         })
     }
+}
+
+/// OpenAPI: scopes as requests take them, an array of scopes or one
+/// space-separated string (client generators type both).
+#[cfg(feature = "utoipa")]
+pub fn scopes_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(ArrayBuilder::new().items(ObjectBuilder::new().schema_type(Type::String)))
+        .item(ObjectBuilder::new().schema_type(Type::String))
+        .description(Some(
+            "Scopes: an array, or one space-separated string (`\"user-read-email playlist-modify\"`).",
+        ))
+        .build()
+        .into()
 }
 
 #[cfg(test)]

@@ -72,7 +72,6 @@ impl Vault {
         let client = self
             .integrations()
             .get(integration)
-            .cloned()
             .ok_or_else(|| ImportError::UnknownIntegration(integration.clone()))?;
         let buffer = Duration::from_std(client.refresh_buffer()).unwrap_or(Duration::MAX);
         let (tokens, metadata) = validate(grant, self.clock().now())?;

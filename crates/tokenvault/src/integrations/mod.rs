@@ -131,7 +131,22 @@ impl Integration {
         if config.client_id.trim().is_empty() {
             return Err(invalid(format!("{prefix}_CLIENT_ID"), "missing"));
         }
-        let method = spec.token_auth_method;
+        let mut method = spec.token_auth_method;
+        if config.client_secret.is_none() && method.is_confidential() && spec.public_client {
+            // No secret, and the provider takes public clients: be one.
+            method = crate::oauth::ClientAuthMethod::None;
+        }
+        if method == crate::oauth::ClientAuthMethod::None
+            && matches!(spec.pkce, PkceSupport::Unsupported)
+        {
+            return Err(invalid(
+                format!("integrations.{key}.provider"),
+                format!(
+                    "provider `{}` would make this a public client (no client secret), which needs PKCE, and the provider does not support it; set {prefix}_CLIENT_SECRET",
+                    spec.key
+                ),
+            ));
+        }
         let needs_secret = method.is_confidential()
             || matches!(spec.revocation_style, RevocationStyle::GithubGrant);
         if needs_secret && config.client_secret.is_none() {
@@ -230,6 +245,12 @@ impl Integration {
         &self.spec
     }
 
+    /// How this integration authenticates at the token endpoint (`none`
+    /// for a public client).
+    pub fn auth_method(&self) -> crate::oauth::ClientAuthMethod {
+        self.auth.method
+    }
+
     pub fn client_id(&self) -> &str {
         &self.auth.client_id
     }
@@ -301,48 +322,177 @@ impl Integration {
     }
 }
 
-/// Every resolved integration, by key.
-#[derive(Debug, Clone, Default)]
+/// Every configured integration, by key: the resolved ones, and those
+/// whose OIDC discovery failed at start-up, retried with backoff (see
+/// [`Integrations::retry_unavailable`]) until they resolve. Shared by every
+/// service of a process.
+#[derive(Debug, Default)]
 pub struct Integrations {
-    by_key: BTreeMap<IntegrationKey, Arc<Integration>>,
+    by_key: std::sync::RwLock<BTreeMap<IntegrationKey, Arc<Integration>>>,
+    unavailable: std::sync::Mutex<BTreeMap<IntegrationKey, Pending>>,
 }
+
+/// An integration whose provider could not be resolved: its issuer did
+/// not answer discovery (down, unreachable, an unusable document).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnavailableIntegration {
+    pub key: IntegrationKey,
+    pub provider: String,
+    pub redirect_uri: Option<Url>,
+    /// The last discovery error.
+    pub error: String,
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// Discovery attempts so far.
+    pub attempts: u32,
+}
+
+#[derive(Debug)]
+struct Pending {
+    view: UnavailableIntegration,
+    config: IntegrationConfig,
+    next_attempt: std::time::Instant,
+}
+
+/// Backoff between discovery attempts: doubling from one second, capped
+/// so that an issuer coming back is picked up within the cap.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+const RETRY_CAP: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Integrations {
     /// Resolves every configured integration against `catalog` (running OIDC
-    /// discovery where needed), sharing `oauth`. Stops at the first error.
+    /// discovery where needed), sharing `oauth`. A discovery that fails
+    /// leaves that integration unavailable (retried by
+    /// [`Integrations::retry_unavailable`]); any other error is returned:
+    /// the configuration itself is wrong.
     pub async fn resolve(
         config: &IntegrationsConfig,
         catalog: &Catalog,
         oauth: &OAuthClient,
     ) -> Result<Self, IntegrationConfigError> {
-        let mut by_key = BTreeMap::new();
+        let integrations = Self::default();
         for (key, cfg) in &config.integrations {
-            let integration =
-                Integration::resolve(key.clone(), cfg, catalog, oauth.clone()).await?;
-            by_key.insert(key.clone(), Arc::new(integration));
+            match Integration::resolve(key.clone(), cfg, catalog, oauth.clone()).await {
+                Ok(integration) => integrations.insert(integration),
+                Err(IntegrationConfigError::Catalog { source, .. }) => {
+                    tracing::warn!(integration = %key, error = %source, "OIDC discovery failed; the integration is unavailable and discovery is retried in the background");
+                    metrics::gauge!("tokenvault_integration_unavailable", "integration" => key.to_string()).set(1.0);
+                    integrations.unavailable.lock().unwrap().insert(
+                        key.clone(),
+                        Pending {
+                            view: UnavailableIntegration {
+                                key: key.clone(),
+                                provider: cfg.provider.trim().to_owned(),
+                                redirect_uri: cfg.redirect_uri.clone(),
+                                error: source.to_string(),
+                                since: chrono::Utc::now(),
+                                attempts: 1,
+                            },
+                            config: cfg.clone(),
+                            next_attempt: std::time::Instant::now() + RETRY_FIRST,
+                        },
+                    );
+                }
+                Err(err) => return Err(err),
+            }
         }
-        Ok(Self { by_key })
+        Ok(integrations)
     }
 
-    pub fn insert(&mut self, integration: Integration) {
+    /// Tries discovery again for every unavailable integration whose
+    /// backoff has passed; the ones that resolve join the others. Returns
+    /// their keys. A configuration error found once discovery works (a
+    /// confidential provider without a secret, say) keeps the integration
+    /// unavailable with that error, retried at the cap.
+    pub async fn retry_unavailable(
+        &self,
+        catalog: &Catalog,
+        oauth: &OAuthClient,
+    ) -> Vec<IntegrationKey> {
+        let now = std::time::Instant::now();
+        let due: Vec<(IntegrationKey, IntegrationConfig)> = self
+            .unavailable
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|pending| pending.next_attempt <= now)
+            .map(|pending| (pending.view.key.clone(), pending.config.clone()))
+            .collect();
+        let mut resolved = Vec::new();
+        for (key, config) in due {
+            let result = Integration::resolve(key.clone(), &config, catalog, oauth.clone()).await;
+            let mut unavailable = self.unavailable.lock().unwrap();
+            match result {
+                Ok(integration) => {
+                    unavailable.remove(&key);
+                    drop(unavailable);
+                    self.insert(integration);
+                    tracing::info!(integration = %key, "OIDC discovery succeeded; the integration is available");
+                    metrics::gauge!("tokenvault_integration_unavailable", "integration" => key.to_string()).set(0.0);
+                    resolved.push(key);
+                }
+                Err(err) => {
+                    if let Some(pending) = unavailable.get_mut(&key) {
+                        pending.view.attempts += 1;
+                        pending.view.error = match err {
+                            IntegrationConfigError::Catalog { source, .. } => source.to_string(),
+                            other => other.to_string(),
+                        };
+                        let backoff = RETRY_FIRST
+                            .saturating_mul(1 << pending.view.attempts.min(8))
+                            .min(RETRY_CAP);
+                        pending.next_attempt = std::time::Instant::now() + backoff;
+                        tracing::debug!(integration = %key, error = %pending.view.error, "OIDC discovery still failing");
+                    }
+                }
+            }
+        }
+        resolved
+    }
+
+    /// The integrations not resolved yet, by key.
+    pub fn unavailable(&self) -> Vec<UnavailableIntegration> {
+        self.unavailable
+            .lock()
+            .unwrap()
+            .values()
+            .map(|pending| pending.view.clone())
+            .collect()
+    }
+
+    /// When the next unavailable integration is due for another attempt.
+    pub fn next_retry(&self) -> Option<std::time::Instant> {
+        self.unavailable
+            .lock()
+            .unwrap()
+            .values()
+            .map(|pending| pending.next_attempt)
+            .min()
+    }
+
+    pub fn insert(&self, integration: Integration) {
         self.by_key
+            .write()
+            .unwrap()
             .insert(integration.key.clone(), Arc::new(integration));
     }
 
-    pub fn get(&self, key: &IntegrationKey) -> Option<&Arc<Integration>> {
-        self.by_key.get(key)
+    pub fn get(&self, key: &IntegrationKey) -> Option<Arc<Integration>> {
+        self.by_key.read().unwrap().get(key).cloned()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&IntegrationKey, &Arc<Integration>)> {
-        self.by_key.iter()
+    /// The resolved integrations, by key (a snapshot).
+    pub fn all(&self) -> Vec<Arc<Integration>> {
+        self.by_key.read().unwrap().values().cloned().collect()
     }
 
+    /// Resolved integrations.
     pub fn len(&self) -> usize {
-        self.by_key.len()
+        self.by_key.read().unwrap().len()
     }
 
+    /// No integration is configured, resolved or not.
     pub fn is_empty(&self) -> bool {
-        self.by_key.is_empty()
+        self.by_key.read().unwrap().is_empty() && self.unavailable.lock().unwrap().is_empty()
     }
 }
 

@@ -661,3 +661,102 @@ fn api_authorization_header_follows_the_scheme() {
         "tok"
     );
 }
+
+// ---------------------------------------------------------------- public clients
+
+/// A discovery document offering `none` beside a confidential method.
+async fn public_capable_issuer() -> MockServer {
+    let server = MockServer::start().await;
+    let mut meta = oidc_metadata(&server.uri());
+    meta["token_endpoint_auth_methods_supported"] = json!(["client_secret_basic", "none"]);
+    Mock::given(method("GET"))
+        .and(path("/.well-known/openid-configuration"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(meta))
+        .mount(&server)
+        .await;
+    server
+}
+
+#[tokio::test]
+async fn without_a_secret_an_integration_is_a_public_client_where_the_issuer_allows() {
+    let server = public_capable_issuer().await;
+    let catalog = Catalog::builtin();
+    let mut cfg = config("oidc", "https://a.example/cb");
+    cfg.issuer = Some(Url::parse(&server.uri()).unwrap());
+    let confidential = Integration::resolve(key("acme"), &cfg, &catalog, oauth())
+        .await
+        .unwrap();
+    assert_eq!(confidential.auth.method.as_str(), "client_secret_basic");
+    cfg.client_secret = None;
+    let public = Integration::resolve(key("acme"), &cfg, &catalog, oauth())
+        .await
+        .unwrap();
+    assert_eq!(public.auth.method.as_str(), "none");
+    assert!(public.wants_pkce());
+
+    // An explicit method in the provider entry wins over discovery: a
+    // confidential one then needs the secret.
+    let explicit = catalog
+        .merge_toml_str(&format!(
+            "[providers.strict]\ndiscovery = true\nissuer = \"{}\"\ntoken_auth_method = \"client_secret_post\"\n",
+            server.uri()
+        ))
+        .unwrap();
+    let mut strict = config("strict", "https://a.example/cb");
+    strict.client_secret = None;
+    let err = err_text(Integration::resolve(key("strict"), &strict, &explicit, oauth()).await);
+    assert!(err.starts_with("STRICT_CLIENT_SECRET: missing"), "{err}");
+}
+
+#[tokio::test]
+async fn an_unreachable_issuer_leaves_only_its_integration_unavailable_until_it_answers() {
+    let catalog = Catalog::builtin();
+    // A port nothing listens on yet.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let issuer = format!("http://127.0.0.1:{port}");
+    let mut down = config("oidc", "https://a.example/cb");
+    down.issuer = Some(Url::parse(&issuer).unwrap());
+    let mut all = IntegrationsConfig::default();
+    all.integrations.insert(key("down"), down);
+    all.integrations
+        .insert(key("spotify"), config("spotify", "https://a.example/cb"));
+    let integrations = Integrations::resolve(&all, &catalog, &oauth())
+        .await
+        .expect("one unreachable issuer does not stop the others");
+    assert!(integrations.get(&key("spotify")).is_some());
+    assert!(integrations.get(&key("down")).is_none());
+    let unavailable = integrations.unavailable();
+    assert_eq!(unavailable.len(), 1);
+    assert_eq!(unavailable[0].key, key("down"));
+    assert_eq!(unavailable[0].attempts, 1);
+    assert!(!unavailable[0].error.is_empty());
+
+    // Still down: the retry counts and backs off.
+    tokio::time::sleep_until(integrations.next_retry().unwrap().into()).await;
+    assert!(
+        integrations
+            .retry_unavailable(&catalog, &oauth())
+            .await
+            .is_empty()
+    );
+    assert_eq!(integrations.unavailable()[0].attempts, 2);
+
+    // The issuer comes up on that port: the next due retry resolves it.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let server = MockServer::builder().listener(listener).start().await;
+    Mock::given(method("GET"))
+        .and(path("/.well-known/openid-configuration"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(oidc_metadata(&server.uri())))
+        .mount(&server)
+        .await;
+    tokio::time::sleep_until(integrations.next_retry().unwrap().into()).await;
+    assert_eq!(
+        integrations.retry_unavailable(&catalog, &oauth()).await,
+        [key("down")]
+    );
+    assert!(integrations.get(&key("down")).is_some());
+    assert!(integrations.unavailable().is_empty());
+    assert!(integrations.next_retry().is_none());
+}

@@ -153,6 +153,10 @@ impl Catalog {
             .or(pending.issuer.as_ref())
             .ok_or_else(|| invalid(key, "issuer", "required for discovery"))?;
         let mut merged = discover_raw(http, issuer, key).await?;
+        if let Some(method) = pending.overrides.token_auth_method {
+            // The entry's explicit method wins over what discovery offered.
+            merged.public_client = Some(method == TokenAuthMethod::None);
+        }
         let mut overrides = pending.overrides.clone();
         overrides.discovery = None;
         // The metadata's issuer string is authoritative (it was checked

@@ -101,18 +101,27 @@ pub(super) async fn discover_raw(
     )?;
     let userinfo_url = endpoint("userinfo_endpoint", meta.userinfo_endpoint)?;
 
-    // RFC 8414 §2: when absent, the default is client_secret_basic.
+    // RFC 8414 §2: when absent, the default is client_secret_basic. A
+    // confidential method is preferred; `none` (a public client, with
+    // PKCE) is used when it is the only one offered, or by an integration
+    // configured without a secret.
     let auth_methods = meta
         .token_endpoint_auth_methods_supported
         .unwrap_or_else(|| vec!["client_secret_basic".to_owned()]);
-    let token_auth_method = [TokenAuthMethod::ClientSecretBasic, TokenAuthMethod::ClientSecretPost]
-        .into_iter()
-        .find(|m| auth_methods.iter().any(|a| a == m.as_str()))
-        .ok_or_else(|| {
-            fail(format!(
-                "token_endpoint_auth_methods_supported offers neither client_secret_basic nor client_secret_post: {auth_methods:?}"
-            ))
-        })?;
+    let offered = |m: TokenAuthMethod| auth_methods.iter().any(|a| a == m.as_str());
+    let token_auth_method = [
+        TokenAuthMethod::ClientSecretBasic,
+        TokenAuthMethod::ClientSecretPost,
+        TokenAuthMethod::None,
+    ]
+    .into_iter()
+    .find(|m| offered(*m))
+    .ok_or_else(|| {
+        fail(format!(
+            "token_endpoint_auth_methods_supported offers none of client_secret_basic, client_secret_post, none: {auth_methods:?}"
+        ))
+    })?;
+    let public_client = offered(TokenAuthMethod::None);
 
     let pkce = if meta
         .code_challenge_methods_supported
@@ -161,6 +170,7 @@ pub(super) async fn discover_raw(
         openid_connect: Some(true),
         default_scopes: Some(default_scopes),
         token_auth_method: Some(token_auth_method),
+        public_client: Some(public_client),
         pkce: Some(pkce),
         refresh_tokens: Some(refresh_tokens),
         // Unknown for a generic OP; assume the stricter behaviour.

@@ -230,6 +230,9 @@ pub struct ProviderSpec {
     pub authorize_params: BTreeMap<String, String>,
     pub authorize_style: AuthorizeStyle,
     pub token_auth_method: TokenAuthMethod,
+    /// Whether an integration without a client secret may authenticate as
+    /// a public client (`none`, with PKCE) instead.
+    pub public_client: bool,
     pub token_request_format: TokenRequestFormat,
     pub refresh_params: BTreeMap<String, String>,
     /// Refresh requests carry the granted scopes as `scope` (RFC 6749 §6

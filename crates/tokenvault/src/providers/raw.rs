@@ -37,6 +37,9 @@ pub struct RawProvider {
     pub authorize_params: Option<BTreeMap<String, String>>,
     pub authorize_style: Option<AuthorizeStyle>,
     pub token_auth_method: Option<TokenAuthMethod>,
+    /// The token endpoint also takes public clients (`none`, with PKCE):
+    /// an integration configured without a client secret becomes one.
+    pub public_client: Option<bool>,
     pub token_request_format: Option<TokenRequestFormat>,
     pub refresh_params: Option<BTreeMap<String, String>>,
     pub refresh_sends_scope: Option<bool>,
@@ -67,7 +70,7 @@ impl RawProvider {
             display_name, alias, discovery, authorization_url, token_url, refresh_url,
             revocation_url, revocation_style, device_authorization_url, userinfo_url, issuer,
             iss_parameter_supported, openid_connect, scope_separator, default_scopes,
-            authorize_params, authorize_style, token_auth_method, token_request_format,
+            authorize_params, authorize_style, token_auth_method, public_client, token_request_format,
             refresh_params, refresh_sends_scope, pkce, refresh_tokens, refresh_token_rotates,
             refresh_buffer_secs, default_expires_in_secs, api_base_url, api_auth_scheme,
             token_response_path,

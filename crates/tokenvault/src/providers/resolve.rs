@@ -419,6 +419,9 @@ pub(super) fn resolve_entry(
         authorize_params,
         authorize_style: raw.authorize_style.unwrap_or_default(),
         token_auth_method: raw.token_auth_method.unwrap_or_default(),
+        public_client: raw
+            .public_client
+            .unwrap_or(raw.token_auth_method == Some(TokenAuthMethod::None)),
         token_request_format: raw.token_request_format.unwrap_or_default(),
         refresh_params,
         refresh_sends_scope: raw.refresh_sends_scope.unwrap_or(false),

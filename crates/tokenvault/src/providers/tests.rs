@@ -507,7 +507,28 @@ async fn discovery_happy_path() {
         .await
         .unwrap();
     assert_eq!(spec.token_auth_method, TokenAuthMethod::ClientSecretPost);
+    assert!(!spec.public_client, "`none` is not offered");
     assert_eq!(spec.pkce, Pkce::Unsupported);
+
+    // A server offering only public clients: `none`, and public clients
+    // allowed; with a confidential method too, that one is preferred.
+    for (offered, method) in [
+        (json!(["none"]), TokenAuthMethod::None),
+        (
+            json!(["none", "client_secret_basic"]),
+            TokenAuthMethod::ClientSecretBasic,
+        ),
+    ] {
+        let server = MockServer::start().await;
+        let mut meta = metadata(&server.uri());
+        meta["token_endpoint_auth_methods_supported"] = offered;
+        serve_metadata(&server, "/.well-known/openid-configuration", meta).await;
+        let spec = discover(&http, &Url::parse(&server.uri()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(spec.token_auth_method, method);
+        assert!(spec.public_client);
+    }
     // The bare-host issuer is kept verbatim (no trailing slash added).
     assert_eq!(spec.issuer.as_deref(), Some(server2.uri().as_str()));
 }
@@ -539,7 +560,8 @@ async fn discovery_rejects_bad_metadata() {
         .await
         .unwrap_err();
     assert!(
-        err.to_string().contains("neither client_secret_basic"),
+        err.to_string()
+            .contains("none of client_secret_basic, client_secret_post, none"),
         "{err}"
     );
 

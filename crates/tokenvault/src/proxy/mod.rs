@@ -271,7 +271,6 @@ impl Vault {
         let integration = self
             .integrations()
             .get(key)
-            .cloned()
             .ok_or_else(|| RequestError::UnknownIntegration(key.clone()))?;
         let base = integration
             .spec()
@@ -362,7 +361,6 @@ impl Vault {
         let integration = self
             .integrations()
             .get(key)
-            .cloned()
             .ok_or_else(|| RequestError::UnknownIntegration(key.clone()))?;
         if integration.spec().userinfo_url.is_none() {
             return Err(RequestError::NoProfileEndpoint(key.clone()));

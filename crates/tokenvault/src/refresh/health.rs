@@ -165,6 +165,22 @@ impl IntegrationHealth {
 }
 
 impl Vault {
+    /// Starts tracking the health of an integration resolved after the
+    /// vault was built (its OIDC discovery succeeded late); its stored
+    /// misconfigured verdict, if any, is picked up by the next health sync.
+    pub fn integration_added(&self, key: &IntegrationKey) {
+        let Some(integration) = self.integrations().get(key) else {
+            return;
+        };
+        self.inner.health.entry(key.clone()).or_insert_with(|| {
+            Arc::new(IntegrationHealth::new(
+                &integration,
+                self.inner.breaker.clone(),
+                self.inner.settings.rate_limit_per_second,
+            ))
+        });
+    }
+
     /// Circuit, misconfiguration and rate-limit state of one integration.
     pub fn integration_health(&self, key: &IntegrationKey) -> Option<IntegrationHealthView> {
         self.health(key).map(|h| h.view(self.clock().now()))

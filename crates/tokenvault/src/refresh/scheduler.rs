@@ -240,7 +240,8 @@ impl Scheduler {
     fn claim_budget(&self) -> u32 {
         let window = self.vault.settings().lease_ttl / 2;
         let mut budget = 0usize;
-        for (key, _) in self.vault.integrations().iter() {
+        for integration in self.vault.integrations().all() {
+            let key = integration.key();
             let Some(health) = self.vault.health(key) else {
                 continue;
             };
@@ -418,7 +419,7 @@ impl Scheduler {
         };
         waiting.lock().unwrap().remove(&record.id);
         let now = vault.clock().now();
-        let Some(integration) = vault.integrations().get(&record.integration).cloned() else {
+        let Some(integration) = vault.integrations().get(&record.integration) else {
             // Removed from the configuration: look again in an hour.
             vault
                 .postpone(&record, now + chrono::Duration::hours(1))

@@ -224,7 +224,7 @@ impl Vault {
         mode: Mode,
     ) -> Result<IssuedToken, TokenError> {
         let now = self.clock().now();
-        let Some(integration) = self.integrations().get(&record.integration).cloned() else {
+        let Some(integration) = self.integrations().get(&record.integration) else {
             return Err(TokenError::UnknownIntegration(record.integration.clone()));
         };
         if !tokens.can_refresh() {

@@ -58,7 +58,7 @@ async fn vault(backend: &Backend) -> Vault {
         redirect_uri: Some(url::Url::parse("https://app.example.com/cb").unwrap()),
         ..IntegrationConfig::default()
     };
-    let mut integrations = Integrations::default();
+    let integrations = Integrations::default();
     integrations.insert(
         Integration::new(
             integration("spotify"),

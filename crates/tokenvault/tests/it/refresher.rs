@@ -35,7 +35,7 @@ fn integrations(token_url: &str) -> Arc<Integrations> {
         redirect_uri: Some(url::Url::parse("https://app.example.com/cb").unwrap()),
         ..IntegrationConfig::default()
     };
-    let mut registry = Integrations::default();
+    let registry = Integrations::default();
     registry.insert(
         Integration::new(
             integration("spotify"),

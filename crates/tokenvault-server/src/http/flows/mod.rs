@@ -85,6 +85,7 @@ impl From<ConnectError> for FlowFailure {
             ConnectError::InvalidState(_) => ErrorCode::InvalidState,
             ConnectError::StateMismatch { .. } => ErrorCode::StateMismatch,
             ConnectError::UnknownIntegration(_) => ErrorCode::UnknownIntegration,
+            ConnectError::IntegrationUnavailable { .. } => ErrorCode::IntegrationUnavailable,
             ConnectError::IssuerMismatch(_) => ErrorCode::IssuerMismatch,
             ConnectError::MissingCode => ErrorCode::MissingCode,
             ConnectError::Exchange(_) => ErrorCode::TokenExchangeFailed,
@@ -143,11 +144,18 @@ fn state_store_error(err: StateError) -> ApiError {
 
 /// The configured integration named `raw` (the connect flow's lookup, so
 /// every handler refuses an unknown one the same way).
-pub(super) fn integration<'a>(
-    state: &'a AppState,
-    raw: &str,
-) -> Result<&'a Arc<Integration>, ApiError> {
+pub(super) fn integration(state: &AppState, raw: &str) -> Result<Arc<Integration>, ApiError> {
     state.connect.integration(raw).map_err(ApiError::from)
+}
+
+/// The key of a configured integration, resolved or still unavailable: a
+/// stored, still-valid token is served without asking the provider.
+pub(super) fn configured_key(state: &AppState, raw: &str) -> Result<IntegrationKey, ApiError> {
+    match state.connect.integration(raw) {
+        Ok(integration) => Ok(integration.key().clone()),
+        Err(ConnectError::IntegrationUnavailable { integration, .. }) => Ok(integration),
+        Err(err) => Err(err.into()),
+    }
 }
 
 pub(super) fn user_id(raw: &str) -> Result<UserId, ApiError> {
@@ -202,7 +210,7 @@ pub struct ConnectSessionRequest {
     /// (each non-empty and without whitespace) or one space-separated
     /// string.
     #[serde(default)]
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(schema_with = tokenvault::import::scopes_schema)]
     scopes: Option<ScopeList>,
     /// Where the browser goes afterwards (an absolute URL on an origin in
     /// `TOKENVAULT_ALLOWED_REDIRECT_ORIGINS`), with `connection`, `status`
@@ -266,7 +274,7 @@ pub async fn create_connect_session(
         .redirect_to
         .map(|raw| allowed_redirect(&state, &raw))
         .transpose()?;
-    check_provider_params(integration, &request.provider_params)?;
+    check_provider_params(&integration, &request.provider_params)?;
 
     let session = state
         .connect

@@ -25,22 +25,39 @@ impl Peer {
     /// Starts `tests/peer/server.mjs`; fails (never skips) without Node or
     /// its packages.
     pub fn start() -> Peer {
+        Self::start_on(0)
+    }
+
+    /// A peer listening on `port` (0: any), so a test can name its issuer
+    /// before it runs.
+    pub fn start_on(port: u16) -> Peer {
+        Self::start_with(port, &[])
+    }
+
+    /// A peer on `port` with extra settings (`PEER_CLIENT_AUTH_METHODS`, …;
+    /// see tests/peer/server.mjs).
+    pub fn start_with(port: u16, env: &[(&str, &str)]) -> Peer {
         // Node very rarely hangs while starting (seen once in CI: the main
         // thread parked on a futex before listening). A peer that is not
         // ready in time is killed and started again; three misses fail.
         for _ in 0..3 {
-            if let Some(peer) = Self::try_start(std::time::Duration::from_secs(30)) {
+            if let Some(peer) = Self::try_start(std::time::Duration::from_secs(30), port, env) {
                 return peer;
             }
         }
         panic!("the OAuth test peer did not become ready three times in a row");
     }
 
-    fn try_start(ready_within: std::time::Duration) -> Option<Peer> {
+    fn try_start(
+        ready_within: std::time::Duration,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> Option<Peer> {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/peer/server.mjs");
         let mut child = Command::new("node")
             .arg(script)
-            .env("PEER_PORT", "0")
+            .envs(env.iter().copied())
+            .env("PEER_PORT", port.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
