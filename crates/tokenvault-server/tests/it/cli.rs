@@ -607,3 +607,144 @@ async fn connections_are_listed_shown_and_revoked_from_the_shell() {
         "{stderr}"
     );
 }
+
+/// The README's quickstart, line for line, on a fresh directory: the OAuth
+/// test peer plays Spotify (a providers file points the `spotify` entry at
+/// it, and it knows the README's client id and secret), and the test plays
+/// the user who opens the link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_quickstart_runs_verbatim_and_ends_with_a_token() {
+    let readme = include_str!("../../../../README.md");
+    let section = readme
+        .split_once("## Quickstart")
+        .expect("README has a Quickstart")
+        .1;
+    let block = section
+        .split_once("```sh\n")
+        .unwrap()
+        .1
+        .split_once("```")
+        .unwrap()
+        .0;
+    let (before, after) = block
+        .split_once("# open connect_url")
+        .expect("the quickstart says when to open the link");
+    let after = after.split_once('\n').unwrap().1;
+
+    let peer = crate::common::Peer::start();
+    peer.register(
+        "your-client-id",
+        "client_secret_basic",
+        Some("your-client-secret"),
+        "http://127.0.0.1:8080/oauth/callback",
+        &["authorization_code", "refresh_token"],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_tokenvault"), bin.join("tokenvault")).unwrap();
+    let providers = dir.path().join("providers.toml");
+    std::fs::write(
+        &providers,
+        format!(
+            "[providers.spotify]\nauthorization_url = \"{0}/auth\"\ntoken_url = \"{0}/token\"\n\
+             userinfo_url = \"{0}/me\"\nissuer = \"{0}\"\niss_parameter_supported = true\n\
+             default_scopes = [\"openid\", \"offline_access\", \"api:read\"]\n",
+            peer.issuer
+        ),
+    )
+    .unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::write(
+        home.join("script.sh"),
+        format!(
+            "set -euo pipefail\n{before}\necho\n\
+             while [ ! -f approved ]; do sleep 0.1; done\n{after}\necho\nkill \"$!\"\nwait || true\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("bash")
+        .arg(home.join("script.sh"))
+        .env_clear()
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("HOME", &home)
+        // Outside the quickstart: Spotify is the peer, no metrics port.
+        .env("TOKENVAULT_PROVIDERS_FILE", &providers)
+        .env("TOKENVAULT_METRICS_BIND", "off")
+        .env("TOKENVAULT_LOG_FORMAT", "json")
+        .current_dir(&home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            sink.lock().unwrap().push(line.unwrap());
+        }
+    });
+    // The connect session's answer, printed by the first curl.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let connect_url = loop {
+        let found = lines.lock().unwrap().iter().find_map(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["connect_url"].as_str().map(str::to_owned))
+        });
+        if let Some(url) = found {
+            break url;
+        }
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).ok();
+            panic!(
+                "no connect_url (is 127.0.0.1:8080 free?): {:?}\n{stderr}",
+                lines.lock().unwrap()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        connect_url.starts_with("http://127.0.0.1:8080/connect/"),
+        "{connect_url}"
+    );
+    // The user opens the link; the peer approves at once.
+    let page = crate::common::browser(None)
+        .get(&connect_url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    std::fs::write(home.join("approved"), "").unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    reader.join().unwrap();
+    let lines = lines.lock().unwrap();
+    let token = lines
+        .iter()
+        .find_map(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .filter(|v| v["access_token"].is_string())
+        })
+        .unwrap_or_else(|| panic!("no token read: {lines:?}"));
+    assert_eq!(token["token_type"], "Bearer");
+    assert!(status.success(), "{lines:?}");
+    assert!(
+        home.join("data/tokenvault.db").exists(),
+        "a fresh data directory"
+    );
+}
