@@ -375,6 +375,12 @@ async fn print_next_steps(app: &App) {
             integration.redirect_uri()
         );
     }
+    for pending in state.integrations.unavailable() {
+        eprintln!(
+            "integration {}: unavailable, its OIDC discovery failed ({}); retried in the background",
+            pending.key, pending.error
+        );
+    }
     if state.integrations.is_empty() {
         eprintln!(
             "next: no integration is configured. Set a catalog provider's client id and secret and restart, e.g.\n  \

@@ -291,7 +291,7 @@ pub async fn summary(State(state): State<AppState>) -> Result<Json<ConnectionSum
     path = "/v1/users/{user_id}/connections/{integration}/events",
     tag = "connections",
     summary = "What happened to the user's connection, newest first",
-    description = "Kept whether or not a webhook is configured, across reconnects, for `history_retention_days` (default 90): created, reconnected, imported, refresh_forced, refresh_failed (with the failure's class and code), recovered, needs_reauth, expired, revoked. Routine scheduled refreshes are not listed: `last_refreshed_at` on the connection says when the last one was. Entries outlive a revoked connection until retention removes them; a pair that never had a connection has an empty history.",
+    description = "Kept whether or not a webhook is configured, across reconnects, for `history_retention_days` (default 90): created, reconnected, imported, refresh_forced, refresh_failed (the first failed run of a streak and the one that turns the connection to `error`, with the failure's class and code), recovered, needs_reauth, expired, revoked. Routine scheduled refreshes are not listed: `last_refreshed_at` on the connection says when the last one was. Entries outlive a revoked connection until retention removes them; a pair that never had a connection has an empty history.",
     params(
         ("user_id" = UserId, Path, description = "The application's id for its user"),
         ("integration" = IntegrationKey, Path, description = "An integration key (configured or not)"),

