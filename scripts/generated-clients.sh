@@ -5,7 +5,9 @@
 # mypy --strict) and runs a short script with each against that instance:
 # a connect session, a token read, the listing, the summary, the history, a
 # proxy GET and POST. The instance runs on SQLite with one integration
-# (`demo`) whose provider is a stub on loopback.
+# (`demo`) whose provider is a stub on loopback. It also checks that the
+# TypeScript SDK's checked-in types (clients/typescript/src/generated) match
+# the served document, and runs that SDK's unit tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -179,6 +181,21 @@ log "TypeScript: openapi-typescript, tsc --strict, the live script"
   npx --no-install openapi-typescript "$work/openapi.json" -o generated/api.d.ts >/dev/null
   npx --no-install tsc -p tsconfig.json
   BASE="$base" API_KEY="$API_KEY" node dist/live.js
+)
+
+log "TypeScript SDK (clients/typescript): generated types up to date, unit tests"
+(
+  cd clients/typescript
+  if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
+    npm ci --no-audit --no-fund --loglevel=error
+    touch node_modules
+  fi
+  npx --no-install openapi-typescript "$work/openapi.json" -o "$work/sdk-api.ts" >/dev/null
+  if ! diff -q "$work/sdk-api.ts" src/generated/api.ts >/dev/null; then
+    log "clients/typescript/src/generated/api.ts is stale: run OPENAPI_JSON=<served /openapi.json> npm run generate there"
+    exit 1
+  fi
+  npm test --silent
 )
 
 log "Python: openapi-python-client, mypy --strict, the live script"
