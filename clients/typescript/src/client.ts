@@ -6,7 +6,7 @@
  */
 
 import type { components } from "./generated/api.js";
-import { TransportError, TokenvaultError, errorFor, type ErrorBody } from "./errors.js";
+import { TransportError, errorFor, type ErrorBody } from "./errors.js";
 import { AccessToken } from "./token.js";
 import { VERSION } from "./version.js";
 
@@ -96,6 +96,9 @@ interface RequestOptions {
   /** Accepts the response as is, whatever its status (the proxy). */
   raw?: boolean;
 }
+
+/** Set by tokenvault on every error it answers itself. */
+const ERROR_HEADER = "tokenvault-error";
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -426,7 +429,7 @@ export class Tokenvault {
       if (typeof options.body === "string" || options.body instanceof Uint8Array) {
         body = options.body as BodyInit;
       } else {
-        body = JSON.stringify(options.body, (_, v: unknown) => (v === undefined ? undefined : v));
+        body = JSON.stringify(options.body);
         headers["content-type"] ??= "application/json";
       }
     }
@@ -459,18 +462,16 @@ export class Tokenvault {
         clearTimeout(timer);
       }
       const retryAfter = parseRetryAfter(response.headers.get("retry-after"));
-      const ours = !options.raw || response.headers.get("content-type")?.includes("json") === true;
-      if (response.status === 503 && retryAfter !== undefined && attempt < this.#maxRetries
-          && retryAfter * 1000 <= this.#maxRetryWaitMs && await isOurs(response, ours)) {
+      // Through the proxy, only tokenvault's own refusals carry this header
+      // (it never relays a provider's): anything else is the provider's.
+      const ours = !options.raw || response.headers.has(ERROR_HEADER);
+      if (response.status === 503 && ours && retryAfter !== undefined
+          && attempt < this.#maxRetries && retryAfter * 1000 <= this.#maxRetryWaitMs) {
+        await response.body?.cancel();
         await sleep(retryAfter * 1000);
         continue;
       }
-      if (response.ok) return response;
-      if (options.raw) {
-        const error = await ourError(response, retryAfter);
-        if (error) throw error;
-        return response;
-      }
+      if (response.ok || !ours) return response;
       let parsed: Partial<ErrorBody> | undefined;
       try {
         parsed = (await response.json()) as Partial<ErrorBody>;
@@ -485,22 +486,4 @@ export class Tokenvault {
 function parseRetryAfter(header: string | null): number | undefined {
   if (header === null || !/^\d+$/.test(header.trim())) return undefined;
   return Number(header.trim());
-}
-
-/**
- * Whether a proxied answer is tokenvault's own error (its JSON envelope
- * with `error`, `message` and `request_id`) rather than the provider's.
- */
-async function ourError(response: Response, retryAfter: number | undefined): Promise<TokenvaultError | undefined> {
-  if (!response.headers.get("content-type")?.includes("application/json")) return undefined;
-  const body = (await response.clone().json().catch(() => undefined)) as Partial<ErrorBody> | undefined;
-  const isEnvelope = body !== undefined && typeof body.error === "string"
-    && typeof body.message === "string" && typeof body.request_id === "string"
-    && Object.keys(body).length === 3;
-  return isEnvelope ? errorFor(response.status, body, retryAfter) : undefined;
-}
-
-async function isOurs(response: Response, assumed: boolean): Promise<boolean> {
-  if (assumed) return true;
-  return (await ourError(response, undefined)) !== undefined;
 }

@@ -31,6 +31,10 @@ const json = (status: number, body: unknown, headers: Record<string, string> = {
 
 const envelope = (error: string) => ({ error, message: `${error} happened`, request_id: "req-1" });
 
+/** tokenvault's own error answer: the envelope and the header that marks it. */
+const refusal = (status: number, code: string, headers: Record<string, string> = {}) =>
+  json(status, envelope(code), { "tokenvault-error": code, ...headers });
+
 test("getToken returns a token whose secret never prints", async () => {
   const { calls, fetch } = scripted([
     json(200, {
@@ -64,7 +68,7 @@ test("errors are classes by code, with the request id", async () => {
     [400, "invalid_user_id", ValidationError],
   ];
   for (const [status, code, Class] of cases) {
-    const { fetch } = scripted([json(status, envelope(code))]);
+    const { fetch } = scripted([refusal(status, code)]);
     const tv = new Tokenvault({ baseUrl: "http://tv.test", apiKey: "k", fetch });
     await assert.rejects(tv.getToken("u", "spotify"), (err: unknown) => {
       assert.ok(err instanceof Class, `${code}: ${String(err)}`);
@@ -78,7 +82,7 @@ test("errors are classes by code, with the request id", async () => {
 
 test("a 503 with a short Retry-After is retried; a long one is thrown", async () => {
   const unavailable = (after: string) =>
-    json(503, envelope("provider_unavailable"), { "retry-after": after });
+    refusal(503, "provider_unavailable", { "retry-after": after });
   const ok = json(200, { access_token: "AT", token_type: "Bearer", expires_at: null, scopes: [] });
   const retried = scripted([unavailable("0"), ok]);
   const tv = new Tokenvault({ baseUrl: "http://tv.test", apiKey: "k", fetch: retried.fetch });
@@ -132,7 +136,11 @@ test("listings are async iterators over every page", async () => {
 test("the proxy relays the provider's answers and throws only tokenvault's own", async () => {
   const { calls, fetch } = scripted([
     json(404, { error: { status: 404, message: "Not found" } }),
-    json(409, envelope("needs_reauth")),
+    // A provider answering in the very shape of our envelope, and a 503
+    // of its own with a short Retry-After: relayed, never retried.
+    json(404, envelope("connection_not_found")),
+    json(503, envelope("provider_unavailable"), { "retry-after": "0" }),
+    refusal(409, "needs_reauth"),
   ]);
   const tv = new Tokenvault({ baseUrl: "http://tv.test", apiKey: "k", fetch });
   const relayed = await tv.proxy("u", "spotify", {
@@ -145,5 +153,8 @@ test("the proxy relays the provider's answers and throws only tokenvault's own",
   assert.deepEqual(await relayed.json(), { error: { status: 404, message: "Not found" } });
   assert.equal(calls[0]?.url, "http://tv.test/v1/proxy/spotify/u/me/tracks?ids=1%2C2");
   assert.equal(await calls[0]?.text(), '{"ids":["1"]}');
+  assert.equal((await tv.proxy("u", "spotify", { path: "me" })).status, 404);
+  assert.equal((await tv.proxy("u", "spotify", { path: "me" })).status, 503);
+  assert.equal(calls.length, 3, "the provider's 503 was not retried");
   await assert.rejects(tv.proxy("u", "spotify", { path: "me" }), NeedsReauthError);
 });

@@ -12,9 +12,6 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 
-const DEFAULT_PAGE: u32 = 100;
-const MAX_PAGE: u32 = 1000;
-
 fn bulk_error(err: BulkError) -> ApiError {
     match err {
         BulkError::Invalid { field, message } => {
@@ -200,14 +197,7 @@ pub async fn items(
         .map(|raw| raw.parse::<i64>().ok().filter(|n| *n >= 0))
         .map(|parsed| parsed.ok_or_else(|| bad_page("after must be a whole number from 0")))
         .transpose()?;
-    let limit = match query.limit.as_deref() {
-        None => DEFAULT_PAGE,
-        Some(raw) => raw
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| bad_page("limit must be a whole number from 1 to 1000"))?,
-    };
+    let limit = super::listing::limit(query.limit.as_deref())?;
     let items = state
         .bulk
         .items(id, item_state, after, limit)

@@ -162,6 +162,9 @@ impl From<PathRejection> for ApiError {
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct ApiPath<T>(pub T);
 
+/// The header on every error tokenvault answers itself: its error code.
+pub const ERROR_HEADER: &str = "tokenvault-error";
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
@@ -171,6 +174,13 @@ impl IntoResponse for ApiError {
             request_id,
         };
         let mut response = (self.status, Json(body)).into_response();
+        // Marks tokenvault's own refusal, so a client of the proxy can tell it
+        // from the provider's answer (the proxy drops provider headers by
+        // this name).
+        response.headers_mut().insert(
+            ERROR_HEADER,
+            axum::http::HeaderValue::from_static(self.code.as_str()),
+        );
         if let Some(secs) = self.retry_after {
             response
                 .headers_mut()

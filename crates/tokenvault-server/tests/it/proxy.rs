@@ -337,14 +337,27 @@ async fn requests_and_answers_are_relayed_without_hop_headers_or_our_key() {
         "our API key was forwarded"
     );
 
-    // The provider's error statuses come back as they are.
+    // The provider's error statuses come back as they are, never marked as
+    // tokenvault's own, even when the provider sends our marker itself.
     Mock::given(path("/api/v2/missing"))
-        .respond_with(ResponseTemplate::new(404).set_body_string("no such thing"))
+        .respond_with(
+            ResponseTemplate::new(404)
+                .insert_header("tokenvault-error", "connection_not_found")
+                .insert_header("x-tokenvault-refreshed", "true")
+                .set_body_string("no such thing"),
+        )
         .mount(&server)
         .await;
     let missing = get(&service, "/v1/proxy/mock/u-1/missing").await;
     assert_eq!(missing.status(), 404);
+    assert!(missing.headers().get("tokenvault-error").is_none());
+    assert!(missing.headers().get("x-tokenvault-refreshed").is_none());
     assert_eq!(missing.text().await.unwrap(), "no such thing");
+
+    // tokenvault's own refusal is marked with its code.
+    let ours = get(&service, "/v1/proxy/mock/nobody/missing").await;
+    assert_eq!(ours.status(), 404);
+    assert_eq!(ours.headers()["tokenvault-error"], "connection_not_found");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

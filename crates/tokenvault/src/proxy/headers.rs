@@ -31,21 +31,27 @@ pub fn forwards_request_header(name: &HeaderName) -> bool {
 }
 
 /// Whether a provider response header may go back to the caller: hop-by-hop
-/// headers and cookies for the provider's domain stay behind.
+/// headers and cookies for the provider's domain stay behind, and so do
+/// headers in tokenvault's own namespace (`tokenvault-*`, `x-tokenvault-*`),
+/// so a client can trust that `Tokenvault-Error` marks tokenvault's refusal
+/// and never the provider's answer.
 pub fn forwards_response_header(name: &HeaderName) -> bool {
-    !matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-authenticate"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "set-cookie"
-            | "content-length"
-    )
+    let ours =
+        name.as_str().starts_with("tokenvault-") || name.as_str().starts_with("x-tokenvault-");
+    !ours
+        && !matches!(
+            name.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-authenticate"
+                | "proxy-connection"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+                | "set-cookie"
+                | "content-length"
+        )
 }
 
 /// Removes the headers [`forwards_request_header`] refuses, and any header a
