@@ -121,6 +121,8 @@ SCHEMATHESIS_DATABASE=postgres SCHEMATHESIS_MAX_EXAMPLES=${SCHEMATHESIS_PG_MAX_E
 
 log "generated clients (TypeScript, Python) against a local instance"
 scripts/generated-clients.sh
+log "the SDKs (clients/typescript, clients/python): unit, live, packaging"
+scripts/sdks.sh
 
 # Benchmarks are not tests: CI only checks that a smoke-size run completes
 # and reports every headline figure (docs/benchmarks.md). The binary is the

@@ -10,6 +10,7 @@ import {
   TransportError,
   ValidationError,
 } from "../src/index.js";
+import type { operations } from "../src/generated/api.js";
 
 /** A fetch that answers from a list and records what it was asked. */
 function scripted(answers: Array<() => Response>) {
@@ -157,4 +158,45 @@ test("the proxy relays the provider's answers and throws only tokenvault's own",
   assert.equal((await tv.proxy("u", "spotify", { path: "me" })).status, 503);
   assert.equal(calls.length, 3, "the provider's 503 was not retried");
   await assert.rejects(tv.proxy("u", "spotify", { path: "me" }), NeedsReauthError);
+});
+
+// Every operation of the generated document has a method: a new operation
+// in src/generated/api.ts fails to compile here until it is mapped.
+const METHOD_FOR: Record<keyof operations, keyof Tokenvault> = {
+  cancelBulkAction: "cancelBulkAction",
+  confirmConnectSession: "confirmConnectSession",
+  createBulkAction: "createBulkAction",
+  createConnectSession: "createConnectSession",
+  createDeviceSession: "createDeviceSession",
+  getAppToken: "getAppToken",
+  getBulkAction: "getBulkAction",
+  getConnection: "getConnection",
+  getConnectionSummary: "connectionSummary",
+  getDeviceSession: "getDeviceSession",
+  getProfile: "getProfile",
+  getToken: "getToken",
+  importConnection: "importConnection",
+  listBulkActionItems: "bulkActionItems",
+  listConnectionEvents: "connectionEvents",
+  listConnections: "listConnections",
+  listIntegrations: "listIntegrations",
+  listProviders: "listProviders",
+  listUserConnections: "listUserConnections",
+  ping: "ping",
+  proxyDelete: "proxy",
+  proxyGet: "proxy",
+  proxyHead: "proxy",
+  proxyOptions: "proxy",
+  proxyPatch: "proxy",
+  proxyPost: "proxy",
+  proxyPut: "proxy",
+  refreshConnection: "refreshConnection",
+  resetIntegration: "resetIntegration",
+  revokeConnection: "revokeConnection",
+};
+
+test("every operation of the API has a method", () => {
+  for (const [operation, method] of Object.entries(METHOD_FOR)) {
+    assert.equal(typeof Tokenvault.prototype[method], "function", `${operation} → ${method}`);
+  }
 });
