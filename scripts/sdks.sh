@@ -77,7 +77,8 @@ log "TypeScript SDK: generated types up to date, unit tests, the live suite"
 (
   cd clients/typescript
   npx --no-install openapi-typescript "$work/openapi.json" -o "$work/sdk-api.ts" >/dev/null
-  if ! diff -q "$work/sdk-api.ts" src/generated/api.ts >/dev/null; then
+  if ! diff -u src/generated/api.ts "$work/sdk-api.ts" >"$work/sdk-api.diff"; then
+    head -40 "$work/sdk-api.diff"
     log "clients/typescript/src/generated/api.ts is stale: run OPENAPI_JSON=<served /openapi.json> npm run generate there"
     exit 1
   fi

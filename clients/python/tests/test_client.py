@@ -2,6 +2,7 @@
 send, how they read answers, errors, retries, paging, the proxy, masking."""
 
 import asyncio
+import copy
 import json
 import logging
 import pickle
@@ -101,6 +102,7 @@ class Tokens(unittest.TestCase):
             self.assertNotIn("AT-secret-value", text)
         with self.assertRaises(TypeError):
             pickle.dumps(token)
+        self.assertIs(copy.deepcopy({"t": token})["t"], token)
         request = script.requests[0]
         self.assertEqual(str(request.url), "http://tv.test/v1/users/fan%201%2Fx/connections/spotify/token?min_ttl=120")
         self.assertEqual(request.headers["authorization"], "Bearer tvk_key")
@@ -233,6 +235,22 @@ class Listing(unittest.TestCase):
         states = [a["state"] for a in script.client().bulk_action_progress("b-1", interval=0.5)]
         self.assertEqual(states, ["scheduled", "running", "completed"])
         self.assertEqual(script.sleeps, [0.5, 0.5])
+
+
+class Connecting(unittest.TestCase):
+    def test_several_integrations_make_a_picker(self) -> None:
+        created = {"id": "s", "connect_url": "http://tv.test/connect/s", "expires_at": "2030-01-01T00:00:00Z"}
+        script = Script([json_answer(201, created), json_answer(201, created)])
+        tv = script.client()
+        tv.create_connect_session("u", ["spotify", "tidal"], connect_ui="page")
+        self.assertEqual(
+            json.loads(script.requests[0].content),
+            {"user_id": "u", "integrations": ["spotify", "tidal"], "connect_ui": "page"},
+        )
+        tv.create_connect_session("u", "spotify", scopes="a b")
+        self.assertEqual(
+            json.loads(script.requests[1].content), {"user_id": "u", "integration": "spotify", "scopes": "a b"}
+        )
 
 
 class Proxy(unittest.TestCase):

@@ -58,6 +58,12 @@ export interface ConnectSessionOptions {
   providerParams?: Record<string, string>;
   /** Confirm mode: the app confirms the connection for the user. */
   confirm?: boolean;
+  /**
+   * `page`: the link shows the Connect UI page (the app, the integration,
+   * the access asked for) before the provider; `direct`: straight to the
+   * provider. Default: the service's `connect_ui` setting.
+   */
+  connectUi?: "direct" | "page";
 }
 
 export interface ListOptions {
@@ -177,16 +183,21 @@ export class Tokenvault {
 
   // ----- connecting --------------------------------------------------------
 
-  /** Starts a connect session: send the user to its `connect_url`. */
+  /**
+   * Starts a connect session: send the user to its `connect_url`. Several
+   * integrations make a picker: the page lets the user choose one.
+   */
   async createConnectSession(
     userId: string,
-    integration: string,
+    integration: string | string[],
     options: ConnectSessionOptions = {},
   ): Promise<ConnectSession> {
+    const which = Array.isArray(integration) ? { integrations: integration } : { integration };
     return this.#json<ConnectSession>("POST", "/v1/connect-sessions", {
       body: {
         user_id: userId,
-        integration,
+        ...which,
+        connect_ui: options.connectUi,
         scopes: options.scopes,
         redirect_to: options.redirectTo,
         provider_params: options.providerParams,

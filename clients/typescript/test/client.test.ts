@@ -200,3 +200,21 @@ test("every operation of the API has a method", () => {
     assert.equal(typeof Tokenvault.prototype[method], "function", `${operation} → ${method}`);
   }
 });
+
+test("a connect session for several integrations is a picker", async () => {
+  const created = { id: "s", connect_url: "http://tv.test/connect/s", expires_at: "2030-01-01T00:00:00Z" };
+  const { calls, fetch } = scripted([json(201, created), json(201, created)]);
+  const tv = new Tokenvault({ baseUrl: "http://tv.test", apiKey: "k", fetch });
+  await tv.createConnectSession("u", ["spotify", "tidal"], { connectUi: "page" });
+  assert.deepEqual(JSON.parse((await calls[0]?.text()) ?? ""), {
+    user_id: "u",
+    integrations: ["spotify", "tidal"],
+    connect_ui: "page",
+  });
+  await tv.createConnectSession("u", "spotify", { scopes: "a b" });
+  assert.deepEqual(JSON.parse((await calls[1]?.text()) ?? ""), {
+    user_id: "u",
+    integration: "spotify",
+    scopes: "a b",
+  });
+});

@@ -68,6 +68,18 @@ pub struct Config {
     /// Origins `redirect_to` may point at (e.g. `https://app.example.com`).
     #[serde(deserialize_with = "string_list")]
     pub allowed_redirect_origins: Vec<String>,
+    /// What a connect link shows by default: `direct` (straight to the
+    /// provider) or `page` (the Connect UI page first). A session may ask
+    /// for either; picker and reconnect sessions always show the page.
+    pub connect_ui: ConnectUi,
+    /// The application's name on the Connect UI pages.
+    pub ui_app_name: String,
+    /// An `https:` (or `data:`) URL of the application's logo, shown on the pages.
+    pub ui_logo_url: Option<Url>,
+    /// The pages' accent colour, `#rrggbb`.
+    pub ui_accent_color: String,
+    /// Where the pages send users who need help.
+    pub ui_support_url: Option<Url>,
     /// A TOML file that adds providers or overrides fields of built-in ones.
     pub providers_file: Option<PathBuf>,
     /// `[integrations.<key>]` tables; `<KEY>_CLIENT_ID`, `_CLIENT_SECRET` and
@@ -205,6 +217,19 @@ fn secret_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SecretStrin
         .collect())
 }
 
+/// What a connect link shows first.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectUi {
+    /// Straight to the provider's consent screen.
+    #[default]
+    Direct,
+    /// The Connect UI page: the app, the integration, the access asked for.
+    Page,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -223,6 +248,11 @@ impl Default for Config {
             redis_url: None,
             state_ttl_secs: 600,
             allowed_redirect_origins: Vec::new(),
+            connect_ui: ConnectUi::Direct,
+            ui_app_name: "the application".into(),
+            ui_logo_url: None,
+            ui_accent_color: "#2f5bd3".into(),
+            ui_support_url: None,
             providers_file: None,
             integrations: BTreeMap::new(),
             webhook_url: None,
@@ -270,26 +300,26 @@ impl Config {
     /// Loads the layered configuration. An explicit `path` must exist; the
     /// default `tokenvault.toml` is optional.
     pub fn load(path: Option<&Path>) -> Result<Self, Box<figment::Error>> {
-        let (file, source_file) = match path {
-            Some(path) => {
-                if !path.exists() {
-                    return Err(Box::new(figment::Error::from(format!(
-                        "config file {} does not exist",
-                        path.display()
-                    ))));
-                }
-                (Toml::file_exact(path), Some(path.to_owned()))
+        let source_file = match path {
+            Some(path) if !path.exists() => {
+                return Err(Box::new(figment::Error::from(format!(
+                    "config file {} does not exist",
+                    path.display()
+                ))));
             }
-            None => {
-                let default = Path::new("tokenvault.toml");
-                (
-                    Toml::file("tokenvault.toml"),
-                    default.exists().then(|| default.to_owned()),
-                )
-            }
+            Some(path) => Some(path.to_owned()),
+            // Only the working directory's file: figment's `Toml::file`
+            // would also climb to every parent directory and pick up a
+            // stray `/tokenvault.toml` nobody meant for this process.
+            None => Some(Path::new("tokenvault.toml"))
+                .filter(|default| default.exists())
+                .map(Path::to_owned),
         };
-        let config: Self = Figment::new()
-            .merge(file)
+        let mut figment = Figment::new();
+        if let Some(file) = &source_file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let config: Self = figment
             .merge(Env::prefixed("TOKENVAULT_").ignore(&["config"]))
             .extract()
             .map_err(Box::new)?;

@@ -48,6 +48,9 @@ pub fn check(config: &Config, env: impl Fn(&str) -> Option<String>) -> (Table, R
                 .push("redis_url: not a redis:// or rediss:// URL".into()),
         }
     }
+    if let Err(err) = crate::http::pages::Theme::from_config(config) {
+        report.errors.push(err.to_string());
+    }
     let integrations = match wiring::load_catalog(config) {
         Ok(catalog) => match crate::integrations_env::integrations_config(config, &catalog, &env) {
             Ok(integrations) => Some(integrations),
@@ -265,6 +268,19 @@ fn render(
         "allowed_redirect_origins",
         strings(&config.allowed_redirect_origins),
     );
+    put(
+        "connect_ui",
+        Value::String(format!("{:?}", config.connect_ui).to_lowercase()),
+    );
+    put("ui_app_name", Value::String(config.ui_app_name.clone()));
+    let url_or_empty =
+        |url: &Option<Url>| Value::String(url.as_ref().map(Url::to_string).unwrap_or_default());
+    put("ui_logo_url", url_or_empty(&config.ui_logo_url));
+    put(
+        "ui_accent_color",
+        Value::String(config.ui_accent_color.clone()),
+    );
+    put("ui_support_url", url_or_empty(&config.ui_support_url));
     put(
         "providers_file",
         Value::String(

@@ -355,6 +355,10 @@ impl StateStore for TimedStateStore {
         timed("take", self.inner.take(key)).await
     }
 
+    async fn peek(&self, key: &str) -> Result<Option<StateRecord>, StateError> {
+        timed("peek", self.inner.peek(key)).await
+    }
+
     async fn purge_expired(&self) -> Result<u64, StateError> {
         timed("purge_expired", self.inner.purge_expired()).await
     }

@@ -201,6 +201,7 @@ pub async fn build_state_with(
         states,
         oauth,
         settings,
+        theme: crate::http::pages::Theme::from_config(config)?,
         connect,
         app_tokens: Default::default(),
         device,

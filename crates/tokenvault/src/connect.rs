@@ -21,7 +21,7 @@ use url::Url;
 use crate::domain::{IntegrationKey, Scopes, UserId};
 use crate::integrations::Integration;
 use crate::oauth::Pkce;
-use crate::oauth_state::{StateError, StateKey, StateRecord, StateStore};
+use crate::oauth_state::{FlowOutcome, FlowStatus, StateError, StateKey, StateRecord, StateStore};
 use crate::vault::{Vault, VaultError};
 
 /// Why a flow step ended without what it was for.
@@ -70,6 +70,9 @@ pub enum ConnectError {
     /// the provider can revoke).
     #[error("storing the connection failed: {0}")]
     Save(#[source] VaultError),
+    /// The integration chosen on a connect page is not one the session offers.
+    #[error("this connect link does not offer integration {0:?}")]
+    NotOffered(String),
     /// Confirm mode needs somewhere to send the confirmation code.
     #[error("confirm mode needs redirect_to: the confirmation code is sent there")]
     ConfirmWithoutRedirect,
@@ -83,11 +86,21 @@ pub enum ConnectError {
     UserMismatch,
 }
 
+/// How long the outcome of a flow stays readable by its result page (a
+/// reload, the user coming back to the tab).
+pub const OUTCOME_TTL: Duration = Duration::from_secs(3600);
+
 /// What a new connect session asks for.
 #[derive(Debug, Clone)]
 pub struct NewSession {
     pub user_id: UserId,
+    /// The integration to connect; with `offered`, the first of them.
     pub integration: IntegrationKey,
+    /// More than one: the connect page lets the user pick (`integration`
+    /// must be among them).
+    pub offered: Vec<IntegrationKey>,
+    /// The link shows a page (what is asked, a button) before the provider.
+    pub show_page: bool,
     /// Empty: the integration's default scopes.
     pub scopes: Scopes,
     /// Where the browser goes when the flow ends (already checked against
@@ -132,11 +145,22 @@ pub struct Callback {
     pub instance_id: Option<String>,
 }
 
+/// What a connect link leads to now.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Not opened yet: the session as created.
+    Pending(Box<StateRecord>),
+    /// Opened: how its flow went so far.
+    Opened(FlowOutcome),
+    /// Unknown or expired.
+    Unknown,
+}
+
 /// How a callback ended.
 #[derive(Debug)]
 pub enum Finished {
-    /// The connection is stored.
-    Connected,
+    /// The connection is stored under this id.
+    Connected { connection_id: String },
     /// Confirm mode: the code is held under `confirmation` until the
     /// application confirms; send the browser to `redirect_to`.
     AwaitingConfirmation { confirmation: StateKey },
@@ -192,6 +216,12 @@ impl ConnectFlow {
     /// Stores a connect session (single-use, `state_ttl`).
     pub async fn create_session(&self, new: NewSession) -> Result<Session, ConnectError> {
         let integration = self.integration(new.integration.as_str())?;
+        for offered in &new.offered {
+            self.integration(offered.as_str())?;
+        }
+        if !new.offered.is_empty() && !new.offered.contains(&new.integration) {
+            return Err(ConnectError::NotOffered(new.integration.to_string()));
+        }
         if new.confirm && new.redirect_to.is_none() {
             return Err(ConnectError::ConfirmWithoutRedirect);
         }
@@ -203,6 +233,12 @@ impl ConnectFlow {
             scopes: new.scopes.to_vec(),
             provider_params: new.provider_params,
             confirm: new.confirm,
+            offered: if new.offered.len() > 1 {
+                new.offered
+            } else {
+                Vec::new()
+            },
+            show_page: new.show_page,
             ..StateRecord::new(
                 integration.key().clone(),
                 new.user_id,
@@ -217,21 +253,96 @@ impl ConnectFlow {
         })
     }
 
+    /// What connect link `session_id` leads to, without opening it.
+    pub async fn lookup(&self, session_id: &str) -> Result<Lookup, ConnectError> {
+        if let Some(session) = self.states.peek(session_id).await?
+            && session.connect_session.is_none()
+            && session.outcome.is_none()
+        {
+            return Ok(Lookup::Pending(Box::new(session)));
+        }
+        let outcome = self
+            .states
+            .peek(FlowOutcome::key_for(session_id).as_str())
+            .await?
+            .and_then(|record| record.outcome);
+        Ok(outcome.map_or(Lookup::Unknown, Lookup::Opened))
+    }
+
+    /// Records how the flow of connect session `session_id` went, for its
+    /// result page (kept [`OUTCOME_TTL`]).
+    pub async fn record_outcome(
+        &self,
+        session: &StateRecord,
+        session_id: &str,
+        outcome: FlowOutcome,
+    ) -> Result<(), ConnectError> {
+        let record = StateRecord {
+            outcome: Some(outcome),
+            connect_session: Some(session_id.to_owned()),
+            code_verifier: None,
+            browser_binding: None,
+            authorization_code: None,
+            provider_params: BTreeMap::new(),
+            created_at: self.vault.clock().now(),
+            ..session.clone()
+        };
+        self.states
+            .put(&FlowOutcome::key_for(session_id), &record, OUTCOME_TTL)
+            .await?;
+        Ok(())
+    }
+
     /// Opens a connect link: takes the session (it cannot be opened twice)
     /// and stores the authorization request's state, with the PKCE verifier
     /// and, unless in confirm mode, the digest of a browser nonce.
-    pub async fn start(&self, session_id: &str) -> Result<Started, ConnectError> {
+    /// `chosen`: the integration picked on the connect page (one of those
+    /// the session offers); `None` takes the session's own.
+    pub async fn start(
+        &self,
+        session_id: &str,
+        chosen: Option<&str>,
+    ) -> Result<Started, ConnectError> {
         let expired =
             "this connect link has expired or was already used; ask the application for a new one";
-        let session = self
+        let mut session = self
             .states
             .take(session_id)
             .await?
             .ok_or(ConnectError::InvalidState(expired))?;
-        if session.connect_session.is_some() {
+        if session.connect_session.is_some() || session.outcome.is_some() {
             return Err(ConnectError::InvalidState(expired));
         }
+        if let Some(chosen) = chosen {
+            let offered = if session.offered.is_empty() {
+                std::slice::from_ref(&session.integration)
+            } else {
+                &session.offered
+            };
+            let Some(key) = offered.iter().find(|key| key.as_str() == chosen).cloned() else {
+                // Put back for what is left of its life: a wrong choice
+                // neither uses up the link nor extends it.
+                let age = (self.vault.clock().now() - session.created_at)
+                    .to_std()
+                    .unwrap_or_default();
+                let left = self.state_ttl.saturating_sub(age);
+                if let Some(key) = StateKey::parse(session_id)
+                    && !left.is_zero()
+                {
+                    self.states.put(&key, &session, left).await?;
+                }
+                return Err(ConnectError::NotOffered(chosen.to_owned()));
+            };
+            session.integration = key;
+        }
         let integration = self.integration(session.integration.as_str())?;
+        session.redirect_uri = integration.redirect_uri().to_string();
+        let started = FlowOutcome {
+            status: FlowStatus::Started,
+            code: None,
+            connection_id: None,
+        };
+        self.record_outcome(&session, session_id, started).await?;
         let pkce = integration.wants_pkce().then(Pkce::generate);
         let state = StateKey::generate();
         let scopes: Option<Scopes> =
@@ -278,7 +389,10 @@ impl ConnectFlow {
             .ok_or(ConnectError::InvalidState(unknown))?;
         // A connect session, or a confirm-mode record waiting for the app,
         // is not a flow's state.
-        if record.connect_session.is_none() || record.authorization_code.is_some() {
+        if record.connect_session.is_none()
+            || record.authorization_code.is_some()
+            || record.outcome.is_some()
+        {
             return Err(ConnectError::InvalidState(unknown));
         }
         if let Some(expected) = expected
@@ -313,9 +427,10 @@ impl ConnectFlow {
     ) -> Result<Finished, ConnectError> {
         let code = authorization_code(integration, callback)?;
         if !record.confirm {
-            self.exchange_and_save(integration, record, code, callback.instance_id.as_deref())
+            let connection_id = self
+                .exchange_and_save(integration, record, code, callback.instance_id.as_deref())
                 .await?;
-            return Ok(Finished::Connected);
+            return Ok(Finished::Connected { connection_id });
         }
         let confirmation = StateKey::generate();
         let pending = StateRecord {
@@ -380,7 +495,7 @@ impl ConnectFlow {
         record: &StateRecord,
         code: &str,
         instance_id: Option<&str>,
-    ) -> Result<(), ConnectError> {
+    ) -> Result<String, ConnectError> {
         let requested: Option<Scopes> =
             (!record.scopes.is_empty()).then(|| record.scopes.iter().cloned().collect());
         let grant = integration
@@ -406,8 +521,9 @@ impl ConnectFlow {
                 chrono::Duration::from_std(integration.refresh_buffer()).unwrap_or_default(),
             )
             .await;
-        let Err(err) = saved else {
-            return Ok(());
+        let err = match saved {
+            Ok(connection) => return Ok(connection.id.to_string()),
+            Err(err) => err,
         };
         tracing::warn!(integration = %integration.key(), error = %err, "storing the grant failed");
         match integration.revoke(&grant.tokens).await {

@@ -4,7 +4,7 @@ every call awaited and every listing an async iterator."""
 import asyncio
 import itertools
 from types import TracebackType
-from typing import Any, AsyncIterator, Awaitable, Callable, List, Mapping, Optional, Tuple, Type, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 import httpx
 
@@ -129,15 +129,23 @@ class AsyncTokenvault:
     async def create_connect_session(
         self,
         user_id: str,
-        integration: str,
+        integration: Union[str, Sequence[str]],
         *,
         scopes: Optional[ops.Scopes] = None,
         redirect_to: Optional[str] = None,
         provider_params: Optional[Mapping[str, str]] = None,
         confirm: Optional[bool] = None,
+        connect_ui: Optional[models.ConnectUi] = None,
     ) -> models.ConnectSessionCreated:
-        """Starts a connect session: send the user's browser to its ``connect_url``."""
-        call = ops.create_connect_session(user_id, integration, scopes, redirect_to, provider_params, confirm)
+        """Starts a connect session: send the user's browser to its ``connect_url``.
+
+        Several integrations make a picker: the link's page lets the user
+        choose. ``connect_ui="page"`` shows the Connect UI page (the app, the
+        integration, the access asked for) first; ``"direct"`` goes straight
+        to the provider; default: the service's ``connect_ui`` setting."""
+        call = ops.create_connect_session(
+            user_id, integration, scopes, redirect_to, provider_params, confirm, connect_ui
+        )
         return await self._json(call)
 
     async def confirm_connect_session(

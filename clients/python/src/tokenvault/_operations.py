@@ -3,7 +3,7 @@ query, body) typed by what it answers. The sync and async clients send the
 same descriptions, so each operation is spelled out once."""
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Generic, List, Mapping, Optional, Tuple, TypeVar, Union
+from typing import Any, Dict, Generic, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 from urllib.parse import quote
 
 from . import models
@@ -61,16 +61,22 @@ def get_app_token(integration: str) -> "Call[models.AccessTokenBody]":
 
 def create_connect_session(
     user_id: str,
-    integration: str,
+    integration: Union[str, Sequence[str]],
     scopes: Optional[Scopes],
     redirect_to: Optional[str],
     provider_params: Optional[Mapping[str, str]],
     confirm: Optional[bool],
+    connect_ui: Optional[str],
 ) -> "Call[models.ConnectSessionCreated]":
+    """Several integrations make a picker: the link's page lets the user choose."""
+    which: Dict[str, Any] = (
+        {"integration": integration} if isinstance(integration, str) else {"integrations": list(integration)}
+    )
     body = without_none(
         {
             "user_id": user_id,
-            "integration": integration,
+            **which,
+            "connect_ui": connect_ui,
             "scopes": scopes,
             "redirect_to": redirect_to,
             "provider_params": dict(provider_params) if provider_params is not None else None,

@@ -62,6 +62,13 @@ class AccessToken:
         # A token is not meant to be serialized to a cache or a queue by accident.
         raise TypeError("AccessToken cannot be pickled: store the connection, not the token")
 
+    # Immutable: a copy is the same token (and copying must not go through pickling).
+    def __copy__(self) -> "AccessToken":
+        return self
+
+    def __deepcopy__(self, memo: Any) -> "AccessToken":
+        return self
+
 
 def parse_time(value: Optional[str]) -> Optional[datetime]:
     """An RFC 3339 time from the API (``…Z``, up to nanoseconds) as an aware

@@ -644,7 +644,13 @@ export interface components {
              *     that opened `connect_url`.
              */
             confirm?: boolean;
-            integration: components["schemas"]["IntegrationKey"];
+            connect_ui?: null | components["schemas"]["ConnectUi"];
+            integration?: null | components["schemas"]["IntegrationKey"];
+            /**
+             * @description Instead of `integration`: 1 to 20 configured integrations; with
+             *     more than one, the link shows a page where the user picks one.
+             */
+            integrations?: components["schemas"]["IntegrationKey"][] | null;
             /**
              * @description Provider-specific authorization parameters; only those the provider
              *     defines (Wix: the installer `token` Wix sent to the app URL).
@@ -663,6 +669,11 @@ export interface components {
             scopes?: string[] | string;
             user_id: components["schemas"]["UserId"];
         };
+        /**
+         * @description What a connect link shows first.
+         * @enum {string}
+         */
+        ConnectUi: "direct" | "page";
         /** @description One entry of a connection's history. */
         ConnectionEvent: {
             /** Format: date-time */

@@ -101,6 +101,7 @@ impl Failure for tokenvault::vault::VaultError {
 
 impl Failure for String {}
 impl Failure for url::ParseError {}
+impl Failure for askama::Error {}
 
 /// Malformed or mistyped bodies all answer 400 `invalid_json`; serde's
 /// message names the offending field. A body over the size limit is the

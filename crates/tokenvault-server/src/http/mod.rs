@@ -12,6 +12,7 @@ mod import;
 mod integrations;
 mod listing;
 pub mod openapi;
+pub mod pages;
 mod proxy;
 
 use crate::http::error::ErrorCode;
@@ -71,6 +72,8 @@ pub struct AppParts {
     pub states: Arc<dyn StateStore>,
     pub oauth: OAuthClient,
     pub settings: Arc<FlowSettings>,
+    /// How the Connect UI pages look.
+    pub theme: pages::Theme,
     /// The browser authorization-code flow (connect sessions, the
     /// redirect, the callback, confirm mode).
     pub connect: tokenvault::connect::ConnectFlow,
@@ -113,6 +116,8 @@ pub struct FlowSettings {
     pub state_ttl: Duration,
     /// Serialized origins (`https://app.example.com`) `redirect_to` may use.
     pub allowed_redirect_origins: Vec<String>,
+    /// What a connect link shows first unless its session says.
+    pub connect_ui: crate::config::ConnectUi,
 }
 
 impl FlowSettings {
@@ -134,6 +139,7 @@ impl FlowSettings {
             public_url: config.public_url(),
             state_ttl: Duration::from_secs(config.state_ttl_secs),
             allowed_redirect_origins,
+            connect_ui: config.connect_ui,
         })
     }
 }
@@ -194,6 +200,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::serve))
         .route("/connect/{id}", get(flows::browser::start_connect))
+        .route("/connect/{id}/start", get(flows::browser::start_chosen))
+        .route("/connect/{id}/result", get(flows::browser::result))
+        .route("/ui/connect.css", get(pages::stylesheet))
+        .route("/ui/theme.css", get(pages::theme_css))
         .route("/oauth/callback", get(flows::callback::callback))
         .route(
             "/oauth/{integration}/callback",

@@ -187,6 +187,34 @@ fn config_check_and_serve_refuse_the_same_mistakes_before_writing_anything() {
 }
 
 #[test]
+fn only_the_working_directorys_config_file_is_read_never_a_parents() {
+    let parent = tempfile::tempdir().unwrap();
+    std::fs::write(
+        parent.path().join("tokenvault.toml"),
+        "[integrations.peer]\nissuer = \"\"\n",
+    )
+    .unwrap();
+    let dir = parent.path().join("service");
+    std::fs::create_dir(&dir).unwrap();
+    let (ok, stdout, stderr) = run(tokenvault(&dir).args(["config", "check"]));
+    assert!(
+        ok,
+        "a parent directory's file was read:\n{stdout}\n{stderr}"
+    );
+    assert!(!stderr.contains("tokenvault.toml"), "{stderr}");
+
+    // The working directory's own file is still the default.
+    std::fs::write(
+        dir.join("tokenvault.toml"),
+        "[integrations.peer]\nissuer = \"\"\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = run(tokenvault(&dir).args(["config", "check"]));
+    assert!(!ok);
+    assert!(stderr.contains("integrations.peer.issuer"), "{stderr}");
+}
+
+#[test]
 fn malformed_master_keys_stop_startup_naming_the_variable() {
     let dir = tempfile::tempdir().unwrap();
     for (keys, expected) in [

@@ -13,7 +13,7 @@ const APP_ORIGIN: &str = "http://app.test";
 
 /// Three integrations on the peer: a public client with PKCE, confidential
 /// clients with client_secret_basic and client_secret_post.
-async fn setup(peer: &Peer, tweak: impl FnOnce(&mut Config)) -> Service {
+pub(crate) async fn setup(peer: &Peer, tweak: impl FnOnce(&mut Config)) -> Service {
     setup_with(peer, tweak, |overrides| {
         overrides.without_background_work = true
     })
@@ -351,7 +351,32 @@ async fn connect_session_input_is_validated() {
             404,
             "unknown_integration",
         ),
-        (json!({"user_id": "u"}), 400, "invalid_json"),
+        (json!({"user_id": "u"}), 400, "invalid_integration"),
+        (
+            json!({"user_id": "u", "integration": "pkce-app", "integrations": ["pkce-app", "basic-app"]}),
+            400,
+            "invalid_integration",
+        ),
+        (
+            json!({"user_id": "u", "integrations": ["pkce-app", "pkce-app"]}),
+            400,
+            "invalid_integration",
+        ),
+        (
+            json!({"user_id": "u", "integrations": []}),
+            400,
+            "invalid_integration",
+        ),
+        (
+            json!({"user_id": "u", "integrations": ["pkce-app", "nope"]}),
+            404,
+            "unknown_integration",
+        ),
+        (
+            json!({"user_id": "u", "integration": "pkce-app", "connect_ui": "fancy"}),
+            400,
+            "invalid_json",
+        ),
         (
             json!({"user_id": "u", "integration": "pkce-app", "scopes": ["a b"]}),
             400,
@@ -623,7 +648,7 @@ async fn wix_installer_receives_the_token_the_app_passes_on() {
 
 /// A second browser with its own cookies, as a page load sends it
 /// (`Accept: text/html`), following every redirect.
-fn html_browser(stop_at: Option<String>) -> reqwest::Client {
+pub(crate) fn html_browser(stop_at: Option<String>) -> reqwest::Client {
     let policy = reqwest::redirect::Policy::custom(move |attempt| {
         if stop_at
             .as_deref()

@@ -8,6 +8,7 @@ mod bulk_actions;
 mod chaos;
 mod cli;
 mod config;
+mod connect_ui;
 mod device_flow;
 mod flows;
 mod fuzz;

@@ -424,7 +424,9 @@ async fn a_scrape_after_real_traffic_shows_every_metric_and_no_user_id() {
         0.0
     );
     // State store: per flow, a put and a take of the connect session and of
-    // the OAuth state; a ping per /readyz; a purge at start.
+    // the OAuth state, two puts of the link's outcome (opened, then how it
+    // ended: what a reload of the result page reads); a ping per /readyz; a
+    // purge at start.
     assert_eq!(
         scrape.get(
             "tokenvault_state_store_duration_seconds_count",
@@ -439,13 +441,13 @@ async fn a_scrape_after_real_traffic_shows_every_metric_and_no_user_id() {
         ),
         1.0
     );
-    for op in ["put", "take"] {
+    for (op, count) in [("put", 8.0), ("take", 4.0)] {
         assert_eq!(
             scrape.get(
                 "tokenvault_state_store_duration_seconds_count",
                 &[("op", op), ("outcome", "ok")]
             ),
-            4.0,
+            count,
             "{op}"
         );
         assert_eq!(
@@ -453,9 +455,17 @@ async fn a_scrape_after_real_traffic_shows_every_metric_and_no_user_id() {
                 "tokenvault_state_store_duration_seconds_bucket",
                 &[("op", op), ("outcome", "ok"), ("le", "+Inf")]
             ),
-            4.0
+            count
         );
     }
+    // Each connect link is looked up (without taking it) when opened.
+    assert_eq!(
+        scrape.get(
+            "tokenvault_state_store_duration_seconds_count",
+            &[("op", "peek"), ("outcome", "ok")]
+        ),
+        2.0
+    );
 
     // SIGTERM stops the metrics listener with the rest, cleanly.
     let status = service.terminate();

@@ -316,6 +316,10 @@ async fn every_v1_route_is_documented_and_every_documented_operation_is_routed()
             "/readyz",
             "/openapi.json",
             "/connect/{id}",
+            "/connect/{id}/start",
+            "/connect/{id}/result",
+            "/ui/connect.css",
+            "/ui/theme.css",
             "/oauth/callback",
             "/oauth/{integration}/callback"
         ]

@@ -142,6 +142,56 @@ pub struct StateRecord {
     /// Callback parameters kept for the confirmation (Wix's `instanceId`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
+    /// A connect session that lets the user pick: the integrations offered
+    /// (`integration` is the first of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offered: Vec<IntegrationKey>,
+    /// A connect session whose link shows a page (the integration, the
+    /// access asked for, a button) instead of going straight to the provider.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub show_page: bool,
+    /// Only in the record a flow leaves behind for its result page: how
+    /// the flow went (kept under [`FlowOutcome::key_for`] the session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<FlowOutcome>,
+}
+
+/// How a connect session's flow went, for the page a reload shows again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowOutcome {
+    pub status: FlowStatus,
+    /// The error code when it failed (ours, or the provider's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// The stored connection's id when it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_id: Option<String>,
+}
+
+/// Where a connect session's flow stands once its link was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowStatus {
+    /// Sent to the provider; no callback yet.
+    Started,
+    Connected,
+    /// The user refused consent at the provider.
+    Denied,
+    /// Anything else that ended it (the provider's error, a failed exchange).
+    Failed,
+    /// Confirm mode: the application confirms it.
+    ConfirmationRequired,
+}
+
+impl FlowOutcome {
+    /// The key of the outcome record of connect session `session_id`: a
+    /// digest, so it is well-formed and tells nothing about the session's
+    /// own key (which stays the only way in).
+    pub fn key_for(session_id: &str) -> StateKey {
+        use sha2::{Digest as _, Sha256};
+        let digest = Sha256::digest(format!("tokenvault flow outcome\0{session_id}").as_bytes());
+        StateKey(URL_SAFE_NO_PAD.encode(digest))
+    }
 }
 
 impl StateRecord {
@@ -166,6 +216,9 @@ impl StateRecord {
             confirm: false,
             authorization_code: None,
             instance_id: None,
+            offered: Vec::new(),
+            show_page: false,
+            outcome: None,
         }
     }
 }
@@ -249,6 +302,11 @@ pub trait StateStore: Send + Sync + 'static {
     /// expired or malformed keys give `None`.
     async fn take(&self, key: &str) -> Result<Option<StateRecord>, StateError>;
 
+    /// The record under `key` without removing it (a page that shows a
+    /// connect session before the user acts on it). Unknown, expired or
+    /// malformed keys give `None`.
+    async fn peek(&self, key: &str) -> Result<Option<StateRecord>, StateError>;
+
     /// Deletes expired records, returning how many; stores that expire
     /// records themselves (Redis) return 0.
     async fn purge_expired(&self) -> Result<u64, StateError>;
@@ -283,6 +341,13 @@ mod tests {
             confirm: true,
             authorization_code: Some(SecretString::from("code-abcdefghijklmnop")),
             instance_id: None,
+            offered: vec![IntegrationKey::parse("spotify").unwrap()],
+            show_page: true,
+            outcome: Some(FlowOutcome {
+                status: FlowStatus::Denied,
+                code: Some("access_denied".into()),
+                connection_id: None,
+            }),
         }
     }
 
@@ -357,13 +422,19 @@ mod tests {
                 "connect_session",
                 "created_at",
                 "integration",
+                "offered",
+                "outcome",
                 "redirect_to",
                 "redirect_uri",
                 "scopes",
+                "show_page",
                 "user_id"
             ]
         );
         let back = StateRecord::from_json(&json).unwrap();
+        assert_eq!(back.outcome, record().outcome);
+        assert_eq!(back.offered, record().offered);
+        assert!(back.show_page);
         assert_eq!(
             back.code_verifier.unwrap().expose_secret(),
             "verifier-abcdefghijklmnopqrstuvwxyz"

@@ -181,6 +181,18 @@ impl StateStore for RedisStateStore {
             .transpose()
     }
 
+    async fn peek(&self, key: &str) -> Result<Option<StateRecord>, StateError> {
+        if !StateKey::is_well_formed(key) {
+            return Ok(None);
+        }
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.redis_key(key));
+        self.run::<Option<String>>(cmd)
+            .await?
+            .map(|raw| StateRecord::from_json(&raw))
+            .transpose()
+    }
+
     async fn purge_expired(&self) -> Result<u64, StateError> {
         Ok(0)
     }

@@ -14,6 +14,7 @@ use crate::store::{Database, Pool, PoolOptions, with_pool};
 struct Dialect {
     put: &'static str,
     take: &'static str,
+    peek: &'static str,
 }
 
 macro_rules! dialect {
@@ -28,6 +29,11 @@ macro_rules! dialect {
                 "DELETE FROM oauth_states WHERE state = $1 RETURNING record",
                 $json_out,
                 ", expires_at"
+            ),
+            peek: concat!(
+                "SELECT record",
+                $json_out,
+                ", expires_at FROM oauth_states WHERE state = $1"
             ),
         }
     };
@@ -87,6 +93,30 @@ impl SqlStateStore {
         self.clock.now().timestamp_millis()
     }
 
+    /// The record `statement` (take or peek) returns for `key`; a row past
+    /// its expiry counts as absent.
+    async fn fetch(
+        &self,
+        key: &str,
+        statement: fn(&Dialect) -> &'static str,
+    ) -> Result<Option<StateRecord>, StateError> {
+        if !StateKey::is_well_formed(key) {
+            return Ok(None);
+        }
+        let row: Option<(String, i64)> =
+            with_pool!(self, |pool, dialect| sqlx::query_as(statement(dialect))
+                .bind(key)
+                .fetch_optional(pool)
+                .await
+                .map_err(|err| self.error(err)))?;
+        match row {
+            Some((record, expires_at)) if expires_at > self.now_ms() => {
+                StateRecord::from_json(&record).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
     fn error(&self, err: sqlx::Error) -> StateError {
         match err {
             sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
@@ -118,21 +148,11 @@ impl StateStore for SqlStateStore {
     }
 
     async fn take(&self, key: &str) -> Result<Option<StateRecord>, StateError> {
-        if !StateKey::is_well_formed(key) {
-            return Ok(None);
-        }
-        let row: Option<(String, i64)> =
-            with_pool!(self, |pool, dialect| sqlx::query_as(dialect.take)
-                .bind(key)
-                .fetch_optional(pool)
-                .await
-                .map_err(|err| self.error(err)))?;
-        match row {
-            Some((record, expires_at)) if expires_at > self.now_ms() => {
-                StateRecord::from_json(&record).map(Some)
-            }
-            _ => Ok(None),
-        }
+        self.fetch(key, |dialect| dialect.take).await
+    }
+
+    async fn peek(&self, key: &str) -> Result<Option<StateRecord>, StateError> {
+        self.fetch(key, |dialect| dialect.peek).await
     }
 
     async fn purge_expired(&self) -> Result<u64, StateError> {

@@ -227,6 +227,9 @@ pub struct ProviderSpec {
     pub openid_connect: bool,
     pub scope_separator: String,
     pub default_scopes: Vec<String>,
+    /// Scopes in plain words (the catalog's `scope_descriptions`); see
+    /// [`ProviderSpec::describe_scope`].
+    pub scope_descriptions: BTreeMap<String, String>,
     pub authorize_params: BTreeMap<String, String>,
     pub authorize_style: AuthorizeStyle,
     pub token_auth_method: TokenAuthMethod,
@@ -255,7 +258,31 @@ pub struct ProviderSpec {
     pub profile: Option<ProfileMapping>,
 }
 
+/// OpenID Connect's standard scopes, in plain words, for every provider.
+const STANDARD_SCOPES: &[(&str, &str)] = &[
+    ("openid", "Confirm who you are"),
+    ("profile", "See your name and profile picture"),
+    ("email", "See your email address"),
+    (
+        "offline_access",
+        "Stay connected when you are not using the app",
+    ),
+];
+
 impl ProviderSpec {
+    /// What `scope` lets the application do, in plain words: the entry's
+    /// own description, else OpenID Connect's for its standard scopes.
+    pub fn describe_scope(&self, scope: &str) -> Option<&str> {
+        self.scope_descriptions
+            .get(scope)
+            .map(String::as_str)
+            .or_else(|| {
+                STANDARD_SCOPES
+                    .iter()
+                    .find_map(|(name, words)| (*name == scope).then_some(*words))
+            })
+    }
+
     /// Extra authorization request parameters for a request asking for
     /// `scopes`: the entry's `authorize_params`, plus `prompt=consent` when the
     /// provider follows OpenID Connect and `offline_access` is requested (OIDC

@@ -34,6 +34,8 @@ pub struct RawProvider {
     pub openid_connect: Option<bool>,
     pub scope_separator: Option<String>,
     pub default_scopes: Option<Vec<String>>,
+    /// Each scope in plain words, for the Connect UI ("See your email address").
+    pub scope_descriptions: Option<BTreeMap<String, String>>,
     pub authorize_params: Option<BTreeMap<String, String>>,
     pub authorize_style: Option<AuthorizeStyle>,
     pub token_auth_method: Option<TokenAuthMethod>,
@@ -70,7 +72,7 @@ impl RawProvider {
             display_name, alias, discovery, authorization_url, token_url, refresh_url,
             revocation_url, revocation_style, device_authorization_url, userinfo_url, issuer,
             iss_parameter_supported, openid_connect, scope_separator, default_scopes,
-            authorize_params, authorize_style, token_auth_method, public_client, token_request_format,
+            scope_descriptions, authorize_params, authorize_style, token_auth_method, public_client, token_request_format,
             refresh_params, refresh_sends_scope, pkce, refresh_tokens, refresh_token_rotates,
             refresh_buffer_secs, default_expires_in_secs, api_base_url, api_auth_scheme,
             token_response_path,

@@ -416,6 +416,7 @@ pub(super) fn resolve_entry(
         openid_connect: raw.openid_connect.unwrap_or(false),
         scope_separator,
         default_scopes,
+        scope_descriptions: raw.scope_descriptions.clone().unwrap_or_default(),
         authorize_params,
         authorize_style: raw.authorize_style.unwrap_or_default(),
         token_auth_method: raw.token_auth_method.unwrap_or_default(),

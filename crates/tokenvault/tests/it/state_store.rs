@@ -212,6 +212,7 @@ macro_rules! sql_only {
 state_conformance!(
     put_then_take_round_trips_every_field,
     a_second_take_is_a_replay_and_gets_none,
+    a_peek_reads_without_taking,
     expired_states_are_none,
     concurrent_takes_exactly_one_wins,
     unknown_and_malformed_keys_are_none,
@@ -243,11 +244,21 @@ fn record(user: &str, verifier: Option<&str>) -> StateRecord {
         confirm: verifier.is_some(),
         authorization_code: verifier.map(|_| SecretString::from("code-0123456789")),
         instance_id: verifier.map(|_| "instance-1".to_owned()),
+        offered: vec![integration("spotify"), integration("tidal")],
+        show_page: true,
+        outcome: verifier.map(|_| tokenvault::oauth_state::FlowOutcome {
+            status: tokenvault::oauth_state::FlowStatus::Connected,
+            code: None,
+            connection_id: Some("c-1".into()),
+        }),
     }
 }
 
 fn same(a: &StateRecord, b: &StateRecord) {
     assert_eq!(a.integration, b.integration);
+    assert_eq!(a.offered, b.offered);
+    assert_eq!(a.show_page, b.show_page);
+    assert_eq!(a.outcome, b.outcome);
     assert_eq!(a.user_id, b.user_id);
     assert_eq!(
         a.code_verifier
@@ -311,6 +322,33 @@ async fn a_second_take_is_a_replay_and_gets_none(b: StateBackend) {
     assert!(b.store.take(key.as_str()).await.unwrap().is_some());
     assert!(b.store.take(key.as_str()).await.unwrap().is_none());
     assert!(b.stored(&key).await.is_none(), "taking deletes the record");
+}
+
+async fn a_peek_reads_without_taking(b: StateBackend) {
+    let key = StateKey::generate();
+    let short = StateKey::generate();
+    let stored = record("u", Some("v"));
+    b.store.put(&key, &stored, TTL).await.unwrap();
+    b.store
+        .put(&short, &stored, Duration::from_millis(50))
+        .await
+        .unwrap();
+    same(&b.store.peek(key.as_str()).await.unwrap().unwrap(), &stored);
+    same(&b.store.peek(key.as_str()).await.unwrap().unwrap(), &stored);
+    assert!(
+        b.store.take(key.as_str()).await.unwrap().is_some(),
+        "still there to take"
+    );
+    assert!(
+        b.store.peek(key.as_str()).await.unwrap().is_none(),
+        "gone once taken"
+    );
+    assert!(b.store.peek("not a key").await.unwrap().is_none());
+    b.elapse(Duration::from_millis(200)).await;
+    assert!(
+        b.store.peek(short.as_str()).await.unwrap().is_none(),
+        "expired"
+    );
 }
 
 async fn expired_states_are_none(b: StateBackend) {
@@ -419,6 +457,9 @@ async fn stored_json_holds_no_client_secret(b: StateBackend) {
             "browser_binding",
             "code_verifier",
             "confirm",
+            "offered",
+            "outcome",
+            "show_page",
             "connect_session",
             "created_at",
             "instance_id",

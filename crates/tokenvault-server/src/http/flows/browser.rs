@@ -1,58 +1,156 @@
-//! The browser's side of a flow: the connect link, the cookie that binds
-//! the flow to the browser, the pages and redirects it ends with.
+//! The browser's side of a flow: the connect link (a page, or straight to
+//! the provider), the cookie that binds the flow to the browser, and the
+//! result it ends with.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use sha2::{Digest as _, Sha256};
+use tokenvault::connect::Lookup;
 use tokenvault::integrations::Integration;
-use tokenvault::oauth_state::StateRecord;
+use tokenvault::oauth_state::{FlowOutcome, FlowStatus, StateRecord};
 
-use crate::http::AppState;
+use crate::http::error::{ApiError, ApiPath, ApiQuery, ErrorCode};
+use crate::http::{AppState, pages};
 
-use crate::http::error::{ApiError, ApiPath};
+const LINK_USED: &str =
+    "this connect link has expired or was already used; ask the application for a new one";
 
-/// `GET /connect/{id}`: consumes the connect session, creates the one-time
-/// OAuth state (with a PKCE verifier where the provider supports it) and
-/// sends the browser to the provider.
-/// Also binds the flow to this browser (unless the session is in confirm
-/// mode): a random nonce goes into an HttpOnly, SameSite=Lax cookie scoped
-/// to the callback path, its hash into the state, and the callback refuses
-/// the state without it.
+/// `GET /connect/{id}`: a connect link. A session that shows a page (a
+/// picker, `connect_ui = "page"`) gets the Connect UI page, whose buttons
+/// lead to [`start_chosen`]; any other is opened at once ([`start`]). A link
+/// already opened shows how its flow went (reload-safe), an unknown one
+/// that it expired. Programs (no `text/html` in `Accept`) are never shown
+/// a page: the link opens, or they get the JSON outcome or error.
 #[tracing::instrument(skip_all)]
 pub async fn start_connect(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
 ) -> Response {
-    let mut response = match start(&state, id).await {
-        Ok(response) => response,
-        Err(err) => for_browser(&headers, err),
+    let mut response = match state.connect.lookup(&id).await {
+        Ok(Lookup::Pending(session)) if shows_page(&session) && wants_html(&headers) => {
+            pages::connect_page(&state, &id, &session)
+        }
+        Ok(Lookup::Pending(_)) => match start(&state, &id, None).await {
+            Ok(response) => response,
+            Err(err) => for_browser(&state, &headers, err),
+        },
+        Ok(Lookup::Opened(outcome)) => shown_outcome(&state, &headers, &id, &outcome).await,
+        Ok(Lookup::Unknown) => expired(&state, &headers),
+        Err(err) => for_browser(&state, &headers, err.into()),
     };
-    harden_browser_response(&mut response);
+    pages::harden(&mut response);
     response
 }
 
-/// Headers of every answer a browser gets on the flow routes: nothing is
-/// cached (the callback URL carries a code), no `Referer` leaves (it would
-/// carry the code and state), the pages load nothing and cannot be framed.
-pub(super) fn harden_browser_response(response: &mut Response) {
-    let headers = response.headers_mut();
-    for (name, value) in [
-        (header::CACHE_CONTROL, "no-store"),
-        (header::REFERRER_POLICY, "no-referrer"),
-        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
-        ),
-    ] {
-        headers.insert(name, HeaderValue::from_static(value));
+/// The integration picked on the connect page.
+#[derive(Debug, serde::Deserialize)]
+pub struct Chosen {
+    integration: Option<String>,
+}
+
+/// `GET /connect/{id}/start?integration=KEY`: a button of the connect page;
+/// opens the link for the integration chosen (one the session offers).
+#[tracing::instrument(skip_all)]
+pub async fn start_chosen(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+    query: Result<ApiQuery<Chosen>, ApiError>,
+) -> Response {
+    let mut response = match query {
+        Ok(ApiQuery(chosen)) => match start(&state, &id, chosen.integration.as_deref()).await {
+            Ok(response) => response,
+            // A second click, or a reload of the button's URL.
+            Err(err) if err.code == ErrorCode::InvalidState => {
+                match state.connect.lookup(&id).await {
+                    Ok(Lookup::Opened(outcome)) => {
+                        shown_outcome(&state, &headers, &id, &outcome).await
+                    }
+                    _ => expired(&state, &headers),
+                }
+            }
+            Err(err) => for_browser(&state, &headers, err),
+        },
+        Err(err) => for_browser(&state, &headers, err),
+    };
+    pages::harden(&mut response);
+    response
+}
+
+/// `GET /connect/{id}/result`: how the link's flow went. A browser lands
+/// here after the callback, and every reload shows the same page.
+#[tracing::instrument(skip_all)]
+pub async fn result(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> Response {
+    let mut response = match state.connect.lookup(&id).await {
+        Ok(Lookup::Opened(outcome)) => shown_outcome(&state, &headers, &id, &outcome).await,
+        Ok(Lookup::Pending(_)) => (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, format!("/connect/{id}"))],
+        )
+            .into_response(),
+        Ok(Lookup::Unknown) => expired(&state, &headers),
+        Err(err) => for_browser(&state, &headers, err.into()),
+    };
+    pages::harden(&mut response);
+    response
+}
+
+/// A picker always shows its page; otherwise the session says (its request,
+/// or the `connect_ui` setting when it was created).
+fn shows_page(session: &StateRecord) -> bool {
+    session.show_page || !session.offered.is_empty()
+}
+
+/// An opened link's outcome: its page for a browser, JSON for a program.
+async fn shown_outcome(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    outcome: &FlowOutcome,
+) -> Response {
+    let session = state
+        .states
+        .peek(FlowOutcome::key_for(id).as_str())
+        .await
+        .ok()
+        .flatten();
+    if wants_html(headers) {
+        return pages::result_page(state, pages::Shown::Outcome(outcome), session.as_ref());
+    }
+    match session {
+        Some(session) if outcome.status != FlowStatus::Started => {
+            pages::outcome_json(outcome, &session)
+        }
+        _ => ApiError::new(ErrorCode::InvalidState, LINK_USED).into_response(),
     }
 }
 
-pub(super) async fn start(state: &AppState, id: String) -> Result<Response, ApiError> {
-    let started = state.connect.start(&id).await?;
+fn expired(state: &AppState, headers: &HeaderMap) -> Response {
+    if wants_html(headers) {
+        pages::result_page(state, pages::Shown::Expired, None)
+    } else {
+        ApiError::new(ErrorCode::InvalidState, LINK_USED).into_response()
+    }
+}
+
+/// Opens the link: consumes the session, creates the one-time OAuth state
+/// (with a PKCE verifier where the provider supports it) and sends the
+/// browser to the provider. Also binds the flow to this browser (unless
+/// the session is in confirm mode): a random nonce goes into an HttpOnly,
+/// SameSite=Lax cookie scoped to the callback path, its hash into the
+/// state, and the callback refuses the state without it.
+pub(super) async fn start(
+    state: &AppState,
+    id: &str,
+    chosen: Option<&str>,
+) -> Result<Response, ApiError> {
+    let started = state.connect.start(id, chosen).await?;
     let integration = &started.integration;
     tracing::info!(integration = %integration.key(), state = %started.state, "redirecting to provider");
     let mut response = (
@@ -123,51 +221,34 @@ pub(super) fn wants_html(headers: &HeaderMap) -> bool {
         .is_some_and(|accept| accept.contains("text/html"))
 }
 
-/// An error on a browser route: a short page for a browser, the JSON
-/// envelope for anything else.
-pub(super) fn for_browser(headers: &HeaderMap, err: ApiError) -> Response {
-    if !wants_html(headers) {
-        return err.into_response();
+/// An error on a browser route: a page for a browser, the JSON envelope
+/// for anything else.
+pub(super) fn for_browser(state: &AppState, headers: &HeaderMap, err: ApiError) -> Response {
+    if wants_html(headers) {
+        pages::error_page(state, &err)
+    } else {
+        err.into_response()
     }
-    let request_id = crate::http::error::REQUEST_ID
-        .try_with(Clone::clone)
-        .unwrap_or_default();
-    let page = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <title>Connection not completed</title></head>\
-         <body style=\"font-family:system-ui;margin:4rem auto;max-width:32rem;padding:0 1rem\">\
-         <h1>Connection not completed</h1><p>{}</p>\
-         <p style=\"color:#555;font-size:.875rem\">Error <code>{}</code>, request {}</p></body></html>",
-        html_escape(&err.message),
-        err.code,
-        html_escape(&request_id),
-    );
-    let mut response = (err.status, Html(page)).into_response();
-    if let Some(secs) = err.retry_after {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, secs.into());
-    }
-    response
 }
 
-/// The end of a browser flow: back to the app, or a small page.
+/// The end of a browser flow: back to the app when it gave `redirect_to`,
+/// else to the link's result page (reload-safe) for a browser, or the
+/// outcome as JSON for a program.
 pub(super) fn finished(
+    headers: &HeaderMap,
     record: &StateRecord,
-    error: Option<&str>,
+    outcome: &FlowOutcome,
     integration: &Integration,
 ) -> Response {
-    if let Some(target) = record
+    if let Some(mut target) = record
         .redirect_to
         .as_deref()
         .and_then(|raw| url::Url::parse(raw).ok())
     {
-        let mut target = target;
         {
             let mut query = target.query_pairs_mut();
             query.append_pair("connection", integration.key().as_str());
-            match error {
+            match &outcome.code {
                 None => query.append_pair("status", "connected"),
                 Some(code) => query
                     .append_pair("status", "error")
@@ -176,18 +257,13 @@ pub(super) fn finished(
         }
         return (StatusCode::FOUND, [(header::LOCATION, target.to_string())]).into_response();
     }
-    let name = html_escape(&integration.spec().display_name);
-    Html(format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Connected</title></head>\
-         <body style=\"font-family:system-ui;margin:4rem auto;max-width:32rem\"><h1>{name} connected</h1>\
-         <p>You can close this window.</p></body></html>"
-    ))
-    .into_response()
-}
-
-pub(super) fn html_escape(raw: &str) -> String {
-    raw.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    if !wants_html(headers) {
+        return pages::outcome_json(outcome, record);
+    }
+    let session = record.connect_session.as_deref().unwrap_or_default();
+    (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, format!("/connect/{session}/result"))],
+    )
+        .into_response()
 }

@@ -12,14 +12,12 @@ use serde::{Deserialize, Serialize};
 use tokenvault::connect::{Callback, ConnectFlow, Finished};
 use tokenvault::domain::{IntegrationKey, UserId};
 use tokenvault::integrations::Integration;
-use tokenvault::oauth_state::{StateKey, StateRecord};
+use tokenvault::oauth_state::{FlowOutcome, FlowStatus, StateKey, StateRecord};
 use utoipa::ToSchema;
 
-use super::browser::{
-    binding_cookie, binding_cookie_name, cookie, finished, for_browser, harden_browser_response,
-};
+use super::browser::{binding_cookie, binding_cookie_name, cookie, finished, for_browser};
 use super::{FlowFailure, user_id};
-use crate::http::AppState;
+use crate::http::{AppState, pages};
 
 use crate::http::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 
@@ -31,10 +29,10 @@ pub async fn callback(
     params: Result<ApiQuery<Callback>, ApiError>,
 ) -> Response {
     let mut response = match params {
-        Ok(ApiQuery(params)) => finish(state, &headers, None, params).await,
-        Err(err) => for_browser(&headers, err),
+        Ok(ApiQuery(params)) => finish(&state, &headers, None, params).await,
+        Err(err) => for_browser(&state, &headers, err),
     };
-    harden_browser_response(&mut response);
+    pages::harden(&mut response);
     response
 }
 
@@ -48,22 +46,23 @@ pub async fn integration_callback(
 ) -> Response {
     let mut response = match (path, params) {
         (Ok(ApiPath(integration)), Ok(ApiQuery(params))) => {
-            finish(state, &headers, Some(integration), params).await
+            finish(&state, &headers, Some(integration), params).await
         }
-        (Err(err), _) | (_, Err(err)) => for_browser(&headers, err),
+        (Err(err), _) | (_, Err(err)) => for_browser(&state, &headers, err),
     };
-    harden_browser_response(&mut response);
+    pages::harden(&mut response);
     response
 }
 
 pub(super) async fn finish(
-    state: AppState,
+    state: &AppState,
     headers: &HeaderMap,
     expected: Option<String>,
     callback: Callback,
 ) -> Response {
     let Some(key) = callback.state.as_deref() else {
         return for_browser(
+            state,
             headers,
             ApiError::new(
                 ErrorCode::InvalidState,
@@ -73,7 +72,7 @@ pub(super) async fn finish(
     };
     let (record, integration) = match state.connect.take_state(key, expected.as_deref()).await {
         Ok(found) => found,
-        Err(err) => return for_browser(headers, err.into()),
+        Err(err) => return for_browser(state, headers, err.into()),
     };
     let nonce = cookie(headers, &binding_cookie_name(key));
     let outcome = if !ConnectFlow::bound_to_browser(&record, nonce) {
@@ -85,38 +84,79 @@ pub(super) async fn finish(
         ))
     } else {
         match state.connect.finish(&integration, &record, &callback).await {
-            Ok(Finished::Connected) => Ok(None),
+            Ok(Finished::Connected { connection_id }) => Ok(Ended::Connected(connection_id)),
             Ok(Finished::AwaitingConfirmation { confirmation }) => {
-                confirmation_redirect(&integration, &record, &confirmation).map(Some)
+                confirmation_redirect(&integration, &record, &confirmation).map(Ended::AwaitingApp)
             }
             Err(err) => Err(FlowFailure::from(err)),
         }
     };
     let counted = match &outcome {
-        Ok(Some(_)) => "confirmation_required",
-        Ok(None) => "connected",
+        Ok(Ended::AwaitingApp(_)) => "confirmation_required",
+        Ok(Ended::Connected(_)) => "connected",
         Err(failure) => failure.code.as_str(),
     };
     metrics::counter!("tokenvault_connect_flows_total", "integration" => integration.key().to_string(), "outcome" => counted).increment(1);
+    // What the link's result page shows, on every reload.
+    let shown = match &outcome {
+        Ok(Ended::AwaitingApp(_)) => FlowOutcome {
+            status: FlowStatus::ConfirmationRequired,
+            code: None,
+            connection_id: None,
+        },
+        Ok(Ended::Connected(connection_id)) => FlowOutcome {
+            status: FlowStatus::Connected,
+            code: None,
+            connection_id: Some(connection_id.clone()),
+        },
+        Err(failure) => FlowOutcome {
+            status: if failure.code == ErrorCode::AccessDenied {
+                FlowStatus::Denied
+            } else {
+                FlowStatus::Failed
+            },
+            code: Some(failure.redirect_code().to_owned()),
+            connection_id: None,
+        },
+    };
+    if let Some(session) = record.connect_session.as_deref()
+        && let Err(err) = state
+            .connect
+            .record_outcome(&record, session, shown.clone())
+            .await
+    {
+        // The flow itself is done; only a reload of its page would miss it.
+        tracing::warn!(integration = %integration.key(), error = %err, "recording the flow's outcome failed");
+    }
     let mut response = match outcome {
-        Ok(Some(confirmation)) => confirmation,
-        Ok(None) => {
+        Ok(Ended::AwaitingApp(confirmation)) => confirmation,
+        Ok(Ended::Connected(_)) => {
             tracing::info!(integration = %integration.key(), "connect flow finished");
-            finished(&record, None, &integration)
+            finished(headers, &record, &shown, &integration)
         }
         Err(failure) => {
             tracing::warn!(integration = %integration.key(), code = %failure.redirect_code(), "flow failed");
+            // At the callback URL itself (its state is spent: a reload
+            // shows that the link was used, with this outcome).
             match &record.redirect_to {
-                Some(_) => finished(&record, Some(failure.redirect_code()), &integration),
-                None => for_browser(headers, failure.into_api_error()),
+                Some(_) => finished(headers, &record, &shown, &integration),
+                None => for_browser(state, headers, failure.into_api_error()),
             }
         }
     };
     if record.browser_binding.is_some() {
-        let cleared = binding_cookie(&state, &integration, key, "", 0);
+        let cleared = binding_cookie(state, &integration, key, "", 0);
         response.headers_mut().append(header::SET_COOKIE, cleared);
     }
     response
+}
+
+/// How a callback that went through ended.
+enum Ended {
+    /// Stored under this connection id.
+    Connected(String),
+    /// Confirm mode: the redirect that takes the code to the application.
+    AwaitingApp(Response),
 }
 
 /// Confirm mode: the browser goes to the app with the one-time

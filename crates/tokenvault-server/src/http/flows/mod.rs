@@ -85,6 +85,7 @@ impl From<ConnectError> for FlowFailure {
             ConnectError::InvalidState(_) => ErrorCode::InvalidState,
             ConnectError::StateMismatch { .. } => ErrorCode::StateMismatch,
             ConnectError::UnknownIntegration(_) => ErrorCode::UnknownIntegration,
+            ConnectError::NotOffered(_) => ErrorCode::InvalidIntegration,
             ConnectError::IntegrationUnavailable { .. } => ErrorCode::IntegrationUnavailable,
             ConnectError::IssuerMismatch(_) => ErrorCode::IssuerMismatch,
             ConnectError::MissingCode => ErrorCode::MissingCode,
@@ -204,8 +205,20 @@ pub struct ConnectSessionRequest {
     // A string, checked by the handler so a bad id answers `invalid_user_id`.
     #[schema(value_type = UserId)]
     user_id: String,
-    #[schema(value_type = IntegrationKey)]
-    integration: String,
+    /// The integration to connect. Give this or `integrations`.
+    #[serde(default)]
+    #[schema(value_type = Option<IntegrationKey>)]
+    integration: Option<String>,
+    /// Instead of `integration`: 1 to 20 configured integrations; with
+    /// more than one, the link shows a page where the user picks one.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<IntegrationKey>>)]
+    integrations: Option<Vec<String>>,
+    /// What the link shows first: `direct` (straight to the provider) or
+    /// `page` (the Connect UI page); default the `connect_ui` setting. A
+    /// picker always shows the page.
+    #[serde(default)]
+    connect_ui: Option<crate::config::ConnectUi>,
     /// Scopes to request instead of the integration's defaults: an array
     /// (each non-empty and without whitespace) or one space-separated
     /// string.
@@ -268,12 +281,19 @@ pub async fn create_connect_session(
     ApiJson(request): ApiJson<ConnectSessionRequest>,
 ) -> Result<Response, ApiError> {
     let user_id = user_id(&request.user_id)?;
-    let integration = integration(&state, &request.integration)?;
+    let (integration, offered) = chosen_integrations(&state, &request)?;
     let scopes = parse_scopes(request.scopes.as_ref().map_or(&[], ScopeList::as_slice))?;
     let redirect_to = request
         .redirect_to
-        .map(|raw| allowed_redirect(&state, &raw))
+        .as_deref()
+        .map(|raw| allowed_redirect(&state, raw))
         .transpose()?;
+    if request.integrations.is_some() && !request.provider_params.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidProviderParams,
+            "provider_params need one integration, not a picker",
+        ));
+    }
     check_provider_params(&integration, &request.provider_params)?;
 
     let session = state
@@ -281,9 +301,12 @@ pub async fn create_connect_session(
         .create_session(NewSession {
             user_id,
             integration: integration.key().clone(),
+            offered,
+            show_page: request.connect_ui.unwrap_or(state.settings.connect_ui)
+                == crate::config::ConnectUi::Page,
             scopes,
             redirect_to,
-            provider_params: request.provider_params,
+            provider_params: request.provider_params.clone(),
             confirm: request.confirm,
         })
         .await?;
@@ -300,6 +323,44 @@ pub async fn create_connect_session(
         expires_at: session.expires_at,
     };
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// The integration of a new session, and the ones its page offers (empty
+/// unless it is a picker).
+fn chosen_integrations(
+    state: &AppState,
+    request: &ConnectSessionRequest,
+) -> Result<(Arc<Integration>, Vec<IntegrationKey>), ApiError> {
+    let invalid = |message: &str| ApiError::new(ErrorCode::InvalidIntegration, message.to_owned());
+    match (&request.integration, &request.integrations) {
+        (Some(key), None) => Ok((integration(state, key)?, Vec::new())),
+        (None, Some(keys)) => {
+            if keys.is_empty() || keys.len() > 20 {
+                return Err(invalid("integrations: give 1 to 20 integration keys"));
+            }
+            let mut offered: Vec<IntegrationKey> = Vec::with_capacity(keys.len());
+            for key in keys {
+                let found = integration(state, key)?;
+                if offered.contains(found.key()) {
+                    return Err(invalid(&format!("integrations: {key:?} is listed twice")));
+                }
+                offered.push(found.key().clone());
+            }
+            let first = integration(state, offered[0].as_str())?;
+            Ok((
+                first,
+                if offered.len() > 1 {
+                    offered
+                } else {
+                    Vec::new()
+                },
+            ))
+        }
+        (Some(_), Some(_)) => Err(invalid("give integration or integrations, not both")),
+        (None, None) => Err(invalid(
+            "integration is required (or integrations, for a picker)",
+        )),
+    }
 }
 
 /// The parameters a provider's authorization step takes from the app.

@@ -1,0 +1,391 @@
+//! The Connect UI: the pages an end user sees on a connect link (the
+//! integration and the access asked for, a picker, the result of the flow),
+//! rendered from `templates/` in the application's theme. Views only: the
+//! flow itself is `tokenvault::connect::ConnectFlow`, driven by `flows`.
+
+use askama::Template;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use tokenvault::integrations::Integration;
+use tokenvault::oauth_state::{FlowOutcome, FlowStatus, StateRecord};
+use url::Url;
+
+use super::AppState;
+use super::error::{ApiError, ErrorCode};
+
+/// How the pages look: from `ui_*` configuration.
+#[derive(Debug, Clone)]
+pub struct Theme {
+    pub app_name: String,
+    pub logo_url: Option<String>,
+    /// `#rrggbb`, validated: it is written into `/ui/theme.css`.
+    pub accent: String,
+    pub support_url: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ThemeError {
+    #[error("ui_accent_color: {0:?} is not a colour like #2f5bd3")]
+    Accent(String),
+    #[error("{0}: only https: (or data:, and http: outside production) URLs are shown")]
+    Url(&'static str),
+    #[error("ui_app_name: must be 1 to 80 characters without control characters")]
+    AppName,
+}
+
+impl Theme {
+    pub fn from_config(config: &crate::config::Config) -> Result<Self, ThemeError> {
+        let accent = &config.ui_accent_color;
+        let valid_accent = accent.len() == 7
+            && accent.starts_with('#')
+            && accent[1..].bytes().all(|b| b.is_ascii_hexdigit());
+        if !valid_accent {
+            return Err(ThemeError::Accent(accent.clone()));
+        }
+        let name = config.ui_app_name.trim();
+        if name.is_empty() || name.chars().count() > 80 || name.chars().any(char::is_control) {
+            return Err(ThemeError::AppName);
+        }
+        let shown = |url: &Option<Url>, key: &'static str, data_ok: bool| {
+            url.as_ref()
+                .map(|url| match url.scheme() {
+                    "https" => Ok(url.to_string()),
+                    "data" if data_ok => Ok(url.to_string()),
+                    "http" if !config.is_production() => Ok(url.to_string()),
+                    _ => Err(ThemeError::Url(key)),
+                })
+                .transpose()
+        };
+        Ok(Self {
+            app_name: name.to_owned(),
+            logo_url: shown(&config.ui_logo_url, "ui_logo_url", true)?,
+            accent: accent.to_ascii_lowercase(),
+            support_url: shown(&config.ui_support_url, "ui_support_url", false)?,
+        })
+    }
+}
+
+/// Headers of every Connect UI answer: nothing cached (a callback URL
+/// carries a code), no `Referer` leaves, nothing framed, no script but our
+/// own file, no style but our stylesheets, images only from ourselves, the
+/// configured logo's origin or `data:`.
+pub fn harden(response: &mut Response) {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CACHE_CONTROL, "no-store"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'self'; img-src 'self' https: data:; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+}
+
+struct ScopeLine {
+    words: String,
+    raw: String,
+}
+
+struct Choice {
+    name: String,
+    initial: String,
+    start_url: String,
+    scopes: Vec<ScopeLine>,
+}
+
+#[derive(Template)]
+#[template(path = "connect.html")]
+struct ConnectPage<'a> {
+    theme: &'a Theme,
+    heading: String,
+    lead: String,
+    choices: Vec<Choice>,
+    expires: Option<String>,
+    back: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "result.html")]
+struct ResultPage<'a> {
+    theme: &'a Theme,
+    tone: &'static str,
+    heading: String,
+    sentence: String,
+    next: String,
+    back: Option<String>,
+    code: Option<String>,
+    request_id: String,
+}
+
+fn render(template: &impl Template, status: StatusCode) -> Response {
+    match template.render() {
+        Ok(page) => (status, Html(page)).into_response(),
+        Err(err) => ApiError::internal(err).into_response(),
+    }
+}
+
+/// The integration's scopes as the page lists them: plain words from the
+/// catalog where it has them, the raw scope otherwise (and as a tooltip).
+fn scope_lines(integration: &Integration, requested: &[String]) -> Vec<ScopeLine> {
+    let scopes = if requested.is_empty() {
+        integration.default_scopes()
+    } else {
+        requested
+    };
+    scopes
+        .iter()
+        .map(|raw| ScopeLine {
+            words: integration
+                .spec()
+                .describe_scope(raw)
+                .unwrap_or(raw)
+                .to_owned(),
+            raw: raw.clone(),
+        })
+        .collect()
+}
+
+fn initial(name: &str) -> String {
+    name.chars()
+        .find(|c| c.is_alphanumeric())
+        .map_or_else(|| "?".into(), |c| c.to_uppercase().collect())
+}
+
+/// `GET /connect/{id}` for a session that shows a page: the integration(s)
+/// offered, what each would let the application do, a button each.
+pub fn connect_page(state: &AppState, session_id: &str, session: &StateRecord) -> Response {
+    let keys = if session.offered.is_empty() {
+        std::slice::from_ref(&session.integration)
+    } else {
+        &session.offered
+    };
+    let choices: Vec<Choice> = keys
+        .iter()
+        .filter_map(|key| state.integrations.get(key))
+        .map(|integration| {
+            let name = integration.spec().display_name.clone();
+            let mut start = state
+                .settings
+                .public_url
+                .join(&format!("connect/{session_id}/start"))
+                .expect("a session id is URL-safe");
+            start
+                .query_pairs_mut()
+                .append_pair("integration", integration.key().as_str());
+            Choice {
+                initial: initial(&name),
+                start_url: start.to_string(),
+                scopes: scope_lines(&integration, &session.scopes),
+                name,
+            }
+        })
+        .collect();
+    let theme = &state.theme;
+    let (heading, lead) = match choices.as_slice() {
+        [only] => (
+            format!("Connect your {} account", only.name),
+            format!(
+                "{} asks to connect to your {} account.",
+                theme.app_name, only.name
+            ),
+        ),
+        _ => (
+            "Choose an account to connect".to_owned(),
+            format!(
+                "{} asks to connect to one of these services.",
+                theme.app_name
+            ),
+        ),
+    };
+    let expires = session.created_at
+        + chrono::Duration::from_std(state.settings.state_ttl).unwrap_or_default();
+    let page = ConnectPage {
+        theme,
+        heading,
+        lead,
+        choices,
+        expires: Some(time_of_day(expires)),
+        back: session.redirect_to.clone(),
+    };
+    render(&page, StatusCode::OK)
+}
+
+fn time_of_day(at: DateTime<Utc>) -> String {
+    at.format("%H:%M UTC").to_string()
+}
+
+/// What a result page says.
+pub enum Shown<'a> {
+    /// A flow's outcome (reload-safe: the same page each time).
+    Outcome(&'a FlowOutcome),
+    /// The link is unknown or its time is up.
+    Expired,
+}
+
+/// The page that ends a flow, or that an expired or used link shows.
+/// `session`: the flow's session when known (its integration and
+/// `redirect_to` for "Back to the app").
+pub fn result_page(state: &AppState, shown: Shown<'_>, session: Option<&StateRecord>) -> Response {
+    let theme = &state.theme;
+    let app = &theme.app_name;
+    let name = session
+        .and_then(|s| state.integrations.get(&s.integration))
+        .map_or_else(
+            || "the service".to_owned(),
+            |i| i.spec().display_name.clone(),
+        );
+    let again = format!("To try again, start from {app}: it gives you a new link.");
+    let (status, tone, heading, sentence, next, code) = match shown {
+        Shown::Outcome(outcome) => match outcome.status {
+            FlowStatus::Connected => (
+                StatusCode::OK,
+                "ok",
+                format!("{name} connected"),
+                format!("Your {name} account is now connected to {app}."),
+                if session.and_then(|s| s.redirect_to.as_ref()).is_some() {
+                    format!("You can go back to {app}.")
+                } else {
+                    "You can close this window.".to_owned()
+                },
+                None,
+            ),
+            FlowStatus::Denied => (
+                StatusCode::OK,
+                "warn",
+                "Connection cancelled".to_owned(),
+                format!("You declined access on {name}, so nothing was connected."),
+                format!("If that was a mistake, start again from {app}."),
+                outcome.code.clone(),
+            ),
+            FlowStatus::Failed => (
+                StatusCode::OK,
+                "error",
+                format!("{name} could not be connected"),
+                format!(
+                    "Something went wrong while connecting your {name} account; nothing was connected."
+                ),
+                again,
+                outcome.code.clone(),
+            ),
+            FlowStatus::ConfirmationRequired => (
+                StatusCode::OK,
+                "ok",
+                "Almost done".to_owned(),
+                format!("Go back to {app} to finish connecting your {name} account."),
+                String::new(),
+                None,
+            ),
+            FlowStatus::Started => (
+                StatusCode::BAD_REQUEST,
+                "warn",
+                "This link was already used".to_owned(),
+                "A connect link works only once, and this one was opened before.".to_owned(),
+                format!("If you did not finish connecting, start again from {app}."),
+                Some(ErrorCode::InvalidState.as_str().to_owned()),
+            ),
+        },
+        Shown::Expired => (
+            StatusCode::BAD_REQUEST,
+            "warn",
+            "This link has expired".to_owned(),
+            "Connect links work once and only for a short while.".to_owned(),
+            again,
+            Some(ErrorCode::InvalidState.as_str().to_owned()),
+        ),
+    };
+    let page = ResultPage {
+        theme,
+        tone,
+        heading,
+        sentence,
+        next,
+        back: session.and_then(|s| s.redirect_to.clone()),
+        code,
+        request_id: super::error::REQUEST_ID
+            .try_with(Clone::clone)
+            .unwrap_or_default(),
+    };
+    render(&page, status)
+}
+
+/// An error on a browser route, as a page: the consent the user refused,
+/// or what went wrong in the service's own words.
+pub fn error_page(state: &AppState, err: &ApiError) -> Response {
+    let theme = &state.theme;
+    let app = &theme.app_name;
+    let (tone, heading, sentence) = if err.code == ErrorCode::AccessDenied {
+        (
+            "warn",
+            "Connection cancelled".to_owned(),
+            "You declined access, so nothing was connected.".to_owned(),
+        )
+    } else {
+        (
+            "error",
+            "Connection not completed".to_owned(),
+            err.message.clone(),
+        )
+    };
+    let page = ResultPage {
+        theme,
+        tone,
+        heading,
+        sentence,
+        next: format!("To try again, start from {app}: it gives you a new link."),
+        back: None,
+        code: Some(err.code.as_str().to_owned()),
+        request_id: super::error::REQUEST_ID
+            .try_with(Clone::clone)
+            .unwrap_or_default(),
+    };
+    let mut response = render(&page, err.status);
+    if let Some(secs) = err.retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, secs.into());
+    }
+    response
+}
+
+const STYLESHEET: &str = include_str!("../../assets/connect.css");
+
+/// `GET /ui/connect.css`: the pages' stylesheet (cached for an hour).
+pub async fn stylesheet() -> Response {
+    static_asset("text/css; charset=utf-8", STYLESHEET.to_owned())
+}
+
+/// `GET /ui/theme.css`: the configured accent colour.
+pub async fn theme_css(State(state): State<AppState>) -> Response {
+    static_asset(
+        "text/css; charset=utf-8",
+        format!(":root {{ --accent: {}; }}\n", state.theme.accent),
+    )
+}
+
+fn static_asset(content_type: &'static str, body: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// A flow's outcome for a program (`Accept` without `text/html`).
+pub fn outcome_json(outcome: &FlowOutcome, session: &StateRecord) -> Response {
+    let body = serde_json::json!({
+        "status": outcome.status,
+        "integration": session.integration,
+        "connection_id": outcome.connection_id,
+        "error": outcome.code,
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
