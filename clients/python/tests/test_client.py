@@ -247,9 +247,10 @@ class Connecting(unittest.TestCase):
             json.loads(script.requests[0].content),
             {"user_id": "u", "integrations": ["spotify", "tidal"], "connect_ui": "page"},
         )
-        tv.create_connect_session("u", "spotify", scopes="a b")
+        tv.create_connect_session("u", "spotify", scopes="a b", reconnect=True)
         self.assertEqual(
-            json.loads(script.requests[1].content), {"user_id": "u", "integration": "spotify", "scopes": "a b"}
+            json.loads(script.requests[1].content),
+            {"user_id": "u", "integration": "spotify", "scopes": "a b", "reconnect": True},
         )
 
 

@@ -64,6 +64,12 @@ export interface ConnectSessionOptions {
    * provider. Default: the service's `connect_ui` setting.
    */
   connectUi?: "direct" | "page";
+  /**
+   * Renew the user's existing connection (after `needs_reauth`): the page
+   * says "reconnect" and the flow keeps the connection's id. Rejects with
+   * `NotConnectedError` when there is none.
+   */
+  reconnect?: boolean;
 }
 
 export interface ListOptions {
@@ -202,6 +208,7 @@ export class Tokenvault {
         redirect_to: options.redirectTo,
         provider_params: options.providerParams,
         confirm: options.confirm,
+        reconnect: options.reconnect,
       },
     });
   }

@@ -211,10 +211,11 @@ test("a connect session for several integrations is a picker", async () => {
     integrations: ["spotify", "tidal"],
     connect_ui: "page",
   });
-  await tv.createConnectSession("u", "spotify", { scopes: "a b" });
+  await tv.createConnectSession("u", "spotify", { scopes: "a b", reconnect: true });
   assert.deepEqual(JSON.parse((await calls[1]?.text()) ?? ""), {
     user_id: "u",
     integration: "spotify",
     scopes: "a b",
+    reconnect: true,
   });
 });

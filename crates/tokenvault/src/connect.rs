@@ -84,6 +84,14 @@ pub enum ConnectError {
         "this flow was started for another user; it is discarded. Start a new connect session for the logged-in user"
     )]
     UserMismatch,
+    /// A reconnect session for a pair that has no connection to renew.
+    #[error(
+        "user has no connection to integration `{0}` to reconnect; create a connect session without reconnect"
+    )]
+    NothingToReconnect(IntegrationKey),
+    /// A reconnect renews one connection: it cannot offer a picker.
+    #[error("a reconnect session renews one connection: give integration, not integrations")]
+    ReconnectPicker,
 }
 
 /// How long the outcome of a flow stays readable by its result page (a
@@ -101,6 +109,9 @@ pub struct NewSession {
     pub offered: Vec<IntegrationKey>,
     /// The link shows a page (what is asked, a button) before the provider.
     pub show_page: bool,
+    /// Renews the user's existing connection to `integration` (which must
+    /// exist; no picker): same connection id, `connection.reconnected`.
+    pub reconnect: bool,
     /// Empty: the integration's default scopes.
     pub scopes: Scopes,
     /// Where the browser goes when the flow ends (already checked against
@@ -225,6 +236,20 @@ impl ConnectFlow {
         if new.confirm && new.redirect_to.is_none() {
             return Err(ConnectError::ConfirmWithoutRedirect);
         }
+        if new.reconnect {
+            if new.offered.len() > 1 {
+                return Err(ConnectError::ReconnectPicker);
+            }
+            let existing = self
+                .vault
+                .store()
+                .get(&new.user_id, integration.key())
+                .await
+                .map_err(|err| ConnectError::Save(err.into()))?;
+            if existing.is_none() {
+                return Err(ConnectError::NothingToReconnect(integration.key().clone()));
+            }
+        }
         let id = StateKey::generate();
         let now = self.vault.clock().now();
         // A connect session names no session; an OAuth state always does.
@@ -238,7 +263,8 @@ impl ConnectFlow {
             } else {
                 Vec::new()
             },
-            show_page: new.show_page,
+            show_page: new.show_page || new.reconnect,
+            reconnect: new.reconnect,
             ..StateRecord::new(
                 integration.key().clone(),
                 new.user_id,
@@ -297,11 +323,13 @@ impl ConnectFlow {
     /// and stores the authorization request's state, with the PKCE verifier
     /// and, unless in confirm mode, the digest of a browser nonce.
     /// `chosen`: the integration picked on the connect page (one of those
-    /// the session offers); `None` takes the session's own.
+    /// the session offers); `None` takes the session's own. `popup_origin`:
+    /// the link was opened in a popup by a page on this (allowed) origin.
     pub async fn start(
         &self,
         session_id: &str,
         chosen: Option<&str>,
+        popup_origin: Option<String>,
     ) -> Result<Started, ConnectError> {
         let expired =
             "this connect link has expired or was already used; ask the application for a new one";
@@ -337,6 +365,7 @@ impl ConnectFlow {
         }
         let integration = self.integration(session.integration.as_str())?;
         session.redirect_uri = integration.redirect_uri().to_string();
+        session.popup_origin = popup_origin;
         let started = FlowOutcome {
             status: FlowStatus::Started,
             code: None,

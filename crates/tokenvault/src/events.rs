@@ -33,6 +33,7 @@ pub const SIGNATURE_HEADER: &str = "Tokenvault-Signature";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventType {
     ConnectionCreated,
+    ConnectionReconnected,
     ConnectionRefreshed,
     ConnectionNeedsReauth,
     ConnectionError,
@@ -43,8 +44,9 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 9] = [
         Self::ConnectionCreated,
+        Self::ConnectionReconnected,
         Self::ConnectionRefreshed,
         Self::ConnectionNeedsReauth,
         Self::ConnectionError,
@@ -66,6 +68,7 @@ impl EventType {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ConnectionCreated => "connection.created",
+            Self::ConnectionReconnected => "connection.reconnected",
             Self::ConnectionRefreshed => "connection.refreshed",
             Self::ConnectionNeedsReauth => "connection.needs_reauth",
             Self::ConnectionError => "connection.error",

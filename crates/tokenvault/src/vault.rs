@@ -275,7 +275,15 @@ impl Vault {
     ) -> Result<ConnectionRecord, VaultError> {
         let now = self.inner.clock.now();
         let due = next_refresh_at(tokens, refresh_buffer, now);
+        // A reconnect keeps the connection's id. The row's id is whatever
+        // the last upsert wrote and the tokens are sealed under it, so the
+        // two stay in step even if the row changes meanwhile.
+        let id = match self.inner.store.get(user, integration).await? {
+            Some(existing) => existing.id,
+            None => ConnectionId::new(),
+        };
         self.insert_grant(
+            id,
             user,
             integration,
             tokens,
@@ -287,13 +295,15 @@ impl Vault {
         .await
     }
 
-    /// Seals a grant under a new connection id and data key and upserts it
-    /// as connected, with its `connection.created` event and its history
-    /// entry (`kind`, or `reconnected` when it replaced a connection) in the
-    /// same write.
+    /// Seals a grant under a new data key and upserts it as connected, with
+    /// its event and its history entry (`kind`) in the same write. A grant
+    /// for a pair that is already connected updates that connection in
+    /// place: same id, `connection.reconnected`, history `reconnected`
+    /// (the upsert decides, so a concurrent first connect cannot mislabel).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn insert_grant(
         &self,
+        id: ConnectionId,
         user: &UserId,
         integration: &IntegrationKey,
         tokens: &TokenSet,
@@ -302,15 +312,14 @@ impl Vault {
         now: DateTime<Utc>,
         kind: HistoryKind,
     ) -> Result<ConnectionRecord, VaultError> {
-        let id = ConnectionId::new();
         let sealed = self
             .inner
             .envelope
             .seal_new(id, &tokens.access_token, tokens.refresh_token.as_ref())
             .await?;
-        let emit = self
-            .event(
-                EventType::ConnectionCreated,
+        let event = |event_type| {
+            self.event(
+                event_type,
                 id,
                 user,
                 integration,
@@ -319,7 +328,10 @@ impl Vault {
                 now,
             )
             .into_iter()
-            .collect();
+            .collect()
+        };
+        let emit = event(EventType::ConnectionCreated);
+        let emit_on_replace = event(EventType::ConnectionReconnected);
         let record = self
             .inner
             .store
@@ -336,6 +348,7 @@ impl Vault {
                 metadata,
                 now,
                 emit,
+                emit_on_replace,
                 history: vec![HistoryEntry::new(
                     kind,
                     id,

@@ -136,15 +136,18 @@ class AsyncTokenvault:
         provider_params: Optional[Mapping[str, str]] = None,
         confirm: Optional[bool] = None,
         connect_ui: Optional[models.ConnectUi] = None,
+        reconnect: Optional[bool] = None,
     ) -> models.ConnectSessionCreated:
         """Starts a connect session: send the user's browser to its ``connect_url``.
 
         Several integrations make a picker: the link's page lets the user
         choose. ``connect_ui="page"`` shows the Connect UI page (the app, the
         integration, the access asked for) first; ``"direct"`` goes straight
-        to the provider; default: the service's ``connect_ui`` setting."""
+        to the provider; default: the service's ``connect_ui`` setting.
+        ``reconnect=True`` renews the user's existing connection (after
+        ``needs_reauth``): same connection id; ``NotConnectedError`` when there is none."""
         call = ops.create_connect_session(
-            user_id, integration, scopes, redirect_to, provider_params, confirm, connect_ui
+            user_id, integration, scopes, redirect_to, provider_params, confirm, connect_ui, reconnect
         )
         return await self._json(call)
 

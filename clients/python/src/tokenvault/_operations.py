@@ -67,6 +67,7 @@ def create_connect_session(
     provider_params: Optional[Mapping[str, str]],
     confirm: Optional[bool],
     connect_ui: Optional[str],
+    reconnect: Optional[bool],
 ) -> "Call[models.ConnectSessionCreated]":
     """Several integrations make a picker: the link's page lets the user choose."""
     which: Dict[str, Any] = (
@@ -81,6 +82,7 @@ def create_connect_session(
             "redirect_to": redirect_to,
             "provider_params": dict(provider_params) if provider_params is not None else None,
             "confirm": confirm,
+            "reconnect": reconnect,
         }
     )
     return Call("POST", path("connect-sessions"), json=body)

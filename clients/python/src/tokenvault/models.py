@@ -210,6 +210,12 @@ class _ConnectSessionRequestOptional(TypedDict, total=False):
     # Provider-specific authorization parameters; only those the provider
     # defines (Wix: the installer `token` Wix sent to the app URL).
     provider_params: Dict[str, str]
+    # Renew the user's existing connection to `integration` (after
+    # `needs_reauth`, or for more scopes): the link shows a "reconnect"
+    # page, and the flow updates that connection in place (same id,
+    # `connection.reconnected`). `404 connection_not_found` when there is
+    # none.
+    reconnect: bool
     # Where the browser goes afterwards (an absolute URL on an origin in
     # `TOKENVAULT_ALLOWED_REDIRECT_ORIGINS`), with `connection`, `status`
     # and, on failure, `error` added to the query.

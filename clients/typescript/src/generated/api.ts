@@ -659,6 +659,14 @@ export interface components {
                 [key: string]: string;
             };
             /**
+             * @description Renew the user's existing connection to `integration` (after
+             *     `needs_reauth`, or for more scopes): the link shows a "reconnect"
+             *     page, and the flow updates that connection in place (same id,
+             *     `connection.reconnected`). `404 connection_not_found` when there is
+             *     none.
+             */
+            reconnect?: boolean;
+            /**
              * Format: uri
              * @description Where the browser goes afterwards (an absolute URL on an origin in
              *     `TOKENVAULT_ALLOWED_REDIRECT_ORIGINS`), with `connection`, `status`
@@ -1389,7 +1397,7 @@ export interface operations {
                     "application/json": components["schemas"]["ConnectSessionCreated"];
                 };
             };
-            /** @description `invalid_json`, `invalid_user_id`, `invalid_scopes`, `invalid_redirect_to`, `invalid_provider_params` */
+            /** @description `invalid_json`, `invalid_user_id`, `invalid_integration`, `invalid_scopes`, `invalid_redirect_to`, `invalid_provider_params` */
             400: {
                 headers: {
                     /** @description The request's id: the caller's `X-Request-Id` if sane, else a new UUID */
@@ -1402,7 +1410,7 @@ export interface operations {
             };
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
-            /** @description `unknown_integration` */
+            /** @description `unknown_integration`; `connection_not_found` (a reconnect with nothing to renew) */
             404: {
                 headers: {
                     /** @description The request's id: the caller's `X-Request-Id` if sane, else a new UUID */
@@ -1425,7 +1433,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description `state_store_unavailable`; `request_timeout` (the request ran longer than `request_timeout_secs`), `database_unavailable` (the database is unreachable: the API key could not be checked, or the operation needs the database; retry after `Retry-After`) */
+            /** @description `state_store_unavailable`, `database_unavailable`; `request_timeout` (the request ran longer than `request_timeout_secs`), `database_unavailable` (the database is unreachable: the API key could not be checked, or the operation needs the database; retry after `Retry-After`) */
             503: {
                 headers: {
                     /** @description The request's id: the caller's `X-Request-Id` if sane, else a new UUID */

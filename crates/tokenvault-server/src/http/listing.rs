@@ -149,7 +149,7 @@ pub struct EventError {
 pub struct ConnectionEvent {
     #[schema(format = Uuid)]
     pub id: String,
-    /// The connection it happened to (a reconnect starts a new one).
+    /// The connection it happened to (a reconnect keeps its id).
     #[schema(format = Uuid)]
     pub connection_id: String,
     pub kind: HistoryKind,

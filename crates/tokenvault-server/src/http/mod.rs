@@ -202,6 +202,8 @@ pub fn router(state: AppState) -> Router {
         .route("/connect/{id}", get(flows::browser::start_connect))
         .route("/connect/{id}/start", get(flows::browser::start_chosen))
         .route("/connect/{id}/result", get(flows::browser::result))
+        .route("/connect.js", get(pages::connect_js))
+        .route("/ui/popup.js", get(pages::popup_js))
         .route("/ui/connect.css", get(pages::stylesheet))
         .route("/ui/theme.css", get(pages::theme_css))
         .route("/oauth/callback", get(flows::callback::callback))

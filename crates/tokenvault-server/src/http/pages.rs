@@ -120,6 +120,37 @@ struct ResultPage<'a> {
     back: Option<String>,
     code: Option<String>,
     request_id: String,
+    /// In a `connect.js` popup: what `/ui/popup.js` posts to the opener.
+    popup: Option<PopupMessage>,
+}
+
+/// The outcome a popup's result page posts to its opener's origin.
+struct PopupMessage {
+    origin: String,
+    status: String,
+    integration: String,
+    connection_id: String,
+    error: String,
+}
+
+impl PopupMessage {
+    fn new(outcome: &FlowOutcome, session: Option<&StateRecord>) -> Option<Self> {
+        let session = session?;
+        let origin = session.popup_origin.clone()?;
+        if outcome.status == FlowStatus::Started {
+            return None;
+        }
+        let status = serde_json::to_value(outcome.status)
+            .ok()
+            .and_then(|value| value.as_str().map(str::to_owned))?;
+        Some(Self {
+            origin,
+            status,
+            integration: session.integration.to_string(),
+            connection_id: outcome.connection_id.clone().unwrap_or_default(),
+            error: outcome.code.clone().unwrap_or_default(),
+        })
+    }
 }
 
 fn render(template: &impl Template, status: StatusCode) -> Response {
@@ -158,7 +189,14 @@ fn initial(name: &str) -> String {
 
 /// `GET /connect/{id}` for a session that shows a page: the integration(s)
 /// offered, what each would let the application do, a button each.
-pub fn connect_page(state: &AppState, session_id: &str, session: &StateRecord) -> Response {
+/// `popup`: the opener's origin when `connect.js` opened the link (carried
+/// on to the button's URL).
+pub fn connect_page(
+    state: &AppState,
+    session_id: &str,
+    session: &StateRecord,
+    popup: Option<&str>,
+) -> Response {
     let keys = if session.offered.is_empty() {
         std::slice::from_ref(&session.integration)
     } else {
@@ -177,6 +215,9 @@ pub fn connect_page(state: &AppState, session_id: &str, session: &StateRecord) -
             start
                 .query_pairs_mut()
                 .append_pair("integration", integration.key().as_str());
+            if let Some(origin) = popup {
+                start.query_pairs_mut().append_pair("popup", origin);
+            }
             Choice {
                 initial: initial(&name),
                 start_url: start.to_string(),
@@ -187,6 +228,13 @@ pub fn connect_page(state: &AppState, session_id: &str, session: &StateRecord) -
         .collect();
     let theme = &state.theme;
     let (heading, lead) = match choices.as_slice() {
+        [only] if session.reconnect => (
+            format!("Reconnect your {} account", only.name),
+            format!(
+                "{} needs you to sign in to {} again to keep its access to your account.",
+                theme.app_name, only.name
+            ),
+        ),
         [only] => (
             format!("Connect your {} account", only.name),
             format!(
@@ -245,7 +293,11 @@ pub fn result_page(state: &AppState, shown: Shown<'_>, session: Option<&StateRec
             FlowStatus::Connected => (
                 StatusCode::OK,
                 "ok",
-                format!("{name} connected"),
+                if session.is_some_and(|s| s.reconnect) {
+                    format!("{name} reconnected")
+                } else {
+                    format!("{name} connected")
+                },
                 format!("Your {name} account is now connected to {app}."),
                 if session.and_then(|s| s.redirect_to.as_ref()).is_some() {
                     format!("You can go back to {app}.")
@@ -298,12 +350,17 @@ pub fn result_page(state: &AppState, shown: Shown<'_>, session: Option<&StateRec
             Some(ErrorCode::InvalidState.as_str().to_owned()),
         ),
     };
+    let popup = match shown {
+        Shown::Outcome(outcome) => PopupMessage::new(outcome, session),
+        Shown::Expired => None,
+    };
     let page = ResultPage {
         theme,
         tone,
         heading,
         sentence,
         next,
+        popup,
         back: session.and_then(|s| s.redirect_to.clone()),
         code,
         request_id: super::error::REQUEST_ID
@@ -338,6 +395,7 @@ pub fn error_page(state: &AppState, err: &ApiError) -> Response {
         sentence,
         next: format!("To try again, start from {app}: it gives you a new link."),
         back: None,
+        popup: None,
         code: Some(err.code.as_str().to_owned()),
         request_id: super::error::REQUEST_ID
             .try_with(Clone::clone)
@@ -353,6 +411,19 @@ pub fn error_page(state: &AppState, err: &ApiError) -> Response {
 }
 
 const STYLESHEET: &str = include_str!("../../assets/connect.css");
+const CONNECT_JS: &str = include_str!("../../assets/connect.js");
+const POPUP_JS: &str = include_str!("../../assets/popup.js");
+
+/// `GET /connect.js`: the popup helper an application's page loads.
+pub async fn connect_js() -> Response {
+    static_asset("text/javascript; charset=utf-8", CONNECT_JS.to_owned())
+}
+
+/// `GET /ui/popup.js`: on a popup's result page, posts the outcome to the
+/// opener.
+pub async fn popup_js() -> Response {
+    static_asset("text/javascript; charset=utf-8", POPUP_JS.to_owned())
+}
 
 /// `GET /ui/connect.css`: the pages' stylesheet (cached for an hour).
 pub async fn stylesheet() -> Response {

@@ -318,6 +318,7 @@ async fn key_lifecycle_generate_rotate_retire() {
                 metadata: serde_json::json!({}),
                 now,
                 emit: Vec::new(),
+                emit_on_replace: Vec::new(),
                 history: Vec::new(),
             })
             .await

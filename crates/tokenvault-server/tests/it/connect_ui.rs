@@ -3,7 +3,7 @@
 //! and used links, the theme, and that programs still get JSON.
 
 use crate::common::*;
-use crate::flows::{html_browser, setup};
+use crate::flows::{APP_ORIGIN, html_browser, setup};
 use serde_json::{Value, json};
 
 async fn session(service: &Service, body: Value) -> (String, String) {
@@ -27,7 +27,14 @@ fn csp(response: &reqwest::Response) -> String {
 fn link_containing(page: &str, needle: &str) -> String {
     page.split("href=\"")
         .skip(1)
-        .map(|rest| rest.split('"').next().unwrap().replace("&amp;", "&"))
+        // Unescaped as a browser would: askama writes `&` as `&#38;`.
+        .map(|rest| {
+            rest.split('"')
+                .next()
+                .unwrap()
+                .replace("&#38;", "&")
+                .replace("&amp;", "&")
+        })
         .find(|href| href.contains(needle))
         .unwrap_or_else(|| panic!("no link with {needle} in {page}"))
 }
@@ -267,4 +274,187 @@ async fn a_theme_that_cannot_be_shown_safely_is_refused_at_start() {
             "{accent} {logo:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_renews_the_same_connection_and_says_so() {
+    let peer = Peer::start();
+    let service = setup(&peer, |_| {}).await;
+    let connection_id = |outcome: &Value| outcome["connection_id"].as_str().unwrap().to_owned();
+
+    // Nothing to renew yet: refused, nothing stored.
+    let refused = service
+        .post_json(
+            "/v1/connect-sessions",
+            json!({"user_id": "fan-r", "integration": "basic-app", "reconnect": true}),
+        )
+        .await;
+    assert_eq!(refused.status(), 404);
+    assert_eq!(
+        refused.headers()["tokenvault-error"],
+        "connection_not_found"
+    );
+    let picker = service
+        .post_json(
+            "/v1/connect-sessions",
+            json!({"user_id": "fan-r", "integrations": ["basic-app", "post-app"], "reconnect": true}),
+        )
+        .await;
+    assert_eq!(picker.status(), 400);
+
+    // First connection, straight through.
+    let (_, url) = session(
+        &service,
+        json!({"user_id": "fan-r", "integration": "basic-app"}),
+    )
+    .await;
+    let browser = html_browser(None);
+    browser.get(&url).send().await.unwrap();
+    let first: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    assert_eq!(first["status"], "connected");
+
+    // The reconnect link shows its own page; the flow keeps the id.
+    let (id, url) = session(
+        &service,
+        json!({"user_id": "fan-r", "integration": "basic-app", "reconnect": true}),
+    )
+    .await;
+    let html = browser
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("Reconnect your OpenID Connect account"),
+        "{html}"
+    );
+    let done = browser
+        .get(link_containing(&html, "/start?integration=basic-app"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.url().path(), format!("/connect/{id}/result"));
+    assert!(
+        done.text()
+            .await
+            .unwrap()
+            .contains("OpenID Connect reconnected")
+    );
+    let second: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    assert_eq!(second["status"], "connected");
+    assert_eq!(connection_id(&second), connection_id(&first));
+    assert_eq!(
+        peer.stats().await["token_successes"]["authorization_code"],
+        2
+    );
+
+    // The token read works on the renewed grant.
+    let token = service
+        .get_json("/v1/users/fan-r/connections/basic-app/token")
+        .await;
+    assert_eq!(token.status(), 200);
+
+    // The history says what happened: created, then reconnected.
+    let history: Value = service
+        .get_json("/v1/users/fan-r/connections/basic-app/events")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["reconnected", "created"], "{history}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_popup_ends_on_a_result_page_that_posts_only_to_an_allowed_origin() {
+    let peer = Peer::start();
+    let service = setup(&peer, |_| {}).await;
+    let helper = reqwest::get(service.url("/connect.js")).await.unwrap();
+    assert!(
+        helper.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert!(
+        helper
+            .text()
+            .await
+            .unwrap()
+            .contains("tokenvault.connect = connect")
+    );
+
+    let (id, url) = session(
+        &service,
+        json!({"user_id": "fan-p", "integrations": ["basic-app", "post-app"],
+               "redirect_to": format!("{APP_ORIGIN}/done")}),
+    )
+    .await;
+    let browser = html_browser(None);
+
+    // A page on a foreign origin (or a hostile value) gets nothing, and
+    // the link is not used up.
+    for foreign in [
+        "https://evil.test",
+        "http://app.test.evil.test",
+        "null",
+        "javascript:x",
+    ] {
+        let refused = browser
+            .get(format!("{url}?popup={}", urlencode(foreign)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400, "{foreign}");
+        assert!(!refused.text().await.unwrap().contains("tv-outcome"));
+        let program = reqwest::get(format!("{url}?popup={}", urlencode(foreign)))
+            .await
+            .unwrap();
+        assert_eq!(program.headers()["tokenvault-error"], "invalid_redirect_to");
+    }
+
+    // From the allowed origin: the picker's buttons carry the popup along,
+    // and the flow ends on the result page (not redirect_to), which hands
+    // the outcome to /ui/popup.js for that origin only.
+    let html = browser
+        .get(format!("{url}?popup={}", urlencode(APP_ORIGIN)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let start = link_containing(&html, "integration=post-app");
+    assert!(start.contains("popup=http%3A%2F%2Fapp.test"), "{start}");
+    let done = browser.get(&start).send().await.unwrap();
+    assert_eq!(done.url().path(), format!("/connect/{id}/result"));
+    assert!(csp(&done).contains("script-src 'self'"));
+    let page = done.text().await.unwrap();
+    let outcome: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    for expected in [
+        r#"<script src="/ui/popup.js"></script>"#.to_owned(),
+        format!(r#"data-origin="{APP_ORIGIN}""#),
+        r#"data-status="connected""#.to_owned(),
+        r#"data-integration="post-app""#.to_owned(),
+        format!(
+            r#"data-connection-id="{}""#,
+            outcome["connection_id"].as_str().unwrap()
+        ),
+    ] {
+        assert!(page.contains(&expected), "{expected} missing:\n{page}");
+    }
+    let script = reqwest::get(service.url("/ui/popup.js")).await.unwrap();
+    assert!(script.text().await.unwrap().contains("postMessage"));
+}
+
+fn urlencode(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }

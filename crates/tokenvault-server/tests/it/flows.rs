@@ -9,7 +9,7 @@ use tokenvault::domain::{ConnectionStatus, IntegrationKey, UserId};
 use tokenvault::integrations::IntegrationConfig;
 use tokenvault_server::config::Config;
 
-const APP_ORIGIN: &str = "http://app.test";
+pub(crate) const APP_ORIGIN: &str = "http://app.test";
 
 /// Three integrations on the peer: a public client with PKCE, confidential
 /// clients with client_secret_basic and client_secret_post.

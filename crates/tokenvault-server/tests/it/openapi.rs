@@ -318,6 +318,8 @@ async fn every_v1_route_is_documented_and_every_documented_operation_is_routed()
             "/connect/{id}",
             "/connect/{id}/start",
             "/connect/{id}/result",
+            "/connect.js",
+            "/ui/popup.js",
             "/ui/connect.css",
             "/ui/theme.css",
             "/oauth/callback",

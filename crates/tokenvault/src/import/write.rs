@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::validate::validate;
 use super::{ImportAction, ImportError, ImportOptions, ImportOutcome, ImportedGrant};
-use crate::domain::{ConnectionStatus, IntegrationKey, TokenSet, UserId};
+use crate::domain::{ConnectionId, ConnectionStatus, IntegrationKey, TokenSet, UserId};
 use crate::events::EventType;
 use crate::store::{ConnectionRecord, HistoryEntry, HistoryKind, StoreError};
 use crate::vault::{ConnectionView, Vault, VaultError, jittered_refresh_at};
@@ -208,6 +208,7 @@ impl Vault {
         }
         let record = self
             .insert_grant(
+                ConnectionId::new(),
                 user,
                 integration,
                 tokens,

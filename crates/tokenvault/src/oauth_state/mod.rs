@@ -150,6 +150,15 @@ pub struct StateRecord {
     /// access asked for, a button) instead of going straight to the provider.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub show_page: bool,
+    /// A connect session that renews an existing connection (its page says
+    /// "reconnect"); the flow updates that connection in place.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reconnect: bool,
+    /// Opened in a popup by `connect.js` on this origin (an allowed
+    /// redirect origin, checked by the caller): the flow ends on the result
+    /// page, which posts the outcome to the opener on this origin only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub popup_origin: Option<String>,
     /// Only in the record a flow leaves behind for its result page: how
     /// the flow went (kept under [`FlowOutcome::key_for`] the session).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -218,6 +227,8 @@ impl StateRecord {
             instance_id: None,
             offered: Vec::new(),
             show_page: false,
+            reconnect: false,
+            popup_origin: None,
             outcome: None,
         }
     }
@@ -343,6 +354,8 @@ mod tests {
             instance_id: None,
             offered: vec![IntegrationKey::parse("spotify").unwrap()],
             show_page: true,
+            reconnect: true,
+            popup_origin: Some("https://app.example.com".into()),
             outcome: Some(FlowOutcome {
                 status: FlowStatus::Denied,
                 code: Some("access_denied".into()),
@@ -424,6 +437,8 @@ mod tests {
                 "integration",
                 "offered",
                 "outcome",
+                "popup_origin",
+                "reconnect",
                 "redirect_to",
                 "redirect_uri",
                 "scopes",

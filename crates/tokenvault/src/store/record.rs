@@ -225,8 +225,12 @@ pub struct NewConnection {
     pub sealed: SealedTokens,
     pub metadata: Value,
     pub now: DateTime<Utc>,
-    /// Outbox events written in the same transaction (`connection.created`).
+    /// Outbox events written in the same transaction (`connection.created`)
+    /// when the grant is the pair's first connection.
     pub emit: Vec<OutboxEvent>,
+    /// Written instead of `emit` when the grant replaced an existing row
+    /// (`connection.reconnected`): the upsert alone knows which happened.
+    pub emit_on_replace: Vec<OutboxEvent>,
     /// History entries written in the same transaction. A
     /// [`HistoryKind::Created`] entry is stored as
     /// [`HistoryKind::Reconnected`] when the grant replaced an existing row.

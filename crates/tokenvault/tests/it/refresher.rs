@@ -94,6 +94,7 @@ async fn insert(
             metadata: json!({}),
             now,
             emit: Vec::new(),
+            emit_on_replace: Vec::new(),
             history: Vec::new(),
         })
         .await

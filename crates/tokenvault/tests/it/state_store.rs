@@ -246,6 +246,8 @@ fn record(user: &str, verifier: Option<&str>) -> StateRecord {
         instance_id: verifier.map(|_| "instance-1".to_owned()),
         offered: vec![integration("spotify"), integration("tidal")],
         show_page: true,
+        reconnect: true,
+        popup_origin: Some("https://app.example.com".into()),
         outcome: verifier.map(|_| tokenvault::oauth_state::FlowOutcome {
             status: tokenvault::oauth_state::FlowStatus::Connected,
             code: None,
@@ -258,6 +260,8 @@ fn same(a: &StateRecord, b: &StateRecord) {
     assert_eq!(a.integration, b.integration);
     assert_eq!(a.offered, b.offered);
     assert_eq!(a.show_page, b.show_page);
+    assert_eq!(a.reconnect, b.reconnect);
+    assert_eq!(a.popup_origin, b.popup_origin);
     assert_eq!(a.outcome, b.outcome);
     assert_eq!(a.user_id, b.user_id);
     assert_eq!(
@@ -460,6 +464,8 @@ async fn stored_json_holds_no_client_secret(b: StateBackend) {
             "offered",
             "outcome",
             "show_page",
+            "reconnect",
+            "popup_origin",
             "connect_session",
             "created_at",
             "instance_id",

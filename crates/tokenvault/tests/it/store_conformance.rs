@@ -30,6 +30,7 @@ macro_rules! conformance {
 conformance!(
     upsert_then_get_round_trips_every_field,
     reconnect_replaces_the_grant_but_keeps_created_at,
+    a_replacing_upsert_writes_its_replace_events,
     list_by_user_and_keyset_paging,
     compare_and_swap_detects_conflicts,
     concurrent_writers_exactly_one_wins,
@@ -756,6 +757,30 @@ fn event(event_type: &str, created_at: DateTime<Utc>) -> OutboxEvent {
 
 fn event_ids(events: &[tokenvault::store::PendingEvent]) -> Vec<Uuid> {
     events.iter().map(|e| e.id).collect()
+}
+
+/// The upsert alone knows whether it inserted or replaced a row, so it
+/// picks which events to write: `emit` for a first connection,
+/// `emit_on_replace` for a reconnect, never both.
+async fn a_replacing_upsert_writes_its_replace_events(b: Backend) {
+    let env = envelope(&key_spec("k1", 1));
+    let now = now();
+    for (access, expected) in [
+        ("AT-first-000000001", "connection.created"),
+        ("AT-second-00000002", "connection.reconnected"),
+    ] {
+        let mut grant = new_connection(&env, "u", "google", access, None, None).await;
+        grant.emit = vec![event("connection.created", now)];
+        grant.emit_on_replace = vec![event("connection.reconnected", now)];
+        b.store.upsert(grant).await.unwrap();
+        let claimed = b
+            .store
+            .claim_events(now, 10, "worker", now + Duration::seconds(30))
+            .await
+            .unwrap();
+        let types: Vec<&str> = claimed.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(types, [expected]);
+    }
 }
 
 async fn outbox_claims_oldest_first_and_honours_leases(b: Backend) {

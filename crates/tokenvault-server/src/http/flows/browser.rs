@@ -27,12 +27,21 @@ pub async fn start_connect(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
+    query: Result<ApiQuery<Opened>, ApiError>,
 ) -> Response {
+    let popup = match query.and_then(|ApiQuery(opened)| popup_origin(&state, opened.popup)) {
+        Ok(popup) => popup,
+        Err(err) => {
+            let mut response = for_browser(&state, &headers, err);
+            pages::harden(&mut response);
+            return response;
+        }
+    };
     let mut response = match state.connect.lookup(&id).await {
         Ok(Lookup::Pending(session)) if shows_page(&session) && wants_html(&headers) => {
-            pages::connect_page(&state, &id, &session)
+            pages::connect_page(&state, &id, &session, popup.as_deref())
         }
-        Ok(Lookup::Pending(_)) => match start(&state, &id, None).await {
+        Ok(Lookup::Pending(_)) => match start(&state, &id, None, popup).await {
             Ok(response) => response,
             Err(err) => for_browser(&state, &headers, err),
         },
@@ -44,10 +53,36 @@ pub async fn start_connect(
     response
 }
 
+/// How a connect link was opened: `popup` is the origin of the page whose
+/// `connect.js` opened it in a popup.
+#[derive(Debug, serde::Deserialize)]
+pub struct Opened {
+    popup: Option<String>,
+}
+
 /// The integration picked on the connect page.
 #[derive(Debug, serde::Deserialize)]
 pub struct Chosen {
     integration: Option<String>,
+    popup: Option<String>,
+}
+
+/// A popup's opener origin, which the result page will post the outcome
+/// to: only an origin of `allowed_redirect_origins` (as `redirect_to`).
+fn popup_origin(state: &AppState, raw: Option<String>) -> Result<Option<String>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    url::Url::parse(&raw)
+        .ok()
+        .filter(url::Url::has_host)
+        .map(|url| url.origin().ascii_serialization())
+        .filter(|origin| state.settings.allowed_redirect_origins.contains(origin))
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidRedirectTo,
+                "this page's origin may not receive the outcome of a connect popup: it is not in allowed_redirect_origins",
+            )
+        })
 }
 
 /// `GET /connect/{id}/start?integration=KEY`: a button of the connect page;
@@ -59,8 +94,12 @@ pub async fn start_chosen(
     ApiPath(id): ApiPath<String>,
     query: Result<ApiQuery<Chosen>, ApiError>,
 ) -> Response {
-    let mut response = match query {
-        Ok(ApiQuery(chosen)) => match start(&state, &id, chosen.integration.as_deref()).await {
+    let chosen = query.and_then(|ApiQuery(chosen)| {
+        let popup = popup_origin(&state, chosen.popup)?;
+        Ok((chosen.integration, popup))
+    });
+    let mut response = match chosen {
+        Ok((integration, popup)) => match start(&state, &id, integration.as_deref(), popup).await {
             Ok(response) => response,
             // A second click, or a reload of the button's URL.
             Err(err) if err.code == ErrorCode::InvalidState => {
@@ -149,8 +188,9 @@ pub(super) async fn start(
     state: &AppState,
     id: &str,
     chosen: Option<&str>,
+    popup: Option<String>,
 ) -> Result<Response, ApiError> {
-    let started = state.connect.start(id, chosen).await?;
+    let started = state.connect.start(id, chosen, popup).await?;
     let integration = &started.integration;
     tracing::info!(integration = %integration.key(), state = %started.state, "redirecting to provider");
     let mut response = (
@@ -231,7 +271,8 @@ pub(super) fn for_browser(state: &AppState, headers: &HeaderMap, err: ApiError) 
     }
 }
 
-/// The end of a browser flow: back to the app when it gave `redirect_to`,
+/// The end of a browser flow: in a `connect.js` popup, the result page
+/// (which tells the opener); back to the app when it gave `redirect_to`;
 /// else to the link's result page (reload-safe) for a browser, or the
 /// outcome as JSON for a program.
 pub(super) fn finished(
@@ -243,6 +284,7 @@ pub(super) fn finished(
     if let Some(mut target) = record
         .redirect_to
         .as_deref()
+        .filter(|_| record.popup_origin.is_none())
         .and_then(|raw| url::Url::parse(raw).ok())
     {
         {
@@ -257,7 +299,7 @@ pub(super) fn finished(
         }
         return (StatusCode::FOUND, [(header::LOCATION, target.to_string())]).into_response();
     }
-    if !wants_html(headers) {
+    if !wants_html(headers) && record.popup_origin.is_none() {
         return pages::outcome_json(outcome, record);
     }
     let session = record.connect_session.as_deref().unwrap_or_default();

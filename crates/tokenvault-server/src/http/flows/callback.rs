@@ -138,9 +138,10 @@ pub(super) async fn finish(
             tracing::warn!(integration = %integration.key(), code = %failure.redirect_code(), "flow failed");
             // At the callback URL itself (its state is spent: a reload
             // shows that the link was used, with this outcome).
-            match &record.redirect_to {
-                Some(_) => finished(headers, &record, &shown, &integration),
-                None => for_browser(state, headers, failure.into_api_error()),
+            if record.redirect_to.is_some() || record.popup_origin.is_some() {
+                finished(headers, &record, &shown, &integration)
+            } else {
+                for_browser(state, headers, failure.into_api_error())
             }
         }
     };

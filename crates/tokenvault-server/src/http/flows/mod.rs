@@ -93,6 +93,8 @@ impl From<ConnectError> for FlowFailure {
             ConnectError::ConfirmWithoutRedirect => ErrorCode::InvalidRedirectTo,
             ConnectError::ConfirmationNotFound => ErrorCode::ConfirmationNotFound,
             ConnectError::UserMismatch => ErrorCode::UserMismatch,
+            ConnectError::NothingToReconnect(_) => ErrorCode::ConnectionNotFound,
+            ConnectError::ReconnectPicker => ErrorCode::InvalidIntegration,
         };
         Self::new(code, message)
     }
@@ -244,6 +246,13 @@ pub struct ConnectSessionRequest {
     /// that opened `connect_url`.
     #[serde(default)]
     confirm: bool,
+    /// Renew the user's existing connection to `integration` (after
+    /// `needs_reauth`, or for more scopes): the link shows a "reconnect"
+    /// page, and the flow updates that connection in place (same id,
+    /// `connection.reconnected`). `404 connection_not_found` when there is
+    /// none.
+    #[serde(default)]
+    reconnect: bool,
 }
 
 /// A created connect session.
@@ -269,10 +278,10 @@ pub struct ConnectSessionCreated {
     request_body = ConnectSessionRequest,
     responses(
         (status = 201, description = "The session; send the user's browser to `connect_url`", body = ConnectSessionCreated),
-        (status = 400, description = "`invalid_json`, `invalid_user_id`, `invalid_scopes`, `invalid_redirect_to`, `invalid_provider_params`", body = ErrorBody),
-        (status = 404, description = "`unknown_integration`", body = ErrorBody),
+        (status = 400, description = "`invalid_json`, `invalid_user_id`, `invalid_integration`, `invalid_scopes`, `invalid_redirect_to`, `invalid_provider_params`", body = ErrorBody),
+        (status = 404, description = "`unknown_integration`; `connection_not_found` (a reconnect with nothing to renew)", body = ErrorBody),
         (status = 500, description = "`internal`", body = ErrorBody),
-        (status = 503, description = "`state_store_unavailable`", body = ErrorBody),
+        (status = 503, description = "`state_store_unavailable`, `database_unavailable`", body = ErrorBody),
     ),
 )]
 #[tracing::instrument(skip_all)]
@@ -308,6 +317,7 @@ pub async fn create_connect_session(
             redirect_to,
             provider_params: request.provider_params.clone(),
             confirm: request.confirm,
+            reconnect: request.reconnect,
         })
         .await?;
     let id = session.id;

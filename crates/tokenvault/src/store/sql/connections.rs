@@ -56,22 +56,28 @@ impl ConnectionStore for SqlStore {
                 .bind(c.sealed.data_key.key_id().as_str())
                 .bind(storable_json(&c.metadata))
                 .bind(to_millis(c.now));
-            if c.emit.is_empty() && c.history.is_empty() {
+            if c.emit.is_empty() && c.emit_on_replace.is_empty() && c.history.is_empty() {
                 query.fetch_one(pool).await?
             } else {
                 // The events commit with the row or not at all.
                 let mut tx = pool.begin().await?;
                 let row: RawRow = query.fetch_one(&mut *tx).await?;
-                for event in &c.emit {
+                // The conflict branch of the upsert bumped the version: the
+                // grant replaced an existing connection.
+                let replaced = row.version > 1;
+                let events = if replaced {
+                    &c.emit_on_replace
+                } else {
+                    &c.emit
+                };
+                for event in events {
                     insert_event(dialect.insert_event, event)
                         .execute(&mut *tx)
                         .await?;
                 }
-                // The conflict branch of the upsert bumped the version: the
-                // grant replaced an existing connection.
                 for entry in &c.history {
                     let kind = match entry.kind {
-                        HistoryKind::Created if row.version > 1 => HistoryKind::Reconnected,
+                        HistoryKind::Created if replaced => HistoryKind::Reconnected,
                         kind => kind,
                     };
                     insert_history(dialect.insert_history, entry, kind)

@@ -94,6 +94,7 @@ pub async fn new_connection(
         metadata: json!({"site_id": "abc"}),
         now,
         emit: Vec::new(),
+        emit_on_replace: Vec::new(),
         history: Vec::new(),
     }
 }
