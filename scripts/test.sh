@@ -123,6 +123,8 @@ log "generated clients (TypeScript, Python) against a local instance"
 scripts/generated-clients.sh
 log "the SDKs (clients/typescript, clients/python): unit, live, packaging"
 scripts/sdks.sh
+log "the Connect UI in chromium (playwright-core, axe-core)"
+scripts/browser.sh
 
 # Benchmarks are not tests: CI only checks that a smoke-size run completes
 # and reports every headline figure (docs/benchmarks.md). The binary is the

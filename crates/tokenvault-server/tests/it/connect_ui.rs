@@ -449,7 +449,9 @@ async fn a_popup_ends_on_a_result_page_that_posts_only_to_an_allowed_origin() {
             outcome["connection_id"].as_str().unwrap()
         ),
     ] {
-        assert!(page.contains(&expected), "{expected} missing:\n{page}");
+        // In the page's body, not its title.
+        let body = page.split_once("<main").unwrap().1;
+        assert!(body.contains(&expected), "{expected} missing:\n{page}");
     }
     let script = reqwest::get(service.url("/ui/popup.js")).await.unwrap();
     assert!(script.text().await.unwrap().contains("postMessage"));
