@@ -255,7 +255,7 @@ HistoryKind = Literal["created", "reconnected", "imported", "refresh_forced", "r
 
 class _ConnectionEventRequired(TypedDict):
     at: str
-    # The connection it happened to (a reconnect starts a new one).
+    # The connection it happened to (a reconnect keeps its id).
     connection_id: str
     id: str
     kind: HistoryKind

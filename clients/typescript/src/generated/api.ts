@@ -688,7 +688,7 @@ export interface components {
             at: string;
             /**
              * Format: uuid
-             * @description The connection it happened to (a reconnect starts a new one).
+             * @description The connection it happened to (a reconnect keeps its id).
              */
             connection_id: string;
             error?: null | components["schemas"]["EventError"];
