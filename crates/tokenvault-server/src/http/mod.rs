@@ -121,6 +121,16 @@ pub struct FlowSettings {
 }
 
 impl FlowSettings {
+    /// `url`'s origin (serialized) when it is one of
+    /// `allowed_redirect_origins`: where a flow may send the browser or
+    /// post its outcome.
+    pub fn allowed_origin(&self, url: &Url) -> Option<String> {
+        let origin = url.origin().ascii_serialization();
+        self.allowed_redirect_origins
+            .contains(&origin)
+            .then_some(origin)
+    }
+
     pub fn from_config(config: &crate::config::Config) -> anyhow::Result<Self> {
         let allowed_redirect_origins = config
             .allowed_redirect_origins

@@ -73,9 +73,7 @@ fn popup_origin(state: &AppState, raw: Option<String>) -> Result<Option<String>,
     let Some(raw) = raw else { return Ok(None) };
     url::Url::parse(&raw)
         .ok()
-        .filter(url::Url::has_host)
-        .map(|url| url.origin().ascii_serialization())
-        .filter(|origin| state.settings.allowed_redirect_origins.contains(origin))
+        .and_then(|url| state.settings.allowed_origin(&url))
         .map(Some)
         .ok_or_else(|| {
             ApiError::new(

@@ -409,11 +409,13 @@ fn allowed_redirect(state: &AppState, raw: &str) -> Result<String, ApiError> {
             format!("redirect_to is not an absolute URL: {e}"),
         )
     })?;
-    let origin = url.origin().ascii_serialization();
-    if !state.settings.allowed_redirect_origins.contains(&origin) {
+    if state.settings.allowed_origin(&url).is_none() {
         return Err(ApiError::new(
             ErrorCode::InvalidRedirectTo,
-            format!("redirect_to origin {origin} is not in TOKENVAULT_ALLOWED_REDIRECT_ORIGINS"),
+            format!(
+                "redirect_to origin {} is not in TOKENVAULT_ALLOWED_REDIRECT_ORIGINS",
+                url.origin().ascii_serialization()
+            ),
         ));
     }
     Ok(url.to_string())
