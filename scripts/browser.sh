@@ -31,6 +31,8 @@ cat >"$work/providers.toml" <<TOML
 [providers.music-peer]
 alias = "oidc"
 display_name = "Music"
+# Bulk actions (the console cancels one) need an API to call.
+api_base_url = "$PEER_ISSUER/"
 
 [providers.video-peer]
 alias = "oidc"

@@ -20,7 +20,12 @@ def register_client(issuer: str, redirect_uri: str) -> None:
         "client_id": "sdk-app",
         "client_secret": "sdk-secret",
         "redirect_uris": [redirect_uri],
-        "grant_types": ["authorization_code", "refresh_token"],
+        "grant_types": [
+            "authorization_code",
+            "refresh_token",
+            # The browser suite's device page.
+            "urn:ietf:params:oauth:grant-type:device_code",
+        ],
     }
     request = urllib.request.Request(
         f"{issuer}/__test/clients",

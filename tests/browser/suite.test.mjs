@@ -292,3 +292,155 @@ test("the popup helper resolves on an allowed origin and hears nothing on a fore
   assert.match(await untouched.text(), /Connect your Music account/);
   await foreign.context.close();
 });
+
+/** Connects `user` to music through a direct link in a fresh context. */
+async function connectUser(user) {
+  const session = await connectSession({ user_id: user, integration: "music" });
+  const { context, page } = await newPage();
+  await page.goto(session.connect_url);
+  await page.waitForURL(`${BASE}/connect/${session.id}/result`);
+  await context.close();
+}
+
+test("the device page shows the code and a QR code, and turns to connected when the user approves", async () => {
+  await peerHook("config", { device_interval: 1 });
+  const started = await api("POST", "/v1/device-sessions", { user_id: "tv-1", integration: "music" });
+  assert.equal(started.status, 201, JSON.stringify(started.json));
+  const { context, page, requests } = await newPage();
+  await page.goto(started.json.page_url);
+  assert.equal(await heading(page), "Connect your Music account");
+  assert.equal((await page.textContent(".user-code")).trim(), started.json.user_code);
+  assert.ok(await page.locator("svg.qr").isVisible(), "a QR code");
+  assert.equal(await page.getAttribute("#device-status", "data-status"), "pending");
+  await inspect(page, requests, "device-page");
+
+  await peerHook("device/approve", { user_code: started.json.user_code });
+  await page.waitForSelector('#device-status[data-status="connected"]', { timeout: 15000 });
+  assert.match(await page.textContent("#device-status"), /now connected/);
+  await page.screenshot({ path: `${SHOTS}/device-connected.png`, fullPage: true });
+  assert.equal((await api("GET", "/v1/users/tv-1/connections/music")).json.status, "connected");
+  await context.close();
+});
+
+test("an operator signs in, finds the users who need re-auth, revokes one, reconnects another, cancels a bulk action and signs out", async () => {
+  for (const user of ["op-1", "op-2", "op-3"]) await connectUser(user);
+  // The peer forgets every grant; refreshes find out for op-1 and op-2.
+  await peerHook("revoke-grants", {});
+  for (const user of ["op-1", "op-2"]) {
+    const forced = await api("POST", `/v1/users/${user}/connections/music/refresh`, {});
+    assert.equal(forced.status, 409, JSON.stringify(forced.json));
+  }
+
+  const { context, page, requests } = await newPage();
+  await page.setViewportSize({ width: 1200, height: 900 });
+  await page.goto(`${BASE}/admin`);
+  await page.waitForURL(`${BASE}/admin/login`);
+  await inspect(page, requests, "admin-login");
+
+  // A wrong key is refused with a message; the right one signs in.
+  await page.fill("#api_key", "tvk_wrong_key");
+  await page.click("button[type=submit]");
+  assert.match(await page.textContent("[role=alert]"), /not a valid API key/);
+  await page.fill("#api_key", API_KEY);
+  requests.length = 0;
+  await page.click("button[type=submit]");
+  await page.waitForURL(`${BASE}/admin`);
+
+  // The overview's numbers are the API's.
+  const summary = (await api("GET", "/v1/connections/summary")).json;
+  assert.equal((await page.textContent("#total")).trim(), String(summary.total));
+  assert.equal((await page.textContent("#due")).trim(), String(summary.due_within_1h));
+  assert.equal((await page.textContent("#failing")).trim(), String(summary.failing));
+  const music = summary.integrations.find((row) => row.integration === "music");
+  assert.equal(
+    (await page.textContent('tr[data-integration="music"] td[data-status="needs_reauth"]')).trim(),
+    String(music.by_status.needs_reauth),
+  );
+  await inspect(page, requests, "admin-overview");
+
+  // A state-changing request without the form's CSRF token is refused.
+  const forged = await page.evaluate(async () => {
+    const response = await fetch("/admin/logout", { method: "POST" });
+    return { status: response.status, code: response.headers.get("tokenvault-error") };
+  });
+  assert.deepEqual(forged, { status: 403, code: "csrf_failed" });
+
+  // Who needs re-auth.
+  await page.click("nav >> text=Connections");
+  await page.selectOption("#status", "needs_reauth");
+  await page.selectOption("#integration", "music");
+  requests.length = 0;
+  await page.click("form[role=search] button");
+  await page.waitForURL(/status=needs_reauth/);
+  const listed = await page.locator("#connections tbody td:first-child").allTextContents();
+  assert.deepEqual(listed.map((s) => s.trim()).sort(), ["op-1", "op-2"]);
+  await inspect(page, requests, "admin-connections");
+
+  // Revoke op-1, after the confirmation.
+  requests.length = 0;
+  await page.click("text=op-1");
+  await page.waitForSelector("#history");
+  await inspect(page, requests, "admin-connection");
+  requests.length = 0;
+  await page.click("text=Revoke…");
+  await page.waitForSelector("form button.danger");
+  await inspect(page, requests, "admin-confirm-revoke");
+  await page.click("form button.danger");
+  await page.waitForURL(/done=revoked/);
+  assert.equal((await page.textContent("#status")).trim(), "disconnected");
+  assert.equal((await api("GET", "/v1/users/op-1/connections/music")).json.status, "disconnected");
+
+  // A reconnect link for op-2, completed by the user: same connection.
+  const before = (await api("GET", "/v1/connections?user_id_prefix=op-2")).json.connections[0];
+  await page.goto(`${BASE}/admin/connections/${before.id}`);
+  await page.click("text=Create a reconnect link");
+  const link = await page.inputValue("#reconnect-link");
+  assert.ok(link.startsWith(`${BASE}/connect/`), link);
+  const user = await newPage();
+  await user.page.goto(link);
+  assert.equal(await heading(user.page), "Reconnect your Music account");
+  await user.page.getByRole("link", { name: "Continue to Music" }).click();
+  await user.page.waitForURL(/\/result$/);
+  assert.equal(await heading(user.page), "Music reconnected");
+  await user.context.close();
+  const after = (await api("GET", "/v1/connections?user_id_prefix=op-2")).json.connections[0];
+  assert.equal(after.id, before.id);
+  assert.equal(after.status, "connected");
+
+  // Cancel a scheduled bulk action.
+  const later = new Date(Date.now() + 3600_000).toISOString();
+  const bulk = await api("POST", "/v1/bulk-actions", {
+    integration: "music",
+    users: ["op-2", "op-3"],
+    request: { method: "GET", path: "me" },
+    not_before: later,
+  });
+  assert.equal(bulk.status, 202, JSON.stringify(bulk.json));
+  await page.click("nav >> text=Bulk actions");
+  requests.length = 0;
+  await page.click(`a[href="/admin/bulk/${bulk.json.id}"]`);
+  await page.waitForSelector("progress");
+  await inspect(page, requests, "admin-bulk");
+  await page.click("text=Cancel the action");
+  await page.waitForURL(/done=cancelled/);
+  assert.equal((await api("GET", `/v1/bulk-actions/${bulk.json.id}`)).json.state, "cancelled");
+
+  // Keys: a new key is shown once.
+  await page.click("nav >> text=Keys");
+  await page.fill("#key-name", "reporting");
+  await page.selectOption("#key-scope", "read-tokens");
+  await page.click("text=Create key");
+  const key = await page.inputValue("#new-key");
+  assert.match(key, /^tvk_/);
+  requests.length = 0;
+  await page.goto(`${BASE}/admin/keys`);
+  assert.equal(await page.locator("#new-key").count(), 0, "shown only once");
+  await inspect(page, requests, "admin-keys");
+
+  // Sign out: the console is closed again.
+  await page.click("text=Sign out");
+  await page.waitForURL(/\/admin\/login\?why=signed_out/);
+  await page.goto(`${BASE}/admin`);
+  await page.waitForURL(`${BASE}/admin/login`);
+  await context.close();
+});

@@ -267,6 +267,8 @@ impl Background {
         .spawn();
         let purger = wiring::spawn_state_purger(
             state.states.clone(),
+            state.console.sessions.clone(),
+            state.vault.clock().clone(),
             ticks.state_purge.unwrap_or(Duration::from_secs(60)),
             stopping.clone(),
         );

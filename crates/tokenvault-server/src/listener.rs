@@ -104,9 +104,9 @@ pub async fn serve(
     tracing::debug!(?limits, "serving");
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     // EMFILE and friends: wait for descriptors to free up
                     // instead of spinning (axum::serve does the same).
@@ -125,7 +125,7 @@ pub async fn serve(
         }
         let tracked = registry.insert();
         tokio::spawn(serve_connection(
-            stream,
+            (stream, peer.ip()),
             router.clone(),
             builder.clone(),
             tracked,
@@ -155,7 +155,7 @@ async fn refuse(mut stream: TcpStream) {
 }
 
 async fn serve_connection(
-    stream: TcpStream,
+    (stream, peer): (TcpStream, std::net::IpAddr),
     router: Router,
     builder: auto::Builder<TokioExecutor>,
     tracked: Arc<Tracked>,
@@ -168,8 +168,16 @@ async fn serve_connection(
         let request_guard = InFlight::start(Arc::clone(&in_service));
         let router = router.clone();
         async move {
+            let mut request = request.map(Body::new);
+            // Only sign-in needs the client's address (its attempts are
+            // limited per address): other requests skip the allocation.
+            if request.uri().path().starts_with("/admin/login") {
+                request
+                    .extensions_mut()
+                    .insert(crate::http::admin::ClientAddress(peer));
+            }
             let response = router
-                .oneshot(request.map(Body::new))
+                .oneshot(request)
                 .await
                 .unwrap_or_else(|never: Infallible| match never {});
             // The request counts as in progress until its body is sent.

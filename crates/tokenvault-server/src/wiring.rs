@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use crate::app::Leases;
 use crate::config::{Config, Environment};
 use crate::http::{ApiKeys, AppParts, AppState, FlowSettings};
+use tokenvault::admin_sessions::SqlAdminSessionStore;
 
 /// Where the master keys came from; `keys retire` edits a key file but can
 /// only advise on an environment variable.
@@ -116,6 +117,15 @@ pub async fn build_state_with(
         tokenvault::privacy::set_log_salt(salt.expose_secret().as_bytes());
     }
     let (ring, _) = load_key_ring(config)?;
+    // The console lists the ring's keys, the active one first.
+    let active = ring.active().id().to_string();
+    let mut master_key_ids = vec![active.clone()];
+    master_key_ids.extend(
+        ring.keys()
+            .iter()
+            .map(|key| key.id().to_string())
+            .filter(|id| *id != active),
+    );
     let catalog = load_catalog(config)?;
     let oauth = OAuthClient::new(OAuthClientConfig::default())?;
     let integrations_config =
@@ -191,6 +201,7 @@ pub async fn build_state_with(
     let bulk = BulkActions::new(vault.clone(), SqlBulkStore::on(&database))
         .with_max_items(config.bulk_max_items);
     let settings = Arc::new(FlowSettings::from_config(config)?);
+    let secure_cookie = config.is_production() || settings.public_url.scheme() == "https";
     let connect = ConnectFlow::new(vault.clone(), Arc::clone(&states), settings.state_ttl);
     Ok(AppState::new(AppParts {
         bulk,
@@ -202,6 +213,12 @@ pub async fn build_state_with(
         oauth,
         settings,
         theme: crate::http::pages::Theme::from_config(config)?,
+        console: crate::http::admin::Console::new(
+            SqlAdminSessionStore::on(&database),
+            SqlApiKeyStore::on(&database),
+            master_key_ids,
+            secure_cookie,
+        ),
         connect,
         app_tokens: Default::default(),
         device,
@@ -272,11 +289,13 @@ fn state_store(
     })
 }
 
-/// Deletes expired OAuth states from the database every `every` (Redis
-/// expires its keys itself; there this is a no-op) until `shutdown` turns
-/// true.
+/// Deletes expired OAuth states from the database (Redis expires its keys
+/// itself; there this is a no-op) and expired admin console sessions every
+/// `every` until `shutdown` turns true.
 pub fn spawn_state_purger(
     states: Arc<dyn StateStore>,
+    console_sessions: Arc<dyn tokenvault::admin_sessions::AdminSessionStore>,
+    clock: Arc<dyn Clock>,
     every: std::time::Duration,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -292,6 +311,9 @@ pub fn spawn_state_purger(
                 Ok(0) => {}
                 Ok(purged) => tracing::debug!(purged, "purged expired OAuth states"),
                 Err(err) => tracing::warn!(error = %err, "purging expired OAuth states failed"),
+            }
+            if let Err(err) = console_sessions.purge_expired(clock.now()).await {
+                tracing::warn!(error = %err, "purging expired console sessions failed");
             }
         }
     })

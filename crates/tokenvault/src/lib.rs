@@ -4,6 +4,7 @@
 //! client, the provider catalog and storage; the `tokenvault-server` crate
 //! wires them into an HTTP service.
 
+pub mod admin_sessions;
 pub mod api_keys;
 pub mod bulk;
 pub mod connect;

@@ -412,6 +412,11 @@ class _DeviceSessionCreatedRequired(TypedDict):
     id: str
     # Seconds between tokenvault's polls of the provider.
     interval: int
+    # A page to show the user instead (a TV, a kiosk, a second screen):
+    # the code in large type, the address as a link and a QR code, and
+    # the outcome as soon as it is known. No API key needed: the id is
+    # the secret.
+    page_url: str
     # The code the user enters at `verification_uri`.
     user_code: str
     verification_uri: str

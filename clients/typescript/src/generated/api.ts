@@ -759,6 +759,14 @@ export interface components {
              * @description Seconds between tokenvault's polls of the provider.
              */
             interval: number;
+            /**
+             * Format: uri
+             * @description A page to show the user instead (a TV, a kiosk, a second screen):
+             *     the code in large type, the address as a link and a QR code, and
+             *     the outcome as soon as it is known. No API key needed: the id is
+             *     the secret.
+             */
+            page_url: string;
             /** @description The code the user enters at `verification_uri`. */
             user_code: string;
             verification_uri: string;

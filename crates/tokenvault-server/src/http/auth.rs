@@ -41,7 +41,8 @@ enum Verdict {
     Unknown,
 }
 
-type KeyDigest = [u8; 32];
+/// SHA-256 of a whole API key.
+pub type KeyDigest = [u8; 32];
 
 /// Verifies presented keys. Cheap to clone.
 #[derive(Clone, Default)]
@@ -81,7 +82,13 @@ impl ApiKeys {
 
     /// Resolves a presented key to its caller.
     pub async fn verify(&self, presented: &str) -> Result<Caller, AuthError> {
-        let presented_digest = digest(presented);
+        self.verify_digest(digest(presented)).await
+    }
+
+    /// [`Self::verify`] for a key known by its SHA-256 (an admin console
+    /// session keeps only that): the same cache, so a revoked key stops
+    /// opening its sessions within [`KEY_CACHE_TTL`].
+    pub async fn verify_digest(&self, presented_digest: KeyDigest) -> Result<Caller, AuthError> {
         let bootstrap = self.bootstrap.iter().fold(false, |found, key| {
             found | constant_time_eq(key, &presented_digest)
         });
@@ -168,9 +175,17 @@ impl ApiKeys {
             }
         });
     }
+
+    /// Forgets every cached verdict, after a revocation made here: this
+    /// instance stops trusting the key at once, others within
+    /// [`KEY_CACHE_TTL`].
+    pub fn forget_all(&self) {
+        self.cache.lock().expect("key cache poisoned").clear();
+    }
 }
 
-fn digest(key: &str) -> [u8; 32] {
+/// SHA-256 of a whole API key.
+pub fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 

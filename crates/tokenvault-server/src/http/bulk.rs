@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 
-fn bulk_error(err: BulkError) -> ApiError {
+pub(super) fn bulk_error(err: BulkError) -> ApiError {
     match err {
         BulkError::Invalid { field, message } => {
             ApiError::new(ErrorCode::InvalidBulkAction, format!("{field}: {message}"))
@@ -28,7 +28,7 @@ fn bulk_error(err: BulkError) -> ApiError {
     }
 }
 
-fn action_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
+pub(super) fn action_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
     uuid::Uuid::parse_str(raw).map_err(|_| {
         ApiError::new(
             ErrorCode::InvalidBulkActionId,

@@ -49,6 +49,12 @@ pub struct DeviceSessionCreated {
     pub expires_at: DateTime<Utc>,
     /// Seconds between tokenvault's polls of the provider.
     pub interval: u64,
+    /// A page to show the user instead (a TV, a kiosk, a second screen):
+    /// the code in large type, the address as a link and a QR code, and
+    /// the outcome as soon as it is known. No API key needed: the id is
+    /// the secret.
+    #[schema(value_type = String, format = "uri")]
+    pub page_url: url::Url,
 }
 
 /// Where a device session stands.
@@ -131,6 +137,11 @@ pub async fn create_device_session(
         verification_uri_complete: started.verification_uri_complete,
         expires_at: session.expires_at,
         interval: session.interval_secs,
+        page_url: state
+            .settings
+            .public_url
+            .join(&format!("device/{}", session.id))
+            .map_err(ApiError::internal)?,
     };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -196,4 +207,99 @@ pub async fn get_device_session(
         _ => {}
     }
     Ok(Json(body))
+}
+
+/// A device session's status for its page (no user id, no token).
+#[derive(Debug, Serialize)]
+pub struct PageStatus {
+    pub status: DeviceSessionStatus,
+    pub integration: IntegrationKey,
+    pub expires_at: DateTime<Utc>,
+    /// In `error`: the error code.
+    pub error: Option<String>,
+    /// A sentence for the user.
+    pub message: String,
+}
+
+async fn page_session(
+    state: &AppState,
+    raw: &str,
+) -> Result<tokenvault::device::DeviceSession, ApiError> {
+    let unknown = || {
+        ApiError::new(
+            ErrorCode::UnknownDeviceSession,
+            "this device link is unknown or was purged; start again from the application",
+        )
+    };
+    let id = DeviceSessionId::parse(raw).map_err(|_| unknown())?;
+    state
+        .device
+        .get(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(unknown)
+}
+
+fn page_status_of(state: &AppState, session: &tokenvault::device::DeviceSession) -> PageStatus {
+    let status = session.status_at(state.vault.clock().now());
+    let name = state.integrations.get(&session.integration).map_or_else(
+        || session.integration.to_string(),
+        |i| i.spec().display_name.clone(),
+    );
+    let app = &state.theme.app_name;
+    let message = match status {
+        DeviceSessionStatus::Pending => format!("Waiting for you to approve on {name}…"),
+        DeviceSessionStatus::Connected => {
+            format!("Your {name} account is now connected to {app}. You can close this page.")
+        }
+        DeviceSessionStatus::Denied => {
+            format!("You declined access on {name}, so nothing was connected.")
+        }
+        DeviceSessionStatus::Expired => {
+            format!("This code has expired. Start again from {app} to get a new one.")
+        }
+        DeviceSessionStatus::Error => {
+            format!("{name} could not be connected. Start again from {app} to get a new code.")
+        }
+    };
+    PageStatus {
+        status,
+        integration: session.integration.clone(),
+        expires_at: session.expires_at,
+        error: (status == DeviceSessionStatus::Error)
+            .then(|| session.last_error.as_ref().map(|e| e.code.clone()))
+            .flatten(),
+        message,
+    }
+}
+
+/// `GET /device/{id}/status`: what the device page polls.
+pub async fn page_status(State(state): State<AppState>, ApiPath(raw): ApiPath<String>) -> Response {
+    let mut response = match page_session(&state, &raw).await {
+        Ok(session) => Json(page_status_of(&state, &session)).into_response(),
+        Err(err) => err.into_response(),
+    };
+    super::pages::harden(&mut response);
+    response
+}
+
+/// `GET /device/{id}`: the device flow's page: the user code in large
+/// type, where to enter it (a link and a QR code, drawn here as SVG), and
+/// the live status. Programs get the status as JSON.
+pub async fn page(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    ApiPath(raw): ApiPath<String>,
+) -> Response {
+    let wants_html = super::flows::browser::wants_html(&headers);
+    let mut response = match page_session(&state, &raw).await {
+        Ok(session) if wants_html => {
+            super::pages::device_page(&state, &session, &page_status_of(&state, &session))
+        }
+        Ok(session) => Json(page_status_of(&state, &session)).into_response(),
+        Err(err) if wants_html => super::pages::error_page(&state, &err),
+        Err(err) => err.into_response(),
+    };
+    super::pages::harden(&mut response);
+    response
 }

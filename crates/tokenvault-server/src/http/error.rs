@@ -99,6 +99,12 @@ impl Failure for tokenvault::vault::VaultError {
     }
 }
 
+impl Failure for tokenvault::api_keys::ApiKeyError {
+    fn database_unavailable(&self) -> bool {
+        matches!(self, Self::Store(err) if err.is_unavailable())
+    }
+}
+
 impl Failure for String {}
 impl Failure for url::ParseError {}
 impl Failure for askama::Error {}

@@ -71,6 +71,8 @@ pub enum ErrorCode {
     Unauthorized,
     /// the key's scope does not cover the endpoint (the message names both)
     Forbidden,
+    /// admin console: a state-changing request without its session's CSRF token, or sent from another origin
+    CsrfFailed,
     /// confirm mode: the code was confirmed for another user than the session's; the flow is discarded
     UserMismatch,
     /// no such endpoint
@@ -97,6 +99,8 @@ pub enum ErrorCode {
     NeedsReauth,
     /// the request body is over the size limit
     PayloadTooLarge,
+    /// admin console: too many sign-in attempts from this address (with `Retry-After`)
+    TooManyLoginAttempts,
     /// logged with the request id
     Internal,
     /// the provider's token endpoint failed to exchange the authorization code
@@ -158,6 +162,7 @@ impl ErrorCode {
         Self::InvalidCursor,
         Self::Unauthorized,
         Self::Forbidden,
+        Self::CsrfFailed,
         Self::UserMismatch,
         Self::NotFound,
         Self::ConfirmationNotFound,
@@ -171,6 +176,7 @@ impl ErrorCode {
         Self::StoredTokensNewer,
         Self::NeedsReauth,
         Self::PayloadTooLarge,
+        Self::TooManyLoginAttempts,
         Self::Internal,
         Self::TokenExchangeFailed,
         Self::ProviderError,
@@ -219,6 +225,7 @@ impl ErrorCode {
             Self::InvalidCursor => "invalid_cursor",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
+            Self::CsrfFailed => "csrf_failed",
             Self::UserMismatch => "user_mismatch",
             Self::NotFound => "not_found",
             Self::ConfirmationNotFound => "confirmation_not_found",
@@ -232,6 +239,7 @@ impl ErrorCode {
             Self::StoredTokensNewer => "stored_tokens_newer",
             Self::NeedsReauth => "needs_reauth",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::TooManyLoginAttempts => "too_many_login_attempts",
             Self::Internal => "internal",
             Self::TokenExchangeFailed => "token_exchange_failed",
             Self::ProviderError => "provider_error",
@@ -281,7 +289,7 @@ impl ErrorCode {
             | Self::InvalidStatus
             | Self::InvalidCursor => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden | Self::UserMismatch => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::UserMismatch | Self::CsrfFailed => StatusCode::FORBIDDEN,
             Self::NotFound
             | Self::ConfirmationNotFound
             | Self::UnknownIntegration
@@ -294,6 +302,7 @@ impl ErrorCode {
                 StatusCode::CONFLICT
             }
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyLoginAttempts => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::TokenExchangeFailed | Self::ProviderError | Self::ProviderUnreachable => {
                 StatusCode::BAD_GATEWAY
@@ -380,6 +389,9 @@ impl ErrorCode {
             Self::Forbidden => {
                 "the key's scope does not cover the endpoint (the message names both)"
             }
+            Self::CsrfFailed => {
+                "admin console: a state-changing request without its session's CSRF token, or sent from another origin"
+            }
             Self::UserMismatch => {
                 "confirm mode: the code was confirmed for another user than the session's; the flow is discarded"
             }
@@ -405,6 +417,9 @@ impl ErrorCode {
                 "the grant was revoked or expired (`needs_reauth`/`expired`): send the user through a connect session again"
             }
             Self::PayloadTooLarge => "the request body is over the size limit",
+            Self::TooManyLoginAttempts => {
+                "admin console: too many sign-in attempts from this address (with `Retry-After`)"
+            }
             Self::Internal => "logged with the request id",
             Self::TokenExchangeFailed => {
                 "the provider's token endpoint failed to exchange the authorization code"

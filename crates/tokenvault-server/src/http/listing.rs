@@ -24,23 +24,23 @@ const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
 
 /// Kept strings so bad values answer our own error codes.
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only connections in this status.
     #[param(value_type = Option<ConnectionStatus>)]
-    status: Option<String>,
+    pub(super) status: Option<String>,
     /// Only connections to this integration (configured or not).
     #[param(value_type = Option<String>, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
-    integration: Option<String>,
+    pub(super) integration: Option<String>,
     /// Only users whose id starts with this (user-id characters).
     #[param(value_type = Option<String>, pattern = "^[A-Za-z0-9._@:+=-]{1,128}$")]
-    user_id_prefix: Option<String>,
+    pub(super) user_id_prefix: Option<String>,
     /// Page size.
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000, default = 100)]
-    limit: Option<String>,
+    pub(super) limit: Option<String>,
     /// The previous page's `next_cursor`.
-    after: Option<String>,
+    pub(super) after: Option<String>,
 }
 
 /// Kept strings so bad values answer our own error codes.

@@ -1,5 +1,6 @@
 //! The HTTP surface: routes, middleware, shared state.
 
+pub mod admin;
 mod auth;
 mod bulk;
 mod connections;
@@ -74,6 +75,8 @@ pub struct AppParts {
     pub settings: Arc<FlowSettings>,
     /// How the Connect UI pages look.
     pub theme: pages::Theme,
+    /// The admin console's sessions and what its pages manage.
+    pub console: admin::Console,
     /// The browser authorization-code flow (connect sessions, the
     /// redirect, the callback, confirm mode).
     pub connect: tokenvault::connect::ConnectFlow,
@@ -214,13 +217,17 @@ pub fn router(state: AppState) -> Router {
         .route("/connect/{id}/result", get(flows::browser::result))
         .route("/connect.js", get(pages::connect_js))
         .route("/ui/popup.js", get(pages::popup_js))
+        .route("/ui/device.js", get(pages::device_js))
         .route("/ui/connect.css", get(pages::stylesheet))
         .route("/ui/theme.css", get(pages::theme_css))
+        .route("/device/{id}", get(device::page))
+        .route("/device/{id}/status", get(device::page_status))
         .route("/oauth/callback", get(flows::callback::callback))
         .route(
             "/oauth/{integration}/callback",
             get(flows::callback::integration_callback),
         )
+        .merge(admin::routes())
         .fallback(|| async { error::ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|method: Method| async move {
             error::ApiError::new(

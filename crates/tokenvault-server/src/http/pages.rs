@@ -91,9 +91,60 @@ struct ScopeLine {
     raw: String,
 }
 
+/// An integration's icon: its initial on the catalog entry's brand colour,
+/// or on the app's accent colour (the generic icon) when it has none.
+pub struct Icon {
+    initial: String,
+    color: Option<String>,
+    /// Dark text on a light brand colour.
+    dark: bool,
+}
+
+impl Icon {
+    pub fn of(name: &str, spec: Option<&tokenvault::providers::ProviderSpec>) -> Self {
+        let color = spec.and_then(|spec| spec.brand_color.clone());
+        let dark = color.as_deref().is_some_and(is_light);
+        Self {
+            initial: initial(name),
+            color,
+            dark,
+        }
+    }
+}
+
+impl Icon {
+    /// The inline SVG (decorative: the name is written beside it). Safe
+    /// to emit unescaped: the initial is one alphanumeric character and
+    /// the colour a validated `#rrggbb`.
+    pub fn svg(&self) -> String {
+        let (class, fill) = match &self.color {
+            Some(color) => ("icon", format!(r#" fill="{color}""#)),
+            None => ("icon generic", String::new()),
+        };
+        let text_class = if self.dark { r#" class="dark""# } else { "" };
+        let initial = &self.initial;
+        format!(
+            r#"<svg class="{class}" viewBox="0 0 40 40" aria-hidden="true"><rect width="40" height="40" rx="9"{fill}/><text x="20" y="26.5" text-anchor="middle"{text_class}>{initial}</text></svg>"#
+        )
+    }
+}
+
+/// Relative luminance (WCAG) above which white text is hard to read.
+fn is_light(color: &str) -> bool {
+    let channel = |i: usize| {
+        let value = f64::from(u8::from_str_radix(&color[i..i + 2], 16).unwrap_or(0)) / 255.0;
+        if value <= 0.03928 {
+            value / 12.92
+        } else {
+            ((value + 0.055) / 1.055).powf(2.4)
+        }
+    };
+    0.2126 * channel(1) + 0.7152 * channel(3) + 0.0722 * channel(5) > 0.4
+}
+
 struct Choice {
     name: String,
-    initial: String,
+    icon: Icon,
     start_url: String,
     scopes: Vec<ScopeLine>,
 }
@@ -219,7 +270,7 @@ pub fn connect_page(
                 start.query_pairs_mut().append_pair("popup", origin);
             }
             Choice {
-                initial: initial(&name),
+                icon: Icon::of(&name, Some(integration.spec())),
                 start_url: start.to_string(),
                 scopes: scope_lines(&integration, &session.scopes),
                 name,
@@ -410,9 +461,107 @@ pub fn error_page(state: &AppState, err: &ApiError) -> Response {
     response
 }
 
+#[derive(Template)]
+#[template(path = "device.html")]
+struct DevicePage<'a> {
+    theme: &'a Theme,
+    name: String,
+    icon: Icon,
+    user_code: String,
+    /// Only an `http(s)` address is made a link and a QR code.
+    verification_uri: Option<String>,
+    verification_shown: String,
+    qr_svg: Option<String>,
+    status: &'static str,
+    message: String,
+    status_url: String,
+}
+
+/// The QR code of `data` as an inline SVG (dark modules as one path), or
+/// `None` when it does not fit a QR code.
+pub fn qr_svg(data: &str) -> Option<String> {
+    use qrcode::render::svg;
+    let code = qrcode::QrCode::new(data.as_bytes()).ok()?;
+    let image = code
+        .render::<svg::Color<'_>>()
+        .min_dimensions(200, 200)
+        .dark_color(svg::Color("#000000"))
+        .light_color(svg::Color("#ffffff"))
+        .quiet_zone(true)
+        .build();
+    // Inline in HTML: no XML declaration; a role and name for screen readers.
+    let start = image.find("<svg")?;
+    Some(image[start..].replacen(
+        "<svg",
+        "<svg class=\"qr\" role=\"img\" aria-label=\"QR code of the sign-in address\"",
+        1,
+    ))
+}
+
+/// `GET /device/{id}` for a browser.
+pub fn device_page(
+    state: &AppState,
+    session: &tokenvault::device::DeviceSession,
+    status: &super::device::PageStatus,
+) -> Response {
+    let integration = state.integrations.get(&session.integration);
+    let name = integration.as_ref().map_or_else(
+        || session.integration.to_string(),
+        |i| i.spec().display_name.clone(),
+    );
+    let shown = session
+        .shown
+        .clone()
+        .unwrap_or(tokenvault::device::ShownCode {
+            user_code: String::new(),
+            verification_uri: String::new(),
+            verification_uri_complete: None,
+        });
+    let web = |raw: &str| {
+        Url::parse(raw)
+            .ok()
+            .filter(|url| matches!(url.scheme(), "https" | "http"))
+            .map(|url| url.to_string())
+    };
+    let verification_uri = web(&shown.verification_uri);
+    // The QR code carries the code too when the provider gives such a URL.
+    let qr_target = shown
+        .verification_uri_complete
+        .as_deref()
+        .and_then(web)
+        .or_else(|| verification_uri.clone());
+    let page = DevicePage {
+        theme: &state.theme,
+        icon: Icon::of(&name, integration.as_ref().map(|i| i.spec())),
+        name,
+        user_code: shown.user_code,
+        verification_shown: verification_uri.as_deref().map_or(
+            shown.verification_uri.clone(),
+            |uri| {
+                uri.trim_start_matches("https://")
+                    .trim_start_matches("http://")
+                    .trim_end_matches('/')
+                    .to_owned()
+            },
+        ),
+        verification_uri,
+        qr_svg: qr_target.as_deref().and_then(qr_svg),
+        status: status.status.as_str(),
+        message: status.message.clone(),
+        status_url: format!("/device/{}/status", session.id),
+    };
+    render(&page, StatusCode::OK)
+}
+
 const STYLESHEET: &str = include_str!("../../assets/connect.css");
 const CONNECT_JS: &str = include_str!("../../assets/connect.js");
 const POPUP_JS: &str = include_str!("../../assets/popup.js");
+const DEVICE_JS: &str = include_str!("../../assets/device.js");
+
+/// `GET /ui/device.js`: the device page's live status.
+pub async fn device_js() -> Response {
+    static_asset("text/javascript; charset=utf-8", DEVICE_JS.to_owned())
+}
 
 /// `GET /connect.js`: the popup helper an application's page loads.
 pub async fn connect_js() -> Response {
@@ -438,7 +587,7 @@ pub async fn theme_css(State(state): State<AppState>) -> Response {
     )
 }
 
-fn static_asset(content_type: &'static str, body: String) -> Response {
+pub(crate) fn static_asset(content_type: &'static str, body: String) -> Response {
     (
         [
             (header::CONTENT_TYPE, content_type),

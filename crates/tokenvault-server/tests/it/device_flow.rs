@@ -485,3 +485,106 @@ async fn device_session_errors_use_the_documented_codes() {
     assert_eq!(stored.scopes.to_vec(), ["api:write", "openid"]);
     assert_eq!(peer.stats().await["device_authorizations"], 1);
 }
+
+/// The device page: the code in large type, the address as a link and a QR
+/// code, and a status endpoint that turns to connected once the peer
+/// approves. No API key, no user id on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_page_shows_the_code_and_qr_and_follows_the_outcome() {
+    let peer = Peer::start();
+    let service = setup(&peer, None).await;
+    let poller = spawn_device_poller(&service.state);
+    let started = start(&service, "tv-user", "device-public").await;
+    let page_url = started["page_url"].as_str().unwrap().to_owned();
+    let id = started["id"].as_str().unwrap();
+    assert_eq!(page_url, service.url(&format!("/device/{id}")));
+    let user_code = started["user_code"].as_str().unwrap();
+
+    let browser = crate::flows::html_browser(None);
+    let page = browser.get(&page_url).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let policy = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        policy.contains("script-src 'self'") && !policy.contains("unsafe-inline"),
+        "{policy}"
+    );
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(&format!(
+            r#"<p class="user-code" aria-label="Your code: {user_code}">{user_code}</p>"#
+        )),
+        "{html}"
+    );
+    assert!(
+        html.contains(&format!(r#"href="{}/device""#, peer.issuer)),
+        "{html}"
+    );
+    assert!(
+        html.contains(r#"<svg class="qr" role="img""#),
+        "a server-drawn QR code: {html}"
+    );
+    assert!(!html.contains("tv-user"), "no user id on the page");
+    assert!(html.contains(r#"data-status="pending""#), "{html}");
+
+    // Programs (and the page's script) get the status as JSON.
+    let status_url = service.url(&format!("/device/{id}/status"));
+    let pending: Value = reqwest::get(&status_url)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pending["status"], "pending", "{pending}");
+    assert!(pending.get("user_id").is_none(), "{pending}");
+
+    peer.hook("device/approve", json!({"user_code": user_code}))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let done = loop {
+        let body: Value = reqwest::get(&status_url)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["status"] != "pending" || Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(done["status"], "connected", "{done}");
+    assert!(
+        done["message"].as_str().unwrap().contains("now connected"),
+        "{done}"
+    );
+    let html = browser
+        .get(&page_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains(r#"data-status="connected""#), "{html}");
+
+    // An unknown or malformed id: 404, as JSON or as a page.
+    for bad in ["00000000-0000-4000-8000-000000000000", "not-a-uuid"] {
+        let json = reqwest::get(service.url(&format!("/device/{bad}/status")))
+            .await
+            .unwrap();
+        assert_eq!(json.status(), 404);
+        let body: Value = json.json().await.unwrap();
+        assert_eq!(body["error"], "unknown_device_session");
+        let page = browser
+            .get(service.url(&format!("/device/{bad}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 404);
+        assert!(page.text().await.unwrap().contains("<html"));
+    }
+    poller.shutdown().await;
+}

@@ -45,16 +45,40 @@ fn difference(left_name: &str, left: &Operations, right_name: &str, right: &Oper
 /// The paths the router registers outside the declared API (by
 /// `.route(` in its source): browser flows, probes and the document.
 fn routes_outside_the_api() -> Vec<&'static str> {
-    let source = include_str!("../../src/http/mod.rs");
-    source
-        .match_indices(".route(")
-        .map(|(start, _)| {
-            source[start..]
-                .split('"')
-                .nth(1)
-                .expect("a route path literal")
-        })
-        .collect()
+    let mut paths = Vec::new();
+    for (_, path) in routed_outside_the_api() {
+        if !paths.contains(&path) {
+            paths.push(path);
+        }
+    }
+    paths
+}
+
+/// (METHOD, path) of every route the router declares outside `http::api`
+/// (in `http/mod.rs` and the console's `http/admin/mod.rs`), in order.
+fn routed_outside_the_api() -> Vec<(String, &'static str)> {
+    let mut routes = Vec::new();
+    for source in [
+        include_str!("../../src/http/mod.rs"),
+        include_str!("../../src/http/admin/mod.rs"),
+    ] {
+        for (start, _) in source.match_indices(".route(") {
+            let rest = &source[start..];
+            let path = rest.split('"').nth(1).expect("a route path literal");
+            // The call ends where the next chained call starts.
+            let end = rest[1..].find("\n        .").map_or(rest.len(), |i| i + 1);
+            let call = &rest[..end];
+            for method in ["get", "post"] {
+                if call.contains(&format!(" {method}("))
+                    || call.contains(&format!("({method}("))
+                    || call.contains(&format!(".{method}("))
+                {
+                    routes.push((method.to_uppercase(), path));
+                }
+            }
+        }
+    }
+    routes
 }
 
 /// (METHOD, path) rows of README.md's API table; query strings dropped, a
@@ -320,10 +344,30 @@ async fn every_v1_route_is_documented_and_every_documented_operation_is_routed()
             "/connect/{id}/result",
             "/connect.js",
             "/ui/popup.js",
+            "/ui/device.js",
             "/ui/connect.css",
             "/ui/theme.css",
+            "/device/{id}",
+            "/device/{id}/status",
             "/oauth/callback",
-            "/oauth/{integration}/callback"
+            "/oauth/{integration}/callback",
+            "/admin",
+            "/admin/login",
+            "/admin/logout",
+            "/admin/integrations/{key}/reset",
+            "/admin/connections",
+            "/admin/connections/{id}",
+            "/admin/connections/{id}/refresh",
+            "/admin/connections/{id}/revoke",
+            "/admin/connections/{id}/reconnect-link",
+            "/admin/bulk",
+            "/admin/bulk/{id}",
+            "/admin/bulk/{id}/live",
+            "/admin/bulk/{id}/cancel",
+            "/admin/keys",
+            "/admin/keys/{id}/revoke",
+            "/ui/admin.css",
+            "/ui/admin.js"
         ]
     );
 
@@ -419,11 +463,11 @@ fn the_readme_api_table_lists_exactly_the_documented_operations() {
         difference("README.md", &readme_v1, "the OpenAPI document", &documented)
     );
 
-    // The routes outside /v1 (all GET) are in the table too.
+    // The routes outside /v1 are in the table too.
     let readme_rest: Operations = readme.difference(&readme_v1).cloned().collect();
-    let routed_rest: Operations = routes_outside_the_api()
+    let routed_rest: Operations = routed_outside_the_api()
         .into_iter()
-        .map(|path| ("GET".to_owned(), path.to_owned()))
+        .map(|(method, path)| (method, path.to_owned()))
         .collect();
     assert_eq!(
         readme_rest,

@@ -269,6 +269,15 @@ impl BulkActions {
         self.status(action.id).await
     }
 
+    /// The newest `limit` actions as the API shows them, newest first.
+    pub async fn recent(&self, limit: u32) -> Result<Vec<BulkActionView>, BulkError> {
+        let mut views = Vec::new();
+        for record in self.store.recent(limit).await? {
+            views.push(self.status(record.id).await?);
+        }
+        Ok(views)
+    }
+
     /// The action with counts, rate and ETA.
     pub async fn status(&self, id: uuid::Uuid) -> Result<BulkActionView, BulkError> {
         let action = self.store.get(id).await?.ok_or(BulkError::NotFound)?;

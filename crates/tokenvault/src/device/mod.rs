@@ -103,6 +103,16 @@ pub struct NewDeviceSession {
     pub next_poll_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub now: DateTime<Utc>,
+    pub shown: ShownCode,
+}
+
+/// What the user is shown: the code to enter and where (not secret: it is
+/// read off a screen; the device code is what stays sealed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShownCode {
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
 }
 
 /// One stored session. The device code stays sealed; it is erased once the
@@ -126,6 +136,8 @@ pub struct DeviceSession {
     pub lease: Option<Lease>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// `None` for sessions started before tokenvault kept it.
+    pub shown: Option<ShownCode>,
 }
 
 impl DeviceSession {
@@ -270,6 +282,11 @@ impl DeviceFlow {
                 next_poll_at: now + secs(authorization.interval),
                 expires_at: now + secs(authorization.expires_in),
                 now,
+                shown: ShownCode {
+                    user_code: authorization.user_code.clone(),
+                    verification_uri: authorization.verification_uri.clone(),
+                    verification_uri_complete: authorization.verification_uri_complete.clone(),
+                },
             })
             .await?;
         tracing::info!(

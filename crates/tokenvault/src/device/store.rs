@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::{DeviceSession, DeviceSessionStore, NewDeviceSession, PollOutcome};
+use super::{DeviceSession, DeviceSessionStore, NewDeviceSession, PollOutcome, ShownCode};
 use crate::crypto::WrappedKey;
 use crate::domain::{DeviceSessionId, IntegrationKey, Scopes, UserId};
 use crate::store::{
@@ -19,14 +19,16 @@ macro_rules! columns {
     () => {
         "id, user_id, integration, scopes, status, interval_secs, next_poll_at, expires_at, \
          device_code, data_key, last_error_code, last_error_message, lease_owner, \
-         lease_expires_at, created_at, updated_at"
+         lease_expires_at, created_at, updated_at, user_code, verification_uri, \
+         verification_uri_complete"
     };
 }
 
 const INSERT: &str = concat!(
     "INSERT INTO device_sessions (id, user_id, integration, scopes, status, interval_secs, \
-     next_poll_at, expires_at, device_code, data_key, kek_id, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, $11) RETURNING ",
+     next_poll_at, expires_at, device_code, data_key, kek_id, created_at, updated_at, \
+     user_code, verification_uri, verification_uri_complete) \
+     VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14) RETURNING ",
     columns!()
 );
 
@@ -109,6 +111,9 @@ struct Row {
     lease_expires_at: Option<i64>,
     created_at: i64,
     updated_at: i64,
+    user_code: Option<String>,
+    verification_uri: Option<String>,
+    verification_uri_complete: Option<String>,
 }
 
 fn corrupt(field: &str, err: impl std::fmt::Display) -> StoreError {
@@ -145,6 +150,11 @@ impl TryFrom<Row> for DeviceSession {
             },
             created_at: from_millis(row.created_at)?,
             updated_at: from_millis(row.updated_at)?,
+            shown: row.user_code.map(|user_code| ShownCode {
+                user_code,
+                verification_uri: row.verification_uri.unwrap_or_default(),
+                verification_uri_complete: row.verification_uri_complete,
+            }),
         })
     }
 }
@@ -168,6 +178,9 @@ impl DeviceSessionStore for SqlDeviceSessionStore {
             .bind(s.sealed.data_key.blob())
             .bind(s.sealed.data_key.key_id().as_str())
             .bind(to_millis(s.now))
+            .bind(&s.shown.user_code)
+            .bind(&s.shown.verification_uri)
+            .bind(s.shown.verification_uri_complete.as_deref())
             .fetch_one(pool)
             .await)?;
         row.try_into()

@@ -204,6 +204,9 @@ pub struct ProviderSpec {
     /// Catalog key (`"spotify"`, `"google-mail"`, ...).
     pub key: String,
     pub display_name: String,
+    /// `#rrggbb` (lowercase) for the entry's icon; `None`: the generic one
+    /// in the application's accent colour.
+    pub brand_color: Option<String>,
     /// The entry this one inherited from (first `alias` hop), if any.
     pub alias_of: Option<String>,
     pub authorization_url: Url,

@@ -20,6 +20,8 @@ pub struct RawProfileMapping {
 #[serde(deny_unknown_fields)]
 pub struct RawProvider {
     pub display_name: Option<String>,
+    /// `#rrggbb`: the colour of the entry's icon in the Connect UI.
+    pub brand_color: Option<String>,
     pub alias: Option<String>,
     pub discovery: Option<bool>,
     pub authorization_url: Option<String>,
@@ -69,7 +71,7 @@ impl RawProvider {
         let dst = self;
         let src = over;
         overlay_fields!(dst, src;
-            display_name, alias, discovery, authorization_url, token_url, refresh_url,
+            display_name, brand_color, alias, discovery, authorization_url, token_url, refresh_url,
             revocation_url, revocation_style, device_authorization_url, userinfo_url, issuer,
             iss_parameter_supported, openid_connect, scope_separator, default_scopes,
             scope_descriptions, authorize_params, authorize_style, token_auth_method, public_client, token_request_format,

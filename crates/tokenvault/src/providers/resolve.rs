@@ -252,6 +252,18 @@ pub(super) fn resolve_entry(
         _ => return Err(invalid(key, "display_name", "missing")),
     };
 
+    let brand_color = match raw.brand_color.as_deref() {
+        None => None,
+        Some(color)
+            if color.len() == 7
+                && color.starts_with('#')
+                && color[1..].bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            Some(color.to_ascii_lowercase())
+        }
+        Some(_) => return Err(invalid(key, "brand_color", "not a colour like #1db954")),
+    };
+
     let authorization_url = required_url_field(
         key,
         "authorization_url",
@@ -403,6 +415,7 @@ pub(super) fn resolve_entry(
     Ok(Resolved::Ready(Box::new(ProviderSpec {
         key: key.to_owned(),
         display_name,
+        brand_color,
         alias_of,
         authorization_url,
         token_url,

@@ -56,6 +56,8 @@ fn builtin_catalog_loads_with_every_required_key() {
         if spec.refresh_token_rotates {
             assert!(spec.refresh_tokens, "`{key}`");
         }
+        // Each entry has its own icon colour in the Connect UI.
+        assert!(spec.brand_color.is_some(), "`{key}` has no brand_color");
         if key != "bing-webmaster" {
             assert!(
                 spec.userinfo_url.is_some() && spec.profile.is_some(),
@@ -344,6 +346,11 @@ fn validation_errors_name_provider_and_field() {
             "[providers.tidal.profile]\nemail = \"/email\"",
             "profile.id",
         ),
+        // Written into the page as an SVG attribute: colours only.
+        ("brand_color = \"red\"", "brand_color"),
+        ("brand_color = \"#12345\"", "brand_color"),
+        ("brand_color = \"#12345g\"", "brand_color"),
+        ("brand_color = \"#123456\\\" onload=\\\"x\"", "brand_color"),
     ];
     for (extra, field) in cases {
         let err = err_text(Catalog::from_toml_str(&format!("{full}{extra}\n")));

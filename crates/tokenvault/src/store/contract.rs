@@ -219,6 +219,16 @@ pub trait ConnectionHistory: Send + Sync + 'static {
 
     /// Removes entries older than `before` (retention).
     async fn purge_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Entries recorded at or after `since`, per kind (every kind listed).
+    async fn kinds_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<std::collections::BTreeMap<super::HistoryKind, u64>, StoreError>;
+
+    /// Connections whose last successful refresh was at or after `since`
+    /// (routine refreshes write no history entry; this counts them).
+    async fn refreshed_since(&self, since: DateTime<Utc>) -> Result<u64, StoreError>;
 }
 
 /// Integrations found misconfigured (a provider refused the client), shared

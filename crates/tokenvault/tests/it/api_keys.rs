@@ -96,3 +96,77 @@ async fn sqlite_keys_are_found_by_digest_listed_and_revoked() {
 async fn postgres_keys_are_found_by_digest_listed_and_revoked() {
     keys_are_found_by_digest_listed_and_revoked(postgres().await).await;
 }
+
+/// Admin console sessions live beside the keys they were opened with.
+async fn admin_sessions_open_expire_and_end_with_their_key(database: Database) {
+    use tokenvault::admin_sessions::{self, SqlAdminSessionStore};
+    let sessions = SqlAdminSessionStore::on(&database);
+    // Stored to the millisecond.
+    let now = chrono::DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+    let a = admin_sessions::open("k1", "digest-one", now, Duration::hours(8));
+    let b = admin_sessions::open("k2", "digest-two", now, Duration::hours(8));
+    let short = admin_sessions::open("k1", "digest-one", now, Duration::seconds(1));
+    for opened in [&a, &b, &short] {
+        sessions.insert(opened).await.unwrap();
+    }
+    let found = sessions
+        .find(a.cookie.expose_secret(), now)
+        .await
+        .unwrap()
+        .expect("a live session is found by its cookie");
+    assert_eq!(found, a.session);
+    assert_ne!(a.session.csrf_token, b.session.csrf_token);
+    // Not by anything else: a wrong, malformed or expired cookie.
+    let mut wrong = a.cookie.expose_secret().to_owned();
+    wrong.replace_range(0..1, if wrong.starts_with('A') { "B" } else { "A" });
+    assert_eq!(sessions.find(&wrong, now).await.unwrap(), None);
+    assert_eq!(sessions.find("' OR 1=1 --", now).await.unwrap(), None);
+    let later = now + Duration::seconds(2);
+    assert_eq!(
+        sessions
+            .find(short.cookie.expose_secret(), later)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(sessions.purge_expired(later).await.unwrap(), 1);
+    // Revoking key one ends its sessions only.
+    assert_eq!(sessions.delete_for_key("digest-one").await.unwrap(), 1);
+    assert_eq!(
+        sessions.find(a.cookie.expose_secret(), now).await.unwrap(),
+        None
+    );
+    assert!(
+        sessions
+            .find(b.cookie.expose_secret(), now)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Logout.
+    assert!(sessions.delete(b.cookie.expose_secret()).await.unwrap());
+    assert!(!sessions.delete(b.cookie.expose_secret()).await.unwrap());
+    assert_eq!(
+        sessions.find(b.cookie.expose_secret(), now).await.unwrap(),
+        None
+    );
+}
+
+async fn migrated(url: &str) -> Database {
+    let database = Database::open(url, &PoolOptions::default()).await.unwrap();
+    database.store().migrate().await.unwrap();
+    database
+}
+
+#[tokio::test]
+async fn sqlite_admin_sessions_open_expire_and_end_with_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = migrated(&tokenvault::testing::sqlite_url(dir.path())).await;
+    admin_sessions_open_expire_and_end_with_their_key(database).await;
+}
+
+#[tokio::test]
+async fn postgres_admin_sessions_open_expire_and_end_with_their_key() {
+    let database = migrated(&tokenvault::testing::fresh_postgres_url().await).await;
+    admin_sessions_open_expire_and_end_with_their_key(database).await;
+}

@@ -12,7 +12,8 @@ use chrono::{DateTime, Duration, Utc};
 use secrecy::{ExposeSecret as _, SecretString};
 use tokenvault::crypto::Envelope;
 use tokenvault::device::{
-    DeviceSessionStatus, DeviceSessionStore, NewDeviceSession, PollOutcome, SqlDeviceSessionStore,
+    DeviceSessionStatus, DeviceSessionStore, NewDeviceSession, PollOutcome, ShownCode,
+    SqlDeviceSessionStore,
 };
 use tokenvault::domain::{DeviceSessionId, Scopes};
 use tokenvault::store::LastError;
@@ -80,6 +81,11 @@ async fn new_session(
         next_poll_at,
         expires_at: now + Duration::minutes(10),
         now,
+        shown: ShownCode {
+            user_code: format!("{}-CODE", user.to_uppercase()),
+            verification_uri: "https://example.com/device".into(),
+            verification_uri_complete: None,
+        },
     }
 }
 
@@ -110,6 +116,7 @@ async fn insert_then_get_round_trips(b: Backend) {
         assert_eq!(s.data_key, new.sealed.data_key);
         assert!(s.lease.is_none() && s.last_error.is_none());
         assert_eq!((s.created_at, s.updated_at), (now, now));
+        assert_eq!(s.shown.as_ref(), Some(&new.shown));
     }
     let code = env
         .open_device_code(got.id, &got.data_key, got.device_code.as_deref().unwrap())

@@ -57,6 +57,8 @@ pub trait BulkStore: Send + Sync + 'static {
         targets: TargetRows<'_>,
     ) -> Result<u64, StoreError>;
     async fn get(&self, id: uuid::Uuid) -> Result<Option<BulkActionRecord>, StoreError>;
+    /// The newest `limit` actions, newest first.
+    async fn recent(&self, limit: u32) -> Result<Vec<BulkActionRecord>, StoreError>;
     async fn counts(&self, id: uuid::Uuid) -> Result<BTreeMap<ItemState, u64>, StoreError>;
     /// Items that reached a final state at or after `since`.
     async fn finished_since(&self, id: uuid::Uuid, since: DateTime<Utc>)

@@ -128,6 +128,18 @@ impl BulkStore for SqlBulkStore {
         row.map(action).transpose()
     }
 
+    async fn recent(&self, limit: u32) -> Result<Vec<BulkActionRecord>, StoreError> {
+        let rows: Vec<ActionRow> = with_pool!(self, |pool| sqlx::query_as(concat!(
+            "SELECT ",
+            action_columns!(),
+            " FROM bulk_actions ORDER BY created_at DESC, id DESC LIMIT $1"
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?);
+        rows.into_iter().map(action).collect()
+    }
+
     async fn counts(&self, id: uuid::Uuid) -> Result<BTreeMap<ItemState, u64>, StoreError> {
         let rows: Vec<(String, i64)> = with_pool!(self, |pool| sqlx::query_as(
             "SELECT state, COUNT(*) FROM bulk_items WHERE action_id = $1 GROUP BY state"

@@ -73,6 +73,37 @@ impl ConnectionHistory for SqlStore {
             .await?
             .rows_affected()))
     }
+
+    async fn kinds_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<std::collections::BTreeMap<HistoryKind, u64>, StoreError> {
+        // Served by the index on created_at.
+        let rows: Vec<(String, i64)> = with_pool!(self, |pool| sqlx::query_as(
+            "SELECT kind, COUNT(*) FROM connection_events WHERE created_at >= $1 GROUP BY kind"
+        )
+        .bind(to_millis(since))
+        .fetch_all(pool)
+        .await?);
+        let mut counts: std::collections::BTreeMap<HistoryKind, u64> =
+            HistoryKind::ALL.into_iter().map(|kind| (kind, 0)).collect();
+        for (kind, count) in rows {
+            let kind = HistoryKind::parse(&kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("connection event kind {kind:?}")))?;
+            counts.insert(kind, u64::try_from(count).unwrap_or(0));
+        }
+        Ok(counts)
+    }
+
+    async fn refreshed_since(&self, since: DateTime<Utc>) -> Result<u64, StoreError> {
+        let (count,): (i64,) = with_pool!(self, |pool| sqlx::query_as(
+            "SELECT COUNT(*) FROM connections WHERE last_refreshed_at >= $1"
+        )
+        .bind(to_millis(since))
+        .fetch_one(pool)
+        .await?);
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
 }
 
 fn entry(
