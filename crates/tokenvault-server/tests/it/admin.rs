@@ -609,3 +609,67 @@ async fn bulk_actions_are_listed_and_cancelled_from_the_console() {
     assert_eq!(again.status(), 409);
     assert_eq!(page(&service, &browser, "/admin/bulk/nope").await.0, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_gets_a_clear_answer_and_is_never_run() {
+    let peer = Peer::start();
+    let service = setup(&peer, |_| {}).await;
+    let (browser, token) = operator(&service).await;
+    for (path, status) in [
+        ("/admin?done=refreshed&done=%ZZ", 200),
+        ("/admin/connections?user=%00", 400),
+        ("/admin/connections?user=a&user=b", 400),
+        ("/admin/connections?integration=NOT%20A%20KEY", 400),
+        ("/admin/connections?after=garbage", 400),
+        ("/admin/bulk/..%2F..%2Fetc", 404),
+        ("/admin/login?why=%3Cscript%3E", 200),
+    ] {
+        let (got, html) = page(&service, &browser, path).await;
+        assert_eq!(got, status, "{path}: {html}");
+        assert!(html.contains("<html"), "{path}: a page");
+        assert!(!html.contains("<script>"), "{path}: {html}");
+    }
+    // A key name is text, never markup.
+    let response = post_form(
+        &service,
+        &browser,
+        "/admin/keys",
+        &[
+            ("csrf", &token),
+            ("name", "<script>alert(1)</script>"),
+            ("scope", "read-tokens"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let html = response.text().await.unwrap();
+    assert!(!html.contains("<script>alert(1)"), "{html}");
+    assert!(
+        html.contains("&#60;script&#62;alert(1)") || html.contains("&lt;script&gt;alert(1)"),
+        "{html}"
+    );
+    // Bad key input is explained beside the form; nothing is stored.
+    let before = service.state.console.keys.list().await.unwrap().len();
+    for fields in [
+        vec![("csrf", token.as_str()), ("name", ""), ("scope", "admin")],
+        vec![("csrf", token.as_str()), ("name", "x"), ("scope", "root")],
+    ] {
+        let response = post_form(&service, &browser, "/admin/keys", &fields).await;
+        assert_eq!(response.status(), 400, "{fields:?}");
+        assert!(response.text().await.unwrap().contains("role=\"alert\""));
+    }
+    assert_eq!(
+        service.state.console.keys.list().await.unwrap().len(),
+        before
+    );
+    // A form over the size limit is refused without being read whole.
+    let huge = "x".repeat(64 * 1024);
+    let response = post_form(
+        &service,
+        &browser,
+        "/admin/keys",
+        &[("csrf", &token), ("name", &huge)],
+    )
+    .await;
+    assert_eq!(response.status(), 413);
+}

@@ -94,9 +94,27 @@ fn flash(done: Option<&str>) -> Option<&'static str> {
     })
 }
 
-#[derive(serde::Deserialize, Default)]
+/// The page's `done` query parameter, read leniently: a malformed or
+/// repeated one shows no message instead of an error.
 pub struct Done {
     done: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Done {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            done: query_value(parts, "done"),
+        })
+    }
+}
+
+/// The first value of `name` in the request's query.
+fn query_value(parts: &Parts, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
 }
 
 // ---------------------------------------------------------------- sign-in
@@ -122,14 +140,9 @@ struct LoginPage {
     error: Option<String>,
 }
 
-#[derive(serde::Deserialize)]
-pub struct LoginQuery {
-    why: Option<String>,
-}
-
 /// `GET /admin/login`
-pub async fn login(Query(query): Query<LoginQuery>) -> Response {
-    let notice = match query.why.as_deref() {
+pub async fn login(parts: Parts) -> Response {
+    let notice = match query_value(&parts, "why").as_deref() {
         Some("expired") => Some("Your session has ended. Sign in again."),
         Some("revoked") => {
             Some("The API key of your session was revoked. Sign in with a valid admin key.")
@@ -283,7 +296,7 @@ fn counts_row(key: String, name: String, counts: &listing::SummaryCounts) -> Int
 pub async fn overview(
     State(state): State<AppState>,
     operator: Operator,
-    Query(done): Query<Done>,
+    done: Done,
 ) -> Result<Response, ConsoleError> {
     let summary = listing::summary(State(state.clone())).await?.0;
     let configured = integrations::list_integrations(State(state.clone()))
@@ -670,7 +683,7 @@ pub async fn connection(
     State(state): State<AppState>,
     operator: Operator,
     Path(id): Path<String>,
-    Query(done): Query<Done>,
+    done: Done,
 ) -> Result<Response, ConsoleError> {
     let record = find_connection(&state, &id).await?;
     connection_page(
@@ -871,7 +884,7 @@ pub async fn bulk_action(
     State(state): State<AppState>,
     operator: Operator,
     ApiPath(id): ApiPath<String>,
-    Query(done): Query<Done>,
+    done: Done,
 ) -> Result<Response, ConsoleError> {
     let id = bulk::action_id(&id).map_err(|_| not_found("bulk action"))?;
     let view = state.bulk.status(id).await.map_err(bulk::bulk_error)?;
@@ -1047,7 +1060,7 @@ async fn keys_page(
 pub async fn keys(
     State(state): State<AppState>,
     operator: Operator,
-    Query(done): Query<Done>,
+    done: Done,
 ) -> Result<Response, ConsoleError> {
     keys_page(
         &state,
