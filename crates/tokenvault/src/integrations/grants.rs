@@ -153,12 +153,21 @@ impl Integration {
         scopes: Option<&Scopes>,
         now: DateTime<Utc>,
     ) -> Result<DeviceGrantPoll, OAuthError> {
+        // Providers that want the scopes on every token request (TIDAL)
+        // get them on polls too.
+        let scope_param = self
+            .spec
+            .refresh_sends_scope
+            .then(|| self.requested_scopes(scopes));
         let poll = self
             .oauth
             .poll_device_token(
                 &self.spec.token_url,
                 &self.auth,
                 device_code,
+                scope_param
+                    .as_deref()
+                    .map(|scopes| (scopes, self.spec.scope_separator.as_str())),
                 &self.token_options(&BTreeMap::new()),
             )
             .await?;

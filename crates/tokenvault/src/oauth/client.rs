@@ -213,17 +213,23 @@ impl OAuthClient {
 
     /// One device-token poll (RFC 8628 §3.4/3.5). The caller owns the loop,
     /// the interval (+5 s on [`DevicePoll::SlowDown`]) and the overall expiry.
+    /// `scopes`: sent as `scope` when given (TIDAL's SDK sends them with
+    /// every poll); RFC 8628 polls carry none.
     pub async fn poll_device_token(
         &self,
         token_url: &Url,
         auth: &ClientAuth,
         device_code: &SecretString,
+        scopes: Option<(&[String], &str)>,
         options: &TokenRequestOptions,
     ) -> Result<DevicePoll, OAuthError> {
-        let form = vec![
+        let mut form = vec![
             ("grant_type", GRANT_DEVICE_CODE.to_string()),
             ("device_code", device_code.expose_secret().to_string()),
         ];
+        if let Some((scopes, separator)) = scopes {
+            push_scope(&mut form, scopes, separator);
+        }
         match self.token_request(token_url, auth, form, options).await {
             Ok(token) => Ok(DevicePoll::Complete(token)),
             Err(err) => match err.oauth_error_code() {

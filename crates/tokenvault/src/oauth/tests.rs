@@ -821,6 +821,7 @@ async fn device_poll_mapping() {
                 &url(&server, "/token"),
                 &ClientAuth::public("c"),
                 &SecretString::from("DC"),
+                None,
                 &Default::default(),
             )
             .await
@@ -854,6 +855,7 @@ async fn device_poll_mapping() {
             &url(&server, "/token"),
             &ClientAuth::public("c"),
             &SecretString::from("DC"),
+            None,
             &Default::default(),
         )
         .await

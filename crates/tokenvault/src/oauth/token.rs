@@ -425,6 +425,16 @@ fn dedup(raw: Vec<&str>) -> Vec<String> {
     out
 }
 
+/// A verification address as a link: TIDAL sends `link.tidal.com/ABCDE`
+/// without a scheme.
+fn with_scheme(uri: String) -> String {
+    if uri.contains("://") {
+        uri
+    } else {
+        format!("https://{uri}")
+    }
+}
+
 pub(crate) fn device_authorization_from_object(
     mut object: Map<String, Value>,
 ) -> Result<DeviceAuthorization, OAuthError> {
@@ -436,14 +446,22 @@ pub(crate) fn device_authorization_from_object(
     };
     let missing =
         |f: &str| OAuthError::InvalidResponse(format!("device authorization response has no {f}"));
-    let device_code = take_str(&["device_code"]).ok_or_else(|| missing("device_code"))?;
-    let user_code = take_str(&["user_code"]).ok_or_else(|| missing("user_code"))?;
-    let verification_uri = take_str(&["verification_uri", "verification_url"])
+    // RFC 8628 names, Google's `verification_url`, TIDAL's camelCase.
+    let device_code =
+        take_str(&["device_code", "deviceCode"]).ok_or_else(|| missing("device_code"))?;
+    let user_code = take_str(&["user_code", "userCode"]).ok_or_else(|| missing("user_code"))?;
+    let verification_uri = take_str(&["verification_uri", "verification_url", "verificationUri"])
+        .map(with_scheme)
         .ok_or_else(|| missing("verification_uri"))?;
-    let verification_uri_complete =
-        take_str(&["verification_uri_complete", "verification_url_complete"]);
+    let verification_uri_complete = take_str(&[
+        "verification_uri_complete",
+        "verification_url_complete",
+        "verificationUriComplete",
+    ])
+    .map(with_scheme);
     let expires_in = object
         .get("expires_in")
+        .or_else(|| object.get("expiresIn"))
         .and_then(lenient_u64)
         .filter(|v| *v > 0)
         .unwrap_or(DEFAULT_DEVICE_CODE_EXPIRES_IN);

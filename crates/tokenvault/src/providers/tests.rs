@@ -10,6 +10,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 const REQUIRED: &[&str] = &[
     "spotify",
     "tidal",
+    "tidal-device",
     "google",
     "youtube",
     "google-mail",
@@ -101,8 +102,24 @@ fn builtin_entries_match_the_documented_behaviour() {
     assert_eq!(wix.authorize_style, AuthorizeStyle::WixInstaller);
     assert_eq!(wix.api_auth_scheme, ApiAuthScheme::Raw);
     assert!(c.get("tidal").unwrap().refresh_sends_scope);
+    // The device variant is TIDAL plus the device endpoint.
+    let tidal_device = c.get("tidal-device").unwrap();
+    assert_eq!(
+        tidal_device.device_authorization_url.as_ref().unwrap().as_str(),
+        "https://auth.tidal.com/v1/oauth2/device_authorization"
+    );
+    assert_eq!(
+        ProviderSpec {
+            key: "tidal".into(),
+            display_name: "TIDAL".into(),
+            alias_of: None,
+            device_authorization_url: None,
+            ..tidal_device.clone()
+        },
+        *c.get("tidal").unwrap()
+    );
     for (key, spec) in c.iter() {
-        if !matches!(key, "wix" | "tidal") {
+        if !matches!(key, "wix" | "tidal" | "tidal-device") {
             assert_eq!(spec.authorize_style, AuthorizeStyle::Oauth2, "{key}");
             assert_eq!(spec.api_auth_scheme, ApiAuthScheme::Bearer, "{key}");
             assert!(!spec.refresh_sends_scope, "{key}");

@@ -132,6 +132,47 @@ fn google_like(key: &'static str, scope: &'static str) -> Case {
     }
 }
 
+/// TIDAL and its device-grant variant share every endpoint and rule.
+fn tidal_like(key: &'static str) -> Case {
+    // https://developer.tidal.com/documentation/authorization/authorization-overview
+    // tidal-sdk-web packages/auth: client_id in the body, PKCE S256, scope on refresh,
+    // no refresh_token in the refresh response.
+    Case {
+        key,
+        wix_installer: false,
+        scope: Some("user.read"),
+        pkce: true,
+        authorize_extras: &[],
+        auth: Auth::Post,
+        json_body: false,
+        exchange_response: json!({
+            "access_token": "eyJ0idal", "refresh_token": "eyJrefresh",
+            "token_type": "Bearer", "expires_in": 86400, "scope": "user.read",
+            "user_id": 123456
+        }),
+        expect_lifetime: Some(86400),
+        expect_scopes: "user.read",
+        expect_metadata: json!({"user_id": 123456}),
+        refresh: Some(Refresh {
+            sends_scope: true,
+            response: json!({
+                "access_token": "eyJnew", "token_type": "Bearer",
+                "expires_in": 86400, "scope": "user.read"
+            }),
+            expect_refresh_token: OLD_REFRESH,
+        }),
+        revocation: Revocation::None,
+        profile: Some(ProfileCase {
+            document: json!({"data": {"id": "189237", "type": "users",
+                "attributes": {"username": "tidal-user", "email": "t@example.com", "country": "NO"}}}),
+            id: "189237",
+            email: Some("t@example.com"),
+            display_name: Some("tidal-user"),
+            raw_header: false,
+        }),
+    }
+}
+
 fn cases() -> Vec<Case> {
     vec![
         // https://developer.spotify.com/documentation/web-api/tutorials/code-flow
@@ -170,43 +211,10 @@ fn cases() -> Vec<Case> {
                 raw_header: false,
             }),
         },
-        // https://developer.tidal.com/documentation/authorization/authorization-overview
-        // tidal-sdk-web packages/auth: client_id in the body, PKCE S256, scope on refresh,
-        // no refresh_token in the refresh response.
-        Case {
-            key: "tidal",
-            wix_installer: false,
-            scope: Some("user.read"),
-            pkce: true,
-            authorize_extras: &[],
-            auth: Auth::Post,
-            json_body: false,
-            exchange_response: json!({
-                "access_token": "eyJ0idal", "refresh_token": "eyJrefresh",
-                "token_type": "Bearer", "expires_in": 86400, "scope": "user.read",
-                "user_id": 123456
-            }),
-            expect_lifetime: Some(86400),
-            expect_scopes: "user.read",
-            expect_metadata: json!({"user_id": 123456}),
-            refresh: Some(Refresh {
-                sends_scope: true,
-                response: json!({
-                    "access_token": "eyJnew", "token_type": "Bearer",
-                    "expires_in": 86400, "scope": "user.read"
-                }),
-                expect_refresh_token: OLD_REFRESH,
-            }),
-            revocation: Revocation::None,
-            profile: Some(ProfileCase {
-                document: json!({"data": {"id": "189237", "type": "users",
-                    "attributes": {"username": "tidal-user", "email": "t@example.com", "country": "NO"}}}),
-                id: "189237",
-                email: Some("t@example.com"),
-                display_name: Some("tidal-user"),
-                raw_header: false,
-            }),
-        },
+        tidal_like("tidal"),
+        // The device-grant variant: the same client rules (its own device
+        // fixture is `tidal_device_flow_reads_camel_case_and_sends_scopes`).
+        tidal_like("tidal-device"),
         google_like("google", "openid email profile"),
         google_like(
             "youtube",
@@ -1029,4 +1037,98 @@ async fn device_flow_where_supported() {
         .await
         .unwrap_err();
     assert!(matches!(err, OAuthError::Config(_)), "{err:?}");
+}
+
+/// TIDAL's device login, as its official SDK performs it (sources in
+/// providers.toml): the device authorization answer is camelCase and its
+/// verification address may come without a scheme; client id, secret and
+/// scope go in the body of both requests; polls follow RFC 8628
+/// (`authorization_pending`, `slow_down`).
+#[tokio::test]
+async fn tidal_device_flow_reads_camel_case_and_sends_scopes() {
+    let server = MockServer::start().await;
+    respond(
+        &server,
+        "POST",
+        "/tidal-device/device/code".into(),
+        json!({
+            "deviceCode": "tidal-DC", "userCode": "ABCDE",
+            "verificationUri": "link.tidal.com",
+            "verificationUriComplete": "link.tidal.com/ABCDE",
+            "expiresIn": 300, "interval": 2
+        }),
+    )
+    .await;
+    for error in ["authorization_pending", "slow_down"] {
+        Mock::given(method("POST"))
+            .and(path("/tidal-device/token"))
+            .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+                "status": 400, "error": error, "sub_status": 1002,
+                "error_description": "Device Authorization code is not authorized yet"
+            })))
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+    }
+    respond(
+        &server,
+        "POST",
+        "/tidal-device/token".into(),
+        json!({"access_token": "eyJtv", "refresh_token": "eyJtvRT", "token_type": "Bearer",
+               "expires_in": 86400, "scope": "user.read", "user_id": 42}),
+    )
+    .await;
+    let integration = integration(&server, "tidal-device");
+    assert_eq!(integration.spec().display_name, "TIDAL (TV and devices)");
+    let device = integration.device_authorize(None).await.unwrap();
+    assert_eq!(device.user_code, "ABCDE");
+    assert_eq!(device.verification_uri, "https://link.tidal.com");
+    assert_eq!(
+        device.verification_uri_complete.as_deref(),
+        Some("https://link.tidal.com/ABCDE")
+    );
+    assert_eq!((device.expires_in, device.interval), (300, 2));
+    let code = SecretString::from(device.device_code.expose_secret().to_owned());
+    assert!(matches!(
+        integration.poll_device(&code, None, now()).await.unwrap(),
+        DeviceGrantPoll::Pending
+    ));
+    assert!(matches!(
+        integration.poll_device(&code, None, now()).await.unwrap(),
+        DeviceGrantPoll::SlowDown
+    ));
+    let DeviceGrantPoll::Complete(grant) =
+        integration.poll_device(&code, None, now()).await.unwrap()
+    else {
+        panic!("expected a completed poll");
+    };
+    assert_eq!(grant.tokens.access_token.expose(), "eyJtv");
+    assert!(grant.tokens.refresh_token.is_some());
+
+    let requests = server.received_requests().await.unwrap();
+    let form = |request: &Request| -> BTreeMap<String, String> {
+        url::form_urlencoded::parse(&request.body)
+            .into_owned()
+            .collect()
+    };
+    let authorize = form(&requests[0]);
+    assert_eq!(authorize["client_id"], CLIENT_ID);
+    assert_eq!(authorize["client_secret"], CLIENT_SECRET);
+    assert_eq!(authorize["scope"], "user.read");
+    assert_eq!(requests.len(), 4);
+    for poll in &requests[1..] {
+        let body = form(poll);
+        assert_eq!(
+            body["grant_type"],
+            "urn:ietf:params:oauth:grant-type:device_code"
+        );
+        assert_eq!(body["device_code"], "tidal-DC");
+        assert_eq!(body["client_id"], CLIENT_ID);
+        assert_eq!(body["client_secret"], CLIENT_SECRET);
+        assert_eq!(
+            body["scope"], "user.read",
+            "TIDAL's SDK sends the scopes on every poll"
+        );
+        assert!(header(poll, "authorization").is_none());
+    }
 }
