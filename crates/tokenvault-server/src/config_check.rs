@@ -360,10 +360,20 @@ fn render(
             "client_id".into(),
             Value::String(integration.client_id.clone()),
         );
-        entry.insert(
-            "client_secret".into(),
-            secret(integration.client_secret.is_some()),
-        );
+        match &integration.client_secrets {
+            Some(list) => {
+                entry.insert(
+                    "client_secrets".into(),
+                    Value::Array(list.iter().map(|_| secret(true)).collect()),
+                );
+            }
+            None => {
+                entry.insert(
+                    "client_secret".into(),
+                    secret(integration.client_secret.is_some()),
+                );
+            }
+        }
         if let Some(uri) = &integration.redirect_uri {
             entry.insert("redirect_uri".into(), Value::String(uri.to_string()));
         }

@@ -128,7 +128,8 @@ fn name_the_source(
     IntegrationConfigError::Invalid { variable, message }
 }
 
-/// Overlays `<PREFIX>_CLIENT_ID`, `<PREFIX>_CLIENT_SECRET` and
+/// Overlays `<PREFIX>_CLIENT_ID`, `<PREFIX>_CLIENT_SECRET` (one secret, or
+/// a comma-separated rotation list) and
 /// `<PREFIX>_REDIRECT_URI` on the file values: the environment wins. Unset
 /// and empty (or blank) variables are ignored. True when the redirect URI
 /// came from the environment.
@@ -148,7 +149,19 @@ fn apply_env(
         integration.client_id = v.trim().to_owned();
     }
     if let Some((_, v)) = get("CLIENT_SECRET") {
-        integration.client_secret = Some(SecretString::from(v));
+        // A comma-separated list is a rotation: the secrets in the order
+        // to try them (client_secrets).
+        if v.contains(',') {
+            integration.client_secret = None;
+            integration.client_secrets = Some(
+                v.split(',')
+                    .map(|secret| SecretString::from(secret.trim().to_owned()))
+                    .collect(),
+            );
+        } else {
+            integration.client_secret = Some(SecretString::from(v));
+            integration.client_secrets = None;
+        }
     }
     let Some((name, v)) = get("REDIRECT_URI") else {
         return Ok(false);
@@ -181,6 +194,42 @@ mod tests {
             redirect_uri: Some(Url::parse("https://file.example/cb").unwrap()),
             ..IntegrationConfig::default()
         }
+    }
+
+    #[test]
+    fn a_comma_separated_client_secret_is_a_rotation_list() {
+        let mut cfg = from_file("google");
+        let env = |name: &str| {
+            (name == "GOOGLE_CLIENT_SECRET").then(|| " new-secret , old-secret ".to_owned())
+        };
+        apply_env(&mut cfg, &key("google"), env).unwrap();
+        assert!(
+            cfg.client_secret.is_none(),
+            "the file's single secret is replaced"
+        );
+        let list: Vec<String> = cfg
+            .client_secrets
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|s| s.expose_secret().to_owned())
+            .collect();
+        assert_eq!(list, ["new-secret", "old-secret"]);
+        assert_eq!(cfg.client_secret_list(&key("google")).unwrap().len(), 2);
+        // An empty entry is refused, naming the setting.
+        let mut bad = from_file("google");
+        apply_env(&mut bad, &key("google"), |name: &str| {
+            (name == "GOOGLE_CLIENT_SECRET").then(|| "new,,old".to_owned())
+        })
+        .unwrap();
+        let err = bad
+            .client_secret_list(&key("google"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("integrations.google.client_secrets:"),
+            "{err}"
+        );
     }
 
     #[test]

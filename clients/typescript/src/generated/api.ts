@@ -599,6 +599,21 @@ export interface components {
          * @enum {string}
          */
         CircuitState: "closed" | "open" | "half_open";
+        /** @description Which of an integration's client secrets is in use. */
+        ClientSecretsView: {
+            /**
+             * Format: int32
+             * @description How many are configured.
+             */
+            configured: number;
+            /**
+             * Format: int32
+             * @description The one calls use now, 1-based in configured order: it moves to the
+             *     next when the provider refuses this one with `invalid_client` and
+             *     accepts the next.
+             */
+            in_use: number;
+        };
         /** @description Confirms a confirm-mode flow for the application's logged-in user. */
         ConfirmRequest: {
             /**
@@ -897,6 +912,7 @@ export interface components {
         };
         /** @description A configured integration. */
         IntegrationView: {
+            client_secrets?: null | components["schemas"]["ClientSecretsView"];
             default_scopes: string[];
             display_name: string;
             flows: components["schemas"]["Flow"][];

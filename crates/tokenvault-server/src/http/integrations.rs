@@ -88,6 +88,20 @@ pub struct IntegrationView {
     pub status: IntegrationStatus,
     pub unavailable: Option<UnavailableView>,
     pub health: Option<IntegrationHealthView>,
+    /// With `client_secrets` (a rotation): which secret calls use now.
+    /// Null with a single secret.
+    pub client_secrets: Option<ClientSecretsView>,
+}
+
+/// Which of an integration's client secrets is in use.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClientSecretsView {
+    /// How many are configured.
+    pub configured: u32,
+    /// The one calls use now, 1-based in configured order: it moves to the
+    /// next when the provider refuses this one with `invalid_client` and
+    /// accepts the next.
+    pub in_use: u32,
 }
 
 /// Whether an integration can be used.
@@ -180,6 +194,12 @@ pub async fn list_integrations(State(state): State<AppState>) -> Json<Integratio
                 status: IntegrationStatus::Available,
                 unavailable: None,
                 health: state.vault.integration_health(key),
+                client_secrets: integration
+                    .client_secret_in_use()
+                    .map(|(in_use, configured)| ClientSecretsView {
+                        configured: u32::try_from(configured).unwrap_or(u32::MAX),
+                        in_use: u32::try_from(in_use).unwrap_or(u32::MAX),
+                    }),
             }
         })
         .collect();
@@ -200,6 +220,7 @@ pub async fn list_integrations(State(state): State<AppState>) -> Json<Integratio
                 attempts: pending.attempts,
             }),
             health: None,
+            client_secrets: None,
         }
     }));
     integrations.sort_by(|a, b| a.key.cmp(&b.key));

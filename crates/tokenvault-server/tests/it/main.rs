@@ -23,3 +23,4 @@ mod metrics;
 mod openapi;
 mod proxy;
 mod secret_echo;
+mod secret_rotation;

@@ -48,9 +48,9 @@ impl Integration {
                     .spec
                     .revocation_url_for(&self.auth.client_id)
                     .ok_or_else(missing_url)?;
-                self.oauth
-                    .revoke_github_grant(&url, &self.auth, &access)
-                    .await?;
+                with_client_auth!(self, |auth| {
+                    self.oauth.revoke_github_grant(&url, auth, &access).await
+                })?;
                 Ok(true)
             }
         }
@@ -62,7 +62,10 @@ impl Integration {
         token: &SecretString,
         hint: &str,
     ) -> Result<(), OAuthError> {
-        match self.oauth.revoke(url, &self.auth, token, Some(hint)).await {
+        let revoked = with_client_auth!(self, |auth| {
+            self.oauth.revoke(url, auth, token, Some(hint)).await
+        });
+        match revoked {
             Err(err) if err.oauth_error_code() == Some("invalid_token") => Ok(()),
             other => other,
         }

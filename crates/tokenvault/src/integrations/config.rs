@@ -58,6 +58,14 @@ pub struct IntegrationConfig {
     pub client_id: String,
     #[serde(default)]
     pub client_secret: Option<SecretString>,
+    /// Instead of `client_secret`, for rotating it at the provider without
+    /// downtime: calls use the secret that last worked (the first at
+    /// start-up), and a provider `invalid_client` is retried once with the
+    /// next (`["new", "old"]` before the provider switches, then drop the
+    /// old one). The server also takes a comma-separated
+    /// `<PREFIX>_CLIENT_SECRET`.
+    #[serde(default)]
+    pub client_secrets: Option<Vec<SecretString>>,
     #[serde(default, deserialize_with = "de_opt_url")]
     pub redirect_uri: Option<Url>,
     /// Replaces the catalog's `default_scopes` when set.
@@ -86,7 +94,47 @@ pub(super) fn de_opt_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Optio
     }
 }
 
+/// The most secrets `client_secrets` takes (one rotation in flight, and a
+/// spare).
+pub const MAX_CLIENT_SECRETS: usize = 3;
+
 impl IntegrationConfig {
+    /// The client secrets in the order calls try them: `client_secrets`,
+    /// or `client_secret` alone; empty for a public client.
+    pub fn client_secret_list(
+        &self,
+        key: &IntegrationKey,
+    ) -> Result<Vec<SecretString>, IntegrationConfigError> {
+        use secrecy::ExposeSecret as _;
+        let prefix = key.env_prefix();
+        match (&self.client_secret, &self.client_secrets) {
+            (Some(_), Some(_)) => Err(invalid(
+                format!("integrations.{key}.client_secrets"),
+                format!(
+                    "give client_secret or client_secrets, not both ({prefix}_CLIENT_SECRET sets one of them)"
+                ),
+            )),
+            (Some(secret), None) => Ok(vec![secret.clone()]),
+            (None, None) => Ok(Vec::new()),
+            (None, Some(list)) => {
+                let blank = list.iter().any(|s| s.expose_secret().trim().is_empty());
+                let mut seen = std::collections::BTreeSet::new();
+                let repeated = !list
+                    .iter()
+                    .all(|s| seen.insert(s.expose_secret().to_owned()));
+                if list.is_empty() || list.len() > MAX_CLIENT_SECRETS || blank || repeated {
+                    return Err(invalid(
+                        format!("integrations.{key}.client_secrets"),
+                        format!(
+                            "give 1 to {MAX_CLIENT_SECRETS} different, non-empty secrets, the one to use first first"
+                        ),
+                    ));
+                }
+                Ok(list.clone())
+            }
+        }
+    }
+
     /// Checks what can be checked without the catalog:
     ///
     /// * `client_id` is set;
@@ -117,6 +165,8 @@ impl IntegrationConfig {
                 format!("missing (set client_id in [integrations.{key}] or the environment)"),
             ));
         }
+
+        self.client_secret_list(key)?;
 
         let variable = format!("{prefix}_REDIRECT_URI");
         let Some(redirect) = &self.redirect_uri else {

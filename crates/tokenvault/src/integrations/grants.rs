@@ -49,17 +49,18 @@ impl Integration {
             AuthorizeStyle::Oauth2 => Some(self.redirect_uri.as_str()),
             AuthorizeStyle::WixInstaller => None,
         };
-        let response = self
-            .oauth
-            .exchange_code(
-                &self.spec.token_url,
-                &self.auth,
-                code,
-                redirect_uri,
-                verifier,
-                &self.token_options(&BTreeMap::new()),
-            )
-            .await?;
+        let response = with_client_auth!(self, |auth| {
+            self.oauth
+                .exchange_code(
+                    &self.spec.token_url,
+                    auth,
+                    code,
+                    redirect_uri,
+                    verifier,
+                    &self.token_options(&BTreeMap::new()),
+                )
+                .await
+        })?;
         let requested: Scopes = self.requested_scopes(scopes).into_iter().collect();
         Ok(self.grant(response, requested, None, now))
     }
@@ -86,17 +87,18 @@ impl Integration {
             .refresh_sends_scope
             .then(|| current_scopes.to_vec())
             .filter(|s| !s.is_empty());
-        let response = self
-            .oauth
-            .refresh(
-                &self.spec.refresh_url,
-                &self.auth,
-                &SecretString::from(refresh_token.expose().to_owned()),
-                scope_param.as_deref(),
-                &self.spec.scope_separator,
-                &self.token_options(&self.spec.refresh_params),
-            )
-            .await?;
+        let response = with_client_auth!(self, |auth| {
+            self.oauth
+                .refresh(
+                    &self.spec.refresh_url,
+                    auth,
+                    &SecretString::from(refresh_token.expose().to_owned()),
+                    scope_param.as_deref(),
+                    &self.spec.scope_separator,
+                    &self.token_options(&self.spec.refresh_params),
+                )
+                .await
+        })?;
         Ok(self.grant(response, current_scopes.clone(), Some(refresh_token), now))
     }
 
@@ -108,16 +110,17 @@ impl Integration {
         now: DateTime<Utc>,
     ) -> Result<Grant, OAuthError> {
         let requested = self.requested_scopes(scopes);
-        let response = self
-            .oauth
-            .client_credentials(
-                &self.spec.token_url,
-                &self.auth,
-                &requested,
-                &self.spec.scope_separator,
-                &self.token_options(&BTreeMap::new()),
-            )
-            .await?;
+        let response = with_client_auth!(self, |auth| {
+            self.oauth
+                .client_credentials(
+                    &self.spec.token_url,
+                    auth,
+                    &requested,
+                    &self.spec.scope_separator,
+                    &self.token_options(&BTreeMap::new()),
+                )
+                .await
+        })?;
         Ok(self.grant(response, requested.into_iter().collect(), None, now))
     }
 
@@ -133,15 +136,12 @@ impl Integration {
                 self.spec.key
             ))
         })?;
-        self.oauth
-            .device_authorize(
-                url,
-                &self.auth,
-                &self.requested_scopes(scopes),
-                &self.spec.scope_separator,
-                &[],
-            )
-            .await
+        let requested = self.requested_scopes(scopes);
+        with_client_auth!(self, |auth| {
+            self.oauth
+                .device_authorize(url, auth, &requested, &self.spec.scope_separator, &[])
+                .await
+        })
     }
 
     /// One device-token poll. `scopes` are the ones passed to
@@ -159,18 +159,19 @@ impl Integration {
             .spec
             .refresh_sends_scope
             .then(|| self.requested_scopes(scopes));
-        let poll = self
-            .oauth
-            .poll_device_token(
-                &self.spec.token_url,
-                &self.auth,
-                device_code,
-                scope_param
-                    .as_deref()
-                    .map(|scopes| (scopes, self.spec.scope_separator.as_str())),
-                &self.token_options(&BTreeMap::new()),
-            )
-            .await?;
+        let poll = with_client_auth!(self, |auth| {
+            self.oauth
+                .poll_device_token(
+                    &self.spec.token_url,
+                    auth,
+                    device_code,
+                    scope_param
+                        .as_deref()
+                        .map(|scopes| (scopes, self.spec.scope_separator.as_str())),
+                    &self.token_options(&BTreeMap::new()),
+                )
+                .await
+        })?;
         Ok(match poll {
             DevicePoll::Pending => DeviceGrantPoll::Pending,
             DevicePoll::SlowDown => DeviceGrantPoll::SlowDown,

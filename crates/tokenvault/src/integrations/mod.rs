@@ -38,7 +38,7 @@ use serde_json::Value;
 use url::Url;
 
 use crate::domain::{IntegrationKey, Scopes, TokenSet};
-use crate::oauth::{ClientAuth, OAuthClient};
+use crate::oauth::{ClientAuth, OAuthClient, OAuthError};
 use crate::providers::{
     ApiAuthScheme, Catalog, Pkce as PkceSupport, ProviderSpec, RevocationStyle,
 };
@@ -99,6 +99,38 @@ pub struct Profile {
 // Integration
 // ---------------------------------------------------------------------------
 
+/// One try of a token-endpoint call with one of the client secrets.
+pub(super) struct ClientAuthAttempt {
+    pub(super) auth: ClientAuth,
+    index: usize,
+    /// No further secret is tried after this one.
+    retried: bool,
+}
+
+/// Runs `$call` (an expression using `$auth: &ClientAuth`, awaited inside)
+/// with the integration's client authentication in use, retrying once with
+/// the next client secret on `invalid_client` (client-secret rotation).
+/// A macro, not a method taking a closure: the call borrows the caller's
+/// locals across an await, which an async closure cannot do in a `Send`
+/// future.
+macro_rules! with_client_auth {
+    ($integration:expr, |$auth:ident| $call:expr) => {{
+        let integration = $integration;
+        let mut attempt = integration.first_client_auth();
+        loop {
+            let result = {
+                let $auth = &attempt.auth;
+                $call
+            };
+            match integration.after_client_auth(&mut attempt, result) {
+                std::ops::ControlFlow::Break(result) => break result,
+                std::ops::ControlFlow::Continue(()) => continue,
+            }
+        }
+    }};
+}
+pub(super) use with_client_auth;
+
 /// A resolved integration: catalog entry, client credentials, redirect URI
 /// and scopes, sharing one [`OAuthClient`] ([`Integrations`] hands it out as
 /// an `Arc`). `Debug` never prints the client secret.
@@ -106,7 +138,14 @@ pub struct Profile {
 pub struct Integration {
     key: IntegrationKey,
     spec: ProviderSpec,
+    /// Authenticates with the secret in use (`secrets[in_use]`).
     auth: ClientAuth,
+    /// Every configured client secret, in configured order (one, or a
+    /// rotation's new and old); empty for a public client.
+    secrets: Vec<SecretString>,
+    /// Which of `secrets` calls use first: the one that last worked.
+    /// Shared by the clones of this integration.
+    in_use: Arc<std::sync::atomic::AtomicUsize>,
     redirect_uri: Url,
     scopes: Vec<String>,
     oauth: OAuthClient,
@@ -131,8 +170,9 @@ impl Integration {
         if config.client_id.trim().is_empty() {
             return Err(invalid(format!("{prefix}_CLIENT_ID"), "missing"));
         }
+        let secrets = config.client_secret_list(&key)?;
         let mut method = spec.token_auth_method;
-        if config.client_secret.is_none() && method.is_confidential() && spec.public_client {
+        if secrets.is_empty() && method.is_confidential() && spec.public_client {
             // No secret, and the provider takes public clients: be one.
             method = crate::oauth::ClientAuthMethod::None;
         }
@@ -149,7 +189,7 @@ impl Integration {
         }
         let needs_secret = method.is_confidential()
             || matches!(spec.revocation_style, RevocationStyle::GithubGrant);
-        if needs_secret && config.client_secret.is_none() {
+        if needs_secret && secrets.is_empty() {
             return Err(invalid(
                 format!("{prefix}_CLIENT_SECRET"),
                 format!(
@@ -178,13 +218,15 @@ impl Integration {
             .unwrap_or_else(|| spec.default_scopes.clone());
         let auth = ClientAuth {
             client_id: config.client_id.trim().to_owned(),
-            client_secret: config.client_secret.clone(),
+            client_secret: secrets.first().cloned(),
             method,
         };
         Ok(Self {
             key,
             spec,
             auth,
+            secrets,
+            in_use: Arc::default(),
             redirect_uri,
             scopes,
             oauth,
@@ -279,14 +321,96 @@ impl Integration {
         let mut hash = Sha256::new();
         hash.update(self.auth.client_id.as_bytes());
         hash.update([0]);
-        if let Some(secret) = &self.auth.client_secret {
+        for secret in &self.secrets {
             hash.update(secrecy::ExposeSecret::expose_secret(secret).as_bytes());
+            hash.update([0]);
         }
         hash.update([0]);
         hash.update(self.auth.method.as_str().as_bytes());
         hash.update([0]);
         hash.update(self.spec.refresh_url.as_str().as_bytes());
         hex::encode(&hash.finalize()[..8])
+    }
+
+    /// With several client secrets: which one calls use now (1-based
+    /// position in `client_secrets`) and how many there are.
+    pub fn client_secret_in_use(&self) -> Option<(usize, usize)> {
+        (self.secrets.len() > 1).then(|| {
+            let in_use = self.in_use.load(std::sync::atomic::Ordering::Relaxed);
+            (in_use % self.secrets.len() + 1, self.secrets.len())
+        })
+    }
+
+    /// The first attempt of a token-endpoint call: the client
+    /// authentication in use. See [`with_client_auth!`].
+    pub(super) fn first_client_auth(&self) -> ClientAuthAttempt {
+        let count = self.secrets.len();
+        if count < 2 {
+            return ClientAuthAttempt {
+                auth: self.auth.clone(),
+                index: 0,
+                retried: true,
+            };
+        }
+        let index = self.in_use.load(std::sync::atomic::Ordering::Relaxed) % count;
+        ClientAuthAttempt {
+            auth: self.with_secret(index),
+            index,
+            retried: false,
+        }
+    }
+
+    fn with_secret(&self, index: usize) -> ClientAuth {
+        ClientAuth {
+            client_secret: Some(self.secrets[index].clone()),
+            ..self.auth.clone()
+        }
+    }
+
+    /// After an attempt: an `invalid_client` with another secret configured
+    /// is retried once with the next one (`Continue`); a success with it
+    /// makes that one the secret in use. (A provider checks the client
+    /// before the grant, so a refresh token refused with `invalid_client`
+    /// was not consumed.)
+    pub(super) fn after_client_auth<T>(
+        &self,
+        attempt: &mut ClientAuthAttempt,
+        result: Result<T, OAuthError>,
+    ) -> std::ops::ControlFlow<Result<T, OAuthError>> {
+        use std::sync::atomic::Ordering;
+        match result {
+            Err(err) if !attempt.retried && err.oauth_error_code() == Some("invalid_client") => {
+                let next = (attempt.index + 1) % self.secrets.len();
+                tracing::warn!(
+                    integration = %self.key,
+                    "the provider refused client secret {} of {} (invalid_client); trying secret {}",
+                    attempt.index + 1,
+                    self.secrets.len(),
+                    next + 1
+                );
+                *attempt = ClientAuthAttempt {
+                    auth: self.with_secret(next),
+                    index: next,
+                    retried: true,
+                };
+                std::ops::ControlFlow::Continue(())
+            }
+            Ok(value) => {
+                if attempt.retried
+                    && self.secrets.len() > 1
+                    && self.in_use.swap(attempt.index, Ordering::Relaxed) != attempt.index
+                {
+                    tracing::warn!(
+                        integration = %self.key,
+                        "client secret {} of {} works: using it from now on",
+                        attempt.index + 1,
+                        self.secrets.len()
+                    );
+                }
+                std::ops::ControlFlow::Break(Ok(value))
+            }
+            Err(err) => std::ops::ControlFlow::Break(Err(err)),
+        }
     }
 
     /// The shared HTTP client (no redirects, the configured timeouts), for

@@ -526,6 +526,114 @@ async fn refresh_keeps_or_replaces_the_refresh_token() {
     assert!(!form_of(req).contains_key("scope"));
 }
 
+/// Client-secret rotation: only `invalid_client` moves to the next secret
+/// (once), a working one stays in use, and any other refusal is never
+/// retried (a second refresh with the same token could hit a rotating
+/// provider's reuse detection).
+#[tokio::test]
+async fn only_invalid_client_tries_the_next_secret() {
+    use base64::Engine as _;
+    let server = MockServer::start().await;
+    let basic = |secret: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("cid:{secret}"))
+        )
+    };
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(wiremock::matchers::header(
+            "authorization",
+            basic("new").as_str(),
+        ))
+        .and(wiremock::matchers::body_string_contains(
+            "refresh_token=RT-good",
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": "AT-new", "expires_in": 60
+        })))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(wiremock::matchers::body_string_contains(
+            "refresh_token=RT-dead",
+        ))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": "invalid_grant"})))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": "invalid_client"})))
+        .mount(&server)
+        .await;
+    let catalog = mocked_catalog(&server, "spotify", "");
+    let mut settings = config("spotify", "https://app.example.com/cb");
+    settings.client_secret = None;
+    settings.client_secrets = Some(vec!["old".into(), "new".into()]);
+    let integration = Integration::new(
+        key("spotify"),
+        &settings,
+        catalog.get("spotify").unwrap().clone(),
+        oauth(),
+    )
+    .unwrap();
+    assert_eq!(integration.client_secret_in_use(), Some((1, 2)));
+    let scopes = Scopes::parse("x", " ");
+    let requests = async || server.received_requests().await.unwrap();
+
+    integration
+        .refresh(&RefreshToken::new("RT-good"), &scopes, now())
+        .await
+        .unwrap();
+    let sent = requests().await;
+    assert_eq!(sent.len(), 2, "old refused, new accepted");
+    assert_eq!(sent[0].headers["authorization"], basic("old").as_str());
+    assert_eq!(sent[1].headers["authorization"], basic("new").as_str());
+    assert_eq!(integration.client_secret_in_use(), Some((2, 2)));
+    // Clones share it; the next call starts with the secret that works.
+    integration
+        .clone()
+        .refresh(&RefreshToken::new("RT-good"), &scopes, now())
+        .await
+        .unwrap();
+    assert_eq!(requests().await.len(), 3);
+
+    // A refused grant is not retried with the other secret.
+    let err = integration
+        .refresh(&RefreshToken::new("RT-dead"), &scopes, now())
+        .await
+        .unwrap_err();
+    assert_eq!(err.oauth_error_code(), Some("invalid_grant"));
+    assert_eq!(requests().await.len(), 4);
+    assert_eq!(integration.client_secret_in_use(), Some((2, 2)));
+
+    // Both refused: the error is the provider's, after one retry only.
+    server.reset().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": "invalid_client"})))
+        .mount(&server)
+        .await;
+    let err = integration
+        .refresh(&RefreshToken::new("RT-good"), &scopes, now())
+        .await
+        .unwrap_err();
+    assert_eq!(err.oauth_error_code(), Some("invalid_client"));
+    assert_eq!(requests().await.len(), 2);
+    assert_eq!(
+        integration.client_secret_in_use(),
+        Some((2, 2)),
+        "unchanged"
+    );
+    // Debug never shows a secret.
+    let shown = format!("{integration:?}");
+    assert!(
+        !shown.contains("\"old\"") && !shown.contains("\"new\""),
+        "{shown}"
+    );
+}
+
 // ---------------------------------------------------------------- revocation
 
 #[tokio::test]

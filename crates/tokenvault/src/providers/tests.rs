@@ -105,7 +105,11 @@ fn builtin_entries_match_the_documented_behaviour() {
     // The device variant is TIDAL plus the device endpoint.
     let tidal_device = c.get("tidal-device").unwrap();
     assert_eq!(
-        tidal_device.device_authorization_url.as_ref().unwrap().as_str(),
+        tidal_device
+            .device_authorization_url
+            .as_ref()
+            .unwrap()
+            .as_str(),
         "https://auth.tidal.com/v1/oauth2/device_authorization"
     );
     assert_eq!(

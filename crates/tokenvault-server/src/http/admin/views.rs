@@ -351,7 +351,13 @@ pub async fn overview(
             let health = integration.health.as_ref();
             let misconfigured = health.and_then(|h| h.misconfigured.as_ref());
             let throttled = health.and_then(|h| h.rate_limited_until);
-            let circuit = health.map_or("closed", |h| h.circuit).to_owned();
+            let mut circuit = health.map_or("closed", |h| h.circuit).to_owned();
+            if let Some(secrets) = &integration.client_secrets {
+                circuit.push_str(&format!(
+                    " · client secret {} of {} in use",
+                    secrets.in_use, secrets.configured
+                ));
+            }
             let problem = if let Some(unavailable) = &integration.unavailable {
                 Some(format!(
                     "Unavailable since {}: {}",
@@ -368,9 +374,10 @@ pub async fn overview(
             } else {
                 throttled.map(|until| format!("Rate-limited until {}", when(Some(until))))
             };
+            let circuit_closed = health.is_none_or(|h| h.circuit == "closed");
             let state = if integration.unavailable.is_some() || misconfigured.is_some() {
                 "error"
-            } else if circuit != "closed" || throttled.is_some() {
+            } else if !circuit_closed || throttled.is_some() {
                 "warn"
             } else {
                 "ok"
@@ -378,7 +385,7 @@ pub async fn overview(
             HealthRow {
                 key: integration.key.to_string(),
                 name: integration.display_name.clone(),
-                resettable: misconfigured.is_some() || circuit != "closed",
+                resettable: misconfigured.is_some() || !circuit_closed,
                 state,
                 circuit,
                 problem,
