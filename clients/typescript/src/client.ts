@@ -398,6 +398,11 @@ export class Tokenvault {
     return (await this.#json<Schemas["ProviderList"]>("GET", "/v1/providers")).providers;
   }
 
+  /** One catalog entry in full (`NotFoundError` with code `unknown_provider` when there is none). */
+  async getProvider(key: string): Promise<Schemas["ProviderDetail"]> {
+    return this.#json("GET", `/v1/providers/${segment(key)}`);
+  }
+
   async resetIntegration(integration: string): Promise<Schemas["IntegrationReset"]> {
     return this.#json("POST", `/v1/integrations/${segment(integration)}/reset`, { body: {} });
   }

@@ -174,6 +174,7 @@ const METHOD_FOR: Record<keyof operations, keyof Tokenvault> = {
   getConnectionSummary: "connectionSummary",
   getDeviceSession: "getDeviceSession",
   getProfile: "getProfile",
+  getProvider: "getProvider",
   getToken: "getToken",
   importConnection: "importConnection",
   listBulkActionItems: "bulkActionItems",

@@ -14,4 +14,5 @@ pub mod integrations_env;
 pub mod keys;
 pub mod listener;
 pub mod metrics;
+pub mod providers_cli;
 pub mod wiring;

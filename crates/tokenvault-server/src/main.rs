@@ -1,7 +1,9 @@
 //! `tokenvault`: the service and its operator commands.
 
 use tokenvault_server::app::{App, Overrides};
-use tokenvault_server::{api_keys, bulk, config, config_check, connections, import, keys, wiring};
+use tokenvault_server::{
+    api_keys, bulk, config, config_check, connections, import, keys, providers_cli, wiring,
+};
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -72,6 +74,11 @@ enum Command {
         #[command(subcommand)]
         command: ConnectionsCommand,
     },
+    /// The provider catalog (built-in entries and the providers_file's).
+    Providers {
+        #[command(subcommand)]
+        command: ProvidersCommand,
+    },
     /// Bulk actions: one provider API request for many users.
     Bulk {
         #[command(subcommand)]
@@ -94,6 +101,21 @@ enum Command {
         /// Lines imported at the same time.
         #[arg(long, default_value_t = import::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=64))]
         concurrency: u16,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProvidersCommand {
+    /// One line per catalog entry: client authentication, PKCE, refresh tokens, device flow.
+    List {
+        /// Every entry in full, as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One entry in full, as JSON (what GET /v1/providers/{key} answers).
+    Show {
+        /// The catalog key, e.g. spotify.
+        key: String,
     },
 }
 
@@ -248,6 +270,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config {
             command: ConfigCommand::Check,
         } => check_config(&config),
+        Command::Providers { command } => match command {
+            ProvidersCommand::List { json } => providers_cli::list(&config, json),
+            ProvidersCommand::Show { key } => providers_cli::show(&config, &key),
+        },
         Command::ApiKeys { command } => match command {
             ApiKeysCommand::Create { name, scope } => api_keys::create(&config, &name, scope).await,
             ApiKeysCommand::List { json } => api_keys::list(&config, json).await,

@@ -283,6 +283,10 @@ class AsyncTokenvault:
     async def list_providers(self) -> List[models.ProviderEntry]:
         return (await self._json(ops.list_providers()))["providers"]
 
+    async def get_provider(self, key: str) -> models.ProviderDetail:
+        """One catalog entry in full (``NotFoundError`` with code ``unknown_provider`` when there is none)."""
+        return await self._json(ops.get_provider(key))
+
     async def reset_integration(self, integration: str) -> models.IntegrationReset:
         return await self._json(ops.reset_integration(integration))
 

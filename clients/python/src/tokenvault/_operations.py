@@ -234,6 +234,10 @@ def list_providers() -> "Call[models.ProviderList]":
     return Call("GET", path("providers"))
 
 
+def get_provider(key: str) -> "Call[models.ProviderDetail]":
+    return Call("GET", path("providers", key))
+
+
 def reset_integration(integration: str) -> "Call[models.IntegrationReset]":
     return Call("POST", path("integrations", integration, "reset"), json={})
 

@@ -279,6 +279,10 @@ class Tokenvault:
     def list_providers(self) -> List[models.ProviderEntry]:
         return self._json(ops.list_providers())["providers"]
 
+    def get_provider(self, key: str) -> models.ProviderDetail:
+        """One catalog entry in full (``NotFoundError`` with code ``unknown_provider`` when there is none)."""
+        return self._json(ops.get_provider(key))
+
     def reset_integration(self, integration: str) -> models.IntegrationReset:
         return self._json(ops.reset_integration(integration))
 

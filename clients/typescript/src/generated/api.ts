@@ -318,6 +318,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/providers/{key}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * One catalog entry in full
+         * @description Needs an API key with the `read-tokens` scope.
+         */
+        get: operations["getProvider"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/proxy/{integration}/{user_id}/{path}": {
         parameters: {
             query?: never;
@@ -1024,6 +1044,64 @@ export interface components {
             id: string;
             /** @description The provider's whole profile document. */
             raw: Record<string, never>;
+        };
+        /** @description One catalog entry in full: what tokenvault does with the provider. */
+        ProviderDetail: {
+            /** @description The entry it inherits from (`alias`), if any. */
+            alias_of?: string | null;
+            /** Format: uri */
+            api_base_url?: string | null;
+            /** Format: uri */
+            authorization_url?: string | null;
+            /** @description Fixed parameters added to the authorization request. */
+            authorize_params: {
+                [key: string]: string;
+            };
+            /** @description `#rrggbb` of its icon in the Connect UI. */
+            brand_color?: string | null;
+            /**
+             * Format: int64
+             * @description Lifetime assumed when a token response has no `expires_in`.
+             */
+            default_expires_in_secs?: number | null;
+            default_scopes: string[];
+            /** Format: uri */
+            device_authorization_url?: string | null;
+            /**
+             * @description True for an OpenID Connect entry whose endpoints come from the
+             *     issuer's discovery document (then most fields below are null).
+             */
+            discovery: boolean;
+            display_name: string;
+            issuer?: string | null;
+            key: string;
+            pkce?: null | components["schemas"]["Pkce"];
+            /**
+             * Format: int64
+             * @description Seconds before expiry a refresh is due.
+             */
+            refresh_buffer_secs?: number | null;
+            /** @description Refresh requests carry the granted scopes. */
+            refresh_sends_scope?: boolean | null;
+            refresh_token_rotates?: boolean | null;
+            refresh_tokens?: boolean | null;
+            /** Format: uri */
+            refresh_url?: string | null;
+            /** @description `rfc7009`, `github_grant` or `none`. */
+            revocation_style?: string | null;
+            /** Format: uri */
+            revocation_url?: string | null;
+            /** @description Scopes in plain words, as the Connect UI shows them. */
+            scope_descriptions: {
+                [key: string]: string;
+            };
+            scope_separator?: string | null;
+            /** @description `client_secret_basic`, `client_secret_post` or `none`. */
+            token_auth_method?: string | null;
+            /** Format: uri */
+            token_url?: string | null;
+            /** Format: uri */
+            userinfo_url?: string | null;
         };
         /**
          * @description A catalog entry: resolved, or an OpenID Connect entry whose endpoints are
@@ -1969,6 +2047,56 @@ export interface operations {
             };
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
+            503: components["responses"]["ServiceUnavailable"];
+        };
+    };
+    getProvider: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A catalog key (`GET /v1/providers` lists them) */
+                key: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The entry */
+            200: {
+                headers: {
+                    /** @description The request's id: the caller's `X-Request-Id` if sane, else a new UUID */
+                    "x-request-id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProviderDetail"];
+                };
+            };
+            /** @description `invalid_path` (a path segment that is not UTF-8) */
+            400: {
+                headers: {
+                    /** @description The request's id: the caller's `X-Request-Id` if sane, else a new UUID */
+                    "x-request-id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            /** @description `unknown_provider` */
+            404: {
+                headers: {
+                    /** @description The request's id: the caller's `X-Request-Id` if sane, else a new UUID */
+                    "x-request-id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             503: components["responses"]["ServiceUnavailable"];
         };
     };

@@ -81,6 +81,8 @@ pub enum ErrorCode {
     ConfirmationNotFound,
     /// no integration with that key is configured
     UnknownIntegration,
+    /// no catalog entry with that key
+    UnknownProvider,
     /// no device session with that id
     UnknownDeviceSession,
     /// the provider has no profile endpoint
@@ -167,6 +169,7 @@ impl ErrorCode {
         Self::NotFound,
         Self::ConfirmationNotFound,
         Self::UnknownIntegration,
+        Self::UnknownProvider,
         Self::UnknownDeviceSession,
         Self::ProfileNotSupported,
         Self::BulkActionNotFound,
@@ -230,6 +233,7 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::ConfirmationNotFound => "confirmation_not_found",
             Self::UnknownIntegration => "unknown_integration",
+            Self::UnknownProvider => "unknown_provider",
             Self::UnknownDeviceSession => "unknown_device_session",
             Self::ProfileNotSupported => "profile_not_supported",
             Self::BulkActionNotFound => "bulk_action_not_found",
@@ -293,6 +297,7 @@ impl ErrorCode {
             Self::NotFound
             | Self::ConfirmationNotFound
             | Self::UnknownIntegration
+            | Self::UnknownProvider
             | Self::UnknownDeviceSession
             | Self::ProfileNotSupported
             | Self::BulkActionNotFound
@@ -400,6 +405,7 @@ impl ErrorCode {
                 "confirm mode: unknown, expired or already used confirmation code"
             }
             Self::UnknownIntegration => "no integration with that key is configured",
+            Self::UnknownProvider => "no catalog entry with that key",
             Self::UnknownDeviceSession => "no device session with that id",
             Self::ProfileNotSupported => "the provider has no profile endpoint",
             Self::BulkActionNotFound => "no bulk action with that id",

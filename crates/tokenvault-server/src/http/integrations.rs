@@ -159,6 +159,159 @@ pub async fn list_providers(State(state): State<AppState>) -> Json<ProviderList>
     Json(ProviderList { providers })
 }
 
+/// One catalog entry in full: what tokenvault does with the provider.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderDetail {
+    pub key: String,
+    pub display_name: String,
+    /// The entry it inherits from (`alias`), if any.
+    pub alias_of: Option<String>,
+    /// `#rrggbb` of its icon in the Connect UI.
+    pub brand_color: Option<String>,
+    /// True for an OpenID Connect entry whose endpoints come from the
+    /// issuer's discovery document (then most fields below are null).
+    pub discovery: bool,
+    pub issuer: Option<String>,
+    #[schema(value_type = Option<String>, format = "uri")]
+    pub authorization_url: Option<url::Url>,
+    #[schema(value_type = Option<String>, format = "uri")]
+    pub token_url: Option<url::Url>,
+    #[schema(value_type = Option<String>, format = "uri")]
+    pub refresh_url: Option<url::Url>,
+    #[schema(value_type = Option<String>, format = "uri")]
+    pub revocation_url: Option<url::Url>,
+    /// `rfc7009`, `github_grant` or `none`.
+    pub revocation_style: Option<String>,
+    #[schema(value_type = Option<String>, format = "uri")]
+    pub device_authorization_url: Option<url::Url>,
+    #[schema(value_type = Option<String>, format = "uri")]
+    pub userinfo_url: Option<url::Url>,
+    #[schema(value_type = Option<String>, format = "uri")]
+    pub api_base_url: Option<url::Url>,
+    /// `client_secret_basic`, `client_secret_post` or `none`.
+    pub token_auth_method: Option<String>,
+    pub pkce: Option<tokenvault::providers::Pkce>,
+    pub default_scopes: Vec<String>,
+    pub scope_separator: Option<String>,
+    /// Scopes in plain words, as the Connect UI shows them.
+    pub scope_descriptions: std::collections::BTreeMap<String, String>,
+    /// Fixed parameters added to the authorization request.
+    pub authorize_params: std::collections::BTreeMap<String, String>,
+    pub refresh_tokens: Option<bool>,
+    pub refresh_token_rotates: Option<bool>,
+    /// Refresh requests carry the granted scopes.
+    pub refresh_sends_scope: Option<bool>,
+    /// Seconds before expiry a refresh is due.
+    pub refresh_buffer_secs: Option<u64>,
+    /// Lifetime assumed when a token response has no `expires_in`.
+    pub default_expires_in_secs: Option<u64>,
+}
+
+impl ProviderDetail {
+    pub fn of(spec: &tokenvault::providers::ProviderSpec) -> Self {
+        let revocation_style = serde_json::to_value(spec.revocation_style)
+            .ok()
+            .and_then(|value| value.as_str().map(str::to_owned));
+        Self {
+            key: spec.key.clone(),
+            display_name: spec.display_name.clone(),
+            alias_of: spec.alias_of.clone(),
+            brand_color: spec.brand_color.clone(),
+            discovery: false,
+            issuer: spec.issuer.clone(),
+            authorization_url: Some(spec.authorization_url.clone()),
+            token_url: Some(spec.token_url.clone()),
+            refresh_url: Some(spec.refresh_url.clone()),
+            revocation_url: spec.revocation_url.clone(),
+            revocation_style,
+            device_authorization_url: spec.device_authorization_url.clone(),
+            userinfo_url: spec.userinfo_url.clone(),
+            api_base_url: spec.api_base_url.clone(),
+            token_auth_method: Some(spec.token_auth_method.as_str().to_owned()),
+            pkce: Some(spec.pkce),
+            default_scopes: spec.default_scopes.clone(),
+            scope_separator: Some(spec.scope_separator.clone()),
+            scope_descriptions: spec.scope_descriptions.clone(),
+            authorize_params: spec.authorize_params.clone(),
+            refresh_tokens: Some(spec.refresh_tokens),
+            refresh_token_rotates: Some(spec.refresh_token_rotates),
+            refresh_sends_scope: Some(spec.refresh_sends_scope),
+            refresh_buffer_secs: Some(spec.refresh_buffer.as_secs()),
+            default_expires_in_secs: spec.default_expires_in.map(|d| d.as_secs()),
+        }
+    }
+
+    /// An entry resolved by OIDC discovery when an integration uses it.
+    pub fn discovered(pending: &tokenvault::providers::PendingDiscovery) -> Self {
+        Self {
+            key: pending.key.clone(),
+            display_name: pending.key.clone(),
+            alias_of: pending.alias_of.clone(),
+            brand_color: None,
+            discovery: true,
+            issuer: pending.issuer.as_ref().map(ToString::to_string),
+            authorization_url: None,
+            token_url: None,
+            refresh_url: None,
+            revocation_url: None,
+            revocation_style: None,
+            device_authorization_url: None,
+            userinfo_url: None,
+            api_base_url: None,
+            token_auth_method: None,
+            pkce: None,
+            default_scopes: Vec::new(),
+            scope_separator: None,
+            scope_descriptions: Default::default(),
+            authorize_params: Default::default(),
+            refresh_tokens: None,
+            refresh_token_rotates: None,
+            refresh_sends_scope: None,
+            refresh_buffer_secs: None,
+            default_expires_in_secs: None,
+        }
+    }
+
+    /// The entry `key` of `catalog`, resolved or awaiting discovery.
+    pub fn find(catalog: &tokenvault::providers::Catalog, key: &str) -> Option<Self> {
+        catalog.get(key).map(Self::of).or_else(|| {
+            catalog
+                .pending_discovery()
+                .find(|pending| pending.key == key)
+                .map(Self::discovered)
+        })
+    }
+}
+
+/// `GET /v1/providers/{key}`: one catalog entry in full.
+#[utoipa::path(
+    get,
+    operation_id = "getProvider",
+    path = "/v1/providers/{key}",
+    tag = "integrations",
+    summary = "One catalog entry in full",
+    params(("key" = String, Path, description = "A catalog key (`GET /v1/providers` lists them)")),
+    responses(
+        (status = 200, description = "The entry", body = ProviderDetail),
+        (status = 400, description = "`invalid_path` (a path segment that is not UTF-8)", body = ErrorBody),
+        (status = 404, description = "`unknown_provider`", body = ErrorBody),
+    ),
+)]
+#[tracing::instrument(skip_all)]
+pub async fn get_provider(
+    State(state): State<AppState>,
+    ApiPath(key): ApiPath<String>,
+) -> Result<Json<ProviderDetail>, ApiError> {
+    ProviderDetail::find(&state.catalog, &key)
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::UnknownProvider,
+                format!("no catalog entry {key:?}; GET /v1/providers lists them"),
+            )
+        })
+}
+
 /// `GET /v1/integrations`: what this deployment is configured for.
 #[utoipa::path(
     get,

@@ -39,6 +39,7 @@ use url::Url;
 
 pub use auth::{ApiKeys, Caller, KEY_CACHE_TTL};
 use error::REQUEST_ID;
+pub use integrations::ProviderDetail;
 pub use listing::{ConnectionEvent, ListedConnection};
 use tokenvault::api_keys::Scope;
 use utoipa_axum::router::OpenApiRouter;
@@ -165,6 +166,7 @@ pub fn api() -> Vec<(Scope, OpenApiRouter<AppState>)> {
     let read_tokens = OpenApiRouter::new()
         .routes(routes!(health::ping))
         .routes(routes!(integrations::list_providers))
+        .routes(routes!(integrations::get_provider))
         .routes(routes!(integrations::list_integrations))
         .routes(routes!(integrations::app_token))
         .routes(routes!(connections::list))

@@ -777,3 +777,47 @@ async fn the_readme_quickstart_runs_verbatim_and_ends_with_a_token() {
         "a fresh data directory"
     );
 }
+
+#[test]
+fn providers_list_and_show_include_a_providers_files_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("providers.toml"),
+        "[providers.acme]\ndisplay_name = \"Acme\"\nauthorization_url = \"https://acme.example/authorize\"\n\
+         token_url = \"https://acme.example/token\"\nrefresh_token_rotates = true\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("tokenvault.toml"),
+        "providers_file = \"providers.toml\"\n",
+    )
+    .unwrap();
+    let (ok, list, err) = run(tokenvault(dir.path()).args(["providers", "list"]));
+    assert!(ok, "{err}");
+    for key in ["spotify", "tidal-device", "oidc", "acme"] {
+        assert!(
+            list.lines()
+                .any(|line| line.starts_with(&format!("{key} "))),
+            "{key}: {list}"
+        );
+    }
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("acme ") && l.contains("rotating")),
+        "{list}"
+    );
+
+    let (ok, shown, err) = run(tokenvault(dir.path()).args(["providers", "show", "spotify"]));
+    assert!(ok, "{err}");
+    let spotify: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(
+        spotify["token_url"],
+        "https://accounts.spotify.com/api/token"
+    );
+    assert_eq!(spotify["token_auth_method"], "client_secret_basic");
+    assert_eq!(spotify["refresh_token_rotates"], true);
+
+    let (ok, _, err) = run(tokenvault(dir.path()).args(["providers", "show", "nope"]));
+    assert!(!ok);
+    assert!(err.contains("no catalog entry \"nope\""), "{err}");
+}

@@ -1,6 +1,7 @@
 //! The service's HTTP contract: error envelope, request ids, API keys.
 
 use crate::common::*;
+use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1_requires_a_valid_api_key_and_errors_are_uniform() {
@@ -421,4 +422,56 @@ async fn slow_headers_and_idle_keep_alive_connections_are_closed() {
     .await;
     assert!(end.is_ok(), "an idle keep-alive connection stays open");
     assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_catalog_entry_is_shown_in_full() {
+    let service = start_service(|_, _| {}).await;
+    let spotify: Value = service
+        .get_json("/v1/providers/spotify")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(spotify["key"], "spotify");
+    assert_eq!(spotify["discovery"], false);
+    assert_eq!(
+        spotify["token_url"],
+        "https://accounts.spotify.com/api/token"
+    );
+    assert_eq!(spotify["pkce"], "supported");
+    assert!(spotify["scope_descriptions"]["user-read-email"].is_string());
+    let device: Value = service
+        .get_json("/v1/providers/tidal-device")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(device["alias_of"], "tidal");
+    assert_eq!(
+        device["device_authorization_url"],
+        "https://auth.tidal.com/v1/oauth2/device_authorization"
+    );
+    let oidc: Value = service
+        .get_json("/v1/providers/oidc")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(oidc["discovery"], true);
+    assert!(oidc["token_url"].is_null());
+    for unknown in ["nope", "..%2F..", "SPOTIFY"] {
+        let response = service.get_json(&format!("/v1/providers/{unknown}")).await;
+        assert_eq!(response.status(), 404, "{unknown}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "unknown_provider", "{unknown}");
+    }
+    // Reading the catalog needs a key like the rest of /v1.
+    let anonymous = service
+        .http
+        .get(service.url("/v1/providers/spotify"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
 }
