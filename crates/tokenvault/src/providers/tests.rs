@@ -18,6 +18,7 @@ const REQUIRED: &[&str] = &[
     "google-search-console",
     "discord",
     "github",
+    "gitlab",
     "bing-webmaster",
     "wordpress",
     "wix",

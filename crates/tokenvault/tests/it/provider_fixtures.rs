@@ -215,6 +215,45 @@ fn cases() -> Vec<Case> {
         // The device-grant variant: the same client rules (its own device
         // fixture is `tidal_device_flow_reads_camel_case_and_sends_scopes`).
         tidal_like("tidal-device"),
+        // https://docs.gitlab.com/api/oauth2/: body credentials, PKCE, rotating
+        // refresh tokens, RFC 7009 revocation at /oauth/revoke.
+        Case {
+            key: "gitlab",
+            wix_installer: false,
+            scope: Some("read_user"),
+            pkce: true,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "de6780bc506a0446309bd9362820ba8aed28aa506c71eedbe1c5c4f9dd350e54",
+                "token_type": "bearer", "expires_in": 7200,
+                "refresh_token": "8257e65c97202ed1726cf9571600918f3bffb2544b26e00a61df9897668c33a1",
+                "created_at": 1607635748
+            }),
+            expect_lifetime: Some(7200),
+            expect_scopes: "read_user",
+            expect_metadata: json!({"created_at": 1607635748}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                response: json!({
+                    "access_token": "c97d1fe52119f38c7f67f0a14db68d60caa35ddc86fd12401718b649dcfa9c68",
+                    "token_type": "bearer", "expires_in": 7200,
+                    "refresh_token": "803c1fd487fec35562c205dac93e9d8e08f9d3652a24079d704df3039df1158f",
+                    "created_at": 1628711391
+                }),
+                expect_refresh_token: "803c1fd487fec35562c205dac93e9d8e08f9d3652a24079d704df3039df1158f",
+            }),
+            revocation: Revocation::Rfc7009("/oauth/revoke"),
+            profile: Some(ProfileCase {
+                document: json!({"id": 1, "username": "john_smith", "name": "John Smith",
+                    "email": "john@example.com", "public_email": "john@example.com"}),
+                id: "1",
+                email: Some("john@example.com"),
+                display_name: Some("John Smith"),
+                raw_header: false,
+            }),
+        },
         google_like("google", "openid email profile"),
         google_like(
             "youtube",
@@ -978,7 +1017,7 @@ async fn wix_tokens_get_the_default_lifetime() {
 /// Device flow where the catalog has an endpoint (Google family, GitHub).
 #[tokio::test]
 async fn device_flow_where_supported() {
-    for key in ["google", "github"] {
+    for key in ["google", "github", "gitlab", "tidal-device"] {
         let server = MockServer::start().await;
         respond(
             &server,
@@ -1130,5 +1169,55 @@ async fn tidal_device_flow_reads_camel_case_and_sends_scopes() {
             "TIDAL's SDK sends the scopes on every poll"
         );
         assert!(header(poll, "authorization").is_none());
+    }
+}
+
+/// One documented token-endpoint error per entry that documents one: the
+/// refresh (or, without refresh tokens, the code exchange) fails with the
+/// provider's code, and a refused grant is recognised as one.
+#[tokio::test]
+async fn documented_token_errors_are_read() {
+    // (key, HTTP status, body as documented, the `error` code)
+    let cases: Vec<(&str, u16, Value, &str)> = vec![
+        // GitLab's OAuth server is Doorkeeper: RFC 6749 errors, 400.
+        (
+            "gitlab",
+            400,
+            json!({"error": "invalid_grant",
+                   "error_description": "The provided authorization grant is invalid, expired, revoked, does not match the redirection URI used in the authorization request, or was issued to another client."}),
+            "invalid_grant",
+        ),
+        // tidal-sdk-web packages/auth/src/types.ts: TokenJSONError.
+        (
+            "tidal",
+            400,
+            json!({"status": 400, "sub_status": 11101, "error": "invalid_grant",
+                   "error_description": "Token could not be refreshed"}),
+            "invalid_grant",
+        ),
+    ];
+    for (key, status, body, code) in cases {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path(format!("/{key}/token")))
+            .respond_with(ResponseTemplate::new(status).set_body_json(body))
+            .mount(&server)
+            .await;
+        let integration = integration(&server, key);
+        let err = if integration.spec().refresh_tokens {
+            integration
+                .refresh(&RefreshToken::new(OLD_REFRESH), &Scopes::default(), now())
+                .await
+                .unwrap_err()
+        } else {
+            integration
+                .exchange_code(CODE, None, None, now())
+                .await
+                .unwrap_err()
+        };
+        assert_eq!(err.oauth_error_code(), Some(code), "{key}: {err:?}");
+        if code == "invalid_grant" {
+            assert!(err.is_invalid_grant(), "{key}");
+        }
     }
 }
