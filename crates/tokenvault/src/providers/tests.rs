@@ -19,6 +19,8 @@ const REQUIRED: &[&str] = &[
     "discord",
     "github",
     "gitlab",
+    "asana",
+    "zoom",
     "bing-webmaster",
     "wordpress",
     "wix",

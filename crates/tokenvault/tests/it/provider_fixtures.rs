@@ -254,6 +254,77 @@ fn cases() -> Vec<Case> {
                 raw_header: false,
             }),
         },
+        // https://developers.asana.com/docs/oauth: body credentials, optional PKCE,
+        // the user in the token response, refresh token not rotated.
+        Case {
+            key: "asana",
+            wix_installer: false,
+            scope: Some("default"),
+            pkce: true,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "f6ds7fdsa69ags7ag9sd5a", "expires_in": 3600,
+                "token_type": "bearer", "refresh_token": "hjkl325hjkl4325hj4kl32fjds",
+                "data": {"id": "4673218951", "name": "Greg Sanchez", "email": "gsanchez@example.com"}
+            }),
+            expect_lifetime: Some(3600),
+            expect_scopes: "default",
+            expect_metadata: json!({"data": {"id": "4673218951", "name": "Greg Sanchez",
+                "email": "gsanchez@example.com"}}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                response: json!({"access_token": "f6ds7fdsa69ags7ag9sd5b", "expires_in": 3600,
+                    "token_type": "bearer"}),
+                expect_refresh_token: OLD_REFRESH,
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({"data": {"gid": "12345", "resource_type": "user",
+                    "name": "Greg Sanchez", "email": "gsanchez@example.com"}}),
+                id: "12345",
+                email: Some("gsanchez@example.com"),
+                display_name: Some("Greg Sanchez"),
+                raw_header: false,
+            }),
+        },
+        // Zoom's OAuth docs and its official SDK (rivet-javascript): Basic auth,
+        // rotating refresh tokens, api_url in the token response.
+        Case {
+            key: "zoom",
+            wix_installer: false,
+            scope: Some("user:read:user"),
+            pkce: true,
+            authorize_extras: &[],
+            auth: Auth::Basic,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "eyJzm9a", "token_type": "bearer", "refresh_token": "eyJzmRT1",
+                "expires_in": 3599, "scope": "user:read:user", "api_url": "https://api.zoom.us"
+            }),
+            expect_lifetime: Some(3599),
+            expect_scopes: "user:read:user",
+            expect_metadata: json!({"api_url": "https://api.zoom.us"}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                response: json!({
+                    "access_token": "eyJzm9b", "token_type": "bearer", "refresh_token": "eyJzmRT2",
+                    "expires_in": 3599, "scope": "user:read:user", "api_url": "https://api.zoom.us"
+                }),
+                expect_refresh_token: "eyJzmRT2",
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({"id": "KDcuGIm1QgePTO8WbOqwIQ", "first_name": "Jill",
+                    "last_name": "Chill", "display_name": "Jill Chill", "email": "jchill@example.com",
+                    "account_id": "q6gBJVO5TzexKYTb_I2rpg"}),
+                id: "KDcuGIm1QgePTO8WbOqwIQ",
+                email: Some("jchill@example.com"),
+                display_name: Some("Jill Chill"),
+                raw_header: false,
+            }),
+        },
         google_like("google", "openid email profile"),
         google_like(
             "youtube",
