@@ -92,6 +92,15 @@ pub enum ConnectError {
     /// A reconnect renews one connection: it cannot offer a picker.
     #[error("a reconnect session renews one connection: give integration, not integrations")]
     ReconnectPicker,
+    /// The session's `connection_params` are refused (unknown, missing or
+    /// invalid); nothing is stored.
+    #[error("{0}")]
+    SessionParams(crate::providers::ParamError),
+    /// A connection parameter read from the provider (the callback, the
+    /// token response, the post-connect call) is missing or invalid: the
+    /// grant is not stored (and is revoked where the provider can).
+    #[error("the provider's answer is unusable: {0}")]
+    ProviderParams(crate::providers::ParamError),
 }
 
 /// How long the outcome of a flow stays readable by its result page (a
@@ -119,6 +128,10 @@ pub struct NewSession {
     pub redirect_to: Option<String>,
     /// Extra authorization parameters the provider takes from the app.
     pub provider_params: BTreeMap<String, String>,
+    /// Values of the provider's `session` connection parameters (Shopify's
+    /// `shop`), checked by [`ConnectFlow::create_session`]. A reconnect
+    /// without them keeps the connection's own.
+    pub connection_params: BTreeMap<String, String>,
     /// Hold the code until the application confirms the flow.
     pub confirm: bool,
 }
@@ -146,6 +159,10 @@ pub struct Started {
 /// The callback's query parameters.
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 pub struct Callback {
+    /// Every query parameter, for the provider's `callback` connection
+    /// parameters (QuickBooks' `realmId`).
+    #[serde(flatten)]
+    pub query: BTreeMap<String, String>,
     pub code: Option<String>,
     pub state: Option<String>,
     pub error: Option<String>,
@@ -236,6 +253,35 @@ impl ConnectFlow {
         if new.confirm && new.redirect_to.is_none() {
             return Err(ConnectError::ConfirmWithoutRedirect);
         }
+        let mut given_params = new.connection_params;
+        if new.offered.len() > 1 {
+            if let Some(name) = given_params.keys().next() {
+                return Err(ConnectError::SessionParams(
+                    crate::providers::ParamError::Invalid {
+                        name: name.chars().take(64).collect(),
+                        reason: "connection_params need one integration, not a picker".into(),
+                    },
+                ));
+            }
+            for offered in &new.offered {
+                let offered = self.integration(offered.as_str())?;
+                if let Some(spec) = offered
+                    .connection_param_specs()
+                    .iter()
+                    .find(|p| p.source == crate::providers::ParamSource::Session)
+                {
+                    return Err(ConnectError::SessionParams(
+                        crate::providers::ParamError::Invalid {
+                            name: spec.name.clone(),
+                            reason: format!(
+                                "integration `{}` needs it, so it cannot be offered in a picker: create a session for it alone",
+                                offered.key()
+                            ),
+                        },
+                    ));
+                }
+            }
+        }
         if new.reconnect {
             if new.offered.len() > 1 {
                 return Err(ConnectError::ReconnectPicker);
@@ -246,10 +292,23 @@ impl ConnectFlow {
                 .get(&new.user_id, integration.key())
                 .await
                 .map_err(|err| ConnectError::Save(err.into()))?;
-            if existing.is_none() {
+            let Some(existing) = existing else {
                 return Err(ConnectError::NothingToReconnect(integration.key().clone()));
+            };
+            if given_params.is_empty() {
+                // Reconnecting keeps the shop (tenant, ...) it was for.
+                let stored = crate::providers::ConnectionParams::from_metadata(&existing.metadata);
+                given_params = integration
+                    .connection_param_specs()
+                    .iter()
+                    .filter(|p| p.source == crate::providers::ParamSource::Session)
+                    .filter_map(|p| Some((p.name.clone(), stored.get(&p.name)?.to_owned())))
+                    .collect();
             }
         }
+        let connection_params = integration
+            .check_session_params(&given_params)
+            .map_err(ConnectError::SessionParams)?;
         let id = StateKey::generate();
         let now = self.vault.clock().now();
         // A connect session names no session; an OAuth state always does.
@@ -257,6 +316,7 @@ impl ConnectFlow {
             redirect_to: new.redirect_to,
             scopes: new.scopes.to_vec(),
             provider_params: new.provider_params,
+            connection_params: connection_params.into_map(),
             confirm: new.confirm,
             offered: if new.offered.len() > 1 {
                 new.offered
@@ -392,8 +452,10 @@ impl ConnectFlow {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let authorize_url =
-            integration.authorize_url_with(state.as_str(), pkce.as_ref(), scopes.as_ref(), &extras);
+        let authorize_url = integration
+            .for_connection(&record.connection_params.clone().into())
+            .map_err(ConnectError::SessionParams)?
+            .authorize_url_with(state.as_str(), pkce.as_ref(), scopes.as_ref(), &extras);
         Ok(Started {
             integration,
             state,
@@ -455,6 +517,19 @@ impl ConnectFlow {
         callback: &Callback,
     ) -> Result<Finished, ConnectError> {
         let code = authorization_code(integration, callback)?;
+        // The callback's connection parameters, checked before the code is
+        // exchanged (a bad one ends the flow with nothing issued).
+        let mut connection_params = record.connection_params.clone();
+        connection_params.extend(
+            integration
+                .check_callback_params(&callback.query)
+                .map_err(ConnectError::ProviderParams)?
+                .into_map(),
+        );
+        let record = &StateRecord {
+            connection_params,
+            ..record.clone()
+        };
         if !record.confirm {
             let connection_id = self
                 .exchange_and_save(integration, record, code, callback.instance_id.as_deref())
@@ -527,6 +602,10 @@ impl ConnectFlow {
     ) -> Result<String, ConnectError> {
         let requested: Option<Scopes> =
             (!record.scopes.is_empty()).then(|| record.scopes.iter().cloned().collect());
+        let known: crate::providers::ConnectionParams = record.connection_params.clone().into();
+        let integration = &*integration
+            .for_connection(&known)
+            .map_err(ConnectError::ProviderParams)?;
         let grant = integration
             .exchange_code(
                 code,
@@ -536,9 +615,27 @@ impl ConnectFlow {
             )
             .await
             .map_err(|err| ConnectError::Exchange(err.to_string()))?;
-        let mut metadata = grant.metadata;
-        if let (Some(instance_id), Some(fields)) = (instance_id, metadata.as_object_mut()) {
-            fields.insert("instance_id".into(), json!(instance_id));
+        let connection_params = match integration.connection_params_for(&known, &grant).await {
+            Ok(values) => values,
+            Err(err) => {
+                tracing::warn!(integration = %integration.key(), error = %err, "a connection parameter from the provider is unusable; the grant is not stored");
+                self.revoke_unstored(integration, &grant).await;
+                return Err(ConnectError::ProviderParams(err));
+            }
+        };
+        let mut metadata = grant.metadata.clone();
+        if let Some(fields) = metadata.as_object_mut() {
+            if let Some(instance_id) = instance_id {
+                fields.insert("instance_id".into(), json!(instance_id));
+            }
+            if connection_params.is_empty() {
+                fields.remove(crate::providers::ConnectionParams::METADATA_KEY);
+            } else {
+                fields.insert(
+                    crate::providers::ConnectionParams::METADATA_KEY.into(),
+                    json!(connection_params),
+                );
+            }
         }
         let saved = self
             .vault
@@ -555,6 +652,13 @@ impl ConnectFlow {
             Err(err) => err,
         };
         tracing::warn!(integration = %integration.key(), error = %err, "storing the grant failed");
+        self.revoke_unstored(integration, &grant).await;
+        Err(ConnectError::Save(err))
+    }
+
+    /// Revokes a grant nobody will hold (it would otherwise stay valid at
+    /// the provider until it expires); best effort.
+    async fn revoke_unstored(&self, integration: &Integration, grant: &crate::integrations::Grant) {
         match integration.revoke(&grant.tokens).await {
             Ok(true) => {
                 tracing::info!(integration = %integration.key(), "revoked the grant whose save failed");
@@ -567,7 +671,6 @@ impl ConnectFlow {
             }
         }
         metrics::counter!("tokenvault_flow_orphaned_grants_total", "integration" => integration.key().to_string()).increment(1);
-        Err(ConnectError::Save(err))
     }
 }
 

@@ -33,6 +33,10 @@ pub enum ErrorCode {
     InvalidIntegration,
     /// a `provider_params` entry the provider does not define, or an empty/oversized value
     InvalidProviderParams,
+    /// `connection_params` of a connect session: a parameter the provider does not take, a missing one (the message names it) or a value failing its pattern; nothing is stored
+    InvalidConnectionParams,
+    /// the stored connection has no valid connection parameters for its provider's URLs (stored before the entry declared them, or no longer passing its pattern): connect the user again; nothing was sent
+    ConnectionParamsUnusable,
     /// `redirect_to` is not an absolute URL on an allowed origin
     InvalidRedirectTo,
     /// callback or connect link with an unknown, expired or already used state
@@ -145,6 +149,7 @@ impl ErrorCode {
         Self::InvalidMinTtl,
         Self::InvalidIntegration,
         Self::InvalidProviderParams,
+        Self::InvalidConnectionParams,
         Self::InvalidRedirectTo,
         Self::InvalidState,
         Self::BrowserMismatch,
@@ -178,6 +183,7 @@ impl ErrorCode {
         Self::BulkActionFinished,
         Self::StoredTokensNewer,
         Self::NeedsReauth,
+        Self::ConnectionParamsUnusable,
         Self::PayloadTooLarge,
         Self::TooManyLoginAttempts,
         Self::Internal,
@@ -209,6 +215,8 @@ impl ErrorCode {
             Self::InvalidMinTtl => "invalid_min_ttl",
             Self::InvalidIntegration => "invalid_integration",
             Self::InvalidProviderParams => "invalid_provider_params",
+            Self::InvalidConnectionParams => "invalid_connection_params",
+            Self::ConnectionParamsUnusable => "connection_params_unusable",
             Self::InvalidRedirectTo => "invalid_redirect_to",
             Self::InvalidState => "invalid_state",
             Self::BrowserMismatch => "browser_mismatch",
@@ -275,6 +283,7 @@ impl ErrorCode {
             | Self::InvalidMinTtl
             | Self::InvalidIntegration
             | Self::InvalidProviderParams
+            | Self::InvalidConnectionParams
             | Self::InvalidRedirectTo
             | Self::InvalidState
             | Self::BrowserMismatch
@@ -303,9 +312,10 @@ impl ErrorCode {
             | Self::BulkActionNotFound
             | Self::ConnectionNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::BulkActionFinished | Self::StoredTokensNewer | Self::NeedsReauth => {
-                StatusCode::CONFLICT
-            }
+            Self::BulkActionFinished
+            | Self::StoredTokensNewer
+            | Self::NeedsReauth
+            | Self::ConnectionParamsUnusable => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyLoginAttempts => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -350,6 +360,12 @@ impl ErrorCode {
             Self::InvalidIntegration => "an integration key with characters outside `a-z 0-9 - _`",
             Self::InvalidProviderParams => {
                 "a `provider_params` entry the provider does not define, or an empty/oversized value"
+            }
+            Self::InvalidConnectionParams => {
+                "`connection_params` of a connect session: a parameter the provider does not take, a missing one (the message names it) or a value failing its pattern; nothing is stored"
+            }
+            Self::ConnectionParamsUnusable => {
+                "the stored connection has no valid connection parameters for its provider's URLs (stored before the entry declared them, or no longer passing its pattern): connect the user again; nothing was sent"
             }
             Self::InvalidRedirectTo => "`redirect_to` is not an absolute URL on an allowed origin",
             Self::InvalidState => {

@@ -47,6 +47,9 @@ pub(super) fn request_error(err: RequestError, integration: &str) -> ApiError {
             ErrorCode::ProviderUnreachable,
             format!("the {integration} API could not be reached: {reason}"),
         ),
+        RequestError::ConnectionParams(err) => {
+            ApiError::new(ErrorCode::ConnectionParamsUnusable, err.to_string())
+        }
         RequestError::Profile(err) => ApiError::new(
             ErrorCode::ProviderError,
             match err.status() {

@@ -258,6 +258,21 @@ impl DeviceFlow {
         if integration.spec().device_authorization_url.is_none() {
             return Err(DeviceFlowError::Unsupported(integration.spec().key.clone()));
         }
+        if let Some(param) = integration.connection_param_specs().iter().find(|p| {
+            matches!(
+                p.source,
+                crate::providers::ParamSource::Session
+                    | crate::providers::ParamSource::Callback { .. }
+            )
+        }) {
+            return Err(DeviceFlowError::Provider(OAuthError::ConnectionParams(
+                format!(
+                    "provider `{}` needs connection parameter `{}` from a connect session or its callback, which the device flow does not have",
+                    integration.spec().key,
+                    param.name
+                ),
+            )));
+        }
         let scopes = scopes.filter(|s| !s.is_empty());
         let authorization = integration
             .device_authorize(scopes)
@@ -375,13 +390,38 @@ impl DeviceFlow {
             Ok(DeviceGrantPoll::Denied) => finished(DeviceSessionStatus::Denied, None),
             Ok(DeviceGrantPoll::Expired) => finished(DeviceSessionStatus::Expired, None),
             Ok(DeviceGrantPoll::Complete(grant)) => {
+                let params = match integration
+                    .connection_params_for(&crate::providers::ConnectionParams::new(), &grant)
+                    .await
+                {
+                    Ok(params) => params,
+                    Err(err) => {
+                        tracing::warn!(session = %session.id, error = %err, "a connection parameter from the provider is unusable; the grant is not stored");
+                        if let Err(revoke) = integration.revoke(&grant.tokens).await {
+                            tracing::warn!(session = %session.id, error = %revoke, "revoking the unstored device grant failed");
+                        }
+                        return failed(
+                            "provider_error",
+                            format!("the provider's answer is unusable: {err}"),
+                        );
+                    }
+                };
+                let mut metadata = grant.metadata.clone();
+                if !params.is_empty()
+                    && let Some(fields) = metadata.as_object_mut()
+                {
+                    fields.insert(
+                        crate::providers::ConnectionParams::METADATA_KEY.into(),
+                        serde_json::json!(params),
+                    );
+                }
                 let saved = self
                     .vault
                     .save_grant(
                         &session.user_id,
                         &session.integration,
                         &grant.tokens,
-                        grant.metadata,
+                        metadata,
                         Duration::from_std(integration.refresh_buffer()).unwrap_or_default(),
                     )
                     .await;
@@ -430,7 +470,9 @@ fn is_transient(err: &OAuthError) -> bool {
                 || *status >= 500
                 || matches!(error.as_str(), "temporarily_unavailable" | "server_error")
         }
-        OAuthError::InvalidResponse(_) | OAuthError::Config(_) => false,
+        OAuthError::InvalidResponse(_)
+        | OAuthError::Config(_)
+        | OAuthError::ConnectionParams(_) => false,
     }
 }
 

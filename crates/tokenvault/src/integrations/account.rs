@@ -36,6 +36,7 @@ impl Integration {
                     .spec
                     .revocation_url_for(&self.auth.client_id)
                     .ok_or_else(missing_url)?;
+                self.ready(&url)?;
                 if let Some(refresh) = &tokens.refresh_token {
                     let refresh = SecretString::from(refresh.expose().to_owned());
                     self.revoke_one(&url, &refresh, "refresh_token").await?;
@@ -48,6 +49,7 @@ impl Integration {
                     .spec
                     .revocation_url_for(&self.auth.client_id)
                     .ok_or_else(missing_url)?;
+                self.ready(&url)?;
                 with_client_auth!(self, |auth| {
                     self.oauth.revoke_github_grant(&url, auth, &access).await
                 })?;
@@ -82,6 +84,7 @@ impl Integration {
         let Some(url) = &self.spec.userinfo_url else {
             return Ok(None);
         };
+        let url = self.ready(url)?;
         let Some(mapping) = &self.spec.profile else {
             return Err(OAuthError::Config(format!(
                 "provider `{}` has a userinfo_url but no profile mapping",

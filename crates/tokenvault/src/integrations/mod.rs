@@ -48,10 +48,12 @@ mod app_tokens;
 mod authorize;
 mod config;
 mod grants;
+mod params;
 
 pub use app_tokens::{APP_TOKEN_RENEW_BEFORE_SECS, AppTokens};
 use config::*;
 pub use config::{IntegrationConfig, IntegrationConfigError, IntegrationsConfig};
+pub(crate) use grants::looks_secret;
 
 /// What a token-endpoint call produced.
 #[derive(Debug, Clone)]
@@ -68,6 +70,10 @@ pub struct Grant {
     /// depth), so it can be stored unencrypted as connection metadata
     /// (WordPress.com `blog_id` / `blog_url`, ...).
     pub metadata: Value,
+    /// Values of the entry's `token_response` connection parameters, as the
+    /// response gave them (not checked yet: see
+    /// [`Integration::connection_params_for`]).
+    pub token_response_params: crate::providers::ConnectionParams,
 }
 
 /// Outcome of one device-token poll; see [`DevicePoll`].

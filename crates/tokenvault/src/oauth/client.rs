@@ -57,6 +57,10 @@ pub struct OAuthClientConfig {
     /// Whole-request timeout (connect + send + reading the body).
     pub request_timeout: Duration,
     pub user_agent: String,
+    /// Fixed addresses for host names, instead of DNS (reqwest's
+    /// `resolve`; the port comes from the URL): split-horizon setups, and
+    /// tests that check the host a templated URL reaches.
+    pub resolve: Vec<(String, std::net::SocketAddr)>,
 }
 
 impl Default for OAuthClientConfig {
@@ -65,6 +69,7 @@ impl Default for OAuthClientConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(20),
             user_agent: concat!("tokenvault/", env!("CARGO_PKG_VERSION")).to_string(),
+            resolve: Vec::new(),
         }
     }
 }
@@ -93,11 +98,15 @@ impl OAuthClient {
         let mut headers = HeaderMap::new();
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         let builder = || {
-            reqwest::Client::builder()
+            let mut builder = reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .connect_timeout(config.connect_timeout)
                 .user_agent(config.user_agent.clone())
-                .default_headers(headers.clone())
+                .default_headers(headers.clone());
+            for (host, addr) in &config.resolve {
+                builder = builder.resolve(host, *addr);
+            }
+            builder
         };
         let build_error =
             |e: reqwest::Error| OAuthError::Config(format!("building HTTP client: {e}"));

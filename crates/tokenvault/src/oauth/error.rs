@@ -96,6 +96,10 @@ pub enum OAuthError {
     /// not be built).
     #[error("invalid OAuth client configuration: {0}")]
     Config(String),
+    /// A connection's parameters are missing or invalid, so a URL of its
+    /// provider cannot be built; detected before any request was sent.
+    #[error("{0}")]
+    ConnectionParams(String),
 }
 
 fn fmt_description(description: &Option<String>) -> String {

@@ -120,6 +120,10 @@ pub struct StateRecord {
     /// (Wix's installer `token`); omitted from storage when empty.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub provider_params: std::collections::BTreeMap<String, String>,
+    /// Checked connection parameter values (the session's, then the
+    /// callback's); omitted from storage when empty.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub connection_params: std::collections::BTreeMap<String, String>,
     /// SHA-256 (hex) of the nonce in the cookie set on the browser that
     /// opened the connect link; the callback needs the same cookie, so a
     /// flow cannot be finished by another browser (account-linking CSRF).
@@ -221,6 +225,7 @@ impl StateRecord {
             scopes: Vec::new(),
             created_at,
             provider_params: Default::default(),
+            connection_params: Default::default(),
             browser_binding: None,
             confirm: false,
             authorization_code: None,
@@ -264,6 +269,7 @@ impl fmt::Debug for StateRecord {
                 "provider_params",
                 &self.provider_params.keys().collect::<Vec<_>>(),
             )
+            .field("connection_params", &self.connection_params)
             .field("browser_bound", &self.browser_binding.is_some())
             .field("confirm", &self.confirm)
             .field(
@@ -348,6 +354,7 @@ mod tests {
             scopes: vec!["user-read-email".into()],
             created_at: DateTime::from_timestamp_millis(1_700_000_000_123).unwrap(),
             provider_params: Default::default(),
+            connection_params: [("shop".to_owned(), "acme".to_owned())].into(),
             browser_binding: Some("ab".repeat(32)),
             confirm: true,
             authorization_code: Some(SecretString::from("code-abcdefghijklmnop")),
@@ -433,6 +440,7 @@ mod tests {
                 "code_verifier",
                 "confirm",
                 "connect_session",
+                "connection_params",
                 "created_at",
                 "integration",
                 "offered",
@@ -449,6 +457,7 @@ mod tests {
         let back = StateRecord::from_json(&json).unwrap();
         assert_eq!(back.outcome, record().outcome);
         assert_eq!(back.offered, record().offered);
+        assert_eq!(back.connection_params, record().connection_params);
         assert!(back.show_page);
         assert_eq!(
             back.code_verifier.unwrap().expose_secret(),

@@ -26,6 +26,7 @@ use url::Url;
 
 mod catalog;
 mod discovery;
+pub mod params;
 mod raw;
 mod resolve;
 #[cfg(test)]
@@ -33,7 +34,8 @@ mod tests;
 
 pub use catalog::Catalog;
 pub use discovery::discover;
-pub use raw::{RawCatalog, RawProfileMapping, RawProvider};
+pub use params::{ConnectionParamSpec, ConnectionParams, ParamError, ParamSource};
+pub use raw::{RawCatalog, RawConnectionParam, RawProfileMapping, RawProvider};
 
 /// The embedded built-in catalog.
 pub const BUILTIN_CATALOG_TOML: &str = include_str!("../../providers.toml");
@@ -259,6 +261,13 @@ pub struct ProviderSpec {
     /// JSON pointer to the object holding the token fields, when nested.
     pub token_response_path: Option<String>,
     pub profile: Option<ProfileMapping>,
+    /// The `{name}` placeholders of the URLs, declared (see [`params`]).
+    pub connection_params: Vec<ConnectionParamSpec>,
+    /// JSON pointers of the token-response fields kept as metadata; `None`:
+    /// every non-secret top-level field.
+    pub token_metadata: Option<Vec<String>>,
+    /// ID token claims kept as metadata (under `id_token`).
+    pub id_token_claims: Vec<String>,
 }
 
 /// OpenID Connect's standard scopes, in plain words, for every provider.
@@ -331,7 +340,7 @@ impl ProviderSpec {
             RevocationStyle::GithubGrant => {
                 let filled = url.as_str().replace(
                     CLIENT_ID_PLACEHOLDER_ENCODED,
-                    &encode_path_segment(client_id),
+                    &params::encode_component(client_id),
                 );
                 Url::parse(&filled).ok()
             }
@@ -346,18 +355,6 @@ impl ProviderSpec {
             None => Some(body),
         }
     }
-}
-
-fn encode_path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// A `discovery = true` entry waiting for [`Catalog::discover_pending`].

@@ -56,6 +56,49 @@ pub struct RawProvider {
     pub api_auth_scheme: Option<ApiAuthScheme>,
     pub token_response_path: Option<String>,
     pub profile: Option<RawProfileMapping>,
+    /// `[providers.<key>.connection_params.<name>]`: the `{name}`
+    /// placeholders of the entry's URLs.
+    pub connection_params: Option<BTreeMap<String, RawConnectionParam>>,
+    /// JSON pointers of the token response's non-secret fields kept as
+    /// connection metadata (absent: every non-secret top-level field).
+    pub token_metadata: Option<Vec<String>>,
+    /// OpenID Connect: claims of the ID token kept as connection metadata.
+    pub id_token_claims: Option<Vec<String>>,
+}
+
+/// Where a connection parameter comes from, as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawParamSource {
+    Session,
+    Callback,
+    TokenResponse,
+    PostConnect,
+}
+
+/// What of a parameter's raw value is kept, as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawParamExtract {
+    /// The value is an https URL; keep its host.
+    Host,
+}
+
+/// `[providers.<key>.connection_params.<name>]` as written.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConnectionParam {
+    pub description: Option<String>,
+    pub pattern: Option<String>,
+    pub source: Option<RawParamSource>,
+    pub example: Option<String>,
+    /// `callback`: the query parameter's name (default: the parameter's).
+    pub query: Option<String>,
+    /// `token_response` / `post_connect`: where the value is.
+    pub pointer: Option<String>,
+    /// `post_connect`: the https URL to GET with the access token.
+    pub request: Option<String>,
+    pub extract: Option<RawParamExtract>,
 }
 
 macro_rules! overlay_fields {
@@ -77,7 +120,7 @@ impl RawProvider {
             scope_descriptions, authorize_params, authorize_style, token_auth_method, public_client, token_request_format,
             refresh_params, refresh_sends_scope, pkce, refresh_tokens, refresh_token_rotates,
             refresh_buffer_secs, default_expires_in_secs, api_base_url, api_auth_scheme,
-            token_response_path,
+            token_response_path, connection_params, token_metadata, id_token_claims,
         );
         if let Some(src_profile) = &src.profile {
             let dst_profile = dst.profile.get_or_insert_with(RawProfileMapping::default);

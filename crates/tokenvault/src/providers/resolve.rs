@@ -412,6 +412,50 @@ pub(super) fn resolve_entry(
         ));
     }
 
+    let connection_params = resolve_params(
+        key,
+        raw.connection_params.as_ref(),
+        policy,
+        &[
+            ("authorization_url", Some(&authorization_url)),
+            ("token_url", Some(&token_url)),
+            ("refresh_url", Some(&refresh_url)),
+            ("revocation_url", revocation_url.as_ref()),
+            (
+                "device_authorization_url",
+                device_authorization_url.as_ref(),
+            ),
+            ("userinfo_url", userinfo_url.as_ref()),
+            ("api_base_url", api_base_url.as_ref()),
+        ],
+    )?;
+    let token_metadata = match &raw.token_metadata {
+        None => None,
+        Some(pointers) => {
+            for pointer in pointers {
+                check_pointer(key, "token_metadata", pointer)?;
+                if pointer.split('/').any(crate::integrations::looks_secret) {
+                    return Err(invalid(
+                        key,
+                        "token_metadata",
+                        format!("`{pointer}` names a secret; only non-secret fields are kept"),
+                    ));
+                }
+            }
+            Some(pointers.clone())
+        }
+    };
+    let id_token_claims = raw.id_token_claims.clone().unwrap_or_default();
+    for claim in &id_token_claims {
+        if claim.is_empty() || crate::integrations::looks_secret(claim) {
+            return Err(invalid(
+                key,
+                "id_token_claims",
+                format!("`{claim}` cannot be kept"),
+            ));
+        }
+    }
+
     Ok(Resolved::Ready(Box::new(ProviderSpec {
         key: key.to_owned(),
         display_name,
@@ -448,7 +492,165 @@ pub(super) fn resolve_entry(
         api_auth_scheme: raw.api_auth_scheme.unwrap_or_default(),
         token_response_path: raw.token_response_path.clone(),
         profile,
+        connection_params,
+        token_metadata,
+        id_token_claims,
     })))
+}
+
+/// The declared connection parameters, checked against every URL template:
+/// each placeholder is declared, its source is known by the time the URL is
+/// needed (the authorization request only has the session's values, the
+/// code exchange the callback's too), and every template filled with the
+/// examples is a valid URL.
+fn resolve_params(
+    key: &str,
+    raw: Option<&BTreeMap<String, RawConnectionParam>>,
+    policy: UrlPolicy,
+    templates: &[(&str, Option<&Url>)],
+) -> Result<Vec<ConnectionParamSpec>, CatalogError> {
+    use params::{ParamPattern, ParamSource as Source, is_param_name};
+    let mut specs: Vec<ConnectionParamSpec> = Vec::new();
+    for (name, param) in raw.into_iter().flatten() {
+        let field = |f: &str| format!("connection_params.{name}.{f}");
+        if !is_param_name(name) || name == "client_id" {
+            return Err(invalid(
+                key,
+                &format!("connection_params.{name}"),
+                "a parameter name is a lowercase identifier (letters, digits, '_'), not client_id",
+            ));
+        }
+        let pattern = param.pattern.as_deref().ok_or_else(|| {
+            invalid(
+                key,
+                &field("pattern"),
+                "missing: every parameter is validated",
+            )
+        })?;
+        let pattern = ParamPattern::new(pattern).map_err(|m| invalid(key, &field("pattern"), m))?;
+        let pointer = |what: &str| -> Result<String, CatalogError> {
+            let pointer = param.pointer.clone().ok_or_else(|| {
+                invalid(
+                    key,
+                    &field("pointer"),
+                    format!("required for source {what}"),
+                )
+            })?;
+            check_pointer(key, &field("pointer"), &pointer)?;
+            Ok(pointer)
+        };
+        let source = match param.source {
+            None => return Err(invalid(key, &field("source"), "missing")),
+            Some(RawParamSource::Session) => Source::Session,
+            Some(RawParamSource::Callback) => Source::Callback {
+                query: param.query.clone().unwrap_or_else(|| name.clone()),
+            },
+            Some(RawParamSource::TokenResponse) => Source::TokenResponse {
+                pointer: pointer("token_response")?,
+            },
+            Some(RawParamSource::PostConnect) => Source::PostConnect {
+                request: required_url_field(
+                    key,
+                    &field("request"),
+                    param.request.as_deref(),
+                    policy,
+                )?,
+                pointer: pointer("post_connect")?,
+            },
+        };
+        if param.query.is_some() && !matches!(source, Source::Callback { .. }) {
+            return Err(invalid(key, &field("query"), "only for source callback"));
+        }
+        let example = param
+            .example
+            .clone()
+            .ok_or_else(|| invalid(key, &field("example"), "missing"))?;
+        specs.push(ConnectionParamSpec {
+            name: name.clone(),
+            description: param.description.clone().unwrap_or_default(),
+            pattern,
+            source,
+            example,
+            extract_host: param.extract.is_some(),
+            positions: Vec::new(),
+        });
+    }
+
+    let mut templated: Vec<(&str, &Url)> = Vec::new();
+    let post_connect_requests: Vec<(String, Url)> = specs
+        .iter()
+        .filter_map(|s| match &s.source {
+            Source::PostConnect { request, .. } => Some((
+                format!("connection_params.{}.request", s.name),
+                request.clone(),
+            )),
+            _ => None,
+        })
+        .collect();
+    let all = templates
+        .iter()
+        .filter_map(|(field, url)| url.map(|u| (*field, u)))
+        .chain(post_connect_requests.iter().map(|(f, u)| (f.as_str(), u)));
+    for (field, url) in all {
+        let found = params::placeholders(url).map_err(|m| invalid(key, field, m))?;
+        if found.is_empty() {
+            continue;
+        }
+        templated.push((field, url));
+        for (name, position) in found {
+            if name == "client_id" && field == "revocation_url" {
+                continue; // github_grant's own placeholder
+            }
+            let Some(spec) = specs.iter_mut().find(|s| s.name == name) else {
+                return Err(invalid(
+                    key,
+                    field,
+                    format!("placeholder `{{{name}}}` is not declared in connection_params"),
+                ));
+            };
+            let known_in_time = match field {
+                "authorization_url" | "device_authorization_url" => {
+                    matches!(spec.source, Source::Session)
+                }
+                "token_url" => matches!(spec.source, Source::Session | Source::Callback { .. }),
+                _ if field.ends_with(".request") => {
+                    !matches!(spec.source, Source::PostConnect { .. })
+                }
+                _ => true,
+            };
+            if !known_in_time {
+                return Err(invalid(
+                    key,
+                    field,
+                    format!(
+                        "`{{{name}}}` comes from the {} and is not known yet when this URL is used",
+                        spec.source.as_str()
+                    ),
+                ));
+            }
+            if !spec.positions.contains(&position) {
+                spec.positions.push(position);
+            }
+        }
+    }
+
+    let mut examples = ConnectionParams::new();
+    for spec in &specs {
+        let value = spec.check(&spec.example).map_err(|e| {
+            invalid(
+                key,
+                &format!("connection_params.{}.example", spec.name),
+                e.to_string(),
+            )
+        })?;
+        examples.insert(spec.name.clone(), value);
+    }
+    examples.insert("client_id", "example-client");
+    for (field, url) in templated {
+        params::fill(url, &examples)
+            .map_err(|m| invalid(key, field, format!("filled with the examples: {m}")))?;
+    }
+    Ok(specs)
 }
 
 // ---------------------------------------------------------------------------

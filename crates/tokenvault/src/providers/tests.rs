@@ -661,3 +661,94 @@ async fn catalog_discovers_pending_entries_with_user_overrides() {
         ["/name", "/preferred_username"]
     );
 }
+
+#[test]
+fn connection_param_declarations_are_checked_against_every_template() {
+    let entry = |urls: &str, params: &str| {
+        format!(
+            "[providers.shop]\ndisplay_name = \"Shop\"\n{urls}\n[providers.shop.connection_params.shop]\ndescription = \"The shop\"\n{params}\n"
+        )
+    };
+    let urls = "authorization_url = \"https://{shop}.myshopify.com/admin/oauth/authorize\"\ntoken_url = \"https://{shop}.myshopify.com/admin/oauth/access_token\"";
+    let good = "pattern = \"[a-z0-9][a-z0-9-]{0,62}\"\nsource = \"session\"\nexample = \"acme\"";
+    let catalog = Catalog::from_toml_str(&entry(urls, good)).unwrap();
+    let spec = catalog.get("shop").unwrap();
+    assert_eq!(spec.connection_params.len(), 1);
+    assert_eq!(
+        spec.connection_params[0].positions,
+        vec![params::Position::Host]
+    );
+
+    let cases = [
+        // A placeholder nobody declared.
+        (
+            "authorization_url = \"https://{store}.myshopify.com/a\"\ntoken_url = \"https://x.example/t\"",
+            good,
+            "authorization_url",
+        ),
+        // The token response is not known when the user is sent to authorize.
+        (
+            urls,
+            "pattern = \"[a-z]+\"\nsource = \"token_response\"\npointer = \"/shop\"\nexample = \"acme\"",
+            "authorization_url",
+        ),
+        // Nor the callback's query.
+        (
+            urls,
+            "pattern = \"[a-z]+\"\nsource = \"callback\"\nexample = \"acme\"",
+            "authorization_url",
+        ),
+        (
+            urls,
+            "source = \"session\"\nexample = \"acme\"",
+            "connection_params.shop.pattern",
+        ),
+        (
+            urls,
+            "pattern = \"[a-z\"\nsource = \"session\"\nexample = \"acme\"",
+            "connection_params.shop.pattern",
+        ),
+        (
+            urls,
+            "pattern = \"[a-z]+\"\nsource = \"session\"\nexample = \"ACME\"",
+            "connection_params.shop.example",
+        ),
+        // A pattern that lets a value out of a host label is caught by
+        // the example.
+        (
+            urls,
+            "pattern = \".+\"\nsource = \"session\"\nexample = \"evil.com/x\"",
+            "connection_params.shop.example",
+        ),
+        (
+            urls,
+            "pattern = \"[a-z]+\"\nexample = \"acme\"",
+            "connection_params.shop.source",
+        ),
+        (
+            urls,
+            "pattern = \"[a-z]+\"\nsource = \"post_connect\"\npointer = \"/0/id\"\nexample = \"acme\"",
+            "connection_params.shop.request",
+        ),
+        (
+            urls,
+            "pattern = \"[a-z]+\"\nsource = \"session\"\nquery = \"shop\"\nexample = \"acme\"",
+            "connection_params.shop.query",
+        ),
+    ];
+    for (urls, params, field) in cases {
+        let err = err_text(Catalog::from_toml_str(&entry(urls, params)));
+        assert!(
+            err.starts_with(&format!("provider `shop`: {field}: ")),
+            "{params}: {err}"
+        );
+    }
+    // Only non-secret fields can be kept as metadata.
+    let err = err_text(Catalog::from_toml_str(&format!(
+        "[providers.slack]\ndisplay_name = \"Slack\"\n{urls}\ntoken_metadata = [\"/authed_user/access_token\"]\n"
+    ).replace("{shop}", "acme")));
+    assert!(
+        err.starts_with("provider `slack`: token_metadata: "),
+        "{err}"
+    );
+}

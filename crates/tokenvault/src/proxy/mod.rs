@@ -223,6 +223,10 @@ pub enum RequestError {
     /// The profile endpoint answered with an error or an unusable body.
     #[error("the provider's profile endpoint failed: {0}")]
     Profile(OAuthError),
+    /// The connection's parameters cannot build its provider's URLs; the
+    /// user must connect again. Nothing was sent.
+    #[error("{0}")]
+    ConnectionParams(OAuthError),
 }
 
 fn network(err: reqwest::Error) -> RequestError {
@@ -272,15 +276,30 @@ impl Vault {
             .integrations()
             .get(key)
             .ok_or_else(|| RequestError::UnknownIntegration(key.clone()))?;
-        let base = integration
+        let base_template = integration
             .spec()
             .api_base_url
             .as_ref()
             .ok_or_else(|| RequestError::NoApiBaseUrl(key.clone()))?;
-        let url = request.path.url_under(base, request.query.as_deref())?;
+        // A bad path is refused before any token is read.
+        let mut url = request
+            .path
+            .url_under(base_template, request.query.as_deref())?;
         strip_request_headers(&mut request.headers);
 
         let mut issued = self.valid_token(user, key, options.min_ttl).await?;
+        // A base that depends on the connection (Shopify's shop, Salesforce's
+        // instance) is filled with its checked parameters.
+        let connection_client = integration
+            .for_stored(&issued.connection.metadata)
+            .map_err(RequestError::ConnectionParams)?;
+        if let Some(base) = connection_client
+            .api_base_url()
+            .map_err(RequestError::ConnectionParams)?
+            && base != base_template
+        {
+            url = request.path.url_under(base, request.query.as_deref())?;
+        }
         let mut refreshed = issued.outcome == TokenOutcome::Refreshed;
         let mut retried_unauthorized = false;
         let mut waited = Duration::ZERO;
@@ -370,7 +389,10 @@ impl Vault {
         let mut retried_unauthorized = false;
         loop {
             self.spend_rate_budget(key).await;
-            match integration.userinfo(&issued.tokens.access_token).await {
+            let client = integration
+                .for_stored(&issued.connection.metadata)
+                .map_err(RequestError::ConnectionParams)?;
+            match client.userinfo(&issued.tokens.access_token).await {
                 Ok(Some(profile)) => return Ok(profile),
                 Ok(None) => return Err(RequestError::NoProfileEndpoint(key.clone())),
                 Err(err) if err.status() == Some(401) && !retried_unauthorized => {

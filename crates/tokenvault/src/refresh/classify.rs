@@ -65,6 +65,10 @@ pub fn classify(err: &OAuthError, default_retry_after: Duration) -> FailureClass
             FailureClass::Transient
         }
         OAuthError::Config(_) => FailureClass::Misconfigured,
+        // This connection's parameters cannot build its provider's URLs
+        // (none stored, or no longer valid under the entry's pattern): only
+        // connecting again gives it valid ones; other connections are fine.
+        OAuthError::ConnectionParams(_) => FailureClass::NeedsReauth,
         // RFC 6749 §5.2: a failed client authentication is a 401.
         OAuthError::Http { status: 401, .. } => FailureClass::Misconfigured,
         OAuthError::Http { status, .. } | OAuthError::Provider { status, .. }

@@ -47,7 +47,10 @@ impl Vault {
                 revoked_at_provider: false,
                 reason: Some(format!("integration {integration} is not configured")),
             },
-            (Some(tokens), Some(client)) => match client.revoke(&tokens).await {
+            (Some(tokens), Some(client)) => match match client.for_stored(&record.metadata) {
+                Ok(client) => client.revoke(&tokens).await,
+                Err(err) => Err(err),
+            } {
                 Ok(true) => Revocation {
                     revoked_at_provider: true,
                     reason: None,

@@ -78,9 +78,14 @@ impl Vault {
                 });
             }
             let started = Instant::now();
-            let result = integration
-                .refresh(&refresh_token, &record.scopes, self.clock().now())
-                .await;
+            let result = match integration.for_stored(&record.metadata) {
+                Ok(client) => {
+                    client
+                        .refresh(&refresh_token, &record.scopes, self.clock().now())
+                        .await
+                }
+                Err(err) => Err(err),
+            };
             metrics::histogram!("tokenvault_refresh_duration_seconds", "integration" => key.to_string())
                 .record(started.elapsed().as_secs_f64());
             let now = self.clock().now();

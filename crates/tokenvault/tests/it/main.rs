@@ -5,6 +5,7 @@ mod common;
 
 mod api_keys;
 mod at_rest;
+mod connection_params;
 mod device_sessions;
 mod import;
 mod key_rotation;

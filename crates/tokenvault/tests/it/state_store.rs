@@ -240,6 +240,7 @@ fn record(user: &str, verifier: Option<&str>) -> StateRecord {
         scopes: vec!["user-read-email".into(), "user-library-modify".into()],
         created_at: now(),
         provider_params: Default::default(),
+        connection_params: [("realm_id".to_owned(), "9130".to_owned())].into(),
         browser_binding: verifier.map(|_| "cd".repeat(32)),
         confirm: verifier.is_some(),
         authorization_code: verifier.map(|_| SecretString::from("code-0123456789")),

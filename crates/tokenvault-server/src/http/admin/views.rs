@@ -780,6 +780,7 @@ pub async fn reconnect_link(
             scopes: Scopes::default(),
             redirect_to: None,
             provider_params: BTreeMap::new(),
+            connection_params: BTreeMap::new(),
             confirm: false,
         })
         .await

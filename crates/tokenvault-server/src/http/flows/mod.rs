@@ -95,6 +95,8 @@ impl From<ConnectError> for FlowFailure {
             ConnectError::UserMismatch => ErrorCode::UserMismatch,
             ConnectError::NothingToReconnect(_) => ErrorCode::ConnectionNotFound,
             ConnectError::ReconnectPicker => ErrorCode::InvalidIntegration,
+            ConnectError::SessionParams(_) => ErrorCode::InvalidConnectionParams,
+            ConnectError::ProviderParams(_) => ErrorCode::ProviderError,
         };
         Self::new(code, message)
     }
@@ -237,6 +239,13 @@ pub struct ConnectSessionRequest {
     /// defines (Wix: the installer `token` Wix sent to the app URL).
     #[serde(default)]
     provider_params: std::collections::BTreeMap<String, String>,
+    /// Values of the provider's connection parameters that come from the
+    /// application (see `GET /v1/providers/{key}`: those with source
+    /// `session`), e.g. `{"shop": "acme"}` for Shopify. Each is checked
+    /// against the entry's pattern before anything is stored. A reconnect
+    /// without them keeps the connection's own.
+    #[serde(default)]
+    connection_params: std::collections::BTreeMap<String, String>,
     /// Confirm mode, for flows that may finish on another device: the
     /// callback stores nothing and sends the browser to `redirect_to`
     /// (required) with `status=confirmation_required`, `connect_session`
@@ -278,7 +287,7 @@ pub struct ConnectSessionCreated {
     request_body = ConnectSessionRequest,
     responses(
         (status = 201, description = "The session; send the user's browser to `connect_url`", body = ConnectSessionCreated),
-        (status = 400, description = "`invalid_json`, `invalid_user_id`, `invalid_integration`, `invalid_scopes`, `invalid_redirect_to`, `invalid_provider_params`", body = ErrorBody),
+        (status = 400, description = "`invalid_json`, `invalid_user_id`, `invalid_integration`, `invalid_scopes`, `invalid_redirect_to`, `invalid_provider_params`, `invalid_connection_params`", body = ErrorBody),
         (status = 404, description = "`unknown_integration`; `connection_not_found` (a reconnect with nothing to renew)", body = ErrorBody),
         (status = 500, description = "`internal`", body = ErrorBody),
         (status = 503, description = "`state_store_unavailable`, `database_unavailable`", body = ErrorBody),
@@ -316,6 +325,7 @@ pub async fn create_connect_session(
             scopes,
             redirect_to,
             provider_params: request.provider_params.clone(),
+            connection_params: request.connection_params.clone(),
             confirm: request.confirm,
             reconnect: request.reconnect,
         })
