@@ -56,6 +56,12 @@ export interface ConnectSessionOptions {
   redirectTo?: string;
   /** Provider-specific authorization parameters. */
   providerParams?: Record<string, string>;
+  /**
+   * Values of the provider's connection parameters that come from the app
+   * (`source: "session"` in `getProvider`), e.g. `{ shop: "acme" }` for
+   * Shopify; each is checked against the catalog entry's pattern.
+   */
+  connectionParams?: Record<string, string>;
   /** Confirm mode: the app confirms the connection for the user. */
   confirm?: boolean;
   /**
@@ -207,6 +213,7 @@ export class Tokenvault {
         scopes: options.scopes,
         redirect_to: options.redirectTo,
         provider_params: options.providerParams,
+        connection_params: options.connectionParams,
         confirm: options.confirm,
         reconnect: options.reconnect,
       },

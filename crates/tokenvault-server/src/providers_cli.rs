@@ -137,7 +137,7 @@ pub fn markdown(catalog: &Catalog) -> String {
                 let _ = writeln!(out, "- {label}: {value}");
             }
         };
-        let url = |u: &Option<url::Url>| u.as_ref().map(|u| format!("`{u}`"));
+        let url = |u: &Option<String>| u.as_ref().map(|u| format!("`{u}`"));
         line(&mut out, "authorization", url(&e.authorization_url));
         line(&mut out, "token", url(&e.token_url));
         if e.refresh_url != e.token_url {
@@ -212,6 +212,66 @@ pub fn markdown(catalog: &Catalog) -> String {
             "assumed lifetime without `expires_in`",
             e.default_expires_in_secs.map(|s| format!("{s} s")),
         );
+        line(
+            &mut out,
+            "kept from the token response",
+            e.token_metadata.as_ref().map(|pointers| {
+                if pointers.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    pointers
+                        .iter()
+                        .map(|p| format!("`{p}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            }),
+        );
+        line(
+            &mut out,
+            "kept from the ID token",
+            (!e.id_token_claims.is_empty()).then(|| {
+                e.id_token_claims
+                    .iter()
+                    .map(|c| format!("`{c}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }),
+        );
+        if !e.connection_params.is_empty() {
+            out.push_str(
+                "
+| connection parameter | from | pattern | example | what it is |
+|---|---|---|---|---|
+",
+            );
+            for p in &e.connection_params {
+                let from = match p.source.as_str() {
+                    "session" => "`connection_params` of the connect session".to_owned(),
+                    "callback" => {
+                        format!("the callback's `{}`", p.query.as_deref().unwrap_or(&p.name))
+                    }
+                    "token_response" => format!(
+                        "the token response at `{}`{}",
+                        p.pointer.as_deref().unwrap_or_default(),
+                        if p.extract_host { " (its host)" } else { "" }
+                    ),
+                    _ => format!(
+                        "`{}` at `{}`",
+                        p.request.as_deref().unwrap_or_default(),
+                        p.pointer.as_deref().unwrap_or_default()
+                    ),
+                };
+                let _ = writeln!(
+                    out,
+                    "| `{}` | {from} | `{}` | `{}` | {} |",
+                    p.name,
+                    p.pattern.replace('|', "\\|"),
+                    p.example,
+                    p.description
+                );
+            }
+        }
         if !e.scope_descriptions.is_empty() {
             out.push_str("\n| scope | what the Connect UI says |\n|---|---|\n");
             for (scope, words) in &e.scope_descriptions {

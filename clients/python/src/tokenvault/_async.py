@@ -137,6 +137,7 @@ class AsyncTokenvault:
         confirm: Optional[bool] = None,
         connect_ui: Optional[models.ConnectUi] = None,
         reconnect: Optional[bool] = None,
+        connection_params: Optional[Mapping[str, str]] = None,
     ) -> models.ConnectSessionCreated:
         """Starts a connect session: send the user's browser to its ``connect_url``.
 
@@ -145,9 +146,20 @@ class AsyncTokenvault:
         integration, the access asked for) first; ``"direct"`` goes straight
         to the provider; default: the service's ``connect_ui`` setting.
         ``reconnect=True`` renews the user's existing connection (after
-        ``needs_reauth``): same connection id; ``NotConnectedError`` when there is none."""
+        ``needs_reauth``): same connection id; ``NotConnectedError`` when there is none.
+        ``connection_params`` gives the provider's connection parameters that
+        come from the app (``source == "session"`` in ``get_provider``), e.g.
+        ``{"shop": "acme"}`` for Shopify."""
         call = ops.create_connect_session(
-            user_id, integration, scopes, redirect_to, provider_params, confirm, connect_ui, reconnect
+            user_id,
+            integration,
+            scopes,
+            redirect_to,
+            provider_params,
+            confirm,
+            connect_ui,
+            reconnect,
+            connection_params,
         )
         return await self._json(call)
 

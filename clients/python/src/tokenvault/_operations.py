@@ -68,6 +68,7 @@ def create_connect_session(
     confirm: Optional[bool],
     connect_ui: Optional[str],
     reconnect: Optional[bool],
+    connection_params: Optional[Mapping[str, str]] = None,
 ) -> "Call[models.ConnectSessionCreated]":
     """Several integrations make a picker: the link's page lets the user choose."""
     which: Dict[str, Any] = (
@@ -81,6 +82,7 @@ def create_connect_session(
             "scopes": scopes,
             "redirect_to": redirect_to,
             "provider_params": dict(provider_params) if provider_params is not None else None,
+            "connection_params": dict(connection_params) if connection_params is not None else None,
             "confirm": confirm,
             "reconnect": reconnect,
         }

@@ -680,6 +680,16 @@ export interface components {
              */
             confirm?: boolean;
             connect_ui?: null | components["schemas"]["ConnectUi"];
+            /**
+             * @description Values of the provider's connection parameters that come from the
+             *     application (see `GET /v1/providers/{key}`: those with source
+             *     `session`), e.g. `{"shop": "acme"}` for Shopify. Each is checked
+             *     against the entry's pattern before anything is stored. A reconnect
+             *     without them keeps the connection's own.
+             */
+            connection_params?: {
+                [key: string]: string;
+            };
             integration?: null | components["schemas"]["IntegrationKey"];
             /**
              * @description Instead of `integration`: 1 to 20 configured integrations; with
@@ -750,6 +760,29 @@ export interface components {
             connections: components["schemas"]["ListedConnection"][];
             /** @description Pass as `after` for the next page; null on the last page. */
             next_cursor?: string | null;
+        };
+        /** @description One connection parameter of a catalog entry. */
+        ConnectionParamView: {
+            description: string;
+            example: string;
+            /** @description The value is an https URL of which only the host is kept. */
+            extract_host: boolean;
+            name: string;
+            /** @description The regular expression the whole value must match. */
+            pattern: string;
+            /** @description `token_response` / `post_connect`: the JSON pointer to the value. */
+            pointer?: string | null;
+            /** @description `callback`: the query parameter. */
+            query?: string | null;
+            /** @description `post_connect`: the URL read. */
+            request?: string | null;
+            /**
+             * @description `session` (the application passes it), `callback` (a query
+             *     parameter of the OAuth callback), `token_response` (a field of the
+             *     token response) or `post_connect` (read with the new token from
+             *     `request`).
+             */
+            source: string;
         };
         /**
          * @description Where a user's connection to an integration stands.
@@ -1049,9 +1082,7 @@ export interface components {
         ProviderDetail: {
             /** @description The entry it inherits from (`alias`), if any. */
             alias_of?: string | null;
-            /** Format: uri */
             api_base_url?: string | null;
-            /** Format: uri */
             authorization_url?: string | null;
             /** @description Fixed parameters added to the authorization request. */
             authorize_params: {
@@ -1060,12 +1091,18 @@ export interface components {
             /** @description `#rrggbb` of its icon in the Connect UI. */
             brand_color?: string | null;
             /**
+             * @description What the URLs above depend on per connection: each `{name}`
+             *     placeholder, where its value comes from and the pattern it must
+             *     match. Those with source `session` are passed as
+             *     `connection_params` when creating a connect session.
+             */
+            connection_params: components["schemas"]["ConnectionParamView"][];
+            /**
              * Format: int64
              * @description Lifetime assumed when a token response has no `expires_in`.
              */
             default_expires_in_secs?: number | null;
             default_scopes: string[];
-            /** Format: uri */
             device_authorization_url?: string | null;
             /**
              * @description True for an OpenID Connect entry whose endpoints come from the
@@ -1073,6 +1110,8 @@ export interface components {
              */
             discovery: boolean;
             display_name: string;
+            /** @description ID token claims kept as connection metadata (under `id_token`). */
+            id_token_claims: string[];
             issuer?: string | null;
             key: string;
             pkce?: null | components["schemas"]["Pkce"];
@@ -1085,11 +1124,9 @@ export interface components {
             refresh_sends_scope?: boolean | null;
             refresh_token_rotates?: boolean | null;
             refresh_tokens?: boolean | null;
-            /** Format: uri */
             refresh_url?: string | null;
             /** @description `rfc7009`, `github_grant` or `none`. */
             revocation_style?: string | null;
-            /** Format: uri */
             revocation_url?: string | null;
             /** @description Scopes in plain words, as the Connect UI shows them. */
             scope_descriptions: {
@@ -1098,9 +1135,12 @@ export interface components {
             scope_separator?: string | null;
             /** @description `client_secret_basic`, `client_secret_post` or `none`. */
             token_auth_method?: string | null;
-            /** Format: uri */
+            /**
+             * @description JSON pointers of the token-response fields kept as connection
+             *     metadata; null: every non-secret top-level field.
+             */
+            token_metadata?: string[] | null;
             token_url?: string | null;
-            /** Format: uri */
             userinfo_url?: string | null;
         };
         /**
@@ -1499,7 +1539,7 @@ export interface operations {
                     "application/json": components["schemas"]["ConnectSessionCreated"];
                 };
             };
-            /** @description `invalid_json`, `invalid_user_id`, `invalid_integration`, `invalid_scopes`, `invalid_redirect_to`, `invalid_provider_params` */
+            /** @description `invalid_json`, `invalid_user_id`, `invalid_integration`, `invalid_scopes`, `invalid_redirect_to`, `invalid_provider_params`, `invalid_connection_params` */
             400: {
                 headers: {
                     /** @description The request's id: the caller's `X-Request-Id` if sane, else a new UUID */

@@ -172,22 +172,15 @@ pub struct ProviderDetail {
     /// issuer's discovery document (then most fields below are null).
     pub discovery: bool,
     pub issuer: Option<String>,
-    #[schema(value_type = Option<String>, format = "uri")]
-    pub authorization_url: Option<url::Url>,
-    #[schema(value_type = Option<String>, format = "uri")]
-    pub token_url: Option<url::Url>,
-    #[schema(value_type = Option<String>, format = "uri")]
-    pub refresh_url: Option<url::Url>,
-    #[schema(value_type = Option<String>, format = "uri")]
-    pub revocation_url: Option<url::Url>,
+    pub authorization_url: Option<String>,
+    pub token_url: Option<String>,
+    pub refresh_url: Option<String>,
+    pub revocation_url: Option<String>,
     /// `rfc7009`, `github_grant` or `none`.
     pub revocation_style: Option<String>,
-    #[schema(value_type = Option<String>, format = "uri")]
-    pub device_authorization_url: Option<url::Url>,
-    #[schema(value_type = Option<String>, format = "uri")]
-    pub userinfo_url: Option<url::Url>,
-    #[schema(value_type = Option<String>, format = "uri")]
-    pub api_base_url: Option<url::Url>,
+    pub device_authorization_url: Option<String>,
+    pub userinfo_url: Option<String>,
+    pub api_base_url: Option<String>,
     /// `client_secret_basic`, `client_secret_post` or `none`.
     pub token_auth_method: Option<String>,
     pub pkce: Option<tokenvault::providers::Pkce>,
@@ -205,6 +198,74 @@ pub struct ProviderDetail {
     pub refresh_buffer_secs: Option<u64>,
     /// Lifetime assumed when a token response has no `expires_in`.
     pub default_expires_in_secs: Option<u64>,
+    /// What the URLs above depend on per connection: each `{name}`
+    /// placeholder, where its value comes from and the pattern it must
+    /// match. Those with source `session` are passed as
+    /// `connection_params` when creating a connect session.
+    pub connection_params: Vec<ConnectionParamView>,
+    /// JSON pointers of the token-response fields kept as connection
+    /// metadata; null: every non-secret top-level field.
+    pub token_metadata: Option<Vec<String>>,
+    /// ID token claims kept as connection metadata (under `id_token`).
+    pub id_token_claims: Vec<String>,
+}
+
+/// One connection parameter of a catalog entry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectionParamView {
+    pub name: String,
+    pub description: String,
+    /// `session` (the application passes it), `callback` (a query
+    /// parameter of the OAuth callback), `token_response` (a field of the
+    /// token response) or `post_connect` (read with the new token from
+    /// `request`).
+    pub source: String,
+    /// The regular expression the whole value must match.
+    pub pattern: String,
+    pub example: String,
+    /// `callback`: the query parameter.
+    pub query: Option<String>,
+    /// `token_response` / `post_connect`: the JSON pointer to the value.
+    pub pointer: Option<String>,
+    /// `post_connect`: the URL read.
+    pub request: Option<String>,
+    /// The value is an https URL of which only the host is kept.
+    pub extract_host: bool,
+}
+
+impl ConnectionParamView {
+    fn of(spec: &tokenvault::providers::ConnectionParamSpec) -> Self {
+        use tokenvault::providers::ParamSource;
+        let (query, pointer, request) = match &spec.source {
+            ParamSource::Session => (None, None, None),
+            ParamSource::Callback { query } => (Some(query.clone()), None, None),
+            ParamSource::TokenResponse { pointer } => (None, Some(pointer.clone()), None),
+            ParamSource::PostConnect { request, pointer } => {
+                (None, Some(pointer.clone()), Some(template_text(request)))
+            }
+        };
+        Self {
+            name: spec.name.clone(),
+            description: spec.description.clone(),
+            source: spec.source.as_str().to_owned(),
+            pattern: spec.pattern.as_str().to_owned(),
+            example: spec.example.clone(),
+            query,
+            pointer,
+            request,
+            extract_host: spec.extract_host,
+        }
+    }
+}
+
+/// A URL template as written: placeholders in braces (a parsed path
+/// carries them percent-encoded).
+pub fn template_text(url: &url::Url) -> String {
+    url.as_str()
+        .replace("%7B", "{")
+        .replace("%7D", "}")
+        .replace("%7b", "{")
+        .replace("%7d", "}")
 }
 
 impl ProviderDetail {
@@ -219,14 +280,14 @@ impl ProviderDetail {
             brand_color: spec.brand_color.clone(),
             discovery: false,
             issuer: spec.issuer.clone(),
-            authorization_url: Some(spec.authorization_url.clone()),
-            token_url: Some(spec.token_url.clone()),
-            refresh_url: Some(spec.refresh_url.clone()),
-            revocation_url: spec.revocation_url.clone(),
+            authorization_url: Some(template_text(&spec.authorization_url)),
+            token_url: Some(template_text(&spec.token_url)),
+            refresh_url: Some(template_text(&spec.refresh_url)),
+            revocation_url: spec.revocation_url.as_ref().map(template_text),
             revocation_style,
-            device_authorization_url: spec.device_authorization_url.clone(),
-            userinfo_url: spec.userinfo_url.clone(),
-            api_base_url: spec.api_base_url.clone(),
+            device_authorization_url: spec.device_authorization_url.as_ref().map(template_text),
+            userinfo_url: spec.userinfo_url.as_ref().map(template_text),
+            api_base_url: spec.api_base_url.as_ref().map(template_text),
             token_auth_method: Some(spec.token_auth_method.as_str().to_owned()),
             pkce: Some(spec.pkce),
             default_scopes: spec.default_scopes.clone(),
@@ -238,6 +299,13 @@ impl ProviderDetail {
             refresh_sends_scope: Some(spec.refresh_sends_scope),
             refresh_buffer_secs: Some(spec.refresh_buffer.as_secs()),
             default_expires_in_secs: spec.default_expires_in.map(|d| d.as_secs()),
+            connection_params: spec
+                .connection_params
+                .iter()
+                .map(ConnectionParamView::of)
+                .collect(),
+            token_metadata: spec.token_metadata.clone(),
+            id_token_claims: spec.id_token_claims.clone(),
         }
     }
 
@@ -269,6 +337,9 @@ impl ProviderDetail {
             refresh_sends_scope: None,
             refresh_buffer_secs: None,
             default_expires_in_secs: None,
+            connection_params: Vec::new(),
+            token_metadata: None,
+            id_token_claims: Vec::new(),
         }
     }
 

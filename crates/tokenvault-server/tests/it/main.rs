@@ -10,6 +10,7 @@ mod chaos;
 mod cli;
 mod config;
 mod connect_ui;
+mod connection_params;
 mod device_flow;
 mod flows;
 mod fuzz;
