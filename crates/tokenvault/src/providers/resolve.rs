@@ -636,13 +636,23 @@ fn resolve_params(
 
     let mut examples = ConnectionParams::new();
     for spec in &specs {
-        let value = spec.check(&spec.example).map_err(|e| {
-            invalid(
-                key,
-                &format!("connection_params.{}.example", spec.name),
-                e.to_string(),
-            )
-        })?;
+        // An `extract = "host"` example may be the URL or the host itself.
+        let value = spec
+            .check(&spec.example)
+            .or_else(|e| {
+                if spec.extract_host {
+                    spec.check_value(&spec.example)
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| {
+                invalid(
+                    key,
+                    &format!("connection_params.{}.example", spec.name),
+                    e.to_string(),
+                )
+            })?;
         examples.insert(spec.name.clone(), value);
     }
     examples.insert("client_id", "example-client");

@@ -24,6 +24,18 @@ const REQUIRED: &[&str] = &[
     "bing-webmaster",
     "wordpress",
     "wix",
+    "microsoft",
+    "outlook",
+    "microsoft-teams",
+    "onedrive",
+    "sharepoint",
+    "linkedin",
+    "clickup",
+    "miro",
+    "webflow",
+    "typeform",
+    "calendly",
+    "pipedrive",
     "oidc",
 ];
 

@@ -488,6 +488,730 @@ fn cases() -> Vec<Case> {
                 raw_header: true,
             }),
         },
+        // https://learn.microsoft.com/en-us/entra/identity-platform/v2-oauth2-auth-code-flow
+        // https://learn.microsoft.com/en-us/entra/identity-platform/refresh-tokens
+        // https://learn.microsoft.com/en-us/entra/identity-platform/id-tokens (the sample v2.0 ID token)
+        // https://learn.microsoft.com/en-us/graph/auth-v2-user (GET /me response)
+        // Body credentials, optional PKCE, no prompt=consent (openid_connect = false), a new
+        // refresh token on every refresh, tid/oid kept from the ID token, no revocation.
+        // The catalog's `{tenant}` placeholder is replaced by the harness's URL override.
+        Case {
+            key: "microsoft",
+            wix_installer: false,
+            scope: Some("openid profile offline_access User.Read"),
+            pkce: true,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiIsIng1dCI6Ik5HVEZ2ZEstZnl0aEV1Q...",
+                "token_type": "Bearer",
+                "expires_in": 3599,
+                "scope": "openid profile offline_access User.Read",
+                "refresh_token": "AwABAAAAvPM1KaPlrEqdFSBzjqfTGAMxZGUTdM0t4B4...",
+                "id_token": concat!(
+                        "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiIsImtpZCI6IjFMVE16YWtpaGlSbGFfOHoyQkVKVlhlV01x",
+                        "byJ9.eyJ2ZXIiOiIyLjAiLCJpc3MiOiJodHRwczovL2xvZ2luLm1pY3Jvc29mdG9ubGluZS5jb20vOTE",
+                        "yMjA0MGQtNmM2Ny00YzViLWIxMTItMzZhMzA0YjY2ZGFkL3YyLjAiLCJzdWIiOiJBQUFBQUFBQUFBQUF",
+                        "BQUFBQUFBQUFJa3pxRlZyU2FTYUZIeTc4MmJidGFRIiwiYXVkIjoiNmNiMDQwMTgtYTNmNS00NmE3LWI",
+                        "5OTUtOTQwYzc4ZjVhZWYzIiwiZXhwIjoxNTM2MzYxNDExLCJpYXQiOjE1MzYyNzQ3MTEsIm5iZiI6MTU",
+                        "zNjI3NDcxMSwibmFtZSI6IkFiZSBMaW5jb2xuIiwicHJlZmVycmVkX3VzZXJuYW1lIjoiQWJlTGlAbWl",
+                        "jcm9zb2Z0LmNvbSIsIm9pZCI6IjAwMDAwMDAwLTAwMDAtMDAwMC02NmYzLTMzMzJlY2E3ZWE4MSIsInR",
+                        "pZCI6IjkxMjIwNDBkLTZjNjctNGM1Yi1iMTEyLTM2YTMwNGI2NmRhZCIsIm5vbmNlIjoiMTIzNTIzIiw",
+                        "iYWlvIjoiRGYyVVZYTDFpeCFsTUNXTVNPSkJjRmF0emNHZnZGR2hqS3Y4cTVnMHg3MzJkUjVNQjVCaXN",
+                        "2R1FPN1lXQnlqZDhpUURMcSFlR2JJRGFreXA1bW5PcmNkcUhlWVNubHRlcFFtUnA2QUlaOGpZIn0.1AF",
+                        "WW-Ck5nROwSlltm7GzZvDwUkqvhSQpm55TQsmVo9Y59cLhRXpvB8n-55HCr9Z6G_31_UbeUkoz612I2j",
+                        "_Sm9FFShSDDjoaLQr54CreGIJvjtmS3EkK9a7SJBbcpL1MpUtlfygow39tFjY7EVNW9plWUvRrTgVk7l",
+                        "YLprvfzw-CIqw3gHC-T7IK_m_xkr08INERBtaecwhTeN4chPC4W3jdmw_lIxzC48YoQ0dB1L9-ImX98E",
+                        "gypfrlbm0IBL5spFzL6JDZIRRJOu8vecJvj1mq-IUhGt0MacxX8jdxYLP-KUu2d9MbNKpCKJuZ7p8gwT",
+                        "L5B7NlUdh_dmSviPWrw",
+                    )
+            }),
+            expect_lifetime: Some(3599),
+            expect_scopes: "openid profile offline_access User.Read",
+            // token_metadata = [] keeps nothing from the response; id_token_claims = ["tid", "oid"].
+            expect_metadata: json!({"id_token": {
+                "tid": "9122040d-6c67-4c5b-b112-36a304b66dad",
+                "oid": "00000000-0000-0000-66f3-3332eca7ea81"
+            }}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // "A new OAuth 2.0 refresh token. Replace the old refresh token with this newly
+                // acquired refresh token" (the docs' example reuses the same token string).
+                response: json!({
+                    "access_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiIsIng1dCI6Ik5HVEZ2ZEstZnl0aEV1Q...",
+                    "token_type": "Bearer",
+                    "expires_in": 3599,
+                    "scope": "openid profile offline_access User.Read",
+                    "refresh_token": "AwABAAAAvPM1KaPlrEqdFSBzjqfTGAMxZGUTdM0t4B4...",
+                    "id_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.eyJhdWQiOiIyZDRkMTFhMi1mODE0LTQ2YTctOD..."
+                }),
+                expect_refresh_token: "AwABAAAAvPM1KaPlrEqdFSBzjqfTGAMxZGUTdM0t4B4...",
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({
+                    "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users/$entity",
+                    "id": "12345678-73a6-4952-a53a-e9916737ff7f",
+                    "businessPhones": ["+1 555555555"],
+                    "displayName": "Chris Green",
+                    "givenName": "Chris",
+                    "jobTitle": "Software Engineer",
+                    "mail": null,
+                    "mobilePhone": "+1 5555555555",
+                    "officeLocation": "Seattle Office",
+                    "preferredLanguage": null,
+                    "surname": "Green",
+                    "userPrincipalName": "ChrisG@contoso.onmicrosoft.com"
+                }),
+                id: "12345678-73a6-4952-a53a-e9916737ff7f",
+                // `mail` is null in the docs' example: the userPrincipalName is used.
+                email: Some("ChrisG@contoso.onmicrosoft.com"),
+                display_name: Some("Chris Green"),
+                raw_header: false,
+            }),
+        },
+        // Outlook: the `microsoft` entry with Mail.Read added (alias = "microsoft").
+        // https://learn.microsoft.com/en-us/entra/identity-platform/v2-oauth2-auth-code-flow
+        // https://learn.microsoft.com/en-us/entra/identity-platform/refresh-tokens
+        // https://learn.microsoft.com/en-us/entra/identity-platform/id-tokens (the sample v2.0 ID token)
+        // https://learn.microsoft.com/en-us/graph/auth-v2-user (GET /me response)
+        // Body credentials, optional PKCE, no prompt=consent (openid_connect = false), a new
+        // refresh token on every refresh, tid/oid kept from the ID token, no revocation.
+        // The catalog's `{tenant}` placeholder is replaced by the harness's URL override.
+        Case {
+            key: "outlook",
+            wix_installer: false,
+            scope: Some("openid profile offline_access User.Read Mail.Read"),
+            pkce: true,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiIsIng1dCI6Ik5HVEZ2ZEstZnl0aEV1Q...",
+                "token_type": "Bearer",
+                "expires_in": 3599,
+                "scope": "openid profile offline_access User.Read Mail.Read",
+                "refresh_token": "AwABAAAAvPM1KaPlrEqdFSBzjqfTGAMxZGUTdM0t4B4...",
+                "id_token": concat!(
+                        "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiIsImtpZCI6IjFMVE16YWtpaGlSbGFfOHoyQkVKVlhlV01x",
+                        "byJ9.eyJ2ZXIiOiIyLjAiLCJpc3MiOiJodHRwczovL2xvZ2luLm1pY3Jvc29mdG9ubGluZS5jb20vOTE",
+                        "yMjA0MGQtNmM2Ny00YzViLWIxMTItMzZhMzA0YjY2ZGFkL3YyLjAiLCJzdWIiOiJBQUFBQUFBQUFBQUF",
+                        "BQUFBQUFBQUFJa3pxRlZyU2FTYUZIeTc4MmJidGFRIiwiYXVkIjoiNmNiMDQwMTgtYTNmNS00NmE3LWI",
+                        "5OTUtOTQwYzc4ZjVhZWYzIiwiZXhwIjoxNTM2MzYxNDExLCJpYXQiOjE1MzYyNzQ3MTEsIm5iZiI6MTU",
+                        "zNjI3NDcxMSwibmFtZSI6IkFiZSBMaW5jb2xuIiwicHJlZmVycmVkX3VzZXJuYW1lIjoiQWJlTGlAbWl",
+                        "jcm9zb2Z0LmNvbSIsIm9pZCI6IjAwMDAwMDAwLTAwMDAtMDAwMC02NmYzLTMzMzJlY2E3ZWE4MSIsInR",
+                        "pZCI6IjkxMjIwNDBkLTZjNjctNGM1Yi1iMTEyLTM2YTMwNGI2NmRhZCIsIm5vbmNlIjoiMTIzNTIzIiw",
+                        "iYWlvIjoiRGYyVVZYTDFpeCFsTUNXTVNPSkJjRmF0emNHZnZGR2hqS3Y4cTVnMHg3MzJkUjVNQjVCaXN",
+                        "2R1FPN1lXQnlqZDhpUURMcSFlR2JJRGFreXA1bW5PcmNkcUhlWVNubHRlcFFtUnA2QUlaOGpZIn0.1AF",
+                        "WW-Ck5nROwSlltm7GzZvDwUkqvhSQpm55TQsmVo9Y59cLhRXpvB8n-55HCr9Z6G_31_UbeUkoz612I2j",
+                        "_Sm9FFShSDDjoaLQr54CreGIJvjtmS3EkK9a7SJBbcpL1MpUtlfygow39tFjY7EVNW9plWUvRrTgVk7l",
+                        "YLprvfzw-CIqw3gHC-T7IK_m_xkr08INERBtaecwhTeN4chPC4W3jdmw_lIxzC48YoQ0dB1L9-ImX98E",
+                        "gypfrlbm0IBL5spFzL6JDZIRRJOu8vecJvj1mq-IUhGt0MacxX8jdxYLP-KUu2d9MbNKpCKJuZ7p8gwT",
+                        "L5B7NlUdh_dmSviPWrw",
+                    )
+            }),
+            expect_lifetime: Some(3599),
+            expect_scopes: "openid profile offline_access User.Read Mail.Read",
+            // token_metadata = [] keeps nothing from the response; id_token_claims = ["tid", "oid"].
+            expect_metadata: json!({"id_token": {
+                "tid": "9122040d-6c67-4c5b-b112-36a304b66dad",
+                "oid": "00000000-0000-0000-66f3-3332eca7ea81"
+            }}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // "A new OAuth 2.0 refresh token. Replace the old refresh token with this newly
+                // acquired refresh token" (the docs' example reuses the same token string).
+                response: json!({
+                    "access_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiIsIng1dCI6Ik5HVEZ2ZEstZnl0aEV1Q...",
+                    "token_type": "Bearer",
+                    "expires_in": 3599,
+                    "scope": "openid profile offline_access User.Read Mail.Read",
+                    "refresh_token": "AwABAAAAvPM1KaPlrEqdFSBzjqfTGAMxZGUTdM0t4B4...",
+                    "id_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.eyJhdWQiOiIyZDRkMTFhMi1mODE0LTQ2YTctOD..."
+                }),
+                expect_refresh_token: "AwABAAAAvPM1KaPlrEqdFSBzjqfTGAMxZGUTdM0t4B4...",
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({
+                    "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users/$entity",
+                    "id": "12345678-73a6-4952-a53a-e9916737ff7f",
+                    "businessPhones": ["+1 555555555"],
+                    "displayName": "Chris Green",
+                    "givenName": "Chris",
+                    "jobTitle": "Software Engineer",
+                    "mail": null,
+                    "mobilePhone": "+1 5555555555",
+                    "officeLocation": "Seattle Office",
+                    "preferredLanguage": null,
+                    "surname": "Green",
+                    "userPrincipalName": "ChrisG@contoso.onmicrosoft.com"
+                }),
+                id: "12345678-73a6-4952-a53a-e9916737ff7f",
+                // `mail` is null in the docs' example: the userPrincipalName is used.
+                email: Some("ChrisG@contoso.onmicrosoft.com"),
+                display_name: Some("Chris Green"),
+                raw_header: false,
+            }),
+        },
+        // Microsoft Teams: the `microsoft` entry with Team.ReadBasic.All added (alias = "microsoft").
+        // https://learn.microsoft.com/en-us/graph/api/user-list-joinedteams
+        // https://learn.microsoft.com/en-us/entra/identity-platform/v2-oauth2-auth-code-flow
+        // https://learn.microsoft.com/en-us/entra/identity-platform/refresh-tokens
+        // https://learn.microsoft.com/en-us/entra/identity-platform/id-tokens (the sample v2.0 ID token)
+        // https://learn.microsoft.com/en-us/graph/auth-v2-user (GET /me response)
+        // Body credentials, optional PKCE, no prompt=consent (openid_connect = false), a new
+        // refresh token on every refresh, tid/oid kept from the ID token, no revocation.
+        // The catalog's `{tenant}` placeholder is replaced by the harness's URL override.
+        Case {
+            key: "microsoft-teams",
+            wix_installer: false,
+            scope: Some("openid profile offline_access User.Read Team.ReadBasic.All"),
+            pkce: true,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiIsIng1dCI6Ik5HVEZ2ZEstZnl0aEV1Q...",
+                "token_type": "Bearer",
+                "expires_in": 3599,
+                "scope": "openid profile offline_access User.Read Team.ReadBasic.All",
+                "refresh_token": "AwABAAAAvPM1KaPlrEqdFSBzjqfTGAMxZGUTdM0t4B4...",
+                "id_token": concat!(
+                        "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiIsImtpZCI6IjFMVE16YWtpaGlSbGFfOHoyQkVKVlhlV01x",
+                        "byJ9.eyJ2ZXIiOiIyLjAiLCJpc3MiOiJodHRwczovL2xvZ2luLm1pY3Jvc29mdG9ubGluZS5jb20vOTE",
+                        "yMjA0MGQtNmM2Ny00YzViLWIxMTItMzZhMzA0YjY2ZGFkL3YyLjAiLCJzdWIiOiJBQUFBQUFBQUFBQUF",
+                        "BQUFBQUFBQUFJa3pxRlZyU2FTYUZIeTc4MmJidGFRIiwiYXVkIjoiNmNiMDQwMTgtYTNmNS00NmE3LWI",
+                        "5OTUtOTQwYzc4ZjVhZWYzIiwiZXhwIjoxNTM2MzYxNDExLCJpYXQiOjE1MzYyNzQ3MTEsIm5iZiI6MTU",
+                        "zNjI3NDcxMSwibmFtZSI6IkFiZSBMaW5jb2xuIiwicHJlZmVycmVkX3VzZXJuYW1lIjoiQWJlTGlAbWl",
+                        "jcm9zb2Z0LmNvbSIsIm9pZCI6IjAwMDAwMDAwLTAwMDAtMDAwMC02NmYzLTMzMzJlY2E3ZWE4MSIsInR",
+                        "pZCI6IjkxMjIwNDBkLTZjNjctNGM1Yi1iMTEyLTM2YTMwNGI2NmRhZCIsIm5vbmNlIjoiMTIzNTIzIiw",
+                        "iYWlvIjoiRGYyVVZYTDFpeCFsTUNXTVNPSkJjRmF0emNHZnZGR2hqS3Y4cTVnMHg3MzJkUjVNQjVCaXN",
+                        "2R1FPN1lXQnlqZDhpUURMcSFlR2JJRGFreXA1bW5PcmNkcUhlWVNubHRlcFFtUnA2QUlaOGpZIn0.1AF",
+                        "WW-Ck5nROwSlltm7GzZvDwUkqvhSQpm55TQsmVo9Y59cLhRXpvB8n-55HCr9Z6G_31_UbeUkoz612I2j",
+                        "_Sm9FFShSDDjoaLQr54CreGIJvjtmS3EkK9a7SJBbcpL1MpUtlfygow39tFjY7EVNW9plWUvRrTgVk7l",
+                        "YLprvfzw-CIqw3gHC-T7IK_m_xkr08INERBtaecwhTeN4chPC4W3jdmw_lIxzC48YoQ0dB1L9-ImX98E",
+                        "gypfrlbm0IBL5spFzL6JDZIRRJOu8vecJvj1mq-IUhGt0MacxX8jdxYLP-KUu2d9MbNKpCKJuZ7p8gwT",
+                        "L5B7NlUdh_dmSviPWrw",
+                    )
+            }),
+            expect_lifetime: Some(3599),
+            expect_scopes: "openid profile offline_access User.Read Team.ReadBasic.All",
+            // token_metadata = [] keeps nothing from the response; id_token_claims = ["tid", "oid"].
+            expect_metadata: json!({"id_token": {
+                "tid": "9122040d-6c67-4c5b-b112-36a304b66dad",
+                "oid": "00000000-0000-0000-66f3-3332eca7ea81"
+            }}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // "A new OAuth 2.0 refresh token. Replace the old refresh token with this newly
+                // acquired refresh token" (the docs' example reuses the same token string).
+                response: json!({
+                    "access_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiIsIng1dCI6Ik5HVEZ2ZEstZnl0aEV1Q...",
+                    "token_type": "Bearer",
+                    "expires_in": 3599,
+                    "scope": "openid profile offline_access User.Read Team.ReadBasic.All",
+                    "refresh_token": "AwABAAAAvPM1KaPlrEqdFSBzjqfTGAMxZGUTdM0t4B4...",
+                    "id_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.eyJhdWQiOiIyZDRkMTFhMi1mODE0LTQ2YTctOD..."
+                }),
+                expect_refresh_token: "AwABAAAAvPM1KaPlrEqdFSBzjqfTGAMxZGUTdM0t4B4...",
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({
+                    "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users/$entity",
+                    "id": "12345678-73a6-4952-a53a-e9916737ff7f",
+                    "businessPhones": ["+1 555555555"],
+                    "displayName": "Chris Green",
+                    "givenName": "Chris",
+                    "jobTitle": "Software Engineer",
+                    "mail": null,
+                    "mobilePhone": "+1 5555555555",
+                    "officeLocation": "Seattle Office",
+                    "preferredLanguage": null,
+                    "surname": "Green",
+                    "userPrincipalName": "ChrisG@contoso.onmicrosoft.com"
+                }),
+                id: "12345678-73a6-4952-a53a-e9916737ff7f",
+                // `mail` is null in the docs' example: the userPrincipalName is used.
+                email: Some("ChrisG@contoso.onmicrosoft.com"),
+                display_name: Some("Chris Green"),
+                raw_header: false,
+            }),
+        },
+        // OneDrive: the `microsoft` entry with Files.Read added (alias = "microsoft").
+        // https://learn.microsoft.com/en-us/onedrive/developer/rest-api/concepts/permissions_reference
+        // https://learn.microsoft.com/en-us/entra/identity-platform/v2-oauth2-auth-code-flow
+        // https://learn.microsoft.com/en-us/entra/identity-platform/refresh-tokens
+        // https://learn.microsoft.com/en-us/entra/identity-platform/id-tokens (the sample v2.0 ID token)
+        // https://learn.microsoft.com/en-us/graph/auth-v2-user (GET /me response)
+        // Body credentials, optional PKCE, no prompt=consent (openid_connect = false), a new
+        // refresh token on every refresh, tid/oid kept from the ID token, no revocation.
+        // The catalog's `{tenant}` placeholder is replaced by the harness's URL override.
+        Case {
+            key: "onedrive",
+            wix_installer: false,
+            scope: Some("openid profile offline_access User.Read Files.Read"),
+            pkce: true,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiIsIng1dCI6Ik5HVEZ2ZEstZnl0aEV1Q...",
+                "token_type": "Bearer",
+                "expires_in": 3599,
+                "scope": "openid profile offline_access User.Read Files.Read",
+                "refresh_token": "AwABAAAAvPM1KaPlrEqdFSBzjqfTGAMxZGUTdM0t4B4...",
+                "id_token": concat!(
+                        "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiIsImtpZCI6IjFMVE16YWtpaGlSbGFfOHoyQkVKVlhlV01x",
+                        "byJ9.eyJ2ZXIiOiIyLjAiLCJpc3MiOiJodHRwczovL2xvZ2luLm1pY3Jvc29mdG9ubGluZS5jb20vOTE",
+                        "yMjA0MGQtNmM2Ny00YzViLWIxMTItMzZhMzA0YjY2ZGFkL3YyLjAiLCJzdWIiOiJBQUFBQUFBQUFBQUF",
+                        "BQUFBQUFBQUFJa3pxRlZyU2FTYUZIeTc4MmJidGFRIiwiYXVkIjoiNmNiMDQwMTgtYTNmNS00NmE3LWI",
+                        "5OTUtOTQwYzc4ZjVhZWYzIiwiZXhwIjoxNTM2MzYxNDExLCJpYXQiOjE1MzYyNzQ3MTEsIm5iZiI6MTU",
+                        "zNjI3NDcxMSwibmFtZSI6IkFiZSBMaW5jb2xuIiwicHJlZmVycmVkX3VzZXJuYW1lIjoiQWJlTGlAbWl",
+                        "jcm9zb2Z0LmNvbSIsIm9pZCI6IjAwMDAwMDAwLTAwMDAtMDAwMC02NmYzLTMzMzJlY2E3ZWE4MSIsInR",
+                        "pZCI6IjkxMjIwNDBkLTZjNjctNGM1Yi1iMTEyLTM2YTMwNGI2NmRhZCIsIm5vbmNlIjoiMTIzNTIzIiw",
+                        "iYWlvIjoiRGYyVVZYTDFpeCFsTUNXTVNPSkJjRmF0emNHZnZGR2hqS3Y4cTVnMHg3MzJkUjVNQjVCaXN",
+                        "2R1FPN1lXQnlqZDhpUURMcSFlR2JJRGFreXA1bW5PcmNkcUhlWVNubHRlcFFtUnA2QUlaOGpZIn0.1AF",
+                        "WW-Ck5nROwSlltm7GzZvDwUkqvhSQpm55TQsmVo9Y59cLhRXpvB8n-55HCr9Z6G_31_UbeUkoz612I2j",
+                        "_Sm9FFShSDDjoaLQr54CreGIJvjtmS3EkK9a7SJBbcpL1MpUtlfygow39tFjY7EVNW9plWUvRrTgVk7l",
+                        "YLprvfzw-CIqw3gHC-T7IK_m_xkr08INERBtaecwhTeN4chPC4W3jdmw_lIxzC48YoQ0dB1L9-ImX98E",
+                        "gypfrlbm0IBL5spFzL6JDZIRRJOu8vecJvj1mq-IUhGt0MacxX8jdxYLP-KUu2d9MbNKpCKJuZ7p8gwT",
+                        "L5B7NlUdh_dmSviPWrw",
+                    )
+            }),
+            expect_lifetime: Some(3599),
+            expect_scopes: "openid profile offline_access User.Read Files.Read",
+            // token_metadata = [] keeps nothing from the response; id_token_claims = ["tid", "oid"].
+            expect_metadata: json!({"id_token": {
+                "tid": "9122040d-6c67-4c5b-b112-36a304b66dad",
+                "oid": "00000000-0000-0000-66f3-3332eca7ea81"
+            }}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // "A new OAuth 2.0 refresh token. Replace the old refresh token with this newly
+                // acquired refresh token" (the docs' example reuses the same token string).
+                response: json!({
+                    "access_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiIsIng1dCI6Ik5HVEZ2ZEstZnl0aEV1Q...",
+                    "token_type": "Bearer",
+                    "expires_in": 3599,
+                    "scope": "openid profile offline_access User.Read Files.Read",
+                    "refresh_token": "AwABAAAAvPM1KaPlrEqdFSBzjqfTGAMxZGUTdM0t4B4...",
+                    "id_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.eyJhdWQiOiIyZDRkMTFhMi1mODE0LTQ2YTctOD..."
+                }),
+                expect_refresh_token: "AwABAAAAvPM1KaPlrEqdFSBzjqfTGAMxZGUTdM0t4B4...",
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({
+                    "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users/$entity",
+                    "id": "12345678-73a6-4952-a53a-e9916737ff7f",
+                    "businessPhones": ["+1 555555555"],
+                    "displayName": "Chris Green",
+                    "givenName": "Chris",
+                    "jobTitle": "Software Engineer",
+                    "mail": null,
+                    "mobilePhone": "+1 5555555555",
+                    "officeLocation": "Seattle Office",
+                    "preferredLanguage": null,
+                    "surname": "Green",
+                    "userPrincipalName": "ChrisG@contoso.onmicrosoft.com"
+                }),
+                id: "12345678-73a6-4952-a53a-e9916737ff7f",
+                // `mail` is null in the docs' example: the userPrincipalName is used.
+                email: Some("ChrisG@contoso.onmicrosoft.com"),
+                display_name: Some("Chris Green"),
+                raw_header: false,
+            }),
+        },
+        // SharePoint: the `microsoft` entry with Sites.Read.All added (alias = "microsoft").
+        // https://learn.microsoft.com/en-us/entra/identity-platform/v2-oauth2-auth-code-flow
+        // https://learn.microsoft.com/en-us/entra/identity-platform/refresh-tokens
+        // https://learn.microsoft.com/en-us/entra/identity-platform/id-tokens (the sample v2.0 ID token)
+        // https://learn.microsoft.com/en-us/graph/auth-v2-user (GET /me response)
+        // Body credentials, optional PKCE, no prompt=consent (openid_connect = false), a new
+        // refresh token on every refresh, tid/oid kept from the ID token, no revocation.
+        // The catalog's `{tenant}` placeholder is replaced by the harness's URL override.
+        Case {
+            key: "sharepoint",
+            wix_installer: false,
+            scope: Some("openid profile offline_access User.Read Sites.Read.All"),
+            pkce: true,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiIsIng1dCI6Ik5HVEZ2ZEstZnl0aEV1Q...",
+                "token_type": "Bearer",
+                "expires_in": 3599,
+                "scope": "openid profile offline_access User.Read Sites.Read.All",
+                "refresh_token": "AwABAAAAvPM1KaPlrEqdFSBzjqfTGAMxZGUTdM0t4B4...",
+                "id_token": concat!(
+                        "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiIsImtpZCI6IjFMVE16YWtpaGlSbGFfOHoyQkVKVlhlV01x",
+                        "byJ9.eyJ2ZXIiOiIyLjAiLCJpc3MiOiJodHRwczovL2xvZ2luLm1pY3Jvc29mdG9ubGluZS5jb20vOTE",
+                        "yMjA0MGQtNmM2Ny00YzViLWIxMTItMzZhMzA0YjY2ZGFkL3YyLjAiLCJzdWIiOiJBQUFBQUFBQUFBQUF",
+                        "BQUFBQUFBQUFJa3pxRlZyU2FTYUZIeTc4MmJidGFRIiwiYXVkIjoiNmNiMDQwMTgtYTNmNS00NmE3LWI",
+                        "5OTUtOTQwYzc4ZjVhZWYzIiwiZXhwIjoxNTM2MzYxNDExLCJpYXQiOjE1MzYyNzQ3MTEsIm5iZiI6MTU",
+                        "zNjI3NDcxMSwibmFtZSI6IkFiZSBMaW5jb2xuIiwicHJlZmVycmVkX3VzZXJuYW1lIjoiQWJlTGlAbWl",
+                        "jcm9zb2Z0LmNvbSIsIm9pZCI6IjAwMDAwMDAwLTAwMDAtMDAwMC02NmYzLTMzMzJlY2E3ZWE4MSIsInR",
+                        "pZCI6IjkxMjIwNDBkLTZjNjctNGM1Yi1iMTEyLTM2YTMwNGI2NmRhZCIsIm5vbmNlIjoiMTIzNTIzIiw",
+                        "iYWlvIjoiRGYyVVZYTDFpeCFsTUNXTVNPSkJjRmF0emNHZnZGR2hqS3Y4cTVnMHg3MzJkUjVNQjVCaXN",
+                        "2R1FPN1lXQnlqZDhpUURMcSFlR2JJRGFreXA1bW5PcmNkcUhlWVNubHRlcFFtUnA2QUlaOGpZIn0.1AF",
+                        "WW-Ck5nROwSlltm7GzZvDwUkqvhSQpm55TQsmVo9Y59cLhRXpvB8n-55HCr9Z6G_31_UbeUkoz612I2j",
+                        "_Sm9FFShSDDjoaLQr54CreGIJvjtmS3EkK9a7SJBbcpL1MpUtlfygow39tFjY7EVNW9plWUvRrTgVk7l",
+                        "YLprvfzw-CIqw3gHC-T7IK_m_xkr08INERBtaecwhTeN4chPC4W3jdmw_lIxzC48YoQ0dB1L9-ImX98E",
+                        "gypfrlbm0IBL5spFzL6JDZIRRJOu8vecJvj1mq-IUhGt0MacxX8jdxYLP-KUu2d9MbNKpCKJuZ7p8gwT",
+                        "L5B7NlUdh_dmSviPWrw",
+                    )
+            }),
+            expect_lifetime: Some(3599),
+            expect_scopes: "openid profile offline_access User.Read Sites.Read.All",
+            // token_metadata = [] keeps nothing from the response; id_token_claims = ["tid", "oid"].
+            expect_metadata: json!({"id_token": {
+                "tid": "9122040d-6c67-4c5b-b112-36a304b66dad",
+                "oid": "00000000-0000-0000-66f3-3332eca7ea81"
+            }}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // "A new OAuth 2.0 refresh token. Replace the old refresh token with this newly
+                // acquired refresh token" (the docs' example reuses the same token string).
+                response: json!({
+                    "access_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiIsIng1dCI6Ik5HVEZ2ZEstZnl0aEV1Q...",
+                    "token_type": "Bearer",
+                    "expires_in": 3599,
+                    "scope": "openid profile offline_access User.Read Sites.Read.All",
+                    "refresh_token": "AwABAAAAvPM1KaPlrEqdFSBzjqfTGAMxZGUTdM0t4B4...",
+                    "id_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.eyJhdWQiOiIyZDRkMTFhMi1mODE0LTQ2YTctOD..."
+                }),
+                expect_refresh_token: "AwABAAAAvPM1KaPlrEqdFSBzjqfTGAMxZGUTdM0t4B4...",
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({
+                    "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users/$entity",
+                    "id": "12345678-73a6-4952-a53a-e9916737ff7f",
+                    "businessPhones": ["+1 555555555"],
+                    "displayName": "Chris Green",
+                    "givenName": "Chris",
+                    "jobTitle": "Software Engineer",
+                    "mail": null,
+                    "mobilePhone": "+1 5555555555",
+                    "officeLocation": "Seattle Office",
+                    "preferredLanguage": null,
+                    "surname": "Green",
+                    "userPrincipalName": "ChrisG@contoso.onmicrosoft.com"
+                }),
+                id: "12345678-73a6-4952-a53a-e9916737ff7f",
+                // `mail` is null in the docs' example: the userPrincipalName is used.
+                email: Some("ChrisG@contoso.onmicrosoft.com"),
+                display_name: Some("Chris Green"),
+                raw_header: false,
+            }),
+        },
+        // https://learn.microsoft.com/en-us/linkedin/shared/authentication/authorization-code-flow
+        // https://learn.microsoft.com/en-us/linkedin/consumer/integrations/self-serve/sign-in-with-linkedin-v2
+        // https://learn.microsoft.com/en-us/linkedin/shared/authentication/programmatic-refresh-tokens
+        // Credentials in the body, no PKCE (native apps only, enabled by LinkedIn on request), 60-day
+        // access tokens, no refresh token outside the partner programme, no revocation endpoint.
+        // access_token / expires_in are the docs' own example. The docs' example has no token_type,
+        // and Bearer is assumed. The response lists scopes comma-separated (official SDKs: "A
+        // comma-separated list of scopes authorized by the member"). With `openid` an id_token is
+        // returned ("you will receive the member's access token and ID token"). The docs give no
+        // sample for it, so the value below is a placeholder.
+        Case {
+            key: "linkedin",
+            wix_installer: false,
+            scope: Some("openid profile email"),
+            pkce: false,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "AQUvlL_DYEzvT2wz1QJiEPeLioeA",
+                "expires_in": 5184000,
+                "scope": "email,openid,profile",
+                "id_token": "eyJhbGciOiJSUzI1NiJ9.payload.sig"
+            }),
+            expect_lifetime: Some(5184000),
+            expect_scopes: "email openid profile",
+            expect_metadata: json!({}),
+            refresh: None,
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({
+                    "sub": "782bbtaQ",
+                    "name": "John Doe",
+                    "given_name": "John",
+                    "family_name": "Doe",
+                    "picture": "https://media.licdn-ei.com/dms/image/C5F03AQHqK8v7tB1HCQ/profile-displayphoto-shrink_100_100/0/",
+                    "locale": "en-US",
+                    "email": "doe@email.com",
+                    "email_verified": true
+                }),
+                id: "782bbtaQ",
+                email: Some("doe@email.com"),
+                display_name: Some("John Doe"),
+                raw_header: false,
+            }),
+        },
+        // https://developer.clickup.com/docs/authentication
+        // https://developer.clickup.com/reference/getaccesstoken
+        // https://developer.clickup.com/reference/getauthorizeduser
+        // No scopes, body credentials, a bare {"access_token"} that does not expire.
+        Case {
+            key: "clickup",
+            wix_installer: false,
+            scope: None,
+            pkce: false,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: false,
+            exchange_response: json!({"access_token": "access token"}),
+            expect_lifetime: None,
+            expect_scopes: "",
+            expect_metadata: json!({}),
+            refresh: None,
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({"user": {"id": 123, "username": "John Doe",
+                            "email": "user@company.com", "color": "#000000",
+                            "profilePicture": "https://clickup.com/avatar.jpg", "initials": "JD",
+                            "week_start_day": 0, "global_font_support": false,
+                            "timezone": "America/Los_Angeles"}}),
+                id: "123",
+                email: Some("user@company.com"),
+                display_name: Some("John Doe"),
+                raw_header: false,
+            }),
+        },
+        // https://developers.miro.com/reference/exchange-authorization-code-with-access-token
+        // https://developers.miro.com/reference/get-new-access-token-using-refresh-token
+        // https://github.com/miroapp/api-clients (packages/miro-api/index.ts TokenResponse)
+        // No scope parameter (scopes are set in the app settings), body credentials,
+        // expiring tokens rotate on refresh, user_id/team_id kept as metadata.
+        Case {
+            key: "miro",
+            wix_installer: false,
+            scope: None,
+            pkce: false,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: false,
+            exchange_response: json!({
+                "token_type": "bearer",
+                "user_id": "3074457350804038700",
+                "team_id": 3074457358607431473u64,
+                "access_token": "eyJtaXJvLm9yaWdpbiI6ImV1MDEifQ_o-P91OccaII0A63CDSK--x21xiI",
+                "refresh_token": "eyJtaXJvLm9yaWdpbiI6ImV1MDEifQ_-PIBKmE9rzQuL3bUeAvUEGFEhLk",
+                "scope": "boards:write boards:read identity:read",
+                "expires_in": 3599
+            }),
+            expect_lifetime: Some(3599),
+            expect_scopes: "boards:write boards:read identity:read",
+            expect_metadata: json!({"user_id": "3074457350804038700", "team_id": 3074457358607431473u64}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                response: json!({
+                    "token_type": "bearer",
+                    "team_id": 3074457358607431473u64,
+                    "access_token": "eyJtaXJvLm9yaWdpbiI6ImV1MDEifQ_new-access-token",
+                    "refresh_token": "eyJtaXJvLm9yaWdpbiI6ImV1MDEifQ_new-refresh-token",
+                    "scope": "boards:write boards:read identity:read",
+                    "expires_in": 3599
+                }),
+                expect_refresh_token: "eyJtaXJvLm9yaWdpbiI6ImV1MDEifQ_new-refresh-token",
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({
+                    "type": "oauth_token",
+                    "team": {"type": "team", "name": "Dev team", "id": "3074457358607431473"},
+                    "createdBy": {"type": "user", "name": "Jane Doe", "id": "3074457350804038700"},
+                    "user": {"type": "user", "name": "Jane Doe", "id": "3074457350804038700"},
+                    "scopes": ["boards:write", "boards:read", "identity:read"]
+                }),
+                id: "3074457350804038700",
+                email: None,
+                display_name: Some("Jane Doe"),
+                raw_header: false,
+            }),
+        },
+        // https://developers.webflow.com/data/reference/oauth-app
+        // https://developers.webflow.com/data/reference/token/authorized-by
+        // Body credentials, no PKCE, a non-expiring token without refresh token.
+        Case {
+            key: "webflow",
+            wix_installer: false,
+            scope: Some("authorized_user:read"),
+            pkce: false,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "53db404efe82daea0c65c635a49bc9388e470146b4d800f559cb9a7f3daf83f1",
+                "token_type": "bearer"
+            }),
+            expect_lifetime: None,
+            expect_scopes: "authorized_user:read",
+            expect_metadata: json!({}),
+            refresh: None,
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({"id": "545bbecb7bdd6769632504a7", "email": "some@email.com",
+                            "firstName": "Some", "lastName": "One"}),
+                id: "545bbecb7bdd6769632504a7",
+                email: Some("some@email.com"),
+                display_name: Some("Some"),
+                raw_header: false,
+            }),
+        },
+        // https://www.typeform.com/developers/get-started/applications/
+        // https://www.typeform.com/developers/get-started/scopes/
+        // Body credentials, `offline` for a refresh token, 7-day access tokens
+        // (default), refresh token treated as rotating.
+        Case {
+            key: "typeform",
+            wix_installer: false,
+            scope: Some("offline accounts:read"),
+            pkce: false,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "943af478d3ff3d4d760020c11af102b79c440513",
+                "token_type": "bearer", "expires_in": 604800,
+                "refresh_token": "tf-refresh-0123456789"
+            }),
+            expect_lifetime: Some(604800),
+            expect_scopes: "offline accounts:read",
+            expect_metadata: json!({}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                response: json!({
+                    "access_token": "tf-access-new", "token_type": "bearer",
+                    "expires_in": 604800, "refresh_token": "tf-refresh-rotated"
+                }),
+                expect_refresh_token: "tf-refresh-rotated",
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({"user_id": "u1a2b3c4", "alias": "Jane Doe",
+                            "email": "jane@example.com", "language": "en"}),
+                id: "u1a2b3c4",
+                email: Some("jane@example.com"),
+                display_name: Some("Jane Doe"),
+                raw_header: false,
+            }),
+        },
+        // https://developer.calendly.com/api-docs/calendly-o-auth/o-auth/post-oauth-refresh-token
+        // https://developer.calendly.com/refresh-token-rotation-guide
+        // https://developer.calendly.com/how-to-find-the-organization-or-user-uri
+        // HTTP Basic for web apps, PKCE, 2-hour tokens, single-use refresh tokens,
+        // owner/organization URIs kept as metadata.
+        Case {
+            key: "calendly",
+            wix_installer: false,
+            scope: Some("users:read"),
+            pkce: true,
+            authorize_extras: &[],
+            auth: Auth::Basic,
+            json_body: false,
+            exchange_response: json!({
+                "token_type": "Bearer",
+                "expires_in": 7200,
+                "created_at": 1548689183,
+                "refresh_token": "b77a76ffce83d3bc20531ddfa76704e584f0ee963f6041b8bfc70c91373267d5",
+                "access_token": "eyJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJodHRwczovL2F1dGguY2FsZW5kbHkuY29tIn0.CrVBOFsqLjyfPK2E834E3sJv3fKU-PPlaNXQQB80Deo",
+                "scope": "users:read",
+                "owner": "https://api.calendly.com/users/EBHAAFHDCAEQTSEZ",
+                "organization": "https://api.calendly.com/organizations/EBHAAFHDCAEQTSEZ"
+            }),
+            expect_lifetime: Some(7200),
+            expect_scopes: "users:read",
+            expect_metadata: json!({
+                "owner": "https://api.calendly.com/users/EBHAAFHDCAEQTSEZ",
+                "organization": "https://api.calendly.com/organizations/EBHAAFHDCAEQTSEZ"
+            }),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                response: json!({
+                    "token_type": "Bearer", "expires_in": 7200, "created_at": 1548696383,
+                    "refresh_token": "c88b87aadf94e4cd31642eeab87815f695a1ff074f7152c9cad81d02484378e6",
+                    "access_token": "eyJhbGciOiJIUzI1NiJ9.new.sig",
+                    "scope": "users:read",
+                    "owner": "https://api.calendly.com/users/EBHAAFHDCAEQTSEZ",
+                    "organization": "https://api.calendly.com/organizations/EBHAAFHDCAEQTSEZ"
+                }),
+                expect_refresh_token: "c88b87aadf94e4cd31642eeab87815f695a1ff074f7152c9cad81d02484378e6",
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({"resource": {
+                    "uri": "https://api.calendly.com/users/AAAAAAAAAAAAAAAA",
+                    "name": "John Doe", "slug": "acmesales", "email": "user@example.com",
+                    "scheduling_url": "https://calendly.com/acmesales",
+                    "timezone": "America/New York",
+                    "current_organization": "https://api.calendly.com/organizations/AAAAAAAAAAAAAAAA",
+                    "resource_type": "User"
+                }}),
+                id: "https://api.calendly.com/users/AAAAAAAAAAAAAAAA",
+                email: Some("user@example.com"),
+                display_name: Some("John Doe"),
+                raw_header: false,
+            }),
+        },
+        // https://pipedrive.readme.io/docs/marketplace-oauth-authorization
+        // https://pipedrive.readme.io/docs/marketplace-oauth-and-api-proxy-status-codes
+        // https://pipedrive.readme.io/docs/app-uninstallation
+        // https://pipedrive.readme.io/docs/marketplace-getting-user-data
+        // No scope parameter, HTTP Basic, comma-separated scopes, the same refresh
+        // token back on refresh, api_domain kept, RFC 7009 revocation.
+        Case {
+            key: "pipedrive",
+            wix_installer: false,
+            scope: None,
+            pkce: false,
+            authorize_extras: &[],
+            auth: Auth::Basic,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "v1u:AQIABHj-XNYcKcd_8LIrqRhRT9GQs4XW1MawrF_K4yg",
+                "token_type": "Bearer",
+                "expires_in": 3600,
+                "refresh_token": "12345:67890:8f5ea4b0b8a0d4c2e1",
+                "scope": "deals:read,base",
+                "api_domain": "https://acme.pipedrive.com"
+            }),
+            expect_lifetime: Some(3600),
+            expect_scopes: "deals:read base",
+            expect_metadata: json!({"api_domain": "https://acme.pipedrive.com"}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // "The same refresh token will be issued in the response with the
+                // expiry window extended by 60 days."
+                response: json!({
+                    "access_token": "v1u:AQIABHj-new", "token_type": "Bearer",
+                    "expires_in": 3600, "refresh_token": OLD_REFRESH,
+                    "scope": "deals:read,base", "api_domain": "https://acme.pipedrive.com"
+                }),
+                expect_refresh_token: OLD_REFRESH,
+            }),
+            revocation: Revocation::Rfc7009("/oauth/revoke"),
+            profile: Some(ProfileCase {
+                document: json!({"success": true, "data": {
+                    "id": 777, "name": "James Bond", "default_currency": "USD",
+                    "locale": "en_US", "lang": 1, "email": "james.bond@example.com",
+                    "phone": null, "activated": true, "is_admin": 1,
+                    "timezone_name": "Europe/Helsinki", "timezone_offset": "+02:00",
+                    "company_id": 5, "company_name": "Acme", "company_domain": "acme"
+                }}),
+                id: "777",
+                email: Some("james.bond@example.com"),
+                display_name: Some("James Bond"),
+                raw_header: false,
+            }),
+        },
     ]
 }
 
@@ -1265,6 +1989,24 @@ async fn documented_token_errors_are_read() {
             json!({"status": 400, "sub_status": 11101, "error": "invalid_grant",
                    "error_description": "Token could not be refreshed"}),
             "invalid_grant",
+        ),
+        (
+            "microsoft",
+            400,
+            json!({"error": "invalid_scope",
+                   "error_description": "AADSTS70011: The provided value for the input parameter 'scope' is not valid. The scope https://foo.microsoft.com/mail.read is not valid.\r\nTrace ID: 0000aaaa-11bb-cccc-dd22-eeeeee333333\r\nCorrelation ID: aaaa0000-bb11-2222-33cc-444444dddddd\r\nTimestamp: 2016-01-09 02:02:12Z",
+                   "error_codes": [70011],
+                   "timestamp": "2016-01-09 02:02:12Z",
+                   "trace_id": "0000aaaa-11bb-cccc-dd22-eeeeee333333",
+                   "correlation_id": "aaaa0000-bb11-2222-33cc-444444dddddd"}),
+            "invalid_scope",
+        ),
+        (
+            "linkedin",
+            401,
+            json!({"error": "invalid_request",
+                   "error_description": "Unable to retrieve access token: authorization code not found"}),
+            "invalid_request",
         ),
     ];
     for (key, status, body, code) in cases {
