@@ -163,6 +163,7 @@ pub async fn run(
         concurrency: CONCURRENCY,
         warmup: warmup / ROUNDS,
         duration: duration / ROUNDS,
+        random: false,
     };
     let service = Load {
         addr: service,
@@ -171,6 +172,7 @@ pub async fn run(
         concurrency: CONCURRENCY,
         warmup: warmup / ROUNDS,
         duration: duration / ROUNDS,
+        random: false,
     };
     // Alternating slices: the machine's speed drifts over seconds (other
     // tenants), and both sides should see the same drift.

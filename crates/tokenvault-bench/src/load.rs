@@ -31,6 +31,71 @@ pub struct Load {
     pub concurrency: usize,
     pub warmup: Duration,
     pub duration: Duration,
+    /// Each request for a uniformly random path instead of the next one.
+    pub random: bool,
+}
+
+/// A small, fast, seeded generator (xorshift64*): the load's choice of
+/// user must cost nothing next to the request.
+pub struct Random(u64);
+
+impl Random {
+    pub fn new(seed: usize) -> Self {
+        Self((seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// Uniform enough in `0..n` for picking among `n` users.
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        ((u128::from(x) * n as u128) >> 64) as usize
+    }
+}
+
+/// A closed loop without HTTP: `concurrency` workers, each calling the
+/// operation its `make(worker)` returns back to back; the latencies (µs)
+/// of the calls completed inside the window after `warmup`.
+pub async fn closed_loop<M, O, F>(
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+    make: M,
+) -> anyhow::Result<Vec<u32>>
+where
+    M: Fn(usize) -> O,
+    O: FnMut() -> F + Send + 'static,
+    F: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let start = Instant::now();
+    let (from, until) = (start + warmup, start + warmup + duration);
+    let mut workers = Vec::with_capacity(concurrency);
+    for worker in 0..concurrency {
+        let mut operation = make(worker);
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(64 * 1024);
+            loop {
+                let sent = Instant::now();
+                if sent >= until {
+                    break;
+                }
+                operation().await?;
+                let done = Instant::now();
+                if sent >= from && done <= until {
+                    latencies.push(
+                        u32::try_from(done.duration_since(sent).as_micros()).unwrap_or(u32::MAX),
+                    );
+                }
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for worker in workers {
+        latencies.extend(worker.await??);
+    }
+    Ok(latencies)
 }
 
 impl LoadResult {
@@ -77,6 +142,7 @@ impl Load {
                 self.bearer.clone(),
                 self.addr,
                 window,
+                self.random,
             )));
         }
         let mut latencies = Vec::new();
@@ -95,7 +161,9 @@ async fn worker_loop(
     bearer: Option<String>,
     addr: SocketAddr,
     (from, until): (Instant, Instant),
+    random: bool,
 ) -> anyhow::Result<Vec<u32>> {
+    let mut generator = Random::new(worker);
     let host = addr.to_string();
     let authorization = bearer.map(|key| format!("Bearer {key}"));
     let mut latencies = Vec::with_capacity(64 * 1024);
@@ -104,8 +172,13 @@ async fn worker_loop(
         if sent >= until {
             break;
         }
-        let mut request = Request::get(paths[(worker + k) % paths.len()].as_str())
-            .header(hyper::header::HOST, host.as_str());
+        let index = if random {
+            generator.below(paths.len())
+        } else {
+            (worker + k) % paths.len()
+        };
+        let mut request =
+            Request::get(paths[index].as_str()).header(hyper::header::HOST, host.as_str());
         if let Some(authorization) = &authorization {
             request = request.header(hyper::header::AUTHORIZATION, authorization.as_str());
         }
@@ -116,7 +189,7 @@ async fn worker_loop(
         if !status.is_success() {
             bail!(
                 "{} answered {status}: {}",
-                paths[(worker + k) % paths.len()],
+                paths[index],
                 String::from_utf8_lossy(&body)
             );
         }

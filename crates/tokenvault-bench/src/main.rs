@@ -6,6 +6,7 @@
 mod b1;
 mod b2;
 mod b3;
+mod b4;
 mod load;
 mod mock;
 mod setup;
@@ -20,14 +21,16 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 #[derive(Parser)]
-#[command(about = "Benchmarks tokenvault (B1 token reads, B2 refresh throughput, B3 scale)")]
+#[command(
+    about = "Benchmarks tokenvault (B1 token reads, B2 refresh throughput, B3 scale, B4 wide reads)"
+)]
 struct Cli {
     /// `smoke` runs every benchmark in a few seconds (CI); `full` is the
     /// documented run.
     #[arg(long, value_enum, default_value = "full")]
     size: Size,
     /// Benchmarks to run (default all).
-    #[arg(long, value_delimiter = ',', default_values = ["b1", "b2", "b3"])]
+    #[arg(long, value_delimiter = ',', default_values = ["b1", "b2", "b3", "b4"])]
     only: Vec<String>,
     /// Also write the JSON here.
     #[arg(long)]
@@ -71,6 +74,7 @@ struct Plan {
     b2_limit: Duration,
     b3_connections: usize,
     b3_due: usize,
+    b4_connections: usize,
 }
 
 impl Size {
@@ -84,6 +88,7 @@ impl Size {
                 b2_limit: Duration::from_secs(60),
                 b3_connections: 20_000,
                 b3_due: 200,
+                b4_connections: 2_000,
             },
             Size::Full => Plan {
                 b1_warmup: Duration::from_secs(1),
@@ -93,6 +98,7 @@ impl Size {
                 b2_limit: Duration::from_secs(1800),
                 b3_connections: 1_000_000,
                 b3_due: 1_000,
+                b4_connections: 100_000,
             },
         }
     }
@@ -177,6 +183,40 @@ async fn main() -> anyhow::Result<()> {
         targets.insert("b3.rss_mib <= 64".into(), json!(b3.tick.rss_mib <= 64.0));
         out["b3"] = serde_json::to_value(&b3)?;
     }
+    if wants("b4") {
+        eprintln!(
+            "B4 wide reads: SQLite, {} connections…",
+            plan.b4_connections
+        );
+        let sqlite = b4::run(None, plan.b4_connections, plan.b1_warmup, plan.b1_duration).await?;
+        eprintln!(
+            "B4 wide reads: PostgreSQL, {} connections…",
+            plan.b4_connections
+        );
+        let pg_url = tokenvault::testing::fresh_postgres_url().await;
+        let postgres = b4::run(
+            Some(pg_url.clone()),
+            plan.b4_connections,
+            plan.b1_warmup,
+            plan.b1_duration,
+        )
+        .await?;
+        setup::drop_database(&pg_url).await?;
+        targets.insert("b4.ratio_sqlite >= 0.7".into(), json!(sqlite.ratio >= 0.7));
+        targets.insert(
+            "b4.ratio_postgres >= 0.7".into(),
+            json!(postgres.ratio >= 0.7),
+        );
+        out["b4"] = json!({
+            "connections": plan.b4_connections,
+            "concurrency": b4::CONCURRENCY,
+            "duration_s": plan.b1_duration.as_secs_f64(),
+            "ratio_sqlite": sqlite.ratio,
+            "ratio_postgres": postgres.ratio,
+            "sqlite": sqlite,
+            "postgres": postgres,
+        });
+    }
     out["targets"] = Value::Object(targets);
 
     let text = serde_json::to_string_pretty(&out)?;
@@ -246,6 +286,25 @@ fn summary(out: &Value) -> String {
             f(&b3["rss_mib"]),
             f(&b3["rss_peak_mib"]),
         ));
+    }
+    if let Some(b4) = out.get("b4") {
+        lines.push(format!(
+            "B4 wide reads, {} connections, each request a random user, {} concurrent clients, {} s:",
+            b4["connections"], b4["concurrency"], b4["duration_s"]
+        ));
+        for backend in ["sqlite", "postgres"] {
+            let r = &b4[backend];
+            lines.push(format!(
+                "  {backend:<9} direct point reads {:>8.0}/s (p50 {:.2} ms, p99 {:.2} ms) | token {:>8.0} req/s (p50 {:.2} ms, p99 {:.2} ms) | ratio {:.2}",
+                f(&r["floor"]["rps"]),
+                f(&r["floor"]["p50_ms"]),
+                f(&r["floor"]["p99_ms"]),
+                f(&r["service"]["rps"]),
+                f(&r["service"]["p50_ms"]),
+                f(&r["service"]["p99_ms"]),
+                f(&r["ratio"]),
+            ));
+        }
     }
     let missed: Vec<&String> = out["targets"]
         .as_object()

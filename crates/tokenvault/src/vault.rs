@@ -182,6 +182,12 @@ pub struct ConnectionView {
     pub last_error: Option<LastError>,
     pub connected_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// What the connection keeps besides its tokens: the non-secret fields
+    /// of the token response its provider's entry lists (Slack's `team`,
+    /// Salesforce's `instance_url`), kept ID-token claims under `id_token`,
+    /// its `connection_params`, or what an import gave. Never a token.
+    #[cfg_attr(feature = "utoipa", schema(value_type = Object))]
+    pub metadata: serde_json::Value,
 }
 
 impl From<&ConnectionRecord> for ConnectionView {
@@ -196,6 +202,7 @@ impl From<&ConnectionRecord> for ConnectionView {
             last_error: record.last_error.clone(),
             connected_at: record.created_at,
             updated_at: record.updated_at,
+            metadata: record.metadata.clone(),
         }
     }
 }

@@ -312,6 +312,11 @@ class LastError(TypedDict):
 class _ConnectionViewRequired(TypedDict):
     connected_at: str
     integration: IntegrationKey
+    # What the connection keeps besides its tokens: the non-secret fields
+    # of the token response its provider's entry lists (Slack's `team`,
+    # Salesforce's `instance_url`), kept ID-token claims under `id_token`,
+    # its `connection_params`, or what an import gave. Never a token.
+    metadata: Dict[str, Any]
     scopes: List[str]
     status: ConnectionStatus
     updated_at: str
@@ -341,6 +346,11 @@ class _ListedConnectionRequired(TypedDict):
     # The connection's id; a new one each time the user connects again.
     id: str
     integration: IntegrationKey
+    # What the connection keeps besides its tokens: the non-secret fields
+    # of the token response its provider's entry lists (Slack's `team`,
+    # Salesforce's `instance_url`), kept ID-token claims under `id_token`,
+    # its `connection_params`, or what an import gave. Never a token.
+    metadata: Dict[str, Any]
     scopes: List[str]
     status: ConnectionStatus
     updated_at: str
@@ -570,6 +580,11 @@ _ImportedConnectionRequired = TypedDict(
         "connected_at": str,
         "import": ImportAction,
         "integration": IntegrationKey,
+        # What the connection keeps besides its tokens: the non-secret fields
+        # of the token response its provider's entry lists (Slack's `team`,
+        # Salesforce's `instance_url`), kept ID-token claims under `id_token`,
+        # its `connection_params`, or what an import gave. Never a token.
+        "metadata": Dict[str, Any],
         "scopes": List[str],
         "status": ConnectionStatus,
         "updated_at": str,
@@ -843,6 +858,11 @@ class ProviderList(TypedDict):
 class _RefreshedConnectionRequired(TypedDict):
     connected_at: str
     integration: IntegrationKey
+    # What the connection keeps besides its tokens: the non-secret fields
+    # of the token response its provider's entry lists (Slack's `team`,
+    # Salesforce's `instance_url`), kept ID-token claims under `id_token`,
+    # its `connection_params`, or what an import gave. Never a token.
+    metadata: Dict[str, Any]
     # Whether this call refreshed the tokens (false: another refresh, here
     # or on another instance, had just done it).
     refreshed: bool

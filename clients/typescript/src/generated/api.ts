@@ -804,6 +804,13 @@ export interface components {
             last_error?: null | components["schemas"]["LastError"];
             /** Format: date-time */
             last_refreshed_at?: string | null;
+            /**
+             * @description What the connection keeps besides its tokens: the non-secret fields
+             *     of the token response its provider's entry lists (Slack's `team`,
+             *     Salesforce's `instance_url`), kept ID-token claims under `id_token`,
+             *     its `connection_params`, or what an import gave. Never a token.
+             */
+            metadata: Record<string, never>;
             /** Format: date-time */
             next_refresh_at?: string | null;
             scopes: string[];

@@ -126,6 +126,7 @@ impl Vault {
                     last_error: None,
                     connected_at: record.created_at,
                     updated_at: now,
+                    metadata: metadata.clone(),
                 };
                 return Ok(self.imported(ImportAction::Replaced, view));
             }
@@ -203,6 +204,7 @@ impl Vault {
                 last_error: None,
                 connected_at: now,
                 updated_at: now,
+                metadata,
             };
             return Ok(self.imported(ImportAction::Created, view));
         }
