@@ -36,6 +36,19 @@ const REQUIRED: &[&str] = &[
     "typeform",
     "calendly",
     "pipedrive",
+    "reddit",
+    "x",
+    "pinterest",
+    "bitbucket",
+    "zendesk",
+    "salesforce",
+    "jira",
+    "confluence",
+    "twitch",
+    "monday",
+    "slack",
+    "hubspot",
+    "intercom",
     "oidc",
 ];
 
@@ -74,7 +87,9 @@ fn builtin_catalog_loads_with_every_required_key() {
         }
         // Each entry has its own icon colour in the Connect UI.
         assert!(spec.brand_color.is_some(), "`{key}` has no brand_color");
-        if key != "bing-webmaster" {
+        // Bing Webmaster Tools has no profile endpoint; monday.com's API is
+        // GraphQL over POST only.
+        if !["bing-webmaster", "monday"].contains(&key) {
             assert!(
                 spec.userinfo_url.is_some() && spec.profile.is_some(),
                 "`{key}`"
@@ -140,7 +155,10 @@ fn builtin_entries_match_the_documented_behaviour() {
     for (key, spec) in c.iter() {
         if !matches!(key, "wix" | "tidal" | "tidal-device") {
             assert_eq!(spec.authorize_style, AuthorizeStyle::Oauth2, "{key}");
-            assert_eq!(spec.api_auth_scheme, ApiAuthScheme::Bearer, "{key}");
+            // monday.com's API takes `Authorization: <token>` too.
+            if key != "monday" {
+                assert_eq!(spec.api_auth_scheme, ApiAuthScheme::Bearer, "{key}");
+            }
             assert!(!spec.refresh_sends_scope, "{key}");
         }
     }

@@ -1212,6 +1212,735 @@ fn cases() -> Vec<Case> {
                 raw_header: false,
             }),
         },
+        // https://github.com/reddit-archive/reddit/wiki/OAuth2
+        // https://www.reddit.com/r/redditdev/comments/kvzaot/oauth2_api_changes_upcoming/
+        // reddit-archive/reddit r2/r2/lib/jsontemplates.py (IdentityJsonTemplate, GET /api/v1/me)
+        // HTTP Basic, duration=permanent for a refresh token, no PKCE, refresh answers carry
+        // a new refresh_token (2021), RFC 7009 revocation at /api/v1/revoke_token.
+        Case {
+            key: "reddit",
+            wix_installer: false,
+            scope: Some("identity"),
+            pkce: false,
+            authorize_extras: &[("duration", "permanent")],
+            auth: Auth::Basic,
+            json_body: false,
+            // The wiki's shape ("access_token", "token_type": "bearer", "expires_in",
+            // "scope", "refresh_token"); values are placeholders (the wiki gives none).
+            exchange_response: json!({
+                "access_token": "reddit-at-J1qK1c18UUGJFAzz9xnH56584l4",
+                "token_type": "bearer",
+                "expires_in": 3600,
+                "scope": "identity",
+                "refresh_token": "reddit-rt-2hW0xg7Q1cT4Vv"
+            }),
+            expect_lifetime: Some(3600),
+            expect_scopes: "identity",
+            expect_metadata: json!({}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // The 2021 announcement's refresh response, which adds a new refresh_token.
+                response: json!({
+                    "access_token": "reddit-at-new",
+                    "token_type": "bearer",
+                    "expires_in": 3600,
+                    "refresh_token": "reddit-rt-rotated",
+                    "scope": "identity"
+                }),
+                expect_refresh_token: "reddit-rt-rotated",
+            }),
+            revocation: Revocation::Rfc7009("/api/v1/revoke_token"),
+            profile: Some(ProfileCase {
+                // Fields of IdentityJsonTemplate (id = base-36 account id, name = username);
+                // values are illustrative, the docs give no example document.
+                document: json!({"id": "1w72", "name": "spez", "created": 1118030400.0,
+                            "created_utc": 1118030400.0, "link_karma": 123, "comment_karma": 456,
+                            "is_gold": false, "is_mod": true, "has_verified_email": true}),
+                id: "1w72",
+                email: None,
+                display_name: Some("spez"),
+                raw_header: false,
+            }),
+        },
+        // https://docs.x.com/fundamentals/authentication/oauth-2-0/user-access-token
+        // https://docs.x.com/fundamentals/authentication/oauth-2-0/authorization-code
+        // https://docs.x.com/x-api/users/lookup/quickstart/authenticated-lookup
+        // Basic auth for confidential clients, PKCE required, offline.access for a refresh
+        // token, rotating refresh tokens, RFC 7009 revocation at /2/oauth2/revoke.
+        Case {
+            key: "x",
+            wix_installer: false,
+            scope: Some("tweet.read users.read offline.access"),
+            pkce: true,
+            authorize_extras: &[],
+            auth: Auth::Basic,
+            json_body: false,
+            // The docs give no token response; fields per the official SDK's GetTokenResponse
+            // (token_type, expires_in, access_token, scope, refresh_token), the token values are
+            // the docs' own examples, 7200 s is the documented 2-hour lifetime.
+            exchange_response: json!({
+                "token_type": "bearer",
+                "expires_in": 7200,
+                "access_token": "Q0Mzb0VhZ0V5dmNXSTEyNER2MFNfVW50RzdXdTN6STFxQlVkTGhTc1lCdlBiOjE2MjIxNDc3NDM5MTQ6MToxOmF0OjE",
+                "scope": "tweet.read users.read offline.access",
+                "refresh_token": "bWRWa3gzdnk3WHRGU1o0bmRRcTJ5VUxWX1lZTDdJSUtmaWcxbTVxdEFXcW5tOjE2MjIxNDc3NDM5MTQ6MToxOnJ0OjE"
+            }),
+            expect_lifetime: Some(7200),
+            expect_scopes: "tweet.read users.read offline.access",
+            expect_metadata: json!({}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // "Refresh tokens rotate — always save the newest one."
+                response: json!({
+                    "token_type": "bearer",
+                    "expires_in": 7200,
+                    "access_token": "x-at-refreshed",
+                    "scope": "tweet.read users.read offline.access",
+                    "refresh_token": "x-rt-rotated"
+                }),
+                expect_refresh_token: "x-rt-rotated",
+            }),
+            revocation: Revocation::Rfc7009("/2/oauth2/revoke"),
+            profile: Some(ProfileCase {
+                // The docs' GET /2/users/me example response (user.fields trimmed).
+                document: json!({"data": {"id": "2244994945", "name": "X Developers",
+                            "username": "XDevelopers", "created_at": "2013-12-14T04:35:55.000Z",
+                            "verified": true}}),
+                id: "2244994945",
+                email: None,
+                display_name: Some("X Developers"),
+                raw_header: false,
+            }),
+        },
+        // https://github.com/pinterest/api-description v5/openapi.yaml (POST /oauth/token:
+        // OauthAccessTokenResponseCode / OauthAccessTokenResponseRefresh)
+        // https://github.com/pinterest/api-quickstart (python/tests: token responses, Basic header)
+        // HTTP Basic, comma-separated scopes, continuous (rotating) refresh tokens, no
+        // revocation for user tokens, GET /v5/user_account.
+        Case {
+            key: "pinterest",
+            wix_installer: false,
+            scope: Some("user_accounts:read"),
+            pkce: false,
+            authorize_extras: &[],
+            auth: Auth::Basic,
+            json_body: false,
+            // Fields of OauthAccessTokenResponseCode; values after Pinterest's quickstart
+            // tests (pina_/pinr_ prefixes, 30-day access token) and the 60-day continuous
+            // refresh token of the /oauth/token description.
+            exchange_response: json!({
+                "access_token": "pina_AMAZUWYXAAAAAAAA",
+                "refresh_token": "pinr_AQABJJ5GAAAAAAAA",
+                "response_type": "authorization_code",
+                "token_type": "bearer",
+                "expires_in": 2592000,
+                "refresh_token_expires_in": 5184000,
+                "refresh_token_expires_at": 1777777777,
+                "scope": "user_accounts:read"
+            }),
+            expect_lifetime: Some(2592000),
+            expect_scopes: "user_accounts:read",
+            expect_metadata: json!({}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // OauthAccessTokenResponseRefresh requires refresh_token,
+                // refresh_token_expires_in and refresh_token_expires_at.
+                response: json!({
+                    "access_token": "pina_new-access-token",
+                    "refresh_token": "pinr_new-refresh-token",
+                    "response_type": "refresh_token",
+                    "token_type": "bearer",
+                    "expires_in": 2592000,
+                    "refresh_token_expires_in": 5184000,
+                    "refresh_token_expires_at": 1782962000,
+                    "scope": "user_accounts:read"
+                }),
+                expect_refresh_token: "pinr_new-refresh-token",
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                // The Account schema's example values (id) plus the quickstart test's
+                // username / account_type.
+                document: json!({"account_type": "BUSINESS", "id": "2783136121146311751",
+                            "username": "pindexterp", "business_name": null,
+                            "profile_image": "test profile url", "website_url": "test website url",
+                            "board_count": 14, "pin_count": 339, "follower_count": 10,
+                            "following_count": 347, "monthly_views": 163}),
+                id: "2783136121146311751",
+                email: None,
+                display_name: Some("pindexterp"),
+                raw_header: false,
+            }),
+        },
+        // https://developer.atlassian.com/cloud/bitbucket/oauth-2
+        // https://community.developer.atlassian.com/t/oauth-2-0-and-api-authentication-changes-for-bitbucket-cloud/99003
+        // https://community.developer.atlassian.com/t/oauth2-token-lifetime-expiration-clarification/22136
+        // https://developer.atlassian.com/cloud/bitbucket/rest/api-group-users/
+        // No scope parameter (permissions live on the consumer), HTTP Basic, 2-hour tokens,
+        // rotating refresh tokens and the standard `scope` field (Bitbucket's OAuth changes of
+        // May 4, 2026), no revocation, GET /2.0/user. The exchange values are those of an
+        // Atlassian community answer ({access_token, scopes, expires_in: 7200, refresh_token,
+        // token_type: "bearer"}) with `scopes` renamed `scope`; the refresh and profile values are
+        // illustrative, in the documented shapes (the docs' /2.0/user example has placeholders only).
+        Case {
+            key: "bitbucket",
+            wix_installer: false,
+            scope: None,
+            pkce: false,
+            authorize_extras: &[],
+            auth: Auth::Basic,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "5cEig-w1wXrlbM876XY1Nu-w5WfObqP0EOYo2JOPzs615QxZTqI9z8Gsy_21yX23Uspwblt8eKeBAcwpCrHY=",
+                "scope": "account repository",
+                "expires_in": 7200,
+                "refresh_token": "4Etiw6UP808AU3rIoUW",
+                "token_type": "bearer"
+            }),
+            expect_lifetime: Some(7200),
+            expect_scopes: "account repository",
+            expect_metadata: json!({}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // "each use of a refresh token will generate a new refresh token"
+                response: json!({
+                    "access_token": "bbNew-k2hXWmT0Qy7Rx9Lr3vUaPz1nQe8sJdBfGcHi4oKtMwYlV6Z5Ap=",
+                    "scope": "account repository",
+                    "expires_in": 7200,
+                    "refresh_token": "9Xrot8TkQ2mPa7Lw3Ze",
+                    "token_type": "bearer"
+                }),
+                expect_refresh_token: "9Xrot8TkQ2mPa7Lw3Ze",
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({
+                    "type": "user",
+                    "uuid": "{d301aafa-d676-4ee0-88be-962be7417567}",
+                    "account_id": "557058:c0b72ad0-1cb5-4018-9cdc-0cde8492c443",
+                    "nickname": "jdoe",
+                    "display_name": "Jane Doe",
+                    "links": {"avatar": {"href": "https://bitbucket.org/account/jdoe/avatar/"}},
+                    "created_on": "2010-06-18T06:33:49.357659+00:00"
+                }),
+                id: "{d301aafa-d676-4ee0-88be-962be7417567}",
+                email: None,
+                display_name: Some("Jane Doe"),
+                raw_header: false,
+            }),
+        },
+        // https://developer.zendesk.com/api-reference/ticketing/oauth/grant_type_tokens/
+        // https://developer.zendesk.com/documentation/api-basics/authentication/refresh-token
+        // https://support.zendesk.com/hc/en-us/articles/9182123625370
+        // https://developer.zendesk.com/api-reference/ticketing/users/users/
+        // JSON token requests with the client credentials in the body, PKCE, rotating refresh
+        // tokens (the previous access and refresh tokens are invalidated), no RFC 7009 revocation,
+        // the user wrapped in {"user": ...}. The access token and token_type are the docs' example
+        // ({"access_token": "gErypPlm4dOVgGRvA1ZzMH5MQ3nLo8bo", "scope": "read", "token_type":
+        // "bearer"}); refresh_token, expires_in and refresh_token_expires_in are illustrative, with the
+        // documented default lifetimes (30 minutes / 30 days).
+        // The catalog's `{subdomain}` placeholder is replaced by the harness's URL override.
+        Case {
+            key: "zendesk",
+            wix_installer: false,
+            scope: Some("users:read"),
+            pkce: true,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: true,
+            exchange_response: json!({
+                "access_token": "gErypPlm4dOVgGRvA1ZzMH5MQ3nLo8bo",
+                "refresh_token": "31048ba4d7c601302f3173f243da835f",
+                "token_type": "bearer",
+                "scope": "users:read",
+                "expires_in": 1800,
+                "refresh_token_expires_in": 2592000
+            }),
+            expect_lifetime: Some(1800),
+            expect_scopes: "users:read",
+            expect_metadata: json!({}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // "returns a new access token and refresh token while invalidating the previous
+                // access and refresh tokens"
+                response: json!({
+                    "access_token": "af3t24tfj34h43sgErypPlm4dOVgGRvA",
+                    "refresh_token": "8f4b2a1c9d0e7f6a5b4c3d2e1f0a9b8c",
+                    "token_type": "bearer",
+                    "scope": "users:read",
+                    "expires_in": 1800,
+                    "refresh_token_expires_in": 2592000
+                }),
+                expect_refresh_token: "8f4b2a1c9d0e7f6a5b4c3d2e1f0a9b8c",
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({"user": {
+                    "id": 35436,
+                    "url": "https://acme.zendesk.com/api/v2/users/35436.json",
+                    "name": "Johnny Agent",
+                    "email": "johnny@example.com",
+                    "role": "agent",
+                    "active": true,
+                    "verified": true,
+                    "locale": "en-US",
+                    "time_zone": "Copenhagen"
+                }}),
+                id: "35436",
+                email: Some("johnny@example.com"),
+                display_name: Some("Johnny Agent"),
+                raw_header: false,
+            }),
+        },
+        // https://help.salesforce.com/apex/HTViewHelpDoc?id=xcloud.remoteaccess_oauth_web_server_flow_ca.htm
+        // https://help.salesforce.com/apex/HTViewHelpDoc?id=xcloud.remoteaccess_oauth_refresh_token_flow_ca.htm
+        // https://help.salesforce.com/apex/HTViewHelpDoc?id=xcloud.remoteaccess_using_userinfo_endpoint.htm
+        // https://developer.salesforce.com/docs/platform/mobile-sdk/guide/oauth-revoking-tokens.html
+        // Body credentials, optional PKCE, no expires_in (session timeout, refresh on 401),
+        // instance_url and the identity URL kept, the same refresh token after a refresh
+        // (rotation is an opt-in app setting), revocation at /services/oauth2/revoke.
+        // The exchange response uses the docs' example values (identity URL, signature, issued_at,
+        // access token of Salesforce's example response); the refresh token, the refresh response
+        // and the UserInfo values are illustrative, in the documented shapes.
+        Case {
+            key: "salesforce",
+            wix_installer: false,
+            scope: Some("api id refresh_token"),
+            pkce: true,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "00Dx0000000BV7z!AR8AQAxo9UfVkh8AlV0Gomt9Czx9LjHnSSpwBMmbRcgKFmxOtvxjTrKW19ye6PE3Ds1eQz3z8jr3W7_VbWmEu4Q8TVGSTHxs",
+                "refresh_token": "5Aep861KIwKdekr90I4iHdtDgWwRoG7O_6uHrgJ.yVtMS-UmGbq_zb8dPTeo2gyD2LDVOp",
+                "signature": "0CmxinZir53Yex7nE0TD+zMpvIWYGb/bdJh6XfOH6EQ=",
+                "scope": "refresh_token api id",
+                "instance_url": "https://MyDomainName.my.salesforce.com",
+                "id": "https://login.salesforce.com/id/00Dx0000000BV7z/005x00000012Q9P",
+                "token_type": "Bearer",
+                "issued_at": "1278448832702"
+            }),
+            expect_lifetime: None,
+            expect_scopes: "api id refresh_token",
+            expect_metadata: json!({
+                "id": "https://login.salesforce.com/id/00Dx0000000BV7z/005x00000012Q9P",
+                "instance_url": "https://MyDomainName.my.salesforce.com"
+            }),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // No refresh_token in the refresh response unless the app enables rotation.
+                response: json!({
+                    "access_token": "00Dx0000000BV7z!AR8AQBM8J_xr9kLqmZIRyQxZgLcM4HVi41aGtW0qW3JCzf5xdTGGGSoVim8FfJkZEqxbjaFbberKGk8v8AnYrvChG4qJbQo8",
+                    "signature": "SSSbLO/gBhmmyNUvN18ODBDFYHzakxOMgqYtu+hDPsc=",
+                    "scope": "refresh_token api id",
+                    "instance_url": "https://MyDomainName.my.salesforce.com",
+                    "id": "https://login.salesforce.com/id/00Dx0000000BV7z/005x00000012Q9P",
+                    "token_type": "Bearer",
+                    "issued_at": "1278448832702"
+                }),
+                expect_refresh_token: OLD_REFRESH,
+            }),
+            revocation: Revocation::Rfc7009("/services/oauth2/revoke"),
+            profile: Some(ProfileCase {
+                document: json!({
+                    "sub": "https://login.salesforce.com/id/00Dx0000000BV7z/005x00000012Q9P",
+                    "user_id": "005x00000012Q9P",
+                    "organization_id": "00Dx0000000BV7z",
+                    "preferred_username": "admin@acme.example.com",
+                    "nickname": "admin",
+                    "name": "Ada Admin",
+                    "email": "ada@acme.example.com",
+                    "email_verified": true,
+                    "given_name": "Ada",
+                    "family_name": "Admin",
+                    "zoneinfo": "America/Los_Angeles",
+                    "active": true,
+                    "user_type": "STANDARD"
+                }),
+                id: "005x00000012Q9P",
+                email: Some("ada@acme.example.com"),
+                display_name: Some("Ada Admin"),
+                raw_header: false,
+            }),
+        },
+        // https://developer.atlassian.com/cloud/jira/platform/oauth-2-3lo-apps/
+        // https://developer.atlassian.com/cloud/oauth/getting-started/implementing-oauth-3lo
+        // https://developer.atlassian.com/cloud/oauth/getting-started/refresh-tokens
+        // https://developer.atlassian.com/cloud/admin/user-management/rest/api-group-profile/
+        // audience + prompt=consent on the authorization URL, JSON token requests with the client
+        // credentials in the body, no PKCE, rotating refresh tokens, nothing kept from the token
+        // response (the cloud id is a post-connect parameter), no revocation. The docs give the
+        // response shape with placeholders (access_token, refresh_token, expires_in, scope); the
+        // values here are illustrative. The profile uses the account example of Atlassian's
+        // profile API (Lila User) at the top level, as /me returns it.
+        Case {
+            key: "jira",
+            wix_installer: false,
+            scope: Some("read:jira-user read:me offline_access"),
+            pkce: false,
+            authorize_extras: &[("audience", "api.atlassian.com"), ("prompt", "consent")],
+            auth: Auth::Post,
+            json_body: true,
+            exchange_response: json!({
+                "access_token": "eyJraWQiOiJhdXRoLmF0bGFzc2lhbi5jb20tQUNDRVNTLTk0ZTczYTkw",
+                "refresh_token": "eyJraWQiOiI1MWE2YjE2MjRlMTQ5ZDFiYTdhM2VmZjciLCJhbGciOiJSUzI1NiJ9",
+                "expires_in": 3600,
+                "scope": "read:jira-user read:me offline_access",
+                "token_type": "Bearer"
+            }),
+            expect_lifetime: Some(3600),
+            expect_scopes: "offline_access read:jira-user read:me",
+            expect_metadata: json!({}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // "You receive a new refresh token as well and the refresh token you used for the
+                // request is disabled."
+                response: json!({
+                    "access_token": "eyJraWQiOiJhdXRoLmF0bGFzc2lhbi5jb20tQUNDRVNTLW5ldw",
+                    "refresh_token": "eyJraWQiOiI1MWE2YjE2MjRlMTQ5ZDFiYTdhM2VmZjciLCJyb3RhdGVkIjp0cnVlfQ",
+                    "expires_in": 3600,
+                    "scope": "read:jira-user read:me offline_access",
+                    "token_type": "Bearer"
+                }),
+                expect_refresh_token: "eyJraWQiOiI1MWE2YjE2MjRlMTQ5ZDFiYTdhM2VmZjciLCJyb3RhdGVkIjp0cnVlfQ",
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({
+                    "account_id": "557057:4f9acfd2-6155-419b-8de5-5b5cf27a59a0",
+                    "account_type": "atlassian",
+                    "account_status": "active",
+                    "name": "Lila User",
+                    "picture": "https://www.example.com/avatars/userl",
+                    "email": "vmars@marsinvestigations.com",
+                    "nickname": "marshmallow",
+                    "zoneinfo": "America/Los_Angeles",
+                    "locale": "en-US",
+                    "extended_profile": {}
+                }),
+                id: "557057:4f9acfd2-6155-419b-8de5-5b5cf27a59a0",
+                email: Some("vmars@marsinvestigations.com"),
+                display_name: Some("Lila User"),
+                raw_header: false,
+            }),
+        },
+        // https://developer.atlassian.com/cloud/confluence/oauth-2-3lo-apps/
+        // https://developer.atlassian.com/cloud/oauth/getting-started/implementing-oauth-3lo
+        // https://developer.atlassian.com/cloud/oauth/getting-started/refresh-tokens
+        // https://developer.atlassian.com/cloud/admin/user-management/rest/api-group-profile/
+        // audience + prompt=consent on the authorization URL, JSON token requests with the client
+        // credentials in the body, no PKCE, rotating refresh tokens, nothing kept from the token
+        // response (the cloud id is a post-connect parameter), no revocation. The docs give the
+        // response shape with placeholders (access_token, refresh_token, expires_in, scope); the
+        // values here are illustrative. The profile uses the account example of Atlassian's
+        // profile API (Lila User) at the top level, as /me returns it.
+        Case {
+            key: "confluence",
+            wix_installer: false,
+            scope: Some("read:confluence-user read:me offline_access"),
+            pkce: false,
+            authorize_extras: &[("audience", "api.atlassian.com"), ("prompt", "consent")],
+            auth: Auth::Post,
+            json_body: true,
+            exchange_response: json!({
+                "access_token": "eyJraWQiOiJhdXRoLmF0bGFzc2lhbi5jb20tQUNDRVNTLTk0ZTczYTkw",
+                "refresh_token": "eyJraWQiOiI1MWE2YjE2MjRlMTQ5ZDFiYTdhM2VmZjciLCJhbGciOiJSUzI1NiJ9",
+                "expires_in": 3600,
+                "scope": "read:confluence-user read:me offline_access",
+                "token_type": "Bearer"
+            }),
+            expect_lifetime: Some(3600),
+            expect_scopes: "offline_access read:confluence-user read:me",
+            expect_metadata: json!({}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // "You receive a new refresh token as well and the refresh token you used for the
+                // request is disabled."
+                response: json!({
+                    "access_token": "eyJraWQiOiJhdXRoLmF0bGFzc2lhbi5jb20tQUNDRVNTLW5ldw",
+                    "refresh_token": "eyJraWQiOiI1MWE2YjE2MjRlMTQ5ZDFiYTdhM2VmZjciLCJyb3RhdGVkIjp0cnVlfQ",
+                    "expires_in": 3600,
+                    "scope": "read:confluence-user read:me offline_access",
+                    "token_type": "Bearer"
+                }),
+                expect_refresh_token: "eyJraWQiOiI1MWE2YjE2MjRlMTQ5ZDFiYTdhM2VmZjciLCJyb3RhdGVkIjp0cnVlfQ",
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({
+                    "account_id": "557057:4f9acfd2-6155-419b-8de5-5b5cf27a59a0",
+                    "account_type": "atlassian",
+                    "account_status": "active",
+                    "name": "Lila User",
+                    "picture": "https://www.example.com/avatars/userl",
+                    "email": "vmars@marsinvestigations.com",
+                    "nickname": "marshmallow",
+                    "zoneinfo": "America/Los_Angeles",
+                    "locale": "en-US",
+                    "extended_profile": {}
+                }),
+                id: "557057:4f9acfd2-6155-419b-8de5-5b5cf27a59a0",
+                email: Some("vmars@marsinvestigations.com"),
+                display_name: Some("Lila User"),
+                raw_header: false,
+            }),
+        },
+        // https://dev.twitch.tv/docs/authentication/getting-tokens-oidc/ (OIDC code flow,
+        // claims parameter, UserInfo example)
+        // https://dev.twitch.tv/docs/authentication/refresh-tokens/
+        // client_id/client_secret in the body, no PKCE, `scope` as a JSON array, openid +
+        // claims for a Client-Id-free profile, refresh tokens stored as rotating, no
+        // revocation (access tokens only, refresh token would be refused).
+        Case {
+            key: "twitch",
+            wix_installer: false,
+            scope: Some("openid"),
+            pkce: false,
+            authorize_extras: &[("claims", "{\"userinfo\":{\"preferred_username\":null}}")],
+            auth: Auth::Post,
+            json_body: false,
+            // The OIDC page's authorization-code example response (id_token shortened).
+            exchange_response: json!({
+                "access_token": "ndwul0n9x8g6257uaei2pyczh22fz",
+                "expires_in": 14442,
+                "id_token": "eyJhbGciOiJSUzI1NisInR5cCI6IkpXVCIsImtpZCI6IjEifQ.payload.sig",
+                "refresh_token": "fi02f7fs1nbpsddfvb709r07y2xbonrk4w7zxjx5woutm568e",
+                "scope": ["channel:manage:polls", "channel:read:polls", "openid", "user:read:email"],
+                "token_type": "bearer"
+            }),
+            expect_lifetime: Some(14442),
+            expect_scopes: "channel:manage:polls channel:read:polls openid user:read:email",
+            expect_metadata: json!({}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // Shape of the refresh-tokens page example (access_token, refresh_token, scope
+                // array, token_type). That example omits expires_in and lists other scopes;
+                // expires_in and the scopes are aligned with the exchange here so the
+                // lifetime/scope assertions hold (Twitch does send expires_in: UNCERTAIN).
+                response: json!({
+                    "access_token": "1ssjqsqfy6bads1ws7m03gras79zfr",
+                    "expires_in": 14442,
+                    "refresh_token": "eyJfMzUtNDU0OC4MWYwLTQ5MDY5ODY4NGNlMSJ9%asdfasdf=",
+                    "scope": ["channel:manage:polls", "channel:read:polls", "openid", "user:read:email"],
+                    "token_type": "bearer"
+                }),
+                expect_refresh_token: "eyJfMzUtNDU0OC4MWYwLTQ5MDY5ODY4NGNlMSJ9%asdfasdf=",
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                // The OIDC page's UserInfo example plus preferred_username, which the
+                // catalog's `claims` parameter requests.
+                document: json!({"aud": "hof5gwx0su6owfnys0nyan9c87zr6t", "exp": 1644342250,
+                            "iat": 1644341350, "iss": "https://id.twitch.tv/oauth2", "sub": "12345678",
+                            "email": "foo@justin.tv", "email_verified": true,
+                            "picture": "https://static-cdn.jtvnw.net/user-default-pictures-uv/998f01ae-def8-11e9-b95c-784f43822e80-profile_image-150x150.png",
+                            "preferred_username": "TwitchDev",
+                            "updated_at": "2022-02-03T16:16:16.968509Z"}),
+                id: "12345678",
+                email: Some("foo@justin.tv"),
+                display_name: Some("TwitchDev"),
+                raw_header: false,
+            }),
+        },
+        // https://developer.monday.com/apps/docs/oauth-2-1
+        // https://developer.monday.com/apps/docs/migrating-to-the-new-oauth-flow
+        // PKCE (S256) required, JSON token requests with client_id/client_secret in the body,
+        // no expires_in (JWT `exp`; 3600 s assumed), rotating refresh tokens, no usable
+        // RFC 7009 revocation, no GET profile endpoint (GraphQL POST only).
+        Case {
+            key: "monday",
+            wix_installer: false,
+            scope: Some("me:read"),
+            pkce: true,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: true,
+            // The docs' token exchange response (token strings elided as in the docs).
+            exchange_response: json!({
+                "access_token": "eyJhbGciOi...",
+                "refresh_token": "eyJhbGciOi...rt",
+                "token_type": "Bearer",
+                "scope": "boards:read users:read"
+            }),
+            expect_lifetime: Some(3600),
+            expect_scopes: "boards:read users:read",
+            expect_metadata: json!({}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // "The response returns a new access token and a new refresh token"
+                // (token strings made distinct).
+                response: json!({
+                    "access_token": "eyJhbGciOi...new",
+                    "refresh_token": "eyJhbGciOi...rotated",
+                    "token_type": "Bearer",
+                    "scope": "boards:read users:read"
+                }),
+                expect_refresh_token: "eyJhbGciOi...rotated",
+            }),
+            revocation: Revocation::None,
+            profile: None,
+        },
+        // https://docs.slack.dev/reference/methods/oauth.v2.access
+        // https://docs.slack.dev/authentication/installing-with-oauth
+        // https://docs.slack.dev/authentication/using-token-rotation
+        // https://docs.slack.dev/reference/methods/auth.test
+        // Comma-separated bot scopes, Basic auth, the bot token at the top level (the user
+        // token in authed_user is not kept), team/authed_user/enterprise ids as metadata,
+        // 12-hour rotating tokens when token rotation is on.
+        Case {
+            key: "slack",
+            wix_installer: false,
+            scope: Some("team:read"),
+            pkce: false,
+            authorize_extras: &[],
+            auth: Auth::Basic,
+            json_body: false,
+            // The docs' example response, plus expires_in/refresh_token as they come with
+            // token rotation enabled (using-token-rotation; @slack/web-api OauthV2AccessResponse).
+            exchange_response: json!({
+                "ok": true,
+                "access_token": "xoxb-17653672481-19874698323-pdFZKVeTuE8sk7oOcBrzbqgy",
+                "token_type": "bot",
+                "scope": "commands,incoming-webhook",
+                "bot_user_id": "U0KRQLJ9H",
+                "app_id": "A0KRD7HC3",
+                "team": {"name": "Slack Softball Team", "id": "T9TK3CUKW"},
+                "enterprise": {"name": "slack-sports", "id": "E12345678"},
+                "authed_user": {"id": "U1234", "scope": "chat:write",
+                    "access_token": "xoxp-1234", "token_type": "user"},
+                "expires_in": 43200,
+                "refresh_token": "xoxe-1-abcdefg"
+            }),
+            expect_lifetime: Some(43200),
+            expect_scopes: "commands incoming-webhook",
+            expect_metadata: json!({
+                "team": {"id": "T9TK3CUKW", "name": "Slack Softball Team"},
+                "authed_user": {"id": "U1234"},
+                "enterprise": {"name": "slack-sports", "id": "E12345678"},
+                "app_id": "A0KRD7HC3",
+                "bot_user_id": "U0KRQLJ9H"
+            }),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // "The refresh token is then revoked, and a new refresh token is used".
+                response: json!({
+                    "ok": true, "app_id": "A0KRD7HC3",
+                    "access_token": "xoxb-valid-refreshed", "expires_in": 43200,
+                    "refresh_token": "xoxe-1-valid-bot-refreshed", "token_type": "bot",
+                    "scope": "commands,incoming-webhook", "bot_user_id": "U0KRQLJ9H",
+                    "team": {"name": "Slack Softball Team", "id": "T9TK3CUKW"},
+                    "enterprise": {"name": "slack-sports", "id": "E12345678"}
+                }),
+                expect_refresh_token: "xoxe-1-valid-bot-refreshed",
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({"ok": true, "url": "https://subarachnoid.slack.com/",
+                            "team": "Subarachnoid Workspace", "user": "grace",
+                            "team_id": "T12345678", "user_id": "W12345678"}),
+                id: "W12345678",
+                email: None,
+                display_name: Some("grace"),
+                raw_header: false,
+            }),
+        },
+        // https://developers.hubspot.com/docs/api-reference/latest/authentication/manage-oauth-tokens
+        // https://developers.hubspot.com/docs/api-reference/2026-03/authentication/oauth-tokens/refresh-oauth-token
+        // https://developers.hubspot.com/docs/api-reference/latest/account/account-information/get-account-details
+        // Space-separated scopes (`oauth` always), body credentials, 30-minute tokens, hub_id and
+        // user_id kept, `scopes` returned as an array (so the requested scopes are kept).
+        Case {
+            key: "hubspot",
+            wix_installer: false,
+            scope: Some("oauth"),
+            pkce: false,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: false,
+            // The documented response schema (token_use, token_type, refresh_token, access_token,
+            // expires_in, hub_id, scopes, user_id); the docs only show "<string>"/123
+            // placeholders, so the values are illustrative. 1800 s: "Access tokens are
+            // short-lived (30 minutes)".
+            exchange_response: json!({
+                "token_use": "access_token",
+                "token_type": "bearer",
+                "refresh_token": "na1-6f18-f26a-3e95-4d95",
+                "access_token": "CKDZpunPLhICAQEYs-hs-at-1",
+                "expires_in": 1800,
+                "hub_id": 62515,
+                "scopes": ["oauth"],
+                "user_id": 123456
+            }),
+            expect_lifetime: Some(1800),
+            expect_scopes: "oauth",
+            expect_metadata: json!({"hub_id": 62515, "user_id": 123456}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                response: json!({
+                    "token_use": "access_token",
+                    "token_type": "bearer",
+                    "refresh_token": "na1-7a29-e37b-4fa6-4e06",
+                    "access_token": "CNPmpunPLhICAQEYs-hs-at-2",
+                    "expires_in": 1800,
+                    "hub_id": 62515,
+                    "scopes": ["oauth"],
+                    "user_id": 123456
+                }),
+                expect_refresh_token: "na1-7a29-e37b-4fa6-4e06",
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                // The account-info guide's example (its first fields).
+                document: json!({"portalId": 123456, "accountType": "STANDARD", "timeZone": "US/Eastern"}),
+                id: "123456",
+                email: None,
+                display_name: None,
+                raw_header: false,
+            }),
+        },
+        // https://developers.intercom.com/docs/build-an-integration/learn-more/authentication/setting-up-oauth
+        // https://intercom-developer-hub.readme.io/reference/using-oauth
+        // https://github.com/intercom/Intercom-OpenAPI (GET /me example)
+        // No scope parameter (permissions are set in the Developer Hub), body credentials, a
+        // token that never expires and no refresh token.
+        Case {
+            key: "intercom",
+            wix_installer: false,
+            scope: None,
+            pkce: false,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: false,
+            // UNCERTAIN shape (no documented example read): standard access_token + token_type, and the
+            // same value as `token`. Token value illustrative.
+            exchange_response: json!({
+                "token_type": "Bearer",
+                "token": "dG9rOjdkMTk5ZDA4XzU0ZmRfNGQ1Yl9iOGM2XzQ3ZjFiZjY0ZjIyMDoxOjA=",
+                "access_token": "dG9rOjdkMTk5ZDA4XzU0ZmRfNGQ1Yl9iOGM2XzQ3ZjFiZjY0ZjIyMDoxOjA="
+            }),
+            expect_lifetime: None,
+            expect_scopes: "",
+            expect_metadata: json!({}),
+            refresh: None,
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({
+                    "type": "admin", "id": "991267459", "email": "admin1@email.com",
+                    "name": "Ciaran1 Lee", "email_verified": true,
+                    "app": {"type": "app", "id_code": "this_is_an_id1_that_should_be_at_least_40",
+                        "name": "MyApp 1", "created_at": 1734537243, "secure": false,
+                        "identity_verification": false, "timezone": "America/Los_Angeles",
+                        "region": "US"},
+                    "avatar": {"type": "avatar",
+                        "image_url": "https://static.intercomassets.com/assets/default-avatars/admins/128.png"},
+                    "has_inbox_seat": true
+                }),
+                id: "991267459",
+                email: Some("admin1@email.com"),
+                display_name: Some("Ciaran1 Lee"),
+                raw_header: false,
+            }),
+        },
     ]
 }
 
@@ -2007,6 +2736,45 @@ async fn documented_token_errors_are_read() {
             json!({"error": "invalid_request",
                    "error_description": "Unable to retrieve access token: authorization code not found"}),
             "invalid_request",
+        ),
+        (
+            "jira",
+            403,
+            json!({"error": "invalid_grant", "error_description": "Unknown or invalid refresh token."}),
+            "invalid_grant",
+        ),
+        (
+            "confluence",
+            403,
+            json!({"error": "invalid_grant", "error_description": "Unknown or invalid refresh token."}),
+            "invalid_grant",
+        ),
+        // dev.twitch.tv/docs/authentication/refresh-tokens: a refused refresh token.
+        (
+            "twitch",
+            400,
+            json!({"error": "Bad Request", "status": 400, "message": "Invalid refresh token"}),
+            "Bad Request",
+        ),
+        // https://docs.slack.dev/reference/methods/oauth.v2.access (errors: invalid_refresh_token) and the
+        // documented error shape {"ok": false, "error": ...} with HTTP 200.
+        (
+            "slack",
+            200,
+            json!({"ok": false, "error": "invalid_refresh_token"}),
+            "invalid_refresh_token",
+        ),
+        // https://developers.hubspot.com/changelog/new-oauth-v3-api-endpoints-and-standardized-error-responses
+        // (the example body; the changelog does not show the status — RFC 6749 §5.2, which HubSpot says it now
+        // follows, makes invalid_grant a 400).
+        (
+            "hubspot",
+            400,
+            json!({"error": "invalid_grant",
+                   "error_description": "refresh token is invalid, expired or revoked",
+                   "status": "BAD_REFRESH_TOKEN",
+                   "message": "refresh token is invalid, expired or revoked"}),
+            "invalid_grant",
         ),
     ];
     for (key, status, body, code) in cases {
