@@ -212,6 +212,32 @@ pub fn markdown(catalog: &Catalog) -> String {
             "assumed lifetime without `expires_in`",
             e.default_expires_in_secs.map(|s| format!("{s} s")),
         );
+        let pairs = |map: &std::collections::BTreeMap<String, String>, sep: &str| {
+            (!map.is_empty()).then(|| {
+                map.iter()
+                    .map(|(k, v)| format!("`{k}{sep}{v}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+        };
+        line(
+            &mut out,
+            "code exchange parameters",
+            pairs(&e.exchange_params, "="),
+        );
+        line(
+            &mut out,
+            "token request headers",
+            pairs(&e.token_headers, ": "),
+        );
+        line(
+            &mut out,
+            "API token header",
+            e.api_auth_header
+                .as_ref()
+                .map(|h| format!("`{h}: <access token>`")),
+        );
+        line(&mut out, "API headers", pairs(&e.api_headers, ": "));
         line(
             &mut out,
             "kept from the token response",

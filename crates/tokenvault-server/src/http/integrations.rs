@@ -208,6 +208,15 @@ pub struct ProviderDetail {
     pub token_metadata: Option<Vec<String>>,
     /// ID token claims kept as connection metadata (under `id_token`).
     pub id_token_claims: Vec<String>,
+    /// Fixed parameters added to the code exchange.
+    pub exchange_params: std::collections::BTreeMap<String, String>,
+    /// Extra headers of token-endpoint requests.
+    pub token_headers: std::collections::BTreeMap<String, String>,
+    /// Extra headers of API calls (`{client_id}`: the integration's).
+    pub api_headers: std::collections::BTreeMap<String, String>,
+    /// The header carrying the access token to the API when it is not
+    /// `Authorization` (it then carries the bare token).
+    pub api_auth_header: Option<String>,
 }
 
 /// One connection parameter of a catalog entry.
@@ -306,6 +315,10 @@ impl ProviderDetail {
                 .collect(),
             token_metadata: spec.token_metadata.clone(),
             id_token_claims: spec.id_token_claims.clone(),
+            exchange_params: spec.exchange_params.clone(),
+            token_headers: spec.token_headers.clone(),
+            api_headers: spec.api_headers.clone(),
+            api_auth_header: spec.api_auth_header.clone(),
         }
     }
 
@@ -340,6 +353,10 @@ impl ProviderDetail {
             connection_params: Vec::new(),
             token_metadata: None,
             id_token_claims: Vec::new(),
+            exchange_params: Default::default(),
+            token_headers: Default::default(),
+            api_headers: Default::default(),
+            api_auth_header: None,
         }
     }
 

@@ -5,7 +5,7 @@ use url::Url;
 
 use crate::domain::{AccessToken, TokenSet};
 use crate::oauth::OAuthError;
-use crate::providers::{ApiAuthScheme, RevocationStyle};
+use crate::providers::RevocationStyle;
 
 use super::*;
 
@@ -91,19 +91,14 @@ impl Integration {
                 self.spec.key
             )));
         };
-        let token = access_token.expose();
-        let raw = match self.spec.api_auth_scheme {
-            ApiAuthScheme::Bearer => {
-                self.oauth
-                    .userinfo(url, &SecretString::from(token.to_owned()))
-                    .await?
-            }
-            ApiAuthScheme::Raw => {
-                self.oauth
-                    .userinfo_with_authorization(url, &SecretString::from(token.to_owned()))
-                    .await?
-            }
-        };
+        let raw = self
+            .oauth
+            .get_json(
+                url,
+                self.api_headers_for(access_token, crate::domain::TokenType::Bearer)?,
+                &SecretString::from(access_token.expose().to_owned()),
+            )
+            .await?;
         let found = mapping.extract(&raw);
         let id = found.id.ok_or_else(|| {
             OAuthError::InvalidResponse(format!(

@@ -22,6 +22,12 @@ impl Integration {
             token_path: self.spec.token_response_path.clone(),
             extra_params: extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             format: self.spec.token_request_format,
+            headers: self
+                .spec
+                .token_headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }
     }
 
@@ -57,7 +63,7 @@ impl Integration {
                     code,
                     redirect_uri,
                     verifier,
-                    &self.token_options(&BTreeMap::new()),
+                    &self.token_options(&self.spec.exchange_params),
                 )
                 .await
         })?;

@@ -444,6 +444,55 @@ impl Integration {
         }
     }
 
+    /// The headers an API call carries for `tokens`: first the access token
+    /// in the entry's header (`Authorization` per `api_auth_scheme`, or the
+    /// bare token in `api_auth_header`), marked sensitive, then the entry's
+    /// `api_headers` with `{client_id}` filled in.
+    pub fn api_headers(
+        &self,
+        tokens: &TokenSet,
+    ) -> Result<Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>, OAuthError> {
+        self.api_headers_for(&tokens.access_token, tokens.token_type)
+    }
+
+    /// [`Integration::api_headers`] for an access token alone (`token_type`
+    /// names the `Authorization` scheme).
+    pub fn api_headers_for(
+        &self,
+        access_token: &crate::domain::AccessToken,
+        token_type: crate::domain::TokenType,
+    ) -> Result<Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>, OAuthError> {
+        use reqwest::header::{AUTHORIZATION, HeaderName, HeaderValue};
+        use secrecy::ExposeSecret as _;
+        let unencodable =
+            || OAuthError::Config("the access token is not a valid header value".into());
+        let bare = || SecretString::from(access_token.expose().to_owned());
+        let (name, token) = match (&self.spec.api_auth_header, self.spec.api_auth_scheme) {
+            (None, ApiAuthScheme::Bearer) => (
+                AUTHORIZATION,
+                SecretString::from(format!("{} {}", token_type.as_str(), access_token.expose())),
+            ),
+            (None, ApiAuthScheme::Raw) => (AUTHORIZATION, bare()),
+            (Some(name), _) => (
+                HeaderName::from_bytes(name.as_bytes()).map_err(|_| unencodable())?,
+                bare(),
+            ),
+        };
+        let mut value = HeaderValue::from_str(token.expose_secret()).map_err(|_| unencodable())?;
+        value.set_sensitive(true);
+        let mut headers = vec![(name, value)];
+        for (name, value) in &self.spec.api_headers {
+            let filled = value.replace("{client_id}", &self.auth.client_id);
+            headers.push((
+                HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| OAuthError::Config(format!("`{name}` is not a header name")))?,
+                HeaderValue::from_str(&filled)
+                    .map_err(|_| OAuthError::Config(format!("`{name}` has no valid value")))?,
+            ));
+        }
+        Ok(headers)
+    }
+
     fn requested_scopes(&self, scopes: Option<&Scopes>) -> Vec<String> {
         match scopes {
             Some(s) => s.to_vec(),

@@ -12,7 +12,7 @@ use url::Url;
 use crate::domain::AccessToken;
 use crate::oauth::OAuthError;
 use crate::providers::params::{self, ParamError};
-use crate::providers::{ApiAuthScheme, ConnectionParamSpec, ConnectionParams, ParamSource};
+use crate::providers::{ConnectionParamSpec, ConnectionParams, ParamSource};
 
 use super::*;
 
@@ -264,10 +264,12 @@ impl Integration {
         url: &Url,
         access_token: &AccessToken,
     ) -> Result<serde_json::Value, OAuthError> {
-        let token = SecretString::from(access_token.expose().to_owned());
-        match self.spec.api_auth_scheme {
-            ApiAuthScheme::Bearer => self.oauth.userinfo(url, &token).await,
-            ApiAuthScheme::Raw => self.oauth.userinfo_with_authorization(url, &token).await,
-        }
+        self.oauth
+            .get_json(
+                url,
+                self.api_headers_for(access_token, crate::domain::TokenType::Bearer)?,
+                &SecretString::from(access_token.expose().to_owned()),
+            )
+            .await
     }
 }

@@ -48,6 +48,9 @@ pub struct TokenRequestOptions {
     /// client credentials, device poll) use it; the device authorization and
     /// RFC 7009 revocation endpoints are always sent forms.
     pub format: TokenRequestFormat,
+    /// Extra request headers (Notion's `Notion-Version`); names and values
+    /// were checked by the catalog.
+    pub headers: Vec<(String, String)>,
 }
 
 /// HTTP settings of [`OAuthClient`].
@@ -336,14 +339,36 @@ impl OAuthClient {
         let mut value = HeaderValue::from_str(authorization.expose_secret())
             .map_err(|_| OAuthError::Config("unencodable Authorization header".into()))?;
         value.set_sensitive(true);
-        let req = self
-            .oauth
-            .get(url.clone())
-            .header(header::AUTHORIZATION, value);
-        let value = authorization.expose_secret();
-        let mut secrets = Scrubber::new().with(value);
-        if let Some((_scheme, token)) = value.split_once(' ') {
-            secrets.add(token.trim());
+        let secret = authorization.expose_secret();
+        let token = secret
+            .split_once(' ')
+            .map_or(secret, |(_scheme, token)| token.trim());
+        self.get_json(
+            url,
+            vec![(header::AUTHORIZATION, value)],
+            &SecretString::from(token.to_owned()),
+        )
+        .await
+    }
+
+    /// GET `url` with `headers` (the access token among them, in whatever
+    /// header the API wants it) and read a JSON answer; `token` is scrubbed
+    /// from any error text.
+    pub async fn get_json(
+        &self,
+        url: &Url,
+        headers: Vec<(reqwest::header::HeaderName, HeaderValue)>,
+        token: &SecretString,
+    ) -> Result<Value, OAuthError> {
+        let mut req = self.oauth.get(url.clone());
+        let mut secrets = Scrubber::new().with(token.expose_secret());
+        for (name, value) in headers {
+            if value.is_sensitive()
+                && let Ok(text) = value.to_str()
+            {
+                secrets.add(text);
+            }
+            req = req.header(name, value);
         }
         let raw = self.execute(req, secrets).await?;
         if raw.is_success() {
@@ -362,7 +387,14 @@ impl OAuthClient {
         options: &TokenRequestOptions,
     ) -> Result<TokenResponse, OAuthError> {
         let raw = self
-            .post(token_url, auth, form, &options.extra_params, options.format)
+            .post(
+                token_url,
+                auth,
+                form,
+                &options.extra_params,
+                options.format,
+                &options.headers,
+            )
             .await?;
         raw.into_token_response(options.token_path.as_deref())
     }
@@ -374,7 +406,7 @@ impl OAuthClient {
         form: Vec<(&'static str, String)>,
         extra_params: &[(String, String)],
     ) -> Result<RawResponse, OAuthError> {
-        self.post(url, auth, form, extra_params, TokenRequestFormat::Form)
+        self.post(url, auth, form, extra_params, TokenRequestFormat::Form, &[])
             .await
     }
 
@@ -385,8 +417,12 @@ impl OAuthClient {
         mut params: Vec<(&'static str, String)>,
         extra_params: &[(String, String)],
         format: TokenRequestFormat,
+        headers: &[(String, String)],
     ) -> Result<RawResponse, OAuthError> {
-        let req = self.oauth.post(url.clone());
+        let mut req = self.oauth.post(url.clone());
+        for (name, value) in headers {
+            req = req.header(name.as_str(), value.as_str());
+        }
         let req = auth.apply(req, &mut params)?;
         let mut pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
         pairs.extend(extra_params.iter().map(|(k, v)| (k.as_str(), v.as_str())));

@@ -243,6 +243,16 @@ pub struct ProviderSpec {
     pub public_client: bool,
     pub token_request_format: TokenRequestFormat,
     pub refresh_params: BTreeMap<String, String>,
+    /// Extra parameters of the code exchange.
+    pub exchange_params: BTreeMap<String, String>,
+    /// Extra headers of token-endpoint requests.
+    pub token_headers: BTreeMap<String, String>,
+    /// Extra headers of API calls (`{client_id}` filled in).
+    pub api_headers: BTreeMap<String, String>,
+    /// The header carrying the access token to the API; `None`:
+    /// `Authorization` per `api_auth_scheme`. A custom header gets the
+    /// bare token.
+    pub api_auth_header: Option<String>,
     /// Refresh requests carry the granted scopes as `scope` (RFC 6749 §6
     /// makes it optional; TIDAL's SDK always sends it). Default false: the
     /// parameter is omitted, which keeps the originally granted scopes.

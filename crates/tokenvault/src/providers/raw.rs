@@ -46,6 +46,16 @@ pub struct RawProvider {
     pub public_client: Option<bool>,
     pub token_request_format: Option<TokenRequestFormat>,
     pub refresh_params: Option<BTreeMap<String, String>>,
+    /// Extra parameters of the code exchange (Shopify's `expiring=1`).
+    pub exchange_params: Option<BTreeMap<String, String>>,
+    /// Extra headers of token-endpoint requests (Notion's `Notion-Version`).
+    pub token_headers: Option<BTreeMap<String, String>>,
+    /// Extra headers of API calls (proxy, profile, post-connect); `{client_id}`
+    /// in a value is the integration's client id (Twitch's `Client-Id`).
+    pub api_headers: Option<BTreeMap<String, String>>,
+    /// The header that carries the access token to the API (default
+    /// `Authorization`; Shopify's `X-Shopify-Access-Token` takes the bare token).
+    pub api_auth_header: Option<String>,
     pub refresh_sends_scope: Option<bool>,
     pub pkce: Option<Pkce>,
     pub refresh_tokens: Option<bool>,
@@ -121,6 +131,7 @@ impl RawProvider {
             refresh_params, refresh_sends_scope, pkce, refresh_tokens, refresh_token_rotates,
             refresh_buffer_secs, default_expires_in_secs, api_base_url, api_auth_scheme,
             token_response_path, connection_params, token_metadata, id_token_claims,
+            exchange_params, token_headers, api_headers, api_auth_header,
         );
         if let Some(src_profile) = &src.profile {
             let dst_profile = dst.profile.get_or_insert_with(RawProfileMapping::default);

@@ -158,6 +158,50 @@ pub(super) fn check_params(
     Ok(())
 }
 
+/// Headers a catalog entry may never set: the transport's, and the ones
+/// tokenvault sets itself.
+const FORBIDDEN_HEADERS: &[&str] = &[
+    "authorization",
+    "host",
+    "cookie",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-authorization",
+];
+
+fn check_headers(
+    key: &str,
+    field: &str,
+    headers: &BTreeMap<String, String>,
+) -> Result<(), CatalogError> {
+    for (name, value) in headers {
+        let parsed = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| invalid(key, field, format!("`{name}` is not a header name")))?;
+        if FORBIDDEN_HEADERS.contains(&parsed.as_str()) {
+            return Err(invalid(
+                key,
+                field,
+                format!("`{name}` is set by tokenvault"),
+            ));
+        }
+        let filled = value.replace("{client_id}", "client");
+        if reqwest::header::HeaderValue::from_str(&filled).is_err() {
+            return Err(invalid(
+                key,
+                field,
+                format!("the value of `{name}` is not a header value"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn check_key(key: &str) -> Result<(), CatalogError> {
     let ok = !key.is_empty()
         && key
@@ -361,6 +405,50 @@ pub(super) fn resolve_entry(
         RESERVED_REFRESH_PARAMS,
     )?;
 
+    let exchange_params = raw.exchange_params.clone().unwrap_or_default();
+    check_params(
+        key,
+        "exchange_params",
+        &exchange_params,
+        &[
+            "grant_type",
+            "code",
+            "redirect_uri",
+            "code_verifier",
+            "client_id",
+            "client_secret",
+        ],
+    )?;
+    let token_headers = raw.token_headers.clone().unwrap_or_default();
+    check_headers(key, "token_headers", &token_headers)?;
+    let api_headers = raw.api_headers.clone().unwrap_or_default();
+    check_headers(key, "api_headers", &api_headers)?;
+    let api_auth_header = match raw.api_auth_header.as_deref() {
+        None | Some("") => None,
+        Some(name) => {
+            let parsed =
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    invalid(
+                        key,
+                        "api_auth_header",
+                        format!("`{name}` is not a header name"),
+                    )
+                })?;
+            if parsed == reqwest::header::AUTHORIZATION {
+                None
+            } else {
+                if FORBIDDEN_HEADERS.contains(&parsed.as_str()) {
+                    return Err(invalid(
+                        key,
+                        "api_auth_header",
+                        format!("`{name}` cannot carry the token"),
+                    ));
+                }
+                Some(parsed.as_str().to_owned())
+            }
+        }
+    };
+
     let refresh_buffer = raw
         .refresh_buffer_secs
         .map_or(DEFAULT_REFRESH_BUFFER, Duration::from_secs);
@@ -482,6 +570,10 @@ pub(super) fn resolve_entry(
             .unwrap_or(raw.token_auth_method == Some(TokenAuthMethod::None)),
         token_request_format: raw.token_request_format.unwrap_or_default(),
         refresh_params,
+        exchange_params,
+        token_headers,
+        api_headers,
+        api_auth_header,
         refresh_sends_scope: raw.refresh_sends_scope.unwrap_or(false),
         pkce: raw.pkce.unwrap_or_default(),
         refresh_tokens,

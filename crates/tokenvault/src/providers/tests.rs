@@ -49,6 +49,8 @@ const REQUIRED: &[&str] = &[
     "slack",
     "hubspot",
     "intercom",
+    "shopify",
+    "notion",
     "oidc",
 ];
 

@@ -319,7 +319,7 @@ impl Vault {
             let authorization = integration.api_authorization(&issued.tokens);
             secrets.add(issued.tokens.access_token.expose());
             secrets.add(authorization.expose_secret());
-            let response = send(&integration, &url, &request, &authorization).await;
+            let response = send(&integration, &url, &request, &issued.tokens).await;
             // The answer's head is here: the provider has seen the request.
             drop(ticket);
             let response = match response {
@@ -413,17 +413,26 @@ async fn send(
     integration: &Integration,
     url: &Url,
     request: &ApiRequest,
-    authorization: &secrecy::SecretString,
+    tokens: &crate::domain::TokenSet,
 ) -> Result<reqwest::Response, RequestError> {
-    let mut value = HeaderValue::from_str(authorization.expose_secret()).map_err(|_| {
-        RequestError::InvalidHeader("the access token is not a valid header value".into())
-    })?;
-    value.set_sensitive(true);
+    let ours = integration
+        .api_headers(tokens)
+        .map_err(|e| RequestError::InvalidHeader(e.to_string()))?;
+    // The token header replaces any the caller sent; the entry's other
+    // headers are defaults the caller may set otherwise (its own
+    // `Notion-Version`, say).
+    let mut headers = request.headers.clone();
+    let mut ours = ours.into_iter();
+    if let Some((name, value)) = ours.next() {
+        headers.insert(name, value);
+    }
+    for (name, value) in ours {
+        headers.entry(name).or_insert(value);
+    }
     let mut builder = integration
         .http()
         .request(request.method.clone(), url.clone())
-        .headers(request.headers.clone())
-        .header(header::AUTHORIZATION, value);
+        .headers(headers);
     if !request.body.is_empty() {
         builder = builder.body(request.body.clone());
     }

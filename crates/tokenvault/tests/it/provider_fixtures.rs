@@ -88,6 +88,43 @@ struct Case {
     profile: Option<ProfileCase>,
 }
 
+/// What a provider's documentation adds to the code exchange beyond RFC 6749.
+fn exchange_extras(key: &str) -> &'static [(&'static str, &'static str)] {
+    match key {
+        // Expiring offline tokens (shopify.dev, use-expiring-offline-access-tokens).
+        "shopify" => &[("expiring", "1")],
+        _ => &[],
+    }
+}
+
+/// Headers a provider's documentation requires on token-endpoint calls.
+fn token_headers(key: &str) -> &'static [(&'static str, &'static str)] {
+    match key {
+        // developers.notion.com/reference/versioning: on every REST request.
+        "notion" => &[("notion-version", "2022-06-28")],
+        _ => &[],
+    }
+}
+
+/// The header an API takes the bare access token in, when not
+/// `Authorization`, and other headers its documentation requires.
+fn api_token_header(key: &str) -> Option<&'static str> {
+    match key {
+        // shopify.dev/api/admin/getting-started.
+        "shopify" => Some("x-shopify-access-token"),
+        _ => None,
+    }
+}
+
+fn api_extra_headers(key: &str) -> &'static [(&'static str, &'static str)] {
+    match key {
+        "notion" => &[("notion-version", "2022-06-28")],
+        // dev.twitch.tv/docs/api/get-started: Helix wants the app's client id.
+        "twitch" => &[("client-id", CLIENT_ID)],
+        _ => &[],
+    }
+}
+
 const GOOGLE_EXTRAS: &[(&str, &str)] = &[("access_type", "offline"), ("prompt", "consent")];
 
 /// Google and its aliases share every endpoint and rule; only scopes differ.
@@ -1941,6 +1978,114 @@ fn cases() -> Vec<Case> {
                 raw_header: false,
             }),
         },
+        // https://shopify.dev/docs/apps/build/authentication-authorization/access-tokens/authorization-code-grant
+        // https://shopify.dev/docs/apps/build/security/credentials-and-data/use-expiring-offline-access-tokens
+        // JSON bodies with body credentials, expiring=1 on the exchange, comma scopes, rotating
+        // refresh tokens, the token in X-Shopify-Access-Token, the shop as the profile.
+        Case {
+            key: "shopify",
+            wix_installer: false,
+            scope: Some("read_products"),
+            pkce: false,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: true,
+            exchange_response: json!({
+                "access_token": "shpat_f0e1d2c3b4a5", "scope": "read_products",
+                "expires_in": 3600, "refresh_token": "shprt_a1b2c3d4e5f6",
+                "refresh_token_expires_in": 7776000
+            }),
+            expect_lifetime: Some(3600),
+            expect_scopes: "read_products",
+            expect_metadata: json!({}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                response: json!({
+                    "access_token": "shpat_new", "scope": "read_products", "expires_in": 3600,
+                    "refresh_token": "shprt_rotated", "refresh_token_expires_in": 7776000
+                }),
+                expect_refresh_token: "shprt_rotated",
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({"shop": {"id": 548380009, "name": "John Smith Test Store",
+                    "email": "j.smith@example.com", "domain": "shop.apple.com",
+                    "myshopify_domain": "jsmith.myshopify.com"}}),
+                id: "548380009",
+                email: Some("j.smith@example.com"),
+                display_name: Some("John Smith Test Store"),
+                raw_header: true,
+            }),
+        },
+        // DRAFT — notion.md says LEAVE OUT (Notion-Version header required on every request).
+        // https://developers.notion.com/reference/create-a-token
+        // https://developers.notion.com/reference/refresh-a-token
+        // https://github.com/makenotion/notion-sdk-js (src/api-endpoints/oauth.ts)
+        // Basic auth and a JSON body, owner=user, no scopes, no expires_in, rotating refresh
+        // tokens, workspace and owner ids as metadata, no profile request.
+        Case {
+            key: "notion",
+            wix_installer: false,
+            scope: None,
+            pkce: false,
+            authorize_extras: &[("owner", "user")],
+            auth: Auth::Basic,
+            json_body: true,
+            // The reference's response schema; its example only has "<string>" placeholders
+            // and the UUID 3c90c3cc-0d44-4b50-8888-8dd25736052a, so the strings are illustrative.
+            exchange_response: json!({
+                "access_token": "ntn_access_illustrative",
+                "token_type": "bearer",
+                "refresh_token": "ntn_refresh_illustrative",
+                "bot_id": "3c90c3cc-0d44-4b50-8888-8dd25736052a",
+                "workspace_icon": null,
+                "workspace_name": "Acme Workspace",
+                "workspace_id": "3c90c3cc-0d44-4b50-8888-8dd25736052a",
+                "owner": {"type": "user", "user": {"object": "user",
+                    "id": "3c90c3cc-0d44-4b50-8888-8dd25736052a", "name": "Ava Example",
+                    "avatar_url": null, "type": "person", "person": {"email": "ava@example.com"}}},
+                "duplicated_template_id": null,
+                "request_id": "3c90c3cc-0d44-4b50-8888-8dd25736052a"
+            }),
+            expect_lifetime: None,
+            expect_scopes: "",
+            expect_metadata: json!({
+                "workspace_id": "3c90c3cc-0d44-4b50-8888-8dd25736052a",
+                "workspace_name": "Acme Workspace",
+                "bot_id": "3c90c3cc-0d44-4b50-8888-8dd25736052a",
+                "owner": {"type": "user", "user": {"id": "3c90c3cc-0d44-4b50-8888-8dd25736052a",
+                    "name": "Ava Example", "person": {"email": "ava@example.com"}}}
+            }),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // "Refreshes an access token, generating a new access token and new refresh token"
+                response: json!({
+                    "access_token": "ntn_access_refreshed",
+                    "token_type": "bearer",
+                    "refresh_token": "ntn_refresh_rotated",
+                    "bot_id": "3c90c3cc-0d44-4b50-8888-8dd25736052a",
+                    "workspace_icon": null,
+                    "workspace_name": "Acme Workspace",
+                    "workspace_id": "3c90c3cc-0d44-4b50-8888-8dd25736052a",
+                    "owner": {"type": "workspace", "workspace": true},
+                    "duplicated_template_id": null
+                }),
+                expect_refresh_token: "ntn_refresh_rotated",
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                // developers.notion.com/reference/get-self
+                document: json!({"object": "user", "id": "16d84278-ab0e-484c-9bdd-b35da3bd8905",
+                            "name": "pied piper", "avatar_url": null, "type": "bot",
+                            "bot": {"owner": {"type": "user", "user": {"object": "user",
+                                "id": "3c90c3cc-0d44-4b50-8888-8dd25736052a", "name": "Ava Example",
+                                "type": "person", "person": {"email": "ava@example.com"}}}}}),
+                id: "16d84278-ab0e-484c-9bdd-b35da3bd8905",
+                email: Some("ava@example.com"),
+                display_name: Some("Ava Example"),
+                raw_header: false,
+            }),
+        },
     ]
 }
 
@@ -2196,6 +2341,9 @@ async fn code_exchange_requests_match_the_documentation() {
                 pkce.verifier().expose_secret().into(),
             );
         }
+        for (name, value) in exchange_extras(case.key) {
+            expected.insert((*name).into(), (*value).into());
+        }
         expect_client_auth(&case, &req, &mut expected);
         assert_eq!(
             body_of(&case, &req),
@@ -2203,6 +2351,9 @@ async fn code_exchange_requests_match_the_documentation() {
             "{}: token request body",
             case.key
         );
+        for (name, value) in token_headers(case.key) {
+            assert_eq!(header(&req, name), Some(*value), "{}: {name}", case.key);
+        }
 
         // The response → TokenSet.
         let tokens = &grant.tokens;
@@ -2423,7 +2574,16 @@ async fn profiles_are_read_with_the_documented_request() {
         } else {
             "Bearer AT-profile"
         };
-        assert_eq!(header(&req, "authorization"), Some(want), "{}", case.key);
+        match api_token_header(case.key) {
+            None => assert_eq!(header(&req, "authorization"), Some(want), "{}", case.key),
+            Some(name) => {
+                assert_eq!(header(&req, name), Some(want), "{}", case.key);
+                assert_eq!(header(&req, "authorization"), None, "{}", case.key);
+            }
+        }
+        for (name, value) in api_extra_headers(case.key) {
+            assert_eq!(header(&req, name), Some(*value), "{}: {name}", case.key);
+        }
     }
 }
 
@@ -2774,6 +2934,14 @@ async fn documented_token_errors_are_read() {
                    "error_description": "refresh token is invalid, expired or revoked",
                    "status": "BAD_REFRESH_TOKEN",
                    "message": "refresh token is invalid, expired or revoked"}),
+            "invalid_grant",
+        ),
+        // Shopify's own library (shopify-app-js, refresh-token.test.ts).
+        (
+            "shopify",
+            400,
+            json!({"error": "invalid_grant",
+                   "error_description": "The refresh token is invalid or expired"}),
             "invalid_grant",
         ),
     ];
