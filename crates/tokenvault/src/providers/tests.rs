@@ -51,6 +51,12 @@ const REQUIRED: &[&str] = &[
     "intercom",
     "shopify",
     "notion",
+    "linear",
+    "airtable",
+    "strava",
+    "figma",
+    "box",
+    "dropbox",
     "oidc",
 ];
 
@@ -89,9 +95,9 @@ fn builtin_catalog_loads_with_every_required_key() {
         }
         // Each entry has its own icon colour in the Connect UI.
         assert!(spec.brand_color.is_some(), "`{key}` has no brand_color");
-        // Bing Webmaster Tools has no profile endpoint; monday.com's API is
-        // GraphQL over POST only.
-        if !["bing-webmaster", "monday"].contains(&key) {
+        // Bing Webmaster Tools has no profile endpoint; monday.com's and
+        // Linear's are GraphQL over POST only, Dropbox's a POST RPC.
+        if !["bing-webmaster", "monday", "linear", "dropbox"].contains(&key) {
             assert!(
                 spec.userinfo_url.is_some() && spec.profile.is_some(),
                 "`{key}`"

@@ -2086,6 +2086,331 @@ fn cases() -> Vec<Case> {
                 raw_header: false,
             }),
         },
+        // https://linear.app/developers/oauth-2-0-authentication
+        // Comma-separated scopes, body credentials, optional PKCE, 24-hour access tokens,
+        // a new refresh token on every refresh, RFC 7009-style revocation at
+        // /oauth/revoke, no profile (GraphQL POST only). Token values are the docs' own
+        // "EXAMPLE_TOKEN" placeholders.
+        Case {
+            key: "linear",
+            wix_installer: false,
+            scope: Some("read"),
+            pkce: true,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "EXAMPLE_TOKEN",
+                "token_type": "Bearer",
+                "expires_in": 86399,
+                "scope": "read write",
+                "refresh_token": "EXAMPLE_TOKEN"
+            }),
+            expect_lifetime: Some(86399),
+            expect_scopes: "read write",
+            expect_metadata: json!({}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // "a new valid access token and a new refresh token will be returned"
+                response: json!({
+                    "access_token": "EXAMPLE_TOKEN",
+                    "token_type": "Bearer",
+                    "expires_in": 86399,
+                    "scope": "read write",
+                    "refresh_token": "EXAMPLE_TOKEN"
+                }),
+                expect_refresh_token: "EXAMPLE_TOKEN",
+            }),
+            revocation: Revocation::Rfc7009("/oauth/revoke"),
+            profile: None,
+        },
+        // https://airtable.com/developers/web/api/oauth-reference
+        // https://airtable.com/developers/web/api/get-user-id-scopes
+        // PKCE required, HTTP Basic, 60-minute access tokens, rotating 60-day refresh
+        // tokens, no revocation. The reference lists the response fields without sample
+        // values, so the token strings below are placeholders; refresh_expires_in is
+        // dropped (token_metadata = []).
+        Case {
+            key: "airtable",
+            wix_installer: false,
+            scope: Some("user.email:read"),
+            pkce: true,
+            authorize_extras: &[],
+            auth: Auth::Basic,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "oaaAT1.v1.example-access-token",
+                "refresh_token": "oaaRT1.v1.example-refresh-token",
+                "token_type": "Bearer",
+                "scope": "user.email:read",
+                "expires_in": 3600,
+                "refresh_expires_in": 5184000
+            }),
+            expect_lifetime: Some(3600),
+            expect_scopes: "user.email:read",
+            expect_metadata: json!({}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // "the previous access and refresh tokens are invalidated and new tokens
+                // are returned"
+                response: json!({
+                    "access_token": "oaaAT2.v1.example-access-token",
+                    "refresh_token": "oaaRT2.v1.example-refresh-token",
+                    "token_type": "Bearer",
+                    "scope": "user.email:read",
+                    "expires_in": 3600,
+                    "refresh_expires_in": 5184000
+                }),
+                expect_refresh_token: "oaaRT2.v1.example-refresh-token",
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({"email": "foo@bar.com", "id": "usrL2PNC5o3H4lBEi"}),
+                id: "usrL2PNC5o3H4lBEi",
+                email: Some("foo@bar.com"),
+                display_name: Some("foo@bar.com"),
+                raw_header: false,
+            }),
+        },
+        // https://developers.strava.com/docs/authentication/
+        // https://developers.strava.com/docs/reference/#api-Athletes-getLoggedInAthlete
+        // Comma-separated scopes, credentials in the body, no PKCE, 6-hour access
+        // tokens, the newest refresh token replaces the old one, athlete.id kept, no
+        // revocation (deauthorize is not RFC 7009), no email in the profile.
+        // The docs' example shows `"athlete": {#{summary athlete representation}}`; it is
+        // filled with summary fields of the docs' getLoggedInAthlete example.
+        Case {
+            key: "strava",
+            wix_installer: false,
+            scope: Some("read"),
+            pkce: false,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: false,
+            exchange_response: json!({
+                "token_type": "Bearer",
+                "expires_at": 1568775134,
+                "expires_in": 21600,
+                "refresh_token": "e5n567567...",
+                "access_token": "a4b945687g...",
+                "athlete": {
+                    "id": 1234567890987654321_u64,
+                    "resource_state": 2,
+                    "firstname": "Marianne",
+                    "lastname": "Teutenberg",
+                    "city": "San Francisco",
+                    "state": "CA",
+                    "country": "US",
+                    "sex": "F",
+                    "premium": true,
+                    "created_at": "2017-11-14T02:30:05Z",
+                    "updated_at": "2018-02-06T19:32:20Z"
+                }
+            }),
+            expect_lifetime: Some(21600),
+            expect_scopes: "read",
+            expect_metadata: json!({"athlete": {"id": 1234567890987654321_u64}}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // The docs' refresh example, with expires_in 21600 instead of 20566 (the
+                // harness expects the exchange's lifetime; 20566 is the remaining life of
+                // a still-valid token that Strava hands back unchanged).
+                response: json!({
+                    "token_type": "Bearer",
+                    "access_token": "a9b723...",
+                    "expires_at": 1568775134,
+                    "expires_in": 21600,
+                    "refresh_token": "b5c569..."
+                }),
+                expect_refresh_token: "b5c569...",
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({
+                    "id": 1234567890987654321_u64,
+                    "username": "marianne_t",
+                    "resource_state": 3,
+                    "firstname": "Marianne",
+                    "lastname": "Teutenberg",
+                    "city": "San Francisco",
+                    "state": "CA",
+                    "country": "US",
+                    "sex": "F",
+                    "premium": true,
+                    "created_at": "2017-11-14T02:30:05Z",
+                    "updated_at": "2018-02-06T19:32:20Z",
+                    "badge_type_id": 4,
+                    "profile_medium": "https://xxxxxx.cloudfront.net/pictures/athletes/123456789/123456789/2/medium.jpg",
+                    "profile": "https://xxxxx.cloudfront.net/pictures/athletes/123456789/123456789/2/large.jpg",
+                    "friend": null,
+                    "follower": null,
+                    "follower_count": 5,
+                    "friend_count": 5,
+                    "mutual_friend_count": 0,
+                    "athlete_type": 1,
+                    "date_preference": "%m/%d/%Y",
+                    "measurement_preference": "feet"
+                }),
+                id: "1234567890987654321",
+                email: None,
+                display_name: Some("Marianne"),
+                raw_header: false,
+            }),
+        },
+        // https://developers.figma.com/docs/rest-api/oauth-apps/
+        // https://github.com/figma/rest-api-spec (GET /v1/me)
+        // HTTP Basic, PKCE (S256), 90-day access tokens, a separate refresh endpoint that
+        // returns no new refresh token, user_id_string kept, no revocation. The docs give
+        // the response shapes with <placeholders>; the values below are illustrative.
+        // NOTE: refresh_url differs from token_url; mocked_catalog must also override
+        // refresh_url (see figma.md) or this row's refresh goes to api.figma.com.
+        Case {
+            key: "figma",
+            wix_installer: false,
+            scope: Some("current_user:read"),
+            pkce: true,
+            authorize_extras: &[],
+            auth: Auth::Basic,
+            json_body: false,
+            exchange_response: json!({
+                "user_id_string": "1234567890123456789",
+                "access_token": "figu_example-access-token",
+                "token_type": "bearer",
+                "expires_in": 7776000,
+                "refresh_token": "figur_example-refresh-token"
+            }),
+            expect_lifetime: Some(7776000),
+            expect_scopes: "current_user:read",
+            expect_metadata: json!({"user_id_string": "1234567890123456789"}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // The refresh response has no refresh_token: the old one stays valid.
+                response: json!({
+                    "access_token": "figu_example-access-token-2",
+                    "token_type": "bearer",
+                    "expires_in": 7776000
+                }),
+                expect_refresh_token: OLD_REFRESH,
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({
+                    "id": "1234567890123456789",
+                    "handle": "Jane Doe",
+                    "img_url": "https://s3-alpha.figma.com/profile/example",
+                    "email": "jane@example.com"
+                }),
+                id: "1234567890123456789",
+                email: Some("jane@example.com"),
+                display_name: Some("Jane Doe"),
+                raw_header: false,
+            }),
+        },
+        // https://developer.box.com/guides/authentication/oauth2/without-sdk/
+        // https://developer.box.com/guides/authentication/tokens/access-tokens/
+        // https://developer.box.com/guides/authentication/tokens/refresh/
+        // https://developer.box.com/reference/post-oauth2-revoke/
+        // https://developer.box.com/reference/get-users-me/ (User--Full examples)
+        // No scope parameter (the app's configured scopes apply), body credentials, no
+        // PKCE, 60-minute access tokens, single-use 60-day refresh tokens, RFC 7009-style
+        // revocation at /oauth2/revoke. Token values are the docs' own examples.
+        Case {
+            key: "box",
+            wix_installer: false,
+            scope: None,
+            pkce: false,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "c3FIOG9vSGV4VHo4QzAyg5T1JvNnJoZ3ExaVNyQWw6WjRsanRKZG5lQk9qUE1BVQ",
+                "expires_in": 3600,
+                "token_type": "bearer",
+                "refresh_token": "c3FIOG9vSGV4VHo4QzAyg5T1JvNnJoZ3ExaVNyQWw6WjRsanRKZG5lQk9qUE1BVQ",
+                "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"
+            }),
+            expect_lifetime: Some(3600),
+            expect_scopes: "",
+            expect_metadata: json!({}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // "the Refresh Token is invalidated and a new Refresh Token is returned
+                // with the new Access Token" (AccessToken schema example values).
+                response: json!({
+                    "access_token": "c3FIOG9vSGV4VHo4QzAyg5T1JvNnJoZ3ExaVNyQWw6WjRsanRKZG5lQk9qUE1BVQ",
+                    "expires_in": 3600,
+                    "token_type": "bearer",
+                    "refresh_token": "c3FIOG9vSGV4VHo4QzAyg5T1JvNnJoZ3ExaVNyQWw6WjRsanRKZG5lQk9qUE1BVQ"
+                }),
+                expect_refresh_token: "c3FIOG9vSGV4VHo4QzAyg5T1JvNnJoZ3ExaVNyQWw6WjRsanRKZG5lQk9qUE1BVQ",
+            }),
+            revocation: Revocation::Rfc7009("/oauth2/revoke"),
+            profile: Some(ProfileCase {
+                document: json!({
+                    "id": "11446498",
+                    "type": "user",
+                    "name": "Aaron Levie",
+                    "login": "ceo@example.com",
+                    "created_at": "2012-12-12T10:53:43-08:00",
+                    "modified_at": "2012-12-12T10:53:43-08:00",
+                    "language": "en",
+                    "timezone": "Africa/Bujumbura",
+                    "space_amount": 11345156112_u64,
+                    "space_used": 1237009912,
+                    "max_upload_size": 2147483648_u64,
+                    "status": "active",
+                    "job_title": "CEO",
+                    "phone": "6509241374",
+                    "address": "900 Jefferson Ave, Redwood City, CA 94063",
+                    "avatar_url": "https://www.box.com/api/avatar/large/181216415"
+                }),
+                id: "11446498",
+                email: Some("ceo@example.com"),
+                display_name: Some("Aaron Levie"),
+                raw_header: false,
+            }),
+        },
+        // https://www.dropbox.com/developers/documentation/http/documentation#oauth2-token
+        // https://dropbox.tech/developers/using-oauth-2-0-with-offline-access
+        // dropbox-sdk-python test/unit/test_dropbox_unit.py (offline response shape)
+        // token_access_type=offline, no scope parameter (the app's permissions apply),
+        // body credentials, PKCE, 4-hour access tokens, the refresh token is not
+        // replaced, account_id kept; no revocation and no profile (both need a
+        // Dropbox-style RPC POST). access_token/account_id/uid follow the docs' samples;
+        // the refresh token is a placeholder.
+        Case {
+            key: "dropbox",
+            wix_installer: false,
+            scope: None,
+            pkce: true,
+            authorize_extras: &[("token_access_type", "offline")],
+            auth: Auth::Post,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "sl.AbX9y6Fe3AuH5o66-gmJpR032jwAwQPIVVzWXZNkdzcYT02akC2de219dZi6gxYPVnYPrpvISRSf9lxKWJzYLjtMPH-d9fo_0gXex7X37VIvpty4-G8f4-WX45AcEPfRnJJDwzv-",
+                "expires_in": 14400,
+                "token_type": "bearer",
+                "scope": "account_info.read files.content.read files.content.write files.metadata.read",
+                "refresh_token": "dropbox-example-refresh-token",
+                "account_id": "dbid:AAH4f99T0taONIb-OurWxbNQ6ywGRopQngc",
+                "uid": "12345"
+            }),
+            expect_lifetime: Some(14400),
+            expect_scopes: "account_info.read files.content.read files.content.write files.metadata.read",
+            expect_metadata: json!({"account_id": "dbid:AAH4f99T0taONIb-OurWxbNQ6ywGRopQngc"}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // The SDKs read only access_token and expires_in from a refresh.
+                response: json!({
+                    "access_token": "sl.example-refreshed-access-token",
+                    "token_type": "bearer",
+                    "expires_in": 14400
+                }),
+                expect_refresh_token: OLD_REFRESH,
+            }),
+            revocation: Revocation::None,
+            profile: None,
+        },
     ]
 }
 
@@ -2106,6 +2431,10 @@ fn mocked_catalog(server: &MockServer, key: &str) -> Catalog {
     let mut toml = format!(
         "[providers.{key}]\nauthorization_url = \"{base}/authorize\"\ntoken_url = \"{base}/token\"\n"
     );
+    if spec.refresh_url != spec.token_url {
+        // A documented refresh endpoint of its own (Figma's).
+        toml.push_str(&format!("refresh_url = \"{base}/refresh\"\n"));
+    }
     if let Some(url) = &spec.revocation_url {
         // Keep the path (GitHub's carries the `{client_id}` placeholder).
         let path = url.path().replace("%7B", "{").replace("%7D", "}");
@@ -2394,10 +2723,16 @@ async fn refresh_requests_match_the_documentation() {
             continue;
         };
         let server = MockServer::start().await;
+        // Figma refreshes at an endpoint of its own (developers.figma.com, OAuth 2).
+        let endpoint = if case.key == "figma" {
+            "refresh"
+        } else {
+            "token"
+        };
         respond(
             &server,
             "POST",
-            format!("/{}/token", case.key),
+            format!("/{}/{endpoint}", case.key),
             refresh.response.clone(),
         )
         .await;
@@ -2942,6 +3277,26 @@ async fn documented_token_errors_are_read() {
             400,
             json!({"error": "invalid_grant",
                    "error_description": "The refresh token is invalid or expired"}),
+            "invalid_grant",
+        ),
+        (
+            "airtable",
+            400,
+            json!({"error": "invalid_grant",
+                   "error_description": "grant code has expired"}),
+            "invalid_grant",
+        ),
+        (
+            "box",
+            400,
+            json!({"error": "invalid_grant",
+                   "error_description": "Verify the authorization code is set correctly in your request, or your application likely needs to get a new authorization code."}),
+            "invalid_grant",
+        ),
+        (
+            "dropbox",
+            400,
+            json!({"error": "invalid_grant"}),
             "invalid_grant",
         ),
     ];
