@@ -483,6 +483,11 @@ impl Integration {
         let mut headers = vec![(name, value)];
         for (name, value) in &self.spec.api_headers {
             let filled = value.replace("{client_id}", &self.auth.client_id);
+            if filled.contains('{') {
+                // Names a connection parameter this integration was not
+                // given (see `for_connection`): not sent.
+                continue;
+            }
             headers.push((
                 HeaderName::from_bytes(name.as_bytes())
                     .map_err(|_| OAuthError::Config(format!("`{name}` is not a header name")))?,

@@ -149,6 +149,21 @@ impl Integration {
         if let Some(url) = &mut spec.revocation_url {
             *url = fill(url, &with_client_id)?;
         }
+        // Header values naming a parameter (checked values: the pattern
+        // keeps them header-safe; a header naming a missing one is dropped
+        // rather than sent with a placeholder).
+        spec.api_headers = spec
+            .api_headers
+            .iter()
+            .filter_map(|(header, value)| {
+                let mut filled = value.clone();
+                for (name, param) in checked.iter() {
+                    filled = filled.replace(&format!("{{{name}}}"), param);
+                }
+                let unfilled = filled.replace("{client_id}", "").contains('{');
+                (!unfilled).then(|| (header.clone(), filled))
+            })
+            .collect();
         Ok(Cow::Owned(filled))
     }
 

@@ -517,6 +517,43 @@ pub(super) fn resolve_entry(
             ("api_base_url", api_base_url.as_ref()),
         ],
     )?;
+    // `{name}` in an API header's value: the client id or a parameter
+    // (Xero's `Xero-tenant-id: {tenant_id}`), filled per connection.
+    for (header, value) in &api_headers {
+        let mut rest = value.as_str();
+        while let Some(start) = rest.find('{') {
+            let after = &rest[start + 1..];
+            let Some(end) = after.find('}') else {
+                return Err(invalid(
+                    key,
+                    "api_headers",
+                    format!("`{header}`: unclosed placeholder"),
+                ));
+            };
+            let name = &after[..end];
+            if name != "client_id" && !connection_params.iter().any(|p| p.name == name) {
+                return Err(invalid(
+                    key,
+                    "api_headers",
+                    format!(
+                        "`{header}`: placeholder `{{{name}}}` is not declared in connection_params"
+                    ),
+                ));
+            }
+            rest = &after[end + 1..];
+        }
+        let mut filled = value.replace("{client_id}", "client");
+        for param in &connection_params {
+            filled = filled.replace(&format!("{{{}}}", param.name), &param.example);
+        }
+        if reqwest::header::HeaderValue::from_str(&filled).is_err() {
+            return Err(invalid(
+                key,
+                "api_headers",
+                format!("`{header}` filled with the examples is not a header value"),
+            ));
+        }
+    }
     let token_metadata = match &raw.token_metadata {
         None => None,
         Some(pointers) => {

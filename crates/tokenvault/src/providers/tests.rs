@@ -57,6 +57,11 @@ const REQUIRED: &[&str] = &[
     "figma",
     "box",
     "dropbox",
+    "xero",
+    "quickbooks",
+    "docusign",
+    "zoho",
+    "stripe-connect",
     "oidc",
 ];
 
@@ -97,7 +102,18 @@ fn builtin_catalog_loads_with_every_required_key() {
         assert!(spec.brand_color.is_some(), "`{key}` has no brand_color");
         // Bing Webmaster Tools has no profile endpoint; monday.com's and
         // Linear's are GraphQL over POST only, Dropbox's a POST RPC.
-        if !["bing-webmaster", "monday", "linear", "dropbox"].contains(&key) {
+        // Xero and Zoho keep the account from the ID token instead (no
+        // profile endpoint read in their documentation).
+        if ![
+            "bing-webmaster",
+            "monday",
+            "linear",
+            "dropbox",
+            "xero",
+            "zoho",
+        ]
+        .contains(&key)
+        {
             assert!(
                 spec.userinfo_url.is_some() && spec.profile.is_some(),
                 "`{key}`"

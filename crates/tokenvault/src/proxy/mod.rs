@@ -319,7 +319,7 @@ impl Vault {
             let authorization = integration.api_authorization(&issued.tokens);
             secrets.add(issued.tokens.access_token.expose());
             secrets.add(authorization.expose_secret());
-            let response = send(&integration, &url, &request, &issued.tokens).await;
+            let response = send(&connection_client, &url, &request, &issued.tokens).await;
             // The answer's head is here: the provider has seen the request.
             drop(ticket);
             let response = match response {

@@ -2411,6 +2411,297 @@ fn cases() -> Vec<Case> {
             revocation: Revocation::None,
             profile: None,
         },
+        // https://developer.xero.com/faq/oauth2
+        // https://github.com/XeroAPI/xero-ruby (README "Token Set", lib/xero-ruby/api_client.rb)
+        // https://github.com/XeroAPI/Xero-OpenAPI xero-identity.yaml (GET /connections example)
+        // HTTP Basic, no PKCE (web app), 30-minute access tokens, a new refresh token on every
+        // refresh, xero_userid/email kept from the ID token, RFC 7009 revocation at
+        // /connect/revocation, no profile endpoint (the tenant comes from GET /connections,
+        // a post_connect parameter the harness does not call).
+        // The token set follows the SDK README's example (values "xxx.yyy.zzz" there); the
+        // ID token is an illustrative JWT with the claims of xero-node's XeroIdToken.
+        Case {
+            key: "xero",
+            wix_installer: false,
+            scope: Some("openid profile email offline_access accounting.settings.read"),
+            pkce: false,
+            authorize_extras: &[],
+            auth: Auth::Basic,
+            json_body: false,
+            exchange_response: json!({
+                "id_token": concat!(
+                    "eyJhbGciOiJSUzI1NiIsImtpZCI6IjFDQUY4RTY2NzcyRDZEQzAyOEQ2NzI2RkQwMjYxNTgxNTcwRUZDMTkiLCJ0eXAiOiJKV1QifQ.",
+                    "eyJuYmYiOjE1ODkzNjMwMjMsImV4cCI6MTU4OTM2MzMyMywiaXNzIjoiaHR0cHM6Ly9pZGVudGl0eS54ZXJvLmNvbSIsImF1ZCI6",
+                    "IjkxRTU3MTVCMTE5OTAzODA4MEQ2RDAyOTZFQkMxNjQ4IiwiaWF0IjoxNTg5MzYzMDIzLCJhdF9oYXNoIjoiejJyVmd0dk5tY0cz",
+                    "T1M0S3NJSklVQSIsInNpZCI6ImMwZjhhM2IwZmJmOWU4NGUyZGM5ZDljMmI5ZjFmOWE2Iiwic3ViIjoiYTNhNGRiYWZoMzQ5NWE4",
+                    "MDhlZDdhN2I5NjQzODhmNTMiLCJhdXRoX3RpbWUiOjE1ODkzNjE4OTIsInhlcm9fdXNlcmlkIjoiNmE5YzBmOWUtM2IyZi00YTVl",
+                    "LTljNDEtNWExYTRhN2IzZTIxIiwiZ2xvYmFsX3Nlc3Npb25faWQiOiJhYzIyMDI1NzVlODI0YWYzYTE4MWM1MGZjYWE2NWMzYyIs",
+                    "InByZWZlcnJlZF91c2VybmFtZSI6ImphbmUuc21pdGhAZXhhbXBsZS5jb20iLCJlbWFpbCI6ImphbmUuc21pdGhAZXhhbXBsZS5j",
+                    "b20iLCJnaXZlbl9uYW1lIjoiSmFuZSIsImZhbWlseV9uYW1lIjoiU21pdGgiLCJhbXIiOlsicHdkIl19.sig"
+                ),
+                "access_token": "xxx.yyy.zzz",
+                "expires_in": 1800,
+                "token_type": "Bearer",
+                "refresh_token": "xxxxxxxxx",
+                "scope": "openid profile email accounting.settings.read offline_access"
+            }),
+            expect_lifetime: Some(1800),
+            expect_scopes: "openid profile email offline_access accounting.settings.read",
+            // token_metadata = [] keeps nothing from the response; id_token_claims = ["xero_userid", "email"].
+            expect_metadata: json!({"id_token": {
+                "xero_userid": "6a9c0f9e-3b2f-4a5e-9c41-5a1a4a7b3e21",
+                "email": "jane.smith@example.com"
+            }}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // "replace your existing refresh token with the new one returned in the response".
+                response: json!({
+                    "id_token": "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.sig",
+                    "access_token": "xxx.yyy.new",
+                    "expires_in": 1800,
+                    "token_type": "Bearer",
+                    "refresh_token": "yyyyyyyyy",
+                    "scope": "openid profile email accounting.settings.read offline_access"
+                }),
+                expect_refresh_token: "yyyyyyyyy",
+            }),
+            revocation: Revocation::Rfc7009("/connect/revocation"),
+            profile: None,
+        },
+        // https://developer.intuit.com/app/developer/qbo/docs/develop/authentication-and-authorization/oauth-2.0
+        // https://github.com/intuit/oauth-jsclient (src/OAuthClient.js; test/mocks/tokenResponse.json,
+        //   openID-token.json, refreshResponse.json, userInfo.json, errorResponse.json)
+        // HTTP Basic, no PKCE, no scope in the token response, realmId from the callback (not
+        // part of this row), a new refresh token on refresh (the old one dies 24 h later),
+        // revocation not called (Intuit's revoke endpoint takes JSON), OIDC UserInfo profile.
+        // Values are the official client's test mocks; the rotated refresh token is illustrative.
+        Case {
+            key: "quickbooks",
+            wix_installer: false,
+            scope: Some("com.intuit.quickbooks.accounting openid profile email"),
+            pkce: false,
+            authorize_extras: &[],
+            auth: Auth::Basic,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "sample_access_token",
+                "refresh_token": "sample_refresh_token",
+                "token_type": "bearer",
+                "expires_in": 3600,
+                "x_refresh_token_expires_in": 8726400,
+                "id_token": concat!(
+                    "eyJraWQiOiJyNHA1U2JMMnFhRmVoRnpoajhnSSIsImFsZyI6IlJTMjU2In0.",
+                    "eyJzdWIiOiJiMDUzZDk5NC0wN2Q1LTQ2OGQtYjdlZS0yMmUzNDlkMmU3MzkiLCJhdWQiOlsiTDM5ZWxTdWJGeGpQT1NwZFpvWVdS",
+                    "S2lDQ0U2VElOanY2N1JvYUU4ekJxYkl4eGI0bEsiXSwicmVhbG1pZCI6IjExMDgwMzM0NzEiLCJhdXRoX3RpbWUiOjE0NjI1NTQ0",
+                    "NzUsImlzcyI6Imh0dHBzOlwvXC9vYXV0aC1lMmUucGxhdGZvcm0uaW50dWl0LmNvbVwvb2F1dGgyXC92MVwvb3BcL3YxIiwiZXhw",
+                    "IjoxNDYyNTYxMzI4LCJpYXQiOjE0NjI1NTc3Mjh9.",
+                    "BIJ9x_WPEOZsLJfQE3mGji_Q15j_rdlTyFYELiJM-W92fWSLC-TLEwCp5IrRhDWMvyvrLSMZCEdQALYQpbVy8uKI22JgGWYvkwNEDweOjbYzyt33F4xtn3GGcW9nAwRtA3M19qquWyi7G0kcCZUDN8RfUXz2qKMJ6KPOfLVe2UQ"
+                )
+            }),
+            expect_lifetime: Some(3600),
+            // No `scope` in Intuit's token response: the requested scopes are kept.
+            expect_scopes: "com.intuit.quickbooks.accounting openid profile email",
+            // token_metadata = [] (x_refresh_token_expires_in is not kept).
+            expect_metadata: json!({}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                response: json!({
+                    "access_token": "sample_access_token_2",
+                    "refresh_token": "sample_refresh_token_2",
+                    "token_type": "bearer",
+                    "expires_in": 3600,
+                    "x_refresh_token_expires_in": 8726400
+                }),
+                expect_refresh_token: "sample_refresh_token_2",
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({
+                    "sub": "test_sub",
+                    "email": "test@example.com",
+                    "emailVerified": true,
+                    "givenName": "Test",
+                    "familyName": "User",
+                    "phoneNumber": "+1234567890",
+                    "phoneNumberVerified": true,
+                    "address": {
+                        "streetAddress": "123 Test St",
+                        "locality": "Test City",
+                        "region": "Test Region",
+                        "postalCode": "12345",
+                        "country": "Test Country"
+                    }
+                }),
+                id: "test_sub",
+                email: Some("test@example.com"),
+                display_name: Some("Test"),
+                raw_header: false,
+            }),
+        },
+        // https://developers.docusign.com/platform/auth/confidential-authcode-get-token
+        // https://www.docusign.com/blog/developers/authorization-code-grant-refresh-tokens
+        // https://developers.docusign.com/platform/auth/reference/user-info
+        // HTTP Basic, optional PKCE, 8-hour access tokens, a new refresh token on refresh, no
+        // scope in the token response, no revocation, /oauth/userinfo profile (its accounts[0]
+        // also feeds the base_uri/account_id post_connect parameters, not called here).
+        // The token response is the blog's example; the refresh response and the accounts entry
+        // of the userinfo document are illustrative (the docs' example is truncated there).
+        Case {
+            key: "docusign",
+            wix_installer: false,
+            scope: Some("signature extended"),
+            pkce: true,
+            authorize_extras: &[],
+            auth: Auth::Basic,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "eyJ0eXAi......mX9f7k1g",
+                "token_type": "Bearer",
+                "refresh_token": "eyJ0eXAi......mruC5c3A",
+                "expires_in": 28800
+            }),
+            expect_lifetime: Some(28800),
+            expect_scopes: "signature extended",
+            expect_metadata: json!({}),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // "Exchange a refresh token for an access token and a new refresh token".
+                response: json!({
+                    "access_token": "eyJ0eXAi......newAT",
+                    "token_type": "Bearer",
+                    "refresh_token": "eyJ0eXAi......newRT",
+                    "expires_in": 28800
+                }),
+                expect_refresh_token: "eyJ0eXAi......newRT",
+            }),
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({
+                    "sub": "4799e5e9-xxxx-xxxx-xxxx-cf4713bbcacc",
+                    "name": "First Last",
+                    "given_name": "First",
+                    "family_name": "Last",
+                    "created": "2015-08-13T22:03:03.45",
+                    "email": "first.last@example.com",
+                    "accounts": [{
+                        "account_id": "a4ec37d6-1b2c-4d5e-8f90-143885c1b2c3",
+                        "is_default": true,
+                        "account_name": "Example Account",
+                        "base_uri": "https://demo.docusign.net"
+                    }]
+                }),
+                id: "4799e5e9-xxxx-xxxx-xxxx-cf4713bbcacc",
+                email: Some("first.last@example.com"),
+                display_name: Some("First Last"),
+                raw_header: false,
+            }),
+        },
+        // https://www.zoho.com/accounts/protocol/oauth/web-apps/authorization.html
+        // https://www.zoho.com/accounts/protocol/oauth/multi-dc/client-authorization.html
+        // https://www.zoho.com/contracts/api/getting-started/generating-access-tokens.html
+        // https://www.zoho.com/assist/api/refresh-access-token.html
+        // https://www.zoho.com/accounts/help/user-authentication.html (ID token for scope=email)
+        // access_type=offline + prompt=consent, comma-separated scopes, body credentials, no
+        // PKCE, api_domain kept, sub/email kept from the ID token, no refresh token in the
+        // refresh response, no revocation (Zoho's revoke is not RFC 7009), no profile endpoint.
+        // The token URL's {accounts_server} (callback `accounts-server`) is replaced by the
+        // harness's URL override.
+        // Access token and api_domain from the multi-DC example (EU user); the refresh token is
+        // illustrative and the ID token is an illustrative JWT with the claims of Zoho's example
+        // (sub 675925609, email).
+        Case {
+            key: "zoho",
+            wix_installer: false,
+            scope: Some("email"),
+            pkce: false,
+            authorize_extras: &[("access_type", "offline"), ("prompt", "consent")],
+            auth: Auth::Post,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "1000.2deaf8d0c268e3c85daa2a013a843b10.703adef2bb337b8ca36cfc5d7b83cf24",
+                "refresh_token": "1000.aa2550574bc68c2c7f1d5a266bc5ade6.a76355940e7e5a380994b9d6c295e0f5",
+                "id_token": concat!(
+                    "eyJraWQiOiI1ODZjNjI4NDUyNzMzOTZhZmQyMzg2NWRiNTQyNzJlNSIsInR5cCI6IkpXUyIsImFsZyI6IlJTMjU2In0.eyJh",
+                    "dF9oYXNoIjoiSEs2RV9QNkRoOFk5M21STnRzREIxUSIsInN1YiI6IjY3NTkyNTYwOSIsImF1ZCI6IjEwMDAueTBsc3MzMmdt",
+                    "am52NzIzOTA5MDduNGtkdnFheGZpIiwiZW1haWxfdmVyaWZpZWQiOnRydWUsImlzcyI6Imh0dHBzOi8vYWNjb3VudHMuem9o",
+                    "by5ldSIsImV4cCI6MTU5MjIyNDU2MywiaWF0IjoxNTkyMjIwOTYzLCJlbWFpbCI6ImphbmVAenlsa2VyLmNvbSJ9.sig",
+                ),
+                "api_domain": "https://www.zohoapis.eu",
+                "token_type": "Bearer",
+                "expires_in": 3600
+            }),
+            expect_lifetime: Some(3600),
+            // No `scope` in the response: the requested scope is kept.
+            expect_scopes: "email",
+            expect_metadata: json!({
+                "api_domain": "https://www.zohoapis.eu",
+                "id_token": {"sub": "675925609", "email": "jane@zylker.com"}
+            }),
+            refresh: Some(Refresh {
+                sends_scope: false,
+                // Zoho's refresh response: no refresh_token ("The refresh_token is permanent").
+                response: json!({
+                    "access_token": "1000.new0access0token.illustrative",
+                    "expires_in": 3600,
+                    "api_domain": "https://www.zohoapis.eu",
+                    "token_type": "Bearer"
+                }),
+                expect_refresh_token: OLD_REFRESH,
+            }),
+            revocation: Revocation::None,
+            profile: None,
+        },
+        // https://docs.stripe.com/connect/oauth-reference
+        // https://github.com/stripe/stripe-node types/OAuth.d.ts (OAuthToken fields)
+        // https://github.com/stripe/stripe-go oauth.go (client_secret token parameter)
+        // One scope value, no PKCE, the platform secret key as client_secret in the body, tokens
+        // that never expire (refresh grant not used), stripe_user_id / publishable key / livemode
+        // kept, no RFC 7009 revocation (deauthorize is by account id), GET /v1/account profile.
+        // Field names from the SDK types; values illustrative.
+        Case {
+            key: "stripe-connect",
+            wix_installer: false,
+            scope: Some("read_only"),
+            pkce: false,
+            authorize_extras: &[],
+            auth: Auth::Post,
+            json_body: false,
+            exchange_response: json!({
+                "access_token": "sk_test_51Connected0AccessToken0Illustrative",
+                "livemode": false,
+                "refresh_token": "rt_Illustrative0RefreshToken",
+                "token_type": "bearer",
+                "stripe_publishable_key": "pk_test_51Connected0PublishableKey",
+                "stripe_user_id": "acct_1032D82eZvKYlo2C",
+                "scope": "read_only"
+            }),
+            expect_lifetime: None,
+            expect_scopes: "read_only",
+            expect_metadata: json!({
+                "stripe_user_id": "acct_1032D82eZvKYlo2C",
+                "stripe_publishable_key": "pk_test_51Connected0PublishableKey",
+                "livemode": false
+            }),
+            refresh: None,
+            revocation: Revocation::None,
+            profile: Some(ProfileCase {
+                document: json!({
+                    "id": "acct_1032D82eZvKYlo2C",
+                    "object": "account",
+                    "business_profile": {"name": "Acme Goods", "url": "https://acme.example.com"},
+                    "charges_enabled": true,
+                    "country": "US",
+                    "default_currency": "usd",
+                    "email": "owner@acme.example.com",
+                    "settings": {"dashboard": {"display_name": "Acme", "timezone": "America/New_York"}},
+                    "type": "standard"
+                }),
+                id: "acct_1032D82eZvKYlo2C",
+                email: Some("owner@acme.example.com"),
+                display_name: Some("Acme"),
+                raw_header: false,
+            }),
+        },
     ]
 }
 
@@ -3297,6 +3588,13 @@ async fn documented_token_errors_are_read() {
             "dropbox",
             400,
             json!({"error": "invalid_grant"}),
+            "invalid_grant",
+        ),
+        // Intuit's official Node client (oauth-jsclient), its refresh test mock.
+        (
+            "quickbooks",
+            400,
+            json!({"error_description": "Token invalid", "error": "invalid_grant"}),
             "invalid_grant",
         ),
     ];
