@@ -30,6 +30,8 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 use crate::common::*;
 
 const HOSTS: &[&str] = &[
+    "auth.atlassian.test",
+    "api.atlassian.test",
     "acme.myshopify.test",
     "login.salesforce.test",
     "na1.my.salesforce.test",
@@ -72,6 +74,21 @@ pointer = "/instance_url"
 extract = "host"
 example = "https://acme.my.salesforce.test"
 
+[providers.atlish]
+display_name = "Atlassian-style"
+authorization_url = "http://auth.atlassian.test:{port}/authorize"
+token_url = "http://auth.atlassian.test:{port}/oauth/token"
+api_base_url = "http://api.atlassian.test:{port}/ex/jira/{{cloud_id}}"
+api_headers = {{ "X-Cloud" = "{{cloud_id}}", "X-Client" = "{{client_id}}" }}
+
+[providers.atlish.connection_params.cloud_id]
+description = "The site, from the accessible resources"
+pattern = "[0-9a-f-]{{36}}"
+source = "post_connect"
+request = "http://api.atlassian.test:{port}/oauth/token/accessible-resources"
+pointer = "/0/id"
+example = "11223344-a1b2-3b33-c444-def123456789"
+
 [providers.qbish]
 display_name = "QuickBooks-style"
 authorization_url = "http://appcenter.intuit.test:{port}/connect/oauth2"
@@ -112,7 +129,7 @@ async fn setup() -> Setup {
     })
     .unwrap();
     let registry = Integrations::default();
-    for key in ["shopish", "sfish", "qbish"] {
+    for key in ["shopish", "sfish", "qbish", "atlish"] {
         let config = IntegrationConfig {
             provider: key.into(),
             client_id: "client-id".into(),
@@ -556,4 +573,75 @@ async fn a_connection_with_unusable_stored_params_sends_nothing() {
         .await;
     assert!(proxied.is_err());
     assert!(setup.server.received_requests().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_atlassian_style_connection_reads_its_site_after_the_exchange() {
+    let setup = setup().await;
+    let auth = format!("auth.atlassian.test:{}", setup.port);
+    let api = format!("api.atlassian.test:{}", setup.port);
+    let cloud = "11223344-a1b2-3b33-c444-def123456789";
+    Mock::given(method("POST"))
+        .and(path("/oauth/token"))
+        .and(header("host", auth.as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(token("at-1", "rt-1")))
+        .expect(2) // this flow and the hostile one below
+        .mount(&setup.server)
+        .await;
+    // One read after the exchange, with the new token; the entry's headers
+    // that name the site are not sent before it is known.
+    Mock::given(method("GET"))
+        .and(path("/oauth/token/accessible-resources"))
+        .and(header("host", api.as_str()))
+        .and(header("authorization", "Bearer at-1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([
+            {"id": cloud, "name": "acme", "url": "https://acme.atlassian.net", "scopes": []}
+        ])))
+        .expect(1)
+        .mount(&setup.server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/ex/jira/{cloud}/rest/api/3/myself")))
+        .and(header("host", api.as_str()))
+        .and(header("authorization", "Bearer at-1"))
+        .and(header("x-cloud", cloud))
+        .and(header("x-client", "client-id"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"accountId": "1"})))
+        .expect(1)
+        .mount(&setup.server)
+        .await;
+
+    connect(&setup, session("atlish", "u1", &[]), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        stored_params(&setup, "atlish", "u1")
+            .await
+            .unwrap()
+            .get("cloud_id"),
+        Some(cloud)
+    );
+    assert_eq!(
+        proxied_get(&setup, "atlish", "u1", "rest/api/3/myself").await,
+        200
+    );
+    let requests = setup.server.received_requests().await.unwrap();
+    let resources = requests
+        .iter()
+        .find(|r| r.url.path() == "/oauth/token/accessible-resources")
+        .unwrap();
+    assert!(!resources.headers.contains_key("x-cloud"));
+
+    // A site id that fails the pattern stores nothing.
+    Mock::given(method("GET"))
+        .and(path("/oauth/token/accessible-resources"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([{"id": "../../admin"}])))
+        .with_priority(1)
+        .mount(&setup.server)
+        .await;
+    let err = connect(&setup, session("atlish", "u2", &[]), &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectError::ProviderParams(_)), "{err:?}");
+    assert!(stored_params(&setup, "atlish", "u2").await.is_none());
 }
