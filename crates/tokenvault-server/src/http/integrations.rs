@@ -217,6 +217,9 @@ pub struct ProviderDetail {
     /// The header carrying the access token to the API when it is not
     /// `Authorization` (it then carries the bare token).
     pub api_auth_header: Option<String>,
+    /// The client id's parameter name when not `client_id` (TikTok's
+    /// `client_key`).
+    pub client_id_param: Option<String>,
 }
 
 /// One connection parameter of a catalog entry.
@@ -319,6 +322,7 @@ impl ProviderDetail {
             token_headers: spec.token_headers.clone(),
             api_headers: spec.api_headers.clone(),
             api_auth_header: spec.api_auth_header.clone(),
+            client_id_param: spec.client_id_param.clone(),
         }
     }
 
@@ -357,6 +361,7 @@ impl ProviderDetail {
             token_headers: Default::default(),
             api_headers: Default::default(),
             api_auth_header: None,
+            client_id_param: None,
         }
     }
 

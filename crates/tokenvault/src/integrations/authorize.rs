@@ -46,7 +46,7 @@ impl Integration {
                 }
                 let params: Vec<(String, String)> = params.into_iter().collect();
                 let challenge = pkce.filter(|_| self.wants_pkce()).map(Pkce::challenge);
-                build_authorize_url(&AuthorizeRequest {
+                let url = build_authorize_url(&AuthorizeRequest {
                     authorization_url: &self.spec.authorization_url,
                     client_id: &self.auth.client_id,
                     redirect_uri: self.redirect_uri.as_str(),
@@ -55,7 +55,11 @@ impl Integration {
                     state,
                     code_challenge: challenge,
                     extra_params: &params,
-                })
+                });
+                match &self.spec.client_id_param {
+                    None => url,
+                    Some(name) => rename_query_param(url, "client_id", name),
+                }
             }
             AuthorizeStyle::WixInstaller => self.wix_installer_url(state, extra_params),
         }
@@ -105,4 +109,22 @@ impl Integration {
             iss,
         )
     }
+}
+
+/// `url` with its `from` query parameter named `to` (order kept).
+fn rename_query_param(mut url: Url, from: &str, to: &str) -> Url {
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| {
+            let k = if k == from {
+                to.to_owned()
+            } else {
+                k.into_owned()
+            };
+            (k, v.into_owned())
+        })
+        .collect();
+    url.set_query(None);
+    url.query_pairs_mut().extend_pairs(pairs);
+    url
 }

@@ -28,6 +28,7 @@ impl Integration {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            client_id_param: self.spec.client_id_param.clone(),
         }
     }
 

@@ -51,6 +51,8 @@ pub struct TokenRequestOptions {
     /// Extra request headers (Notion's `Notion-Version`); names and values
     /// were checked by the catalog.
     pub headers: Vec<(String, String)>,
+    /// The client id's parameter name when not `client_id` (TikTok).
+    pub client_id_param: Option<String>,
 }
 
 /// HTTP settings of [`OAuthClient`].
@@ -394,6 +396,7 @@ impl OAuthClient {
                 &options.extra_params,
                 options.format,
                 &options.headers,
+                options.client_id_param.as_deref(),
             )
             .await?;
         raw.into_token_response(options.token_path.as_deref())
@@ -406,8 +409,16 @@ impl OAuthClient {
         form: Vec<(&'static str, String)>,
         extra_params: &[(String, String)],
     ) -> Result<RawResponse, OAuthError> {
-        self.post(url, auth, form, extra_params, TokenRequestFormat::Form, &[])
-            .await
+        self.post(
+            url,
+            auth,
+            form,
+            extra_params,
+            TokenRequestFormat::Form,
+            &[],
+            None,
+        )
+        .await
     }
 
     async fn post(
@@ -418,13 +429,20 @@ impl OAuthClient {
         extra_params: &[(String, String)],
         format: TokenRequestFormat,
         headers: &[(String, String)],
+        client_id_param: Option<&str>,
     ) -> Result<RawResponse, OAuthError> {
         let mut req = self.oauth.post(url.clone());
         for (name, value) in headers {
             req = req.header(name.as_str(), value.as_str());
         }
         let req = auth.apply(req, &mut params)?;
-        let mut pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut pairs: Vec<(&str, &str)> = params
+            .iter()
+            .map(|(k, v)| match client_id_param {
+                Some(name) if *k == "client_id" => (name, v.as_str()),
+                _ => (*k, v.as_str()),
+            })
+            .collect();
         pairs.extend(extra_params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let mut secrets = Scrubber::new();
         auth.add_secrets(&mut secrets);

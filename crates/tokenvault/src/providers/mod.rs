@@ -253,6 +253,9 @@ pub struct ProviderSpec {
     /// `Authorization` per `api_auth_scheme`. A custom header gets the
     /// bare token.
     pub api_auth_header: Option<String>,
+    /// The client id's parameter name when not `client_id` (TikTok's
+    /// `client_key`), in the authorization and token requests.
+    pub client_id_param: Option<String>,
     /// Refresh requests carry the granted scopes as `scope` (RFC 6749 §6
     /// makes it optional; TIDAL's SDK always sends it). Default false: the
     /// parameter is omitted, which keeps the originally granted scopes.

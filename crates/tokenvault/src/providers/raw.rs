@@ -56,6 +56,9 @@ pub struct RawProvider {
     /// The header that carries the access token to the API (default
     /// `Authorization`; Shopify's `X-Shopify-Access-Token` takes the bare token).
     pub api_auth_header: Option<String>,
+    /// The name the provider gives the client id in the authorization and
+    /// token requests (TikTok: `client_key`).
+    pub client_id_param: Option<String>,
     pub refresh_sends_scope: Option<bool>,
     pub pkce: Option<Pkce>,
     pub refresh_tokens: Option<bool>,
@@ -131,7 +134,7 @@ impl RawProvider {
             refresh_params, refresh_sends_scope, pkce, refresh_tokens, refresh_token_rotates,
             refresh_buffer_secs, default_expires_in_secs, api_base_url, api_auth_scheme,
             token_response_path, connection_params, token_metadata, id_token_claims,
-            exchange_params, token_headers, api_headers, api_auth_header,
+            exchange_params, token_headers, api_headers, api_auth_header, client_id_param,
         );
         if let Some(src_profile) = &src.profile {
             let dst_profile = dst.profile.get_or_insert_with(RawProfileMapping::default);

@@ -449,6 +449,24 @@ pub(super) fn resolve_entry(
         }
     };
 
+    let client_id_param = match raw.client_id_param.as_deref() {
+        None | Some("client_id") | Some("") => None,
+        Some(name)
+            if name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !RESERVED_AUTHORIZE_PARAMS.contains(&name)
+                && !RESERVED_REFRESH_PARAMS.contains(&name) =>
+        {
+            Some(name.to_owned())
+        }
+        Some(name) => {
+            return Err(invalid(
+                key,
+                "client_id_param",
+                format!("`{name}` cannot name the client id"),
+            ));
+        }
+    };
+
     let refresh_buffer = raw
         .refresh_buffer_secs
         .map_or(DEFAULT_REFRESH_BUFFER, Duration::from_secs);
@@ -611,6 +629,7 @@ pub(super) fn resolve_entry(
         token_headers,
         api_headers,
         api_auth_header,
+        client_id_param,
         refresh_sends_scope: raw.refresh_sends_scope.unwrap_or(false),
         pkce: raw.pkce.unwrap_or_default(),
         refresh_tokens,

@@ -62,6 +62,7 @@ const REQUIRED: &[&str] = &[
     "docusign",
     "zoho",
     "stripe-connect",
+    "tiktok",
     "oidc",
 ];
 
