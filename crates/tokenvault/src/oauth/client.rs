@@ -388,17 +388,7 @@ impl OAuthClient {
         form: Vec<(&'static str, String)>,
         options: &TokenRequestOptions,
     ) -> Result<TokenResponse, OAuthError> {
-        let raw = self
-            .post(
-                token_url,
-                auth,
-                form,
-                &options.extra_params,
-                options.format,
-                &options.headers,
-                options.client_id_param.as_deref(),
-            )
-            .await?;
+        let raw = self.post(token_url, auth, form, options).await?;
         raw.into_token_response(options.token_path.as_deref())
     }
 
@@ -409,16 +399,11 @@ impl OAuthClient {
         form: Vec<(&'static str, String)>,
         extra_params: &[(String, String)],
     ) -> Result<RawResponse, OAuthError> {
-        self.post(
-            url,
-            auth,
-            form,
-            extra_params,
-            TokenRequestFormat::Form,
-            &[],
-            None,
-        )
-        .await
+        let options = TokenRequestOptions {
+            extra_params: extra_params.to_vec(),
+            ..TokenRequestOptions::default()
+        };
+        self.post(url, auth, form, &options).await
     }
 
     async fn post(
@@ -426,11 +411,16 @@ impl OAuthClient {
         url: &Url,
         auth: &ClientAuth,
         mut params: Vec<(&'static str, String)>,
-        extra_params: &[(String, String)],
-        format: TokenRequestFormat,
-        headers: &[(String, String)],
-        client_id_param: Option<&str>,
+        options: &TokenRequestOptions,
     ) -> Result<RawResponse, OAuthError> {
+        let TokenRequestOptions {
+            extra_params,
+            format,
+            headers,
+            client_id_param,
+            ..
+        } = options;
+        let client_id_param = client_id_param.as_deref();
         let mut req = self.oauth.post(url.clone());
         for (name, value) in headers {
             req = req.header(name.as_str(), value.as_str());
