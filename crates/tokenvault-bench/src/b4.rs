@@ -90,6 +90,17 @@ pub async fn run(
     )
     .await?;
     let pool = database.pool();
+    // What autovacuum does soon after a table grows this much (B3 does the
+    // same): fresh statistics, which also invalidate plans the service's
+    // pool cached while the table was still empty.
+    match &pool {
+        Pool::Postgres(pg) => {
+            sqlx::query("ANALYZE connections").execute(pg).await?;
+        }
+        Pool::Sqlite(lite) => {
+            sqlx::query("ANALYZE").execute(lite).await?;
+        }
+    }
     let users: Arc<Vec<String>> = Arc::new((0..connections).map(setup::user).collect());
 
     let service = listen(tokenvault_server::http::router(state)).await?;
