@@ -765,6 +765,8 @@ class ProfileBody(_ProfileBodyRequired, _ProfileBodyOptional):
 
 
 class _ProviderDetailRequired(TypedDict):
+    # Extra headers of API calls (`{client_id}`: the integration's).
+    api_headers: Dict[str, str]
     # Fixed parameters added to the authorization request.
     authorize_params: Dict[str, str]
     # What the URLs above depend on per connection: each `{name}`
@@ -777,20 +779,30 @@ class _ProviderDetailRequired(TypedDict):
     # issuer's discovery document (then most fields below are null).
     discovery: bool
     display_name: str
+    # Fixed parameters added to the code exchange.
+    exchange_params: Dict[str, str]
     # ID token claims kept as connection metadata (under `id_token`).
     id_token_claims: List[str]
     key: str
     # Scopes in plain words, as the Connect UI shows them.
     scope_descriptions: Dict[str, str]
+    # Extra headers of token-endpoint requests.
+    token_headers: Dict[str, str]
 
 
 class _ProviderDetailOptional(TypedDict, total=False):
     # The entry it inherits from (`alias`), if any.
     alias_of: Optional[str]
+    # The header carrying the access token to the API when it is not
+    # `Authorization` (it then carries the bare token).
+    api_auth_header: Optional[str]
     api_base_url: Optional[str]
     authorization_url: Optional[str]
     # `#rrggbb` of its icon in the Connect UI.
     brand_color: Optional[str]
+    # The client id's parameter name when not `client_id` (TikTok's
+    # `client_key`).
+    client_id_param: Optional[str]
     # Lifetime assumed when a token response has no `expires_in`.
     default_expires_in_secs: Optional[int]
     device_authorization_url: Optional[str]

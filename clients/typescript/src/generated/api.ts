@@ -1089,7 +1089,16 @@ export interface components {
         ProviderDetail: {
             /** @description The entry it inherits from (`alias`), if any. */
             alias_of?: string | null;
+            /**
+             * @description The header carrying the access token to the API when it is not
+             *     `Authorization` (it then carries the bare token).
+             */
+            api_auth_header?: string | null;
             api_base_url?: string | null;
+            /** @description Extra headers of API calls (`{client_id}`: the integration's). */
+            api_headers: {
+                [key: string]: string;
+            };
             authorization_url?: string | null;
             /** @description Fixed parameters added to the authorization request. */
             authorize_params: {
@@ -1097,6 +1106,11 @@ export interface components {
             };
             /** @description `#rrggbb` of its icon in the Connect UI. */
             brand_color?: string | null;
+            /**
+             * @description The client id's parameter name when not `client_id` (TikTok's
+             *     `client_key`).
+             */
+            client_id_param?: string | null;
             /**
              * @description What the URLs above depend on per connection: each `{name}`
              *     placeholder, where its value comes from and the pattern it must
@@ -1117,6 +1131,10 @@ export interface components {
              */
             discovery: boolean;
             display_name: string;
+            /** @description Fixed parameters added to the code exchange. */
+            exchange_params: {
+                [key: string]: string;
+            };
             /** @description ID token claims kept as connection metadata (under `id_token`). */
             id_token_claims: string[];
             issuer?: string | null;
@@ -1142,6 +1160,10 @@ export interface components {
             scope_separator?: string | null;
             /** @description `client_secret_basic`, `client_secret_post` or `none`. */
             token_auth_method?: string | null;
+            /** @description Extra headers of token-endpoint requests. */
+            token_headers: {
+                [key: string]: string;
+            };
             /**
              * @description JSON pointers of the token-response fields kept as connection
              *     metadata; null: every non-secret top-level field.
