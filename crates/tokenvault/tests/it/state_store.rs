@@ -468,6 +468,7 @@ async fn stored_json_holds_no_client_secret(b: StateBackend) {
             "reconnect",
             "popup_origin",
             "connect_session",
+            "connection_params",
             "created_at",
             "instance_id",
             "integration",
