@@ -849,6 +849,8 @@ class _ProviderViewRequired(TypedDict):
 class _ProviderViewOptional(TypedDict, total=False):
     # The entry this one inherited from, if any.
     alias_of: Optional[str]
+    # Where the proxy forwards; `{name}` placeholders are filled per
+    # connection with its connection parameters (see `/v1/providers/{key}`).
     api_base_url: Optional[str]
 
 

@@ -1185,7 +1185,10 @@ export interface components {
         ProviderView: {
             /** @description The entry this one inherited from, if any. */
             alias_of?: string | null;
-            /** Format: uri */
+            /**
+             * @description Where the proxy forwards; `{name}` placeholders are filled per
+             *     connection with its connection parameters (see `/v1/providers/{key}`).
+             */
             api_base_url?: string | null;
             default_scopes: string[];
             /** @description The provider has a device authorization endpoint (`POST /v1/device-sessions`). */

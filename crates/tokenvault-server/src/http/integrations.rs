@@ -43,8 +43,9 @@ pub struct ProviderView {
     pub refresh_token_rotates: bool,
     /// The provider has a device authorization endpoint (`POST /v1/device-sessions`).
     pub device_flow: bool,
-    #[schema(value_type = Option<String>, format = "uri")]
-    pub api_base_url: Option<url::Url>,
+    /// Where the proxy forwards; `{name}` placeholders are filled per
+    /// connection with its connection parameters (see `/v1/providers/{key}`).
+    pub api_base_url: Option<String>,
     /// The entry this one inherited from, if any.
     pub alias_of: Option<String>,
 }
@@ -145,7 +146,7 @@ pub async fn list_providers(State(state): State<AppState>) -> Json<ProviderList>
                 refresh_tokens: spec.refresh_tokens,
                 refresh_token_rotates: spec.refresh_token_rotates,
                 device_flow: spec.device_authorization_url.is_some(),
-                api_base_url: spec.api_base_url.clone(),
+                api_base_url: spec.api_base_url.as_ref().map(template_text),
                 alias_of: spec.alias_of.clone(),
             })
         })
