@@ -83,7 +83,7 @@ async fn breakdown(
     })
 }
 
-async fn listen(app: axum::Router) -> anyhow::Result<std::net::SocketAddr> {
+pub async fn listen(app: axum::Router) -> anyhow::Result<std::net::SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });

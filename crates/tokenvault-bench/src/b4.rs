@@ -103,7 +103,7 @@ pub async fn run(
     }
     let users: Arc<Vec<String>> = Arc::new((0..connections).map(setup::user).collect());
 
-    let service = listen(tokenvault_server::http::router(state)).await?;
+    let service = crate::b1::listen(tokenvault_server::http::router(state)).await?;
     let paths = (0..connections)
         .map(|i| {
             format!(
@@ -172,11 +172,4 @@ async fn floor(
         }
     })
     .await
-}
-
-async fn listen(app: axum::Router) -> anyhow::Result<std::net::SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(addr)
 }
