@@ -141,10 +141,10 @@ async fn main() -> anyhow::Result<()> {
         let postgres = b1::run(Some(pg_url.clone()), plan.b1_warmup, plan.b1_duration).await?;
         setup::drop_database(&pg_url).await?;
         let p99 = sqlite.service.p99_ms.max(postgres.service.p99_ms);
-        targets.insert("b1.ratio_sqlite >= 0.7".into(), json!(sqlite.ratio >= 0.7));
+        targets.insert("b1.ratio_sqlite >= 0.9".into(), json!(sqlite.ratio >= 0.9));
         targets.insert(
-            "b1.ratio_postgres >= 0.5".into(),
-            json!(postgres.ratio >= 0.5),
+            "b1.ratio_postgres >= 0.9".into(),
+            json!(postgres.ratio >= 0.9),
         );
         targets.insert("b1.p99_ms < 5".into(), json!(p99 < 5.0));
         out["b1"] = json!({
@@ -178,7 +178,7 @@ async fn main() -> anyhow::Result<()> {
             plan.b3_connections, plan.b3_due
         );
         let b3 = b3::run(plan.b3_connections, plan.b3_due).await?;
-        targets.insert("b3.tick_ms < 100".into(), json!(b3.tick.tick_ms < 100.0));
+        targets.insert("b3.tick_ms < 30".into(), json!(b3.tick.tick_ms < 30.0));
         targets.insert("b3.index_scan".into(), json!(b3.index_scan));
         targets.insert("b3.rss_mib <= 64".into(), json!(b3.tick.rss_mib <= 64.0));
         out["b3"] = serde_json::to_value(&b3)?;

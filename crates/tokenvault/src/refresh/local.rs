@@ -27,8 +27,8 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{ConnectionId, ConnectionStatus, IntegrationKey, TokenSet, UserId};
 use crate::store::{
-    BatchUpdate, ConnectionRecord, ConnectionStore, ConnectionUpdate, ListCursor, ListFilter,
-    NewConnection, StatusCount, StoreError,
+    BatchUpdate, ConnectionRecord, ConnectionStore, ConnectionUpdate, LeaseRenewal, ListCursor,
+    ListFilter, NewConnection, StatusCount, StoreError,
 };
 
 /// Cached token entries kept at most (per process).
@@ -334,6 +334,15 @@ impl ConnectionStore for LocalStore {
         self.inner
             .renew_lease(id, owner, expected_version, lease_until)
             .await
+    }
+
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        renewals: &[LeaseRenewal],
+    ) -> Result<Vec<bool>, StoreError> {
+        // As `renew_lease`: only the leases' expiries move.
+        self.inner.renew_leases(owner, renewals).await
     }
 
     async fn release_lease(&self, id: ConnectionId, owner: &str) -> Result<bool, StoreError> {

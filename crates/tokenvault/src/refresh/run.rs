@@ -9,7 +9,7 @@ use single_flight::Mode;
 
 use crate::domain::TokenSet;
 use crate::integrations::Integration;
-use crate::store::ConnectionRecord;
+use crate::store::{ConnectionRecord, LeaseRenewal};
 use crate::vault::Vault;
 
 use super::*;
@@ -54,16 +54,26 @@ impl Vault {
             // an intent its successor settles, never an in-flight lease
             // nobody knows about.
             self.journal().intent(record.id, record.version);
-            let now = self.clock().now();
-            let renewed = self
-                .store()
-                .renew_lease(
-                    record.id,
-                    self.owner(),
-                    record.version,
-                    now + chrono(self.settings().in_flight_lease),
-                )
-                .await;
+            let renewal = LeaseRenewal {
+                id: record.id,
+                expected_version: record.version,
+                lease_until: self.clock().now() + chrono(self.settings().in_flight_lease),
+            };
+            // A scheduled refresh renews with the rest of its tick (one
+            // statement and one commit for all); an on-demand one alone.
+            let renewed = match &batch {
+                Some(batch) => batch.writer.renew(renewal).await,
+                None => {
+                    self.store()
+                        .renew_lease(
+                            renewal.id,
+                            self.owner(),
+                            renewal.expected_version,
+                            renewal.lease_until,
+                        )
+                        .await
+                }
+            };
             self.observe_db(&renewed);
             let renewed = renewed.inspect_err(|_| self.journal().settle(record.id))?;
             if !renewed {

@@ -16,7 +16,9 @@ use tokio::sync::{Semaphore, SemaphorePermit, mpsc, oneshot, watch};
 
 use super::{TokenError, TokenOutcome, chrono};
 use crate::domain::{ConnectionId, ConnectionStatus, IntegrationKey};
-use crate::store::{BatchUpdate, ConnectionRecord, ConnectionStore, ConnectionUpdate, StoreError};
+use crate::store::{
+    BatchUpdate, ConnectionRecord, ConnectionStore, ConnectionUpdate, LeaseRenewal, StoreError,
+};
 use crate::vault::Vault;
 
 /// Most rows one batched write-back carries.
@@ -27,19 +29,53 @@ type WriteRequest = (
     oneshot::Sender<(Result<i64, StoreError>, ConnectionUpdate)>,
 );
 
-/// A tick's batched write-back of refreshed tokens: each refresh hands its
-/// compare-and-swap update over and waits for its own answer; the writer
-/// takes whatever has queued up meanwhile as one
-/// [`ConnectionStore::update_batch`] (group commit: no waiting when idle,
-/// bigger batches under load).
+type RenewRequest = (LeaseRenewal, oneshot::Sender<Result<bool, StoreError>>);
+
+/// A tick's batched writes: the write-back of refreshed tokens, and the
+/// in-flight leases each refresh takes right before its provider call
+/// (R3). Each refresh hands its request over and waits for its own answer;
+/// each writer takes whatever has queued up meanwhile as one
+/// [`ConnectionStore::update_batch`] or [`ConnectionStore::renew_leases`]
+/// (group commit: no waiting when idle, bigger batches under load). One
+/// commit per renewal made the renewals PostgreSQL's busiest statement:
+/// measured at 2.5 ms each under B2's load, 80 % of a refresh slot's time.
 pub(crate) struct WriteBack {
     requests: mpsc::UnboundedSender<WriteRequest>,
+    renewals: mpsc::UnboundedSender<RenewRequest>,
+}
+
+/// What [`WriteBack::run`] reads.
+pub(crate) struct WriteBackQueues {
+    requests: mpsc::UnboundedReceiver<WriteRequest>,
+    renewals: mpsc::UnboundedReceiver<RenewRequest>,
 }
 
 impl WriteBack {
-    fn channel() -> (Self, mpsc::UnboundedReceiver<WriteRequest>) {
-        let (requests, receiver) = mpsc::unbounded_channel();
-        (Self { requests }, receiver)
+    fn channel() -> (Self, WriteBackQueues) {
+        let (requests, requests_rx) = mpsc::unbounded_channel();
+        let (renewals, renewals_rx) = mpsc::unbounded_channel();
+        (
+            Self { requests, renewals },
+            WriteBackQueues {
+                requests: requests_rx,
+                renewals: renewals_rx,
+            },
+        )
+    }
+
+    /// Renews `renewal`'s lease in the next batch of renewals.
+    pub(super) async fn renew(&self, renewal: LeaseRenewal) -> Result<bool, StoreError> {
+        let (answer, answered) = oneshot::channel();
+        if self.renewals.send((renewal, answer)).is_err() {
+            return Err(StoreError::Unavailable {
+                backend: "database",
+                target: "the batched lease renewal".into(),
+                reason: "it stopped".into(),
+            });
+        }
+        answered
+            .await
+            .expect("the renewer answers every request it takes")
     }
 
     /// Writes `entry` in the next batch; hands the update back for retries.
@@ -67,7 +103,42 @@ impl WriteBack {
     }
 
     /// Runs until every [`WriteBack`] is dropped.
-    async fn run(
+    async fn run(store: Arc<dyn ConnectionStore>, owner: &str, queues: WriteBackQueues) {
+        tokio::join!(
+            Self::write_backs(Arc::clone(&store), queues.requests),
+            Self::renew_leases(store, owner, queues.renewals)
+        );
+    }
+
+    async fn renew_leases(
+        store: Arc<dyn ConnectionStore>,
+        owner: &str,
+        mut receiver: mpsc::UnboundedReceiver<RenewRequest>,
+    ) {
+        let mut pending = Vec::new();
+        while receiver.recv_many(&mut pending, WRITE_BATCH).await > 0 {
+            let (renewals, answers): (Vec<LeaseRenewal>, Vec<_>) = pending.drain(..).unzip();
+            match store.renew_leases(owner, &renewals).await {
+                Ok(renewed) => {
+                    for (renewed, answer) in renewed.into_iter().zip(answers) {
+                        let _ = answer.send(Ok(renewed));
+                    }
+                }
+                Err(err) => {
+                    let reason = err.to_string();
+                    for answer in answers {
+                        let _ = answer.send(Err(StoreError::Unavailable {
+                            backend: "database",
+                            target: "the batched lease renewal".into(),
+                            reason: reason.clone(),
+                        }));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn write_backs(
         store: Arc<dyn ConnectionStore>,
         mut receiver: mpsc::UnboundedReceiver<WriteRequest>,
     ) {
@@ -355,7 +426,7 @@ impl Scheduler {
         tokio::join!(
             handling,
             self.renew_waiting(&waiting, &handled_all),
-            WriteBack::run(Arc::clone(self.vault.store()), requests)
+            WriteBack::run(Arc::clone(self.vault.store()), self.vault.owner(), requests)
         );
         Ok(report)
     }
@@ -381,16 +452,26 @@ impl Scheduler {
                 .iter()
                 .map(|(id, version)| (*id, *version))
                 .collect();
-            let until = self.vault.clock().now() + chrono(self.vault.settings().lease_ttl);
-            for (id, version) in rows {
-                let renewed = self
-                    .vault
-                    .store()
-                    .renew_lease(id, self.vault.owner(), version, until)
-                    .await;
-                self.vault.observe_db(&renewed);
-                if !matches!(renewed, Ok(true)) {
-                    waiting.lock().unwrap().remove(&id);
+            let lease_until = self.vault.clock().now() + chrono(self.vault.settings().lease_ttl);
+            let renewals: Vec<LeaseRenewal> = rows
+                .iter()
+                .map(|&(id, expected_version)| LeaseRenewal {
+                    id,
+                    expected_version,
+                    lease_until,
+                })
+                .collect();
+            let renewed = self
+                .vault
+                .store()
+                .renew_leases(self.vault.owner(), &renewals)
+                .await;
+            self.vault.observe_db(&renewed);
+            let renewed = renewed.unwrap_or_else(|_| vec![false; rows.len()]);
+            let mut waiting = waiting.lock().unwrap();
+            for ((id, _), renewed) in rows.iter().zip(renewed) {
+                if !renewed {
+                    waiting.remove(id);
                 }
             }
         }

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::{
-    BatchUpdate, ConnectionRecord, ConnectionUpdate, HistoryCursor, HistoryEntry, ListCursor,
-    ListFilter, MisconfiguredIntegration, NewConnection, OutboxEvent, PendingEvent, StatusCount,
-    StoreError,
+    BatchUpdate, ConnectionRecord, ConnectionUpdate, HistoryCursor, HistoryEntry, LeaseRenewal,
+    ListCursor, ListFilter, MisconfiguredIntegration, NewConnection, OutboxEvent, PendingEvent,
+    StatusCount, StoreError,
 };
 use crate::crypto::WrappedKey;
 use crate::domain::{ConnectionId, ConnectionStatus, IntegrationKey, UserId};
@@ -118,6 +118,16 @@ pub trait ConnectionStore: Send + Sync + 'static {
         expected_version: i64,
         lease_until: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
+
+    /// [`ConnectionStore::renew_lease`] of many rows in one round trip and
+    /// one commit (the scheduler's in-flight leases, taken right before
+    /// each provider call). Answers, in order, whether each was renewed;
+    /// the outer error means none was.
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        renewals: &[LeaseRenewal],
+    ) -> Result<Vec<bool>, StoreError>;
 
     /// Releases a lease this owner holds; another owner's lease is untouched.
     async fn release_lease(&self, id: ConnectionId, owner: &str) -> Result<bool, StoreError>;

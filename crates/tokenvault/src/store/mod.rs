@@ -21,8 +21,8 @@ pub use contract::{
 pub(crate) use record::holds_nul;
 pub use record::{
     BatchUpdate, ConnectionRecord, ConnectionUpdate, HistoryCursor, HistoryEntry, HistoryKind,
-    LastError, Lease, MisconfiguredIntegration, NewConnection, OutboxEvent, PendingEvent,
-    StatusCount,
+    LastError, Lease, LeaseRenewal, MisconfiguredIntegration, NewConnection, OutboxEvent,
+    PendingEvent, StatusCount,
 };
 pub use sql::SqlStore;
 pub(crate) use sql::insert_event;

@@ -299,6 +299,16 @@ pub struct BatchUpdate {
     pub update: ConnectionUpdate,
 }
 
+/// One entry of [`super::ConnectionStore::renew_leases`]: extend the
+/// lease of row `id` to `lease_until` if the row is still at
+/// `expected_version` and leased to the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRenewal {
+    pub id: ConnectionId,
+    pub expected_version: i64,
+    pub lease_until: DateTime<Utc>,
+}
+
 impl ConnectionRecord {
     pub fn to_update(&self, now: DateTime<Utc>) -> ConnectionUpdate {
         ConnectionUpdate {

@@ -9,8 +9,8 @@ use crate::common::*;
 use chrono::{DateTime, Duration, Utc};
 use tokenvault::domain::{ConnectionId, ConnectionStatus};
 use tokenvault::store::{
-    BatchUpdate, ConnectionRecord, HistoryEntry, HistoryKind, LastError, Lease, ListCursor,
-    ListFilter, MisconfiguredIntegration, OutboxEvent, StoreError,
+    BatchUpdate, ConnectionRecord, HistoryEntry, HistoryKind, LastError, Lease, LeaseRenewal,
+    ListCursor, ListFilter, MisconfiguredIntegration, OutboxEvent, StoreError,
 };
 use uuid::Uuid;
 
@@ -37,6 +37,7 @@ conformance!(
     claim_due_takes_only_due_unleased_refreshable_rows,
     concurrent_claims_never_overlap,
     leases_belong_to_their_owner,
+    batched_renewals_compare_owner_and_version_per_row,
     delete_counts_and_purge,
     rotation_listing_and_rewrap,
     migrations_are_idempotent_and_newer_schema_is_refused,
@@ -591,6 +592,87 @@ async fn leases_belong_to_their_owner(b: Backend) {
             .unwrap()
             .lease
             .is_none()
+    );
+}
+
+/// The scheduler's in-flight leases, renewed for a tick in one statement:
+/// each row answers for itself, exactly as [`ConnectionStore::renew_lease`]
+/// would, and nothing but the lease's expiry changes.
+async fn batched_renewals_compare_owner_and_version_per_row(b: Backend) {
+    let env = envelope(&key_spec("k1", 1));
+    let now = now();
+    for user in ["a", "b", "c", "d"] {
+        b.store
+            .upsert(new_connection(&env, user, "spotify", "AT", Some("RT"), Some(now)).await)
+            .await
+            .unwrap();
+    }
+    let until = now + Duration::seconds(30);
+    let mut claimed = b
+        .store
+        .claim_due(now + Duration::seconds(1), 10, "me", now, until)
+        .await
+        .unwrap();
+    claimed.sort_by(|x, y| x.user_id.as_str().cmp(y.user_id.as_str()));
+    assert_eq!(claimed.len(), 4);
+    // Row b moves on behind the holder's back; row c's lease is taken over
+    // by another owner after it expired; row d is deleted.
+    let moved = b
+        .store
+        .update(
+            claimed[1].id,
+            claimed[1].version,
+            &claimed[1].to_update(now),
+        )
+        .await
+        .unwrap();
+    assert!(
+        b.store
+            .acquire_lease(
+                claimed[2].id,
+                "other",
+                claimed[2].version,
+                until,
+                until + Duration::seconds(30)
+            )
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        b.store
+            .delete(&user("d"), &integration("spotify"))
+            .await
+            .unwrap()
+    );
+    let in_flight = now + Duration::seconds(300);
+    let renewals: Vec<LeaseRenewal> = claimed
+        .iter()
+        .map(|record| LeaseRenewal {
+            id: record.id,
+            expected_version: record.version,
+            lease_until: in_flight,
+        })
+        .collect();
+    let renewed = b.store.renew_leases("me", &renewals).await.unwrap();
+    assert_eq!(renewed, vec![true, false, false, false]);
+    let a = b.store.get_by_id(claimed[0].id).await.unwrap().unwrap();
+    assert_eq!(a.version, claimed[0].version, "a renewal keeps the version");
+    assert_eq!(a.access_token, claimed[0].access_token);
+    let lease = a.lease.unwrap();
+    assert_eq!((lease.owner.as_str(), lease.expires_at), ("me", in_flight));
+    let b_row = b.store.get_by_id(claimed[1].id).await.unwrap().unwrap();
+    assert_eq!(b_row.version, moved.version, "a moved row is left alone");
+    assert_eq!(b_row.lease, moved.lease);
+    let c = b.store.get_by_id(claimed[2].id).await.unwrap().unwrap();
+    assert_eq!(
+        c.lease.unwrap().owner,
+        "other",
+        "another owner's lease is untouched"
+    );
+    assert_eq!(
+        b.store.renew_leases("me", &[]).await.unwrap(),
+        Vec::<bool>::new()
     );
 }
 

@@ -9,7 +9,7 @@ use sqlx::{Postgres, Sqlite};
 
 use super::{Backend, POSTGRES, SQLITE, bind_update, insert_event, insert_history};
 use crate::store::record::UpdateColumns;
-use crate::store::{BatchUpdate, ConnectionUpdate, StoreError};
+use crate::store::{BatchUpdate, ConnectionUpdate, LeaseRenewal, StoreError, to_millis};
 
 impl Backend for Sqlite {
     fn migrator() -> sqlx::migrate::Migrator {
@@ -47,6 +47,28 @@ impl Backend for Sqlite {
         }
         tx.commit().await?;
         Ok(written)
+    }
+
+    async fn renew_batch(
+        pool: &sqlx::Pool<Self>,
+        owner: &str,
+        renewals: &[LeaseRenewal],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut tx = pool.begin().await?;
+        let mut renewed = Vec::with_capacity(renewals.len());
+        for renewal in renewals {
+            let done = sqlx::query(SQLITE.renew_lease)
+                .bind(to_millis(renewal.lease_until))
+                .bind(renewal.id.to_string())
+                .bind(owner)
+                .bind(renewal.expected_version)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            renewed.push(done == 1);
+        }
+        tx.commit().await?;
+        Ok(renewed)
     }
 }
 
@@ -109,7 +131,36 @@ impl Backend for Postgres {
             .map(|entry| versions.get(&entry.id.to_string()).copied())
             .collect())
     }
+
+    /// [`RENEW_BATCH`]: one statement, one commit. A few dozen rows at most
+    /// (one per refresh slot), far below [`MAX_STATEMENT_BYTES`].
+    async fn renew_batch(
+        pool: &sqlx::Pool<Self>,
+        owner: &str,
+        renewals: &[LeaseRenewal],
+    ) -> Result<Vec<bool>, StoreError> {
+        let ids: Vec<String> = renewals.iter().map(|r| r.id.to_string()).collect();
+        let versions: Vec<i64> = renewals.iter().map(|r| r.expected_version).collect();
+        let until: Vec<i64> = renewals.iter().map(|r| to_millis(r.lease_until)).collect();
+        let renewed: Vec<(String,)> = sqlx::query_as(RENEW_BATCH)
+            .bind(owner)
+            .bind(&ids)
+            .bind(versions)
+            .bind(until)
+            .fetch_all(pool)
+            .await?;
+        let renewed: HashSet<String> = renewed.into_iter().map(|(id,)| id).collect();
+        Ok(ids.iter().map(|id| renewed.contains(id)).collect())
+    }
 }
+
+/// [`super::Dialect::renew_lease`] for many rows: the rows travel as arrays
+/// joined to the table on id and expected version. The version is left
+/// alone, as in the single-row statement.
+const RENEW_BATCH: &str = "UPDATE connections AS c SET lease_expires_at = v.lease_until \
+     FROM UNNEST($2::uuid[], $3::int8[], $4::int8[]) AS v(id, expected, lease_until) \
+     WHERE c.id = v.id AND c.version = v.expected AND c.lease_owner = $1 \
+     RETURNING c.id::text";
 
 /// Compare-and-swap of many rows in one statement: the rows travel as one
 /// array per column, joined to the table on id and expected version.

@@ -9,8 +9,9 @@ use super::{Backend, POSTGRES, SQLITE, SqlStore, bind_update, insert_event, inse
 use crate::domain::{ConnectionId, ConnectionStatus, IntegrationKey, UserId};
 use crate::store::record::{RawRow, UpdateColumns, storable_json};
 use crate::store::{
-    BatchUpdate, ConnectionRecord, ConnectionStore, ConnectionUpdate, HistoryKind, ListCursor,
-    ListFilter, NewConnection, StatusCount, StoreError, migrate_error, to_millis, with_pool,
+    BatchUpdate, ConnectionRecord, ConnectionStore, ConnectionUpdate, HistoryKind, LeaseRenewal,
+    ListCursor, ListFilter, NewConnection, StatusCount, StoreError, migrate_error, to_millis,
+    with_pool,
 };
 
 /// One pass over the table for the whole summary.
@@ -311,6 +312,20 @@ impl ConnectionStore for SqlStore {
                 .rows_affected()
         });
         Ok(done == 1)
+    }
+
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        renewals: &[LeaseRenewal],
+    ) -> Result<Vec<bool>, StoreError> {
+        if renewals.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(with_pool!(self, |pool| Backend::renew_batch(
+            pool, owner, renewals
+        )
+        .await?))
     }
 
     async fn release_lease(&self, id: ConnectionId, owner: &str) -> Result<bool, StoreError> {

@@ -15,7 +15,7 @@ mod rotation;
 use std::sync::Arc;
 
 use super::record::UpdateColumns;
-use super::{BatchUpdate, Database, Pool, StoreError};
+use super::{BatchUpdate, Database, LeaseRenewal, Pool, StoreError};
 use crate::domain::ConnectionId;
 
 /// Every job of the connection tables on one pool. Cheap to clone.
@@ -58,6 +58,13 @@ trait Backend: sqlx::Database {
         pool: &sqlx::Pool<Self>,
         updates: &[BatchUpdate],
     ) -> impl Future<Output = Result<Vec<Option<i64>>, StoreError>> + Send;
+
+    /// Lease renewals in one transaction; whether each row was renewed.
+    fn renew_batch(
+        pool: &sqlx::Pool<Self>,
+        owner: &str,
+        renewals: &[LeaseRenewal],
+    ) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send;
 }
 
 const SQLITE: Dialect =
