@@ -91,7 +91,10 @@ pub async fn listen(app: axum::Router) -> anyhow::Result<std::net::SocketAddr> {
 }
 
 /// The floor: no routing layers, no auth, no database; a JSON document of
-/// the token answer's shape and size.
+/// the token answer's shape and size. It is sent the very requests the
+/// service gets (same paths, same `Authorization` header), so that both
+/// sides pay the same HTTP parsing, kernel and load-generator costs and the
+/// ratio is what the service itself adds.
 fn floor_router() -> axum::Router {
     #[derive(Serialize)]
     struct Body {
@@ -101,7 +104,7 @@ fn floor_router() -> axum::Router {
         scopes: [&'static str; 0],
     }
     axum::Router::new().route(
-        "/floor",
+        "/v1/users/{user_id}/connections/{integration}/token",
         axum::routing::get(|| async {
             axum::Json(Body {
                 access_token: "AT-0000000",
@@ -156,10 +159,11 @@ pub async fn run(
             )
         })
         .collect();
+    let paths = Arc::new(paths);
     let floor = Load {
         addr: floor,
-        paths: Arc::new(vec!["/floor".to_owned()]),
-        bearer: None,
+        paths: Arc::clone(&paths),
+        bearer: Some(setup::API_KEY.to_owned()),
         concurrency: CONCURRENCY,
         warmup: warmup / ROUNDS,
         duration: duration / ROUNDS,
@@ -167,7 +171,7 @@ pub async fn run(
     };
     let service = Load {
         addr: service,
-        paths: Arc::new(paths),
+        paths,
         bearer: Some(setup::API_KEY.to_owned()),
         concurrency: CONCURRENCY,
         warmup: warmup / ROUNDS,
