@@ -1,7 +1,8 @@
 //! B3: scale. Many connections inserted directly into PostgreSQL, a few of
 //! them due; the due query's plan; then, in a fresh process wired as
-//! `serve` (so the bulk insert's memory does not count), one claim of the
-//! due rows timed, one full scheduler tick, and the process RSS after it.
+//! `serve` (so the bulk insert's memory does not count), claims of the
+//! due rows timed (a cold one, then the median of five warm ones), one
+//! full scheduler tick, and the process RSS after it.
 
 use std::time::Instant;
 

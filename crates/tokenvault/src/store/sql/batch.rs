@@ -132,8 +132,11 @@ impl Backend for Postgres {
             .collect())
     }
 
-    /// [`RENEW_BATCH`]: one statement, one commit. A few dozen rows at most
-    /// (one per refresh slot), far below [`MAX_STATEMENT_BYTES`].
+    /// [`RENEW_BATCH`]: one statement, one commit. The in-flight renewals
+    /// of a tick are one per refresh slot at most, far below
+    /// [`MAX_STATEMENT_BYTES`]; R4's renewal of every row still waiting may
+    /// carry a whole claim and then pay the Nagle delay described there,
+    /// which once every third of a lease does not matter.
     async fn renew_batch(
         pool: &sqlx::Pool<Self>,
         owner: &str,
