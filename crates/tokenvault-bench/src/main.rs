@@ -228,6 +228,21 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One backend's line of B1 or B4: the floor beside the token reads.
+fn floor_and_service(backend: &str, floor: &str, unit: &str, r: &Value) -> String {
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    format!(
+        "  {backend:<9} {floor} {:>8.0} {unit} (p50 {:.2} ms, p99 {:.2} ms) | token {:>8.0} req/s (p50 {:.2} ms, p99 {:.2} ms) | ratio {:.2}",
+        f(&r["floor"]["rps"]),
+        f(&r["floor"]["p50_ms"]),
+        f(&r["floor"]["p99_ms"]),
+        f(&r["service"]["rps"]),
+        f(&r["service"]["p50_ms"]),
+        f(&r["service"]["p99_ms"]),
+        f(&r["ratio"]),
+    )
+}
+
 fn summary(out: &Value) -> String {
     let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
     let mut lines = vec![format!(
@@ -242,16 +257,7 @@ fn summary(out: &Value) -> String {
         ));
         for backend in ["sqlite", "postgres"] {
             let r = &b1[backend];
-            lines.push(format!(
-                "  {backend:<9} floor {:>8.0} req/s (p50 {:.2} ms, p99 {:.2} ms) | token {:>8.0} req/s (p50 {:.2} ms, p99 {:.2} ms) | ratio {:.2}",
-                f(&r["floor"]["rps"]),
-                f(&r["floor"]["p50_ms"]),
-                f(&r["floor"]["p99_ms"]),
-                f(&r["service"]["rps"]),
-                f(&r["service"]["p50_ms"]),
-                f(&r["service"]["p99_ms"]),
-                f(&r["ratio"]),
-            ));
+            lines.push(floor_and_service(backend, "floor", "req/s", r));
             lines.push(format!(
                 "  {backend:<9} one call at a time: store get {:.0} µs, open {:.0} µs, valid_token {:.0} µs",
                 f(&r["breakdown"]["store_get_us"]),
@@ -262,7 +268,7 @@ fn summary(out: &Value) -> String {
     }
     if let Some(b2) = out.get("b2") {
         lines.push(format!(
-            "B2 refresh, {} due connections, concurrency {}: mock {:.0} req/s | refresher {:.0} refreshes/s in {:.1} s | ratio {:.2} | {:.1} M connections/instance | exactly once: {}",
+            "B2 refresh, {} due connections, concurrency {}: mock {:.0} req/s | refresher {:.0} refreshes/s in {:.1} s | ratio {:.3} | {:.1} M connections/instance | exactly once: {}",
             b2["connections"],
             b2["concurrency"],
             f(&b2["mock_rps"]),
@@ -275,7 +281,7 @@ fn summary(out: &Value) -> String {
     }
     if let Some(b3) = out.get("b3") {
         lines.push(format!(
-            "B3 scale, {} connections ({} due, inserted in {:.1} s): claim {:.1} ms (cold {:.1} ms) | full tick {:.0} ms | index scan: {} | RSS {:.1} MiB (peak {:.1})",
+            "B3 scale, {} connections ({} due, inserted in {:.1} s): claim {:.1} ms (median of the warm ones; cold {:.1} ms) | full tick {:.0} ms | index scan: {} | RSS {:.1} MiB (peak {:.1})",
             b3["connections"],
             b3["due"],
             f(&b3["insert_s"]),
@@ -294,16 +300,7 @@ fn summary(out: &Value) -> String {
         ));
         for backend in ["sqlite", "postgres"] {
             let r = &b4[backend];
-            lines.push(format!(
-                "  {backend:<9} direct point reads {:>8.0}/s (p50 {:.2} ms, p99 {:.2} ms) | token {:>8.0} req/s (p50 {:.2} ms, p99 {:.2} ms) | ratio {:.2}",
-                f(&r["floor"]["rps"]),
-                f(&r["floor"]["p50_ms"]),
-                f(&r["floor"]["p99_ms"]),
-                f(&r["service"]["rps"]),
-                f(&r["service"]["p50_ms"]),
-                f(&r["service"]["p99_ms"]),
-                f(&r["ratio"]),
-            ));
+            lines.push(floor_and_service(backend, "direct point reads", "/s", r));
         }
     }
     let missed: Vec<&String> = out["targets"]

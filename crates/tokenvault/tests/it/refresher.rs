@@ -500,3 +500,124 @@ async fn a_read_opens_only_the_access_token_and_a_cache_hit_shares_it() {
         "nothing was sent with a damaged token"
     );
 }
+
+/// R2 through the tick's batched renewal: a claimed row that another
+/// instance moved while it waited for a refresh slot is not presented to
+/// the provider (its in-flight renewal compares the version and fails);
+/// the row that held the slot is refreshed as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_row_moved_by_another_instance_before_its_slot_is_not_presented() {
+    let url = tokenvault::testing::fresh_postgres_url().await;
+    let keys = key_spec("k1", 7);
+    // A token endpoint that holds the first refresh until the test lets
+    // it go, and records every refresh token presented.
+    let presented = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let app = {
+        let presented = Arc::clone(&presented);
+        let release = Arc::clone(&release);
+        axum::Router::new().route(
+            "/token",
+            axum::routing::post(
+                move |axum::Form(form): axum::Form<std::collections::HashMap<String, String>>| {
+                    let presented = Arc::clone(&presented);
+                    let release = Arc::clone(&release);
+                    let arrived = arrived.clone();
+                    async move {
+                        let token = form.get("refresh_token").cloned().unwrap_or_default();
+                        let first = {
+                            let mut presented = presented.lock().unwrap();
+                            presented.push(token.clone());
+                            presented.len() == 1
+                        };
+                        arrived.send(token.clone()).unwrap();
+                        if first {
+                            release.notified().await;
+                        }
+                        axum::Json(json!({
+                            "access_token": format!("AT-after-{token}"),
+                            "refresh_token": format!("{token}-rotated"),
+                            "expires_in": 3600,
+                            "token_type": "Bearer",
+                        }))
+                    }
+                },
+            ),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let token_url = format!("http://{}/token", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let integrations = integrations(&token_url);
+    let vault = instance(&url, &integrations, &keys).await;
+    vault.store().migrate().await.unwrap();
+    for user in ["a", "b"] {
+        insert(
+            vault.store().as_ref(),
+            vault.envelope(),
+            user,
+            Some(&format!("RT-{user}")),
+            Some(chrono::Duration::seconds(30)),
+            Some(chrono::Duration::seconds(-1)),
+        )
+        .await;
+    }
+    // Another instance's own pool: its write is not this process's.
+    let other = SqlStore::connect(&url, &PoolOptions::default())
+        .await
+        .unwrap();
+    let scheduler = Scheduler::new(
+        vault.clone(),
+        SchedulerSettings {
+            batch: 10,
+            concurrency: 1,
+            ..SchedulerSettings::default()
+        },
+    );
+    let tick = tokio::spawn(async move { scheduler.tick().await });
+    let first = tokio::time::timeout(Duration::from_secs(10), arrivals.recv())
+        .await
+        .expect("a refresh reached the provider")
+        .unwrap();
+    let waiting = if first == "RT-a" { "b" } else { "a" };
+    // Both rows are claimed (one claim statement); the other waits for the
+    // only slot. Another instance writes it meanwhile: a new version.
+    let row = other
+        .get(&user(waiting), &integration("spotify"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(row.lease.is_some(), "claimed with the first row");
+    other
+        .update(row.id, row.version, &row.to_update(Utc::now()))
+        .await
+        .unwrap();
+    release.notify_one();
+    let report = tokio::time::timeout(Duration::from_secs(10), tick)
+        .await
+        .expect("the tick finishes")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        presented.lock().unwrap().clone(),
+        vec![first.clone()],
+        "the moved row's refresh token was not presented"
+    );
+    assert_eq!((report.claimed, report.refreshed, report.failed), (2, 1, 1));
+    let refreshed = vault
+        .store()
+        .get(
+            &user(if waiting == "a" { "b" } else { "a" }),
+            &integration("spotify"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let tokens = vault.open(&refreshed).await.unwrap().unwrap();
+    assert_eq!(
+        tokens.refresh_token.unwrap().expose(),
+        format!("{first}-rotated")
+    );
+}
