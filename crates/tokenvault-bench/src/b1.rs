@@ -150,16 +150,7 @@ pub async fn run(
     let service = listen(tokenvault_server::http::router(state)).await?;
     let floor = listen(floor_router()).await?;
 
-    let paths = (0..CONNECTIONS)
-        .map(|i| {
-            format!(
-                "/v1/users/{}/connections/{}/token",
-                setup::user(i),
-                setup::INTEGRATION
-            )
-        })
-        .collect();
-    let paths = Arc::new(paths);
+    let paths = Arc::new((0..CONNECTIONS).map(setup::token_path).collect());
     let floor = Load {
         addr: floor,
         paths: Arc::clone(&paths),

@@ -104,15 +104,7 @@ pub async fn run(
     let users: Arc<Vec<String>> = Arc::new((0..connections).map(setup::user).collect());
 
     let service = crate::b1::listen(tokenvault_server::http::router(state)).await?;
-    let paths = (0..connections)
-        .map(|i| {
-            format!(
-                "/v1/users/{}/connections/{}/token",
-                setup::user(i),
-                setup::INTEGRATION
-            )
-        })
-        .collect();
+    let paths = (0..connections).map(setup::token_path).collect();
     let service = Load {
         addr: service,
         paths: Arc::new(paths),

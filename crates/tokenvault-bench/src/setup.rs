@@ -82,6 +82,11 @@ pub fn user(i: usize) -> String {
     format!("user-{i:07}")
 }
 
+/// The token read of connection `i`: what B1 and B4 request.
+pub fn token_path(i: usize) -> String {
+    format!("/v1/users/{}/connections/{}/token", user(i), INTEGRATION)
+}
+
 pub fn refresh_token(i: usize) -> String {
     format!("RT-{i:07}")
 }

@@ -44,6 +44,19 @@ pub(crate) struct WriteBack {
     renewals: mpsc::UnboundedSender<RenewRequest>,
 }
 
+const WRITE_BACK: &str = "the batched write-back";
+const RENEWAL: &str = "the batched lease renewal";
+
+/// What each request of a batch that failed (or of a writer that stopped)
+/// is answered: the database was unavailable to it.
+fn batch_failed(target: &str, reason: String) -> StoreError {
+    StoreError::Unavailable {
+        backend: "database",
+        target: target.into(),
+        reason,
+    }
+}
+
 /// What [`WriteBack::run`] reads.
 pub(crate) struct WriteBackQueues {
     requests: mpsc::UnboundedReceiver<WriteRequest>,
@@ -67,11 +80,7 @@ impl WriteBack {
     pub(super) async fn renew(&self, renewal: LeaseRenewal) -> Result<bool, StoreError> {
         let (answer, answered) = oneshot::channel();
         if self.renewals.send((renewal, answer)).is_err() {
-            return Err(StoreError::Unavailable {
-                backend: "database",
-                target: "the batched lease renewal".into(),
-                reason: "it stopped".into(),
-            });
+            return Err(batch_failed(RENEWAL, "it stopped".into()));
         }
         answered
             .await
@@ -84,14 +93,7 @@ impl WriteBack {
         entry: BatchUpdate,
     ) -> (Result<i64, StoreError>, ConnectionUpdate) {
         let (answer, answered) = oneshot::channel();
-        let closed = |update| {
-            let err = StoreError::Unavailable {
-                backend: "database",
-                target: "the batched write-back".into(),
-                reason: "it stopped".into(),
-            };
-            (Err(err), update)
-        };
+        let closed = |update| (Err(batch_failed(WRITE_BACK, "it stopped".into())), update);
         if let Err(mpsc::error::SendError((entry, _))) = self.requests.send((entry, answer)) {
             return closed(entry.update);
         }
@@ -127,11 +129,7 @@ impl WriteBack {
                 Err(err) => {
                     let reason = err.to_string();
                     for answer in answers {
-                        let _ = answer.send(Err(StoreError::Unavailable {
-                            backend: "database",
-                            target: "the batched lease renewal".into(),
-                            reason: reason.clone(),
-                        }));
+                        let _ = answer.send(Err(batch_failed(RENEWAL, reason.clone())));
                     }
                 }
             }
@@ -154,11 +152,7 @@ impl WriteBack {
                 Err(err) => {
                     let reason = err.to_string();
                     for (entry, answer) in entries.into_iter().zip(answers) {
-                        let err = StoreError::Unavailable {
-                            backend: "database",
-                            target: "the batched write-back".into(),
-                            reason: reason.clone(),
-                        };
+                        let err = batch_failed(WRITE_BACK, reason.clone());
                         let _ = answer.send((Err(err), entry.update));
                     }
                 }
@@ -446,16 +440,12 @@ impl Scheduler {
                 () = handled_all.notified() => return,
                 () = tokio::time::sleep(period) => {}
             }
-            let rows: Vec<(ConnectionId, i64)> = waiting
+            let lease_until = self.vault.clock().now() + chrono(self.vault.settings().lease_ttl);
+            let renewals: Vec<LeaseRenewal> = waiting
                 .lock()
                 .unwrap()
                 .iter()
-                .map(|(id, version)| (*id, *version))
-                .collect();
-            let lease_until = self.vault.clock().now() + chrono(self.vault.settings().lease_ttl);
-            let renewals: Vec<LeaseRenewal> = rows
-                .iter()
-                .map(|&(id, expected_version)| LeaseRenewal {
+                .map(|(&id, &expected_version)| LeaseRenewal {
                     id,
                     expected_version,
                     lease_until,
@@ -467,11 +457,11 @@ impl Scheduler {
                 .renew_leases(self.vault.owner(), &renewals)
                 .await;
             self.vault.observe_db(&renewed);
-            let renewed = renewed.unwrap_or_else(|_| vec![false; rows.len()]);
+            let renewed = renewed.unwrap_or_else(|_| vec![false; renewals.len()]);
             let mut waiting = waiting.lock().unwrap();
-            for ((id, _), renewed) in rows.iter().zip(renewed) {
+            for (renewal, renewed) in renewals.iter().zip(renewed) {
                 if !renewed {
-                    waiting.remove(id);
+                    waiting.remove(&renewal.id);
                 }
             }
         }
