@@ -3,8 +3,9 @@
 //! through, `GET /metrics`, HTTP request metrics, gauges read from the
 //! database, and state-store timing.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -272,33 +273,78 @@ pub async fn update_gauges(state: &AppState) {
 /// the raw path, which holds user ids and would make a series per user;
 /// requests no route matched are `unmatched`.
 pub async fn track_http(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     record_http(method, route, response.status(), started.elapsed());
     response
 }
 
 /// Counts one answered request and its latency (what [`track_http`] does;
-/// the API router records through its single per-request layer).
-pub fn record_http(method: &'static str, route: String, status: StatusCode, elapsed: Duration) {
-    metrics::counter!(
-        "tokenvault_http_requests_total",
-        "method" => method,
-        "route" => route.clone(),
-        "status" => status.as_str().to_owned()
-    )
-    .increment(1);
-    metrics::histogram!(
-        "tokenvault_http_request_duration_seconds",
-        "method" => method,
-        "route" => route
-    )
-    .record(elapsed.as_secs_f64());
+/// the API router records through its single per-request layer). Without
+/// the recorder (`metrics_bind` unset) there is nothing to record into.
+pub fn record_http(method: &'static str, route: &str, status: StatusCode, elapsed: Duration) {
+    if HANDLE.get().is_none() {
+        return;
+    }
+    let (requests, duration) = http_series(method, route, status);
+    requests.increment(1);
+    duration.record(elapsed.as_secs_f64());
+}
+
+/// The request counter and latency histogram of one method, route template
+/// and status.
+type HttpSeries = (metrics::Counter, metrics::Histogram);
+
+/// Every [`HttpSeries`] recorded so far, by route template. Looking a
+/// handle up in the recorder builds a labelled key (three label strings,
+/// a vector) and searches the recorder's registry on every request; this
+/// keeps the handles, so a request costs a read lock and a short scan.
+/// Bounded: route templates and methods are finite sets, statuses few.
+static HTTP_SERIES: LazyLock<RwLock<HashMap<Box<str>, Vec<RouteSeries>>>> =
+    LazyLock::new(Default::default);
+
+/// One route's [`HttpSeries`] for a method and status.
+type RouteSeries = (&'static str, StatusCode, HttpSeries);
+
+fn http_series(method: &'static str, route: &str, status: StatusCode) -> HttpSeries {
+    let find = |series: &[RouteSeries]| {
+        series
+            .iter()
+            .find(|(m, s, _)| *m == method && *s == status)
+            .map(|(_, _, handles)| handles.clone())
+    };
+    let known = HTTP_SERIES
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(route)
+        .and_then(|series| find(series));
+    if let Some(handles) = known {
+        return handles;
+    }
+    let mut all = HTTP_SERIES.write().unwrap_or_else(PoisonError::into_inner);
+    let series = all.entry(route.into()).or_default();
+    if let Some(handles) = find(series) {
+        return handles;
+    }
+    let route = route.to_owned();
+    let handles = (
+        metrics::counter!(
+            "tokenvault_http_requests_total",
+            "method" => method,
+            "route" => route.clone(),
+            "status" => status.as_str().to_owned()
+        ),
+        metrics::histogram!(
+            "tokenvault_http_request_duration_seconds",
+            "method" => method,
+            "route" => route
+        ),
+    );
+    series.push((method, status, handles.clone()));
+    handles
 }
 
 /// Standard methods by name; anything else is `other` (a client must not be

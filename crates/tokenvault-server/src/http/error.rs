@@ -8,8 +8,16 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 tokio::task_local! {
-    /// The current request's id, set by the request-id middleware.
-    pub static REQUEST_ID: String;
+    /// The current request's id, set by the request-id middleware: the
+    /// header value itself, which the response echoes without a copy.
+    pub static REQUEST_ID: axum::http::HeaderValue;
+}
+
+/// The current request's id, empty outside a request.
+pub fn request_id() -> String {
+    REQUEST_ID
+        .try_with(|id| id.to_str().unwrap_or_default().to_owned())
+        .unwrap_or_default()
 }
 
 pub use super::error_code::ErrorCode;
@@ -174,7 +182,7 @@ pub const ERROR_HEADER: &str = "tokenvault-error";
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
+        let request_id = request_id();
         let body = ErrorBody {
             error: self.code.as_str().to_owned(),
             message: self.message,

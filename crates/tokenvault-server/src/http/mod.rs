@@ -287,22 +287,25 @@ async fn per_request(
     request: Request,
     next: Next,
 ) -> Response {
-    let route = request
+    // A clone of the matched template is a reference count, not a copy.
+    let matched = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+        .cloned();
+    let route = matched
+        .as_ref()
+        .map_or("unmatched", axum::extract::MatchedPath::as_str);
     let method = crate::metrics::method_label(request.method());
     let started = std::time::Instant::now();
     let id = request_id(&request);
-    let header = axum::http::HeaderValue::from_str(&id).ok();
     // The path's user id is hashed only if a subscriber records the span.
-    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %LoggablePath(request.uri().path()));
+    let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default(), method = %request.method(), path = %LoggablePath(request.uri().path()));
     let handled = async {
         let mut request = request;
         // Only routed `/v1` requests need a key: an unknown path stays a
         // 404 rather than turning into a 401.
         if route.starts_with("/v1/")
-            && let Err(refused) = auth::authorize(&state.api_keys, &route, &mut request).await
+            && let Err(refused) = auth::authorize(&state.api_keys, route, &mut request).await
         {
             return refused.into_response();
         }
@@ -320,13 +323,11 @@ async fn per_request(
     };
     let mut response = REQUEST_ID
         .scope(
-            id,
+            id.clone(),
             tracing::Instrument::instrument(request_timeout(state.limits, handled), span),
         )
         .await;
-    if let Some(value) = header {
-        response.headers_mut().insert("x-request-id", value);
-    }
+    response.headers_mut().insert("x-request-id", id);
     crate::metrics::record_http(method, route, response.status(), started.elapsed());
     response
 }
@@ -437,25 +438,23 @@ impl std::fmt::Display for LoggablePath<'_> {
 }
 
 /// The caller's `X-Request-Id` if sane, else a new (version 4) UUID.
-fn request_id(request: &Request) -> String {
-    request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 64
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            // From the thread-local CSPRNG: `Uuid::new_v4` asks the kernel
-            // for every id.
-            uuid::Builder::from_random_bytes(rand::random())
-                .into_uuid()
-                .to_string()
-        })
+fn request_id(request: &Request) -> axum::http::HeaderValue {
+    let given = request.headers().get("x-request-id").filter(|v| {
+        let v = v.as_bytes();
+        !v.is_empty()
+            && v.len() <= 64
+            && v.iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    if let Some(given) = given {
+        return given.clone();
+    }
+    // From the thread-local CSPRNG: `Uuid::new_v4` asks the kernel for
+    // every id. Formatted on the stack, copied once into the header value.
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    axum::http::HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut text).as_bytes())
+        .expect("a UUID is a valid header value")
 }
 
 #[cfg(test)]

@@ -414,9 +414,7 @@ pub fn result_page(state: &AppState, shown: Shown<'_>, session: Option<&StateRec
         popup,
         back: session.and_then(|s| s.redirect_to.clone()),
         code,
-        request_id: super::error::REQUEST_ID
-            .try_with(Clone::clone)
-            .unwrap_or_default(),
+        request_id: super::error::request_id(),
     };
     render(&page, status)
 }
@@ -448,9 +446,7 @@ pub fn error_page(state: &AppState, err: &ApiError) -> Response {
         back: None,
         popup: None,
         code: Some(err.code.as_str().to_owned()),
-        request_id: super::error::REQUEST_ID
-            .try_with(Clone::clone)
-            .unwrap_or_default(),
+        request_id: super::error::request_id(),
     };
     let mut response = render(&page, err.status);
     if let Some(secs) = err.retry_after {

@@ -188,9 +188,7 @@ impl IntoResponse for ConsoleError {
             heading,
             message: &err.message,
             code: err.code.as_str(),
-            request_id: super::error::REQUEST_ID
-                .try_with(Clone::clone)
-                .unwrap_or_default(),
+            request_id: super::error::request_id(),
         };
         let mut response = match page.render() {
             Ok(html) => (err.status, Html(html)).into_response(),
