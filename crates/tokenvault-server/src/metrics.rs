@@ -303,6 +303,8 @@ type HttpSeries = (metrics::Counter, metrics::Histogram);
 /// a vector) and searches the recorder's registry on every request; this
 /// keeps the handles, so a request costs a read lock and a short scan.
 /// Bounded: route templates and methods are finite sets, statuses few.
+/// Sound because [`install`] sets no idle timeout: the recorder never drops
+/// a series, so a kept handle stays the one `/metrics` renders.
 static HTTP_SERIES: LazyLock<RwLock<HashMap<Box<str>, Vec<RouteSeries>>>> =
     LazyLock::new(Default::default);
 
